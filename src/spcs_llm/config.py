@@ -1,0 +1,85 @@
+"""Typed configuration, validated once at start-up. One TOML file; command-line flags override it.
+
+```toml
+[server]
+host = "127.0.0.1"
+port = 8001
+
+[engine]
+kind = "llamacpp"
+model = "default"          # the packaged SmolLM2, or a path to any GGUF
+
+[aliases]                   # Cortex names -> served model; omit the table to alias every Cortex name
+"llama3.1-8b" = "smollm2-135m-instruct"
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 inside a container)")
+    port: int = Field(8001, ge=1, le=65535, description="HTTP port")
+    max_concurrency: int | None = Field(
+        None, ge=1, description="Engine requests in flight at once (default: what the engine's batch holds)"
+    )
+    max_queue_rows: int = Field(
+        20_000, ge=1, description="Rows admitted but not finished; a batch beyond this gets 429 at once"
+    )
+    max_response_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest batch answer (Snowflake's limit is 10 MB)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    log_content: bool = Field(False, description="Log prompt and output text (customer data: off by default)")
+
+
+class EngineSettings(_Section):
+    kind: Literal["llamacpp", "fake"] = Field("llamacpp", description="Inference backend")
+    model: str = Field("default", description='"default" (packaged SmolLM2) or a path to a GGUF file')
+    model_name: str | None = Field(None, description="Name the model is served under (default: from the file)")
+    n_parallel: int = Field(8, ge=1, le=256, description="llama.cpp parallel slots (continuous batching)")
+    ctx_per_slot: int = Field(2048, ge=64, description="Context tokens each slot holds (prompt + output)")
+    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="Cap on generated tokens per row (default: the model's, from the catalogue)"
+    )
+    cache_dir: Path | None = Field(None, description="Where downloaded models are kept (default ~/.cache/spcs-llm)")
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    aliases: dict[str, str] | None = Field(
+        None, description="Extra model names -> served model (default: every Cortex model name)"
+    )
+
+    @classmethod
+    def load(cls, path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
+        """Read ``path`` (TOML) if given, apply ``overrides`` ({section: {key: value}}), validate."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        for section, values in (overrides or {}).items():
+            data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"invalid configuration: {problems}") from exc

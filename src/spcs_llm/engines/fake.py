@@ -1,0 +1,77 @@
+"""A deterministic engine for tests of everything above the engine boundary."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from ..errors import EngineUnavailable, MaxTokensExceeded
+from .base import ChatRequest, ChatResult, Engine, Usage
+
+
+class FakeEngine(Engine):
+    """Answers ``echo:<last user message>``; one token per whitespace-separated word.
+
+    It records every request in ``calls`` and the highest number of requests in flight at once in
+    ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
+    ``fail_marker`` raises EngineUnavailable (to observe the error policy).
+    """
+
+    kind = "fake"
+
+    def __init__(
+        self,
+        model_name: str = "fake-model",
+        *,
+        context_window: int = 4096,
+        max_concurrency: int = 8,
+        delay: float = 0.0,
+        fail_marker: str = "<<engine-down>>",
+    ) -> None:
+        self.model_name = model_name
+        self.context_window = context_window
+        self.max_concurrency = max_concurrency
+        self.delay = delay
+        self.fail_marker = fail_marker
+        self.calls: list[ChatRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def aclose(self) -> None:
+        self.started = False
+
+    async def health(self) -> bool:
+        return self.started
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        self.calls.append(request)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            return self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    def _answer(self, request: ChatRequest) -> ChatResult:
+        prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
+        if prompt_tokens > self.context_window:
+            raise MaxTokensExceeded(self.context_window)
+        last = request.messages[-1].content
+        if self.fail_marker in last:
+            raise EngineUnavailable("fake engine: injected failure")
+        words = f"echo:{last}".split(" ")
+        room = min(request.max_tokens, self.context_window - prompt_tokens)
+        text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
+        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)))
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [[float(len(t)), float(t.count(" "))] for t in texts]

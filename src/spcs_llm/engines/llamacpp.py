@@ -1,0 +1,217 @@
+"""llama.cpp in process, through xllamacpp's server (continuous batching over parallel slots).
+
+xllamacpp's ``handle_chat_completions`` blocks until the answer is complete, so calls run on a dedicated
+thread pool sized to the engine's concurrency. The same server also listens on an ephemeral loopback port;
+we use it only for ``/health`` and ``/tokenize``, which the Python binding does not expose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    EngineError,
+    EngineUnavailable,
+    InvalidInput,
+    MaxTokensExceeded,
+    SchemaValidationFailed,
+    SpcsLlmError,
+)
+from .base import ChatRequest, ChatResult, Engine, StreamDelta, Usage
+
+_DONE = object()
+
+
+def translate_error(error: Mapping[str, Any], *, had_schema: bool = False) -> SpcsLlmError:
+    """Map a llama.cpp server error object (``{"code", "type", "message", ...}``) to the project's tree."""
+    kind = error.get("type", "")
+    message = str(error.get("message", "llama.cpp error"))
+    if kind == "exceed_context_size_error":
+        return MaxTokensExceeded(int(error.get("n_ctx", 0)))
+    if kind == "invalid_request_error":
+        return SchemaValidationFailed() if had_schema and "schema" in message.lower() else InvalidInput(message)
+    if kind in {"unavailable_error", "server_error"}:
+        return EngineUnavailable(f"llama.cpp: {message}")
+    return EngineError(f"llama.cpp {kind or 'error'}: {message}")
+
+
+@contextmanager
+def map_binding_errors(request: ChatRequest) -> Iterator[None]:
+    """The binding raises ValueError for requests llama.cpp refuses to parse (e.g. a bad JSON schema)."""
+    try:
+        yield
+    except ValueError as exc:
+        if request.json_schema is not None and "schema" in str(exc).lower():
+            raise SchemaValidationFailed() from exc
+        raise InvalidInput(f"llama.cpp rejected the request: {exc}") from exc
+    except RuntimeError as exc:
+        raise EngineUnavailable(f"llama.cpp: {exc}") from exc
+
+
+class LlamaCppEngine(Engine):
+    kind = "llamacpp"
+
+    def __init__(
+        self,
+        model_path: Path,
+        model_name: str,
+        *,
+        n_parallel: int = 8,
+        ctx_per_slot: int = 2048,
+        threads: int | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.model_name = model_name
+        self.n_parallel = n_parallel
+        self.context_window = ctx_per_slot
+        self.threads = threads or os.cpu_count() or 1
+        # Two requests per slot: while one slot's answer travels back, the next prompt is already queued.
+        self.max_concurrency = 2 * n_parallel
+        self._server: Any = None
+        self._pool = ThreadPoolExecutor(self.max_concurrency + 1, thread_name_prefix="llamacpp")
+        self._http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        if not self.model_path.is_file():
+            raise EngineUnavailable(f"model file not found: {self.model_path}")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.run_in_executor(self._pool, self._load)
+        self._http = httpx.AsyncClient(base_url=self._server.listening_address, timeout=10.0)
+        props = (await self._http.get("/props")).json()
+        # What one slot really holds: the per-request limit we advertise must be this, not n_ctx.
+        self.context_window = int(props["default_generation_settings"]["n_ctx"])
+
+    def _load(self) -> Any:
+        import xllamacpp
+
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.model_path)
+        p.n_parallel = self.n_parallel
+        p.n_ctx = self.context_window * self.n_parallel
+        p.cpuparams.n_threads = self.threads
+        p.cpuparams_batch.n_threads = self.threads
+        p.endpoint_metrics = True
+        p.verbosity = -1  # llama.cpp's own log is quiet; it never prints prompts at this level
+        p.warmup = False
+        return xllamacpp.Server(p)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        # Let running calls finish before the server (and its model) is freed.
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+        self._server = None
+
+    async def health(self) -> bool:
+        if self._server is None or self._http is None:
+            return False
+        try:
+            return (await self._http.get("/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _body(self, request: ChatRequest, *, stream: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.stop:
+            body["stop"] = list(request.stop)
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.json_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"schema": json.loads(request.json_schema)}}
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _require_server(self) -> Any:
+        if self._server is None:
+            raise EngineUnavailable("llama.cpp engine is not started")
+        return self._server
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        server = self._require_server()
+        body = self._body(request)
+        loop = asyncio.get_running_loop()
+        with map_binding_errors(request):
+            out = await loop.run_in_executor(self._pool, server.handle_chat_completions, body)
+        if "error" in out:
+            raise translate_error(out["error"], had_schema=request.json_schema is not None)
+        if "choices" not in out:  # the binding's own wrapper when the answer was not JSON
+            raise translate_error(out)
+        choice, usage = out["choices"][0], out.get("usage", {})
+        return ChatResult(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        )
+
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        server = self._require_server()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = False
+
+        def on_chunk(chunk: dict[str, Any]) -> bool:  # runs on the llama.cpp thread
+            loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return cancelled  # True tells llama.cpp to stop generating
+
+        def run() -> None:
+            try:
+                with map_binding_errors(request):
+                    server.handle_chat_completions(self._body(request, stream=True), on_chunk)
+            except SpcsLlmError as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        task = loop.run_in_executor(self._pool, run)
+        try:
+            while (item := await queue.get()) is not _DONE:
+                for delta in self._deltas(item, request):
+                    yield delta
+        finally:
+            cancelled = True
+            await task
+
+    def _deltas(self, item: Any, request: ChatRequest) -> Iterator[StreamDelta]:
+        if isinstance(item, SpcsLlmError):
+            raise item
+        if "error" in item or "choices" not in item:
+            raise translate_error(item.get("error", item), had_schema=request.json_schema is not None)
+        usage = item.get("usage")
+        for choice in item["choices"]:
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text or choice.get("finish_reason"):
+                yield StreamDelta(text=text, finish_reason=choice.get("finish_reason"))
+        if usage:
+            yield StreamDelta(usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+
+    async def count_tokens(self, text: str) -> int:
+        self._require_server()
+        assert self._http is not None
+        try:
+            response = await self._http.post("/tokenize", json={"content": text})
+        except httpx.HTTPError as exc:
+            raise EngineUnavailable(f"llama.cpp tokenize: {exc}") from exc
+        return len(response.json()["tokens"])
+
+    def metrics_text(self) -> str:
+        if self._server is None:
+            return ""
+        text = self._server.handle_metrics()
+        return text if isinstance(text, str) and text.startswith("#") else ""
+

@@ -1,0 +1,136 @@
+"""COMPLETE and TRY_COMPLETE (snowflake-contract.md §3.1–3.3).
+
+- ``COMPLETE(model, prompt)`` returns the completion text.
+- ``COMPLETE(model, messages, options)`` returns a JSON string
+  ``{"choices":[{"messages": "..."}], "created": ..., "model": "<real model>", "usage": {...}}``.
+- ``TRY_COMPLETE``: the same, but a row error gives that row NULL.
+
+Defaults follow Cortex: temperature 0, top_p 0, max_tokens 4096, capped by the served model's output limit;
+output that does not fit the context is truncated, input that does not fit is ``max tokens of <n> exceeded``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..engines.base import ChatRequest, Message
+from ..errors import InvalidOptions, InvalidPrompt
+from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
+
+CORTEX_DEFAULT_MAX_TOKENS = 4096
+ROLES = frozenset({"system", "user", "assistant"})
+OPTION_KEYS = frozenset({"temperature", "top_p", "max_tokens", "guardrails", "response_format"})
+
+
+@dataclass(frozen=True)
+class Options:
+    temperature: float = 0.0
+    top_p: float = 0.0
+    max_tokens: int = CORTEX_DEFAULT_MAX_TOKENS
+    json_schema: str | None = None
+
+
+def _unit_interval(options: dict[str, Any], key: str) -> float:
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise InvalidOptions(f"{key} must be a number from 0 to 1")
+    return float(value)
+
+
+def _positive_int(options: dict[str, Any], key: str) -> int:
+    value = options[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+        raise InvalidOptions(f"{key} must be a positive integer")
+    return int(value)
+
+
+def _schema(options: dict[str, Any]) -> str | None:
+    fmt = options["response_format"]
+    if not isinstance(fmt, dict) or fmt.get("type") != "json" or not isinstance(fmt.get("schema"), dict):
+        raise InvalidOptions("response_format must be {'type': 'json', 'schema': {...}}")
+    if set(fmt) - {"type", "schema"}:
+        raise InvalidOptions("response_format has keys other than type and schema")
+    return ChatRequest.schema_key(fmt["schema"])
+
+
+def parse_options(raw: Any) -> Options:
+    """Validate a COMPLETE options object. Any unknown key or out-of-range value is ``invalid options object``."""
+    options = json_arg(raw, dict, "options", InvalidOptions)
+    unknown = set(options) - OPTION_KEYS
+    if unknown:
+        raise InvalidOptions(f"unknown keys: {sorted(unknown)}")
+    if options.get("guardrails", False) is not False:
+        # No guard model runs here; accepting TRUE would pretend responses were filtered.
+        raise InvalidOptions("guardrails must be FALSE: this service runs no guard model")
+    return Options(
+        temperature=_unit_interval(options, "temperature") if "temperature" in options else 0.0,
+        top_p=_unit_interval(options, "top_p") if "top_p" in options else 0.0,
+        max_tokens=_positive_int(options, "max_tokens") if "max_tokens" in options else CORTEX_DEFAULT_MAX_TOKENS,
+        json_schema=_schema(options) if "response_format" in options else None,
+    )
+
+
+def parse_messages(raw: Any) -> tuple[Message, ...]:
+    """A prompt array ``[{role, content}, ...]``: roles system/user/assistant, one system message, first."""
+    items = json_arg(raw, list, "prompt", InvalidPrompt)
+    if not items:
+        raise InvalidPrompt("the prompt array is empty")
+    messages = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+            raise InvalidPrompt(f"message {i} is not an object with a string content")
+        role = item.get("role", "user")
+        if role not in ROLES or (role == "system" and i > 0):
+            raise InvalidPrompt(f"message {i} has role {role!r} where it is not allowed")
+        messages.append(Message(role, item["content"]))
+    return tuple(messages)
+
+
+def _request(rt: Runtime, messages: tuple[Message, ...], opts: Options) -> ChatRequest:
+    return ChatRequest(messages=messages, max_tokens=min(opts.max_tokens, rt.max_output_tokens),
+                       temperature=opts.temperature, top_p=opts.top_p, json_schema=opts.json_schema)
+
+
+def complete_text(rt: Runtime, args: list[Any]) -> RowJob:
+    model, prompt = args
+    rt.models.resolve(model)
+    if not isinstance(prompt, str):
+        raise InvalidPrompt("prompt must be a string")
+    request = _request(rt, (Message("user", prompt),), Options())
+
+    async def run() -> str:
+        return (await rt.scheduler.chat(request)).text
+
+    return run
+
+
+def complete_detailed(rt: Runtime, args: list[Any]) -> RowJob:
+    model, prompt, options = args
+    served = rt.models.resolve(model)
+    request = _request(rt, parse_messages(prompt), parse_options(options))
+
+    async def run() -> str:
+        result = await rt.scheduler.chat(request)
+        usage = result.usage
+        return orjson.dumps({
+            "choices": [{"messages": result.text}],
+            "created": int(time.time()),
+            "model": served,
+            "usage": {"completion_tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
+                      "total_tokens": usage.total_tokens},
+        }).decode()
+
+    return run
+
+
+OVERLOADS = (
+    Overload((("model", "VARCHAR"), ("prompt", "VARCHAR")), "VARCHAR", complete_text),
+    Overload((("model", "VARCHAR"), ("prompt", "ARRAY"), ("options", "OBJECT")), "VARCHAR", complete_detailed),
+)
+
+register(SqlFunction("complete", OVERLOADS))
+register(SqlFunction("try_complete", OVERLOADS, null_on_error=True))

@@ -1,0 +1,88 @@
+"""The registry of SQL functions. Each entry declares its SQL overloads, return type and error policy.
+
+A row is answered in two steps so that a batch can fail fast: ``prepare(runtime, args)`` runs synchronously,
+validates the row (raising a RowError) and returns a zero-argument coroutine function that does the engine
+work. The deploy renderer reads the same registry, so SQL signatures and server routes cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..errors import InvalidInput, RowError
+from ..models.catalog import ModelResolver
+from ..scheduler import Scheduler
+
+RowJob = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class Runtime:
+    """What a function may use: the scheduler (the only way to the engine) and the model names."""
+
+    scheduler: Scheduler
+    models: ModelResolver
+    max_output_tokens: int
+
+
+Prepare = Callable[[Runtime, list[Any]], RowJob]
+
+
+@dataclass(frozen=True)
+class Overload:
+    args: tuple[tuple[str, str], ...]  # (name, SQL type)
+    returns: str
+    prepare: Prepare
+
+    @property
+    def arity(self) -> int:
+        return len(self.args)
+
+    @property
+    def signature(self) -> str:
+        return "(" + ", ".join(f"{n} {t}" for n, t in self.args) + ")"
+
+
+@dataclass(frozen=True)
+class SqlFunction:
+    """A Cortex-compatible SQL function. ``null_on_error``: a row error gives that row NULL (TRY_*, AI_*)
+    instead of failing the batch with the Cortex message (legacy names)."""
+
+    name: str
+    overloads: tuple[Overload, ...]
+    null_on_error: bool = False
+
+    def overload(self, arity: int) -> Overload | None:
+        return next((o for o in self.overloads if o.arity == arity), None)
+
+    @property
+    def arities(self) -> list[int]:
+        return sorted(o.arity for o in self.overloads)
+
+
+FUNCTIONS: dict[str, SqlFunction] = {}
+
+
+def register(fn: SqlFunction) -> SqlFunction:
+    if fn.name in FUNCTIONS:
+        raise ValueError(f"duplicate SQL function {fn.name!r}")
+    if len({o.arity for o in fn.overloads}) != len(fn.overloads):
+        raise ValueError(f"{fn.name}: two overloads with the same number of arguments")
+    FUNCTIONS[fn.name] = fn
+    return fn
+
+
+def json_arg(value: Any, expected: type, what: str, error: Callable[[str], RowError] = InvalidInput) -> Any:
+    """An ARRAY/OBJECT argument arrives as native JSON, or as a JSON string (snowflake-contract.md §1.1)."""
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise error(f"{what} is a string that is not valid JSON") from exc
+    if not isinstance(value, expected):
+        raise error(f"{what} must be {'an ARRAY' if expected is list else 'an OBJECT'}")
+    return value

@@ -1,0 +1,31 @@
+"""Prometheus metrics, one registry per app (no module-level globals, so tests and apps never share counts)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.rows = Counter("spcs_llm_rows", "Rows received in Snowflake batches", ["function"], registry=r)
+        self.batches = Counter("spcs_llm_batches", "Batches answered, by HTTP status", ["function", "status"],
+                               registry=r)
+        self.errors = Counter("spcs_llm_errors", "Errors by kind", ["kind"], registry=r)
+        self.tokens = Counter("spcs_llm_tokens", "Tokens through the engine", ["direction"], registry=r)
+        self.engine_requests = Counter("spcs_llm_engine_requests", "Requests sent to the engine", registry=r)
+        self.dedup_hits = Counter("spcs_llm_dedup_hits", "Requests answered by an identical one in flight",
+                                  registry=r)
+        self.engine_latency = Histogram(
+            "spcs_llm_engine_latency_seconds", "Time of one engine request", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+        self.batch_latency = Histogram(
+            "spcs_llm_batch_latency_seconds", "Time to answer one Snowflake batch", ["function"], registry=r,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
+        )
+        self.queue_depth = Gauge("spcs_llm_queue_depth", "Rows admitted and not yet answered", registry=r)
+        self.in_flight = Gauge("spcs_llm_engine_in_flight", "Engine requests in flight", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

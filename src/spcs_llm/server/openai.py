@@ -1,0 +1,175 @@
+"""The OpenAI wire format: ``POST /v1/chat/completions`` (plain and SSE), ``GET /v1/models``.
+
+The same chat path also answers the seed project's ``QWEN_COMPLETE`` service function: a body with a
+``data`` key is a Snowflake batch whose rows each carry one OpenAI chat request (a JSON string or object), and
+each row's answer is the assistant text.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..engines.base import ChatRequest, Message
+from ..errors import InvalidInput, SpcsLlmError
+from ..functions import Overload, Runtime, SqlFunction
+from ..functions.registry import RowJob, json_arg
+from . import snowflake
+
+router = APIRouter()
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI adds fields often; unknown ones are ignored
+
+
+class ChatMessageIn(_Lenient):
+    role: Literal["system", "user", "assistant", "developer", "tool"] = "user"
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionIn(_Lenient):
+    model: str | None = None
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+
+
+def _schema(fmt: dict[str, Any] | None) -> str | None:
+    kind = (fmt or {}).get("type", "text")
+    if kind == "json_object":
+        return ChatRequest.schema_key({"type": "object"})
+    if kind == "json_schema":
+        return ChatRequest.schema_key(((fmt or {}).get("json_schema") or {}).get("schema") or {"type": "object"})
+    if kind != "text":
+        raise InvalidInput(f"unsupported response_format type {kind!r}", param="response_format")
+    return None
+
+
+def to_request(body: ChatCompletionIn, rt: Runtime) -> ChatRequest:
+    role = {"developer": "system"}
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    wanted = body.max_completion_tokens or body.max_tokens or rt.max_output_tokens
+    return ChatRequest(
+        messages=tuple(Message(role.get(m.role, m.role), m.text()) for m in body.messages),
+        max_tokens=min(wanted, rt.max_output_tokens),
+        temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's default
+        top_p=1.0 if body.top_p is None else body.top_p,
+        json_schema=_schema(body.response_format), stop=stop, seed=body.seed,
+    )
+
+
+def parse_chat(raw: Any) -> ChatCompletionIn:
+    try:
+        return ChatCompletionIn.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise InvalidInput(f"invalid chat request: {where}: {first['msg']}", param=where) from exc
+
+
+def error_body(exc: SpcsLlmError) -> dict[str, Any]:
+    """The one OpenAI error body."""
+    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.status}}
+
+
+def error_response(exc: SpcsLlmError) -> Response:
+    return Response(orjson.dumps(error_body(exc)), status_code=exc.status, media_type="application/json")
+
+
+# -- the seed's QWEN_COMPLETE envelope: each row is one OpenAI chat request, each answer the assistant text --
+
+def _seed_row(rt: Runtime, args: list[Any]) -> RowJob:
+    body = parse_chat(json_arg(args[0], dict, "the chat request"))
+    if body.model is not None:
+        rt.models.resolve(body.model)
+    request = to_request(body, rt)
+
+    async def run() -> str:
+        return (await rt.scheduler.chat(request)).text
+
+    return run
+
+
+SEED_CHAT = SqlFunction("qwen_complete", (Overload((("request", "VARCHAR"),), "VARCHAR", _seed_row),))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    request.state.wire = "openai"
+    raw = await request.body()
+    try:
+        payload = orjson.loads(snowflake.decompress(raw, request.headers.get("content-encoding")))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not JSON: {exc}") from exc
+    if isinstance(payload, dict) and "data" in payload:
+        request.state.wire = "snowflake"
+        return await snowflake.respond(SEED_CHAT, request, snowflake.rows_of(payload))
+    rt: Runtime = request.app.state.require_runtime()
+    body = parse_chat(payload)
+    served = rt.models.resolve(body.model)
+    chat = to_request(body, rt)
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(_sse(rt, chat, served, include_usage), media_type="text/event-stream")
+    result = await rt.scheduler.chat(chat)
+    usage = result.usage
+    return Response(orjson.dumps({
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+        "model": served,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "finish_reason": result.finish_reason}],
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens},
+    }), media_type="application/json")
+
+
+async def _sse(rt: Runtime, chat: ChatRequest, served: str, include_usage: bool) -> AsyncIterator[bytes]:
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": served}
+
+    def event(obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps({**base, **obj}) + b"\n\n"
+
+    yield event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    try:
+        async for delta in rt.scheduler.stream(chat):
+            if delta.text or delta.finish_reason:
+                content = {"content": delta.text} if delta.text else {}
+                yield event({"choices": [{"index": 0, "delta": content, "finish_reason": delta.finish_reason}]})
+            if delta.usage is not None and include_usage:
+                u = delta.usage
+                yield event({"choices": [], "usage": {"prompt_tokens": u.prompt_tokens, "total_tokens":
+                             u.total_tokens, "completion_tokens": u.completion_tokens}})
+    except SpcsLlmError as exc:  # the status line is sent already: report the error in the stream
+        yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    rt: Runtime = request.app.state.require_runtime()
+    created = int(request.app.state.started_at)
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "spcs-llm", "root": real}
+            for name, real in rt.models.names()]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")

@@ -1,0 +1,183 @@
+"""The Snowflake service-function wire format (snowflake-contract.md §1).
+
+Request ``{"data": [[row, arg1, ...], ...]}``; answer ``{"data": [[row, value], ...]}`` with exactly one row per
+input row, same row numbers, same order.
+
+The error rule, written once:
+- a malformed envelope (not JSON, no ``data``, a row that is not ``[int, ...]``, wrong arity) → 400 naming it;
+- a row error (unknown model, invalid options, too long, ...): legacy names fail the whole batch with 400 and
+  the Cortex message of the first failing row; TRY_/AI_ names answer that row with NULL;
+- overload → 429 ``too many requests``; engine failure → 503; both fail the batch so Snowflake retries it;
+- a NULL argument gives a NULL row without calling the model.
+Error bodies are the plain message, which Snowflake shows in the SQL error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import time
+import zlib
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from .. import logs
+from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
+from ..functions import FUNCTIONS, Runtime, SqlFunction
+from ..functions.registry import RowJob
+
+router = APIRouter()
+
+QUERY_ID_HEADER = "sf-external-function-current-query-id"
+BATCH_ID_HEADER = "sf-external-function-query-batch-id"
+
+
+def decompress(body: bytes, encoding: str | None) -> bytes:
+    """Undo ``Content-Encoding: gzip|deflate`` (tolerated though SPCS may never send it)."""
+    encoding = (encoding or "identity").strip().lower()
+    try:
+        if encoding in {"gzip", "x-gzip"}:
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            try:
+                return zlib.decompress(body)
+            except zlib.error:
+                return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some clients send it
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadEnvelope(f"request body is not valid {encoding} data: {exc}") from exc
+    if encoding != "identity":
+        raise BadEnvelope(f"unsupported Content-Encoding {encoding!r}")
+    return body
+
+
+def decode_rows(body: bytes) -> list[list[Any]]:
+    """Parse and check the envelope; returns the rows, each ``[row_number, args...]``."""
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadEnvelope(f"request body is not JSON: {exc}") from exc
+    return rows_of(envelope)
+
+
+def rows_of(envelope: Any) -> list[list[Any]]:
+    """Check a parsed envelope and return its rows."""
+    if not isinstance(envelope, dict) or "data" not in envelope:
+        raise BadEnvelope('request body must be a JSON object with a "data" array')
+    rows = envelope["data"]
+    if not isinstance(rows, list):
+        raise BadEnvelope('"data" must be an array of rows')
+    for i, row in enumerate(rows):
+        if not isinstance(row, list) or not row or type(row[0]) is not int:
+            raise BadEnvelope(f"row {i} must be an array starting with its integer row number")
+    return rows
+
+
+def encode_rows(numbers: list[int], values: list[Any], limit: int) -> bytes:
+    body = orjson.dumps({"data": [[n, v] for n, v in zip(numbers, values, strict=True)]})
+    if len(body) > limit:
+        raise ResponseTooLarge(
+            f"the answer to this batch is {len(body)} bytes, over the {limit}-byte limit per batch; "
+            "lower MAX_BATCH_ROWS on the function"
+        )
+    return body
+
+
+def error_response(exc: SpcsLlmError) -> Response:
+    """The one error body of this wire format: the message as plain text, with the error's status."""
+    return Response(exc.message, status_code=exc.status, media_type="text/plain; charset=utf-8")
+
+
+def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[RowJob | None | RowError]:
+    """Check every row's arity, then validate each row without touching the engine."""
+    jobs: list[RowJob | None | RowError] = []
+    for row in rows:
+        overload = fn.overload(len(row) - 1)
+        if overload is None:
+            raise BadEnvelope(
+                f"row {row[0]} has {len(row) - 1} arguments; {fn.name.upper()} takes "
+                + " or ".join(map(str, fn.arities))
+            )
+        args = row[1:]
+        if any(a is None for a in args):
+            jobs.append(None)
+            continue
+        try:
+            jobs.append(overload.prepare(rt, args))
+        except RowError as exc:
+            if not fn.null_on_error:
+                raise
+            jobs.append(exc)
+    return jobs
+
+
+async def _run(job: RowJob | None | RowError) -> Any:
+    if job is None or isinstance(job, RowError):
+        return job
+    try:
+        return await job()
+    except SpcsLlmError as exc:
+        return exc
+
+
+def apply_policy(fn: SqlFunction, outcomes: list[Any]) -> list[Any]:
+    """Row values from row outcomes: raise what fails the batch, NULL what TRY_/AI_ forgive."""
+    failures = [o for o in outcomes if isinstance(o, SpcsLlmError)]
+    if not failures:
+        return outcomes
+    row_errors = [o for o in failures if isinstance(o, RowError)]
+    if row_errors and not fn.null_on_error:
+        raise row_errors[0]
+    transient = [o for o in failures if not isinstance(o, RowError)]
+    if transient:
+        raise transient[0]
+    return [None if isinstance(o, RowError) else o for o in outcomes]
+
+
+async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[Any]:
+    """The value of every row, in row order, or an exception that fails the whole batch."""
+    jobs = _prepare(fn, rt, rows)
+    with rt.scheduler.admit(len(rows)):
+        outcomes = await asyncio.gather(*(_run(j) for j in jobs))
+    values = apply_policy(fn, outcomes)
+    for o in outcomes:  # errors that failed the batch are counted by the app's error handler
+        if isinstance(o, RowError):
+            rt.scheduler.metrics.errors.labels(o.kind).inc()
+    return values
+
+
+@router.post("/functions/{name}")
+async def function_batch(name: str, request: Request) -> Response:
+    request.state.wire = "snowflake"
+    fn = FUNCTIONS.get(name.lower())
+    if fn is None:
+        raise UnknownFunction(name)
+    body = decompress(await request.body(), request.headers.get("content-encoding"))
+    rows = decode_rows(body)
+    return await respond(fn, request, rows)
+
+
+async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> Response:
+    """Answer one batch of ``fn`` with metrics and a structured log line (ids, counts, status, timing)."""
+    app = request.app
+    metrics = app.state.metrics
+    logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
+    logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
+    start = time.perf_counter()
+    status = 500
+    try:
+        rt: Runtime = app.state.require_runtime()
+        metrics.rows.labels(fn.name).inc(len(rows))
+        values = await answer_batch(fn, rt, rows)
+        body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+        status = 200
+        return Response(body, media_type="application/json")
+    except SpcsLlmError as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        metrics.batches.labels(fn.name, str(status)).inc()
+        metrics.batch_latency.labels(fn.name).observe(elapsed)
+        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1))
