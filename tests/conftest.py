@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from asgi_lifespan import LifespanManager
+
+from spcs_llm.config import Settings
+from spcs_llm.engines import FakeEngine
+from spcs_llm.server import create_app
+
+SF_HEADERS = {
+    "sf-external-function-format": "json",
+    "sf-external-function-format-version": "1.0",
+    "sf-external-function-current-query-id": "01b02bdf-0000-7b58-0003-27d60056b5a6",
+    "sf-external-function-query-batch-id": "01b02bdf-0001-7b58-0003-27d60056b5a6:1:1:0:0",
+    "content-type": "application/json",
+}
+
+
+def batch(*rows: list[Any], gzipped: bool = False) -> dict[str, Any]:
+    """Request kwargs for a Snowflake batch whose rows are numbered 0..n-1."""
+    body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
+    headers = dict(SF_HEADERS)
+    if gzipped:
+        body, headers["content-encoding"] = gzip.compress(body), "gzip"
+    return {"content": body, "headers": headers}
+
+
+async def wait_ready(app: Any) -> None:
+    for _ in range(200):
+        if app.state.runtime is not None:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"engine never became ready: {app.state.startup_error}")
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine("fake-model", context_window=64, max_concurrency=4)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32},
+                                    "server": {"max_queue_rows": 1000}})
+
+
+@pytest.fixture
+async def app(settings: Settings, fake_engine: FakeEngine) -> AsyncIterator[Any]:
+    application = create_app(settings, engine=fake_engine)
+    async with LifespanManager(application):
+        await wait_ready(application)
+        yield application
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        yield c
