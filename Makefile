@@ -23,7 +23,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_complete.py $(ARGS)
+	$(BIN)/python bench/bench_complete.py --plot bench/out/complete.png $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
