@@ -28,6 +28,7 @@ import uvicorn
 
 from spcs_llm.config import Settings
 from spcs_llm.server import create_app
+from spcs_llm.server.health import wait_healthy
 
 TOPICS = ["rivers", "bread", "chess", "volcanoes", "jazz", "bees", "glass", "trains", "tea", "clouds",
           "maps", "salt", "owls", "bridges", "paper", "tides"]
@@ -119,14 +120,7 @@ def start_server(n_parallel: int) -> tuple[str, str, uvicorn.Server]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     base = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    else:
+    if not wait_healthy(base, timeout_s=300):
         raise SystemExit("server did not become healthy")
     engine_url = app.state.engine._server.listening_address  # the same llama.cpp server, over loopback HTTP
     return base, engine_url, server
@@ -147,7 +141,7 @@ def main() -> None:
     texts = prompts(args.rows)
     gateway(base, texts[:4], args.max_tokens, 4, 1)  # warm up the model and the slots
 
-    def median_run(fn, *a) -> Run:  # noqa: ANN001
+    def median_run(fn, *a) -> Run:
         runs = [fn(*a) for _ in range(args.repeat)]
         return sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
 

@@ -6,12 +6,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from spcs_llm.server.health import wait_healthy
 
 MAX_OUTPUT_TOKENS = 48
 CTX_PER_SLOT = 1024
@@ -42,18 +43,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        else:
-            raise RuntimeError(f"server not healthy in time:\n{log_path.read_text()}")
+        if not wait_healthy(base, timeout_s=300, still_running=lambda: proc.poll() is None):
+            raise RuntimeError(f"server not healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
         yield LiveServer(base, log_path)
     finally:
         proc.terminate()

@@ -28,7 +28,7 @@ async def test_row_numbers_are_echoed_not_renumbered(client) -> None:
 async def test_string_form_uses_cortex_defaults(client, fake_engine) -> None:
     await client.post("/functions/complete", **batch(["llama3.1-8b", "hi"]))
     (req,) = fake_engine.calls
-    assert (req.temperature, req.top_p, req.json_schema) == (0.0, 0.0, None)
+    assert (req.temperature, req.top_p, req.json_schema) == (0.0, 1.0, None)
     assert req.max_tokens == 32  # Cortex's 4096, capped by the configured max_output_tokens
 
 

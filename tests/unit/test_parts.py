@@ -112,3 +112,16 @@ def test_offline_without_a_cached_model_says_so(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="offline mode is on"):
         packaged.ensure_packaged_model(tmp_path, offline=True)
+
+
+def test_public_api_is_declared() -> None:
+    import spcs_llm
+    import spcs_llm.engines
+    import spcs_llm.functions
+    import spcs_llm.server
+
+    public = sorted(n for n in vars(spcs_llm) if not n.startswith("_") and n[0].isupper() or n == "create_app")
+    assert sorted(spcs_llm.__all__) == public
+    for module in (spcs_llm.engines, spcs_llm.functions, spcs_llm.server):
+        assert module.__all__ == sorted(module.__all__)
+        assert all(hasattr(module, n) for n in module.__all__), module.__name__

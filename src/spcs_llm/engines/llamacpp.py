@@ -131,7 +131,8 @@ class LlamaCppEngine(Engine):
         if request.seed is not None:
             body["seed"] = request.seed
         if request.json_schema is not None:
-            body["response_format"] = {"type": "json_schema", "json_schema": {"schema": json.loads(request.json_schema)}}
+            schema = json.loads(request.json_schema)
+            body["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

@@ -5,8 +5,10 @@
   ``{"choices":[{"messages": "..."}], "created": ..., "model": "<real model>", "usage": {...}}``.
 - ``TRY_COMPLETE``: the same, but a row error gives that row NULL.
 
-Defaults follow Cortex: temperature 0, top_p 0, max_tokens 4096, capped by the served model's output limit;
-output that does not fit the context is truncated, input that does not fit is ``max tokens of <n> exceeded``.
+Defaults follow Cortex: temperature 0, max_tokens 4096 capped by the served model's output limit; output that
+does not fit the context is truncated, input that does not fit is ``max tokens of <n> exceeded``. Cortex
+documents top_p's default as 0, which taken literally would keep only the likeliest token and make any
+temperature meaningless; an unset top_p here means no nucleus cut (1.0), and an explicit value is used as given.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ OPTION_KEYS = frozenset({"temperature", "top_p", "max_tokens", "guardrails", "re
 @dataclass(frozen=True)
 class Options:
     temperature: float = 0.0
-    top_p: float = 0.0
+    top_p: float = 1.0
     max_tokens: int = CORTEX_DEFAULT_MAX_TOKENS
     json_schema: str | None = None
 
@@ -68,7 +70,7 @@ def parse_options(raw: Any) -> Options:
         raise InvalidOptions("guardrails must be FALSE: this service runs no guard model")
     return Options(
         temperature=_unit_interval(options, "temperature") if "temperature" in options else 0.0,
-        top_p=_unit_interval(options, "top_p") if "top_p" in options else 0.0,
+        top_p=_unit_interval(options, "top_p") if "top_p" in options else 1.0,
         max_tokens=_positive_int(options, "max_tokens") if "max_tokens" in options else CORTEX_DEFAULT_MAX_TOKENS,
         json_schema=_schema(options) if "response_format" in options else None,
     )

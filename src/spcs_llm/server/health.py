@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import httpx
 import orjson
 from fastapi import APIRouter, Request, Response
 
@@ -26,3 +30,17 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     text = state.metrics.render() + state.engine.metrics_text().encode()
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def wait_healthy(base_url: str, timeout_s: float, still_running: Callable[[], bool] = lambda: True) -> bool:
+    """Poll ``base_url``/health until it answers 200 (True), the timeout passes or ``still_running()`` is
+    False (False). For callers outside the server: tests, benchmarks, status checks."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and still_running():
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    return False
