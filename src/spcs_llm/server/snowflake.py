@@ -165,11 +165,13 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
     logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
     start = time.perf_counter()
-    status = 500
+    status, content = 500, {}
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
         values = await answer_batch(fn, rt, rows)
+        if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
+            content = {"rows_in": rows, "values_out": values}
         body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
         status = 200
         return Response(body, media_type="application/json")
@@ -180,4 +182,4 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         elapsed = time.perf_counter() - start
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
-        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1))
+        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1), **content)
