@@ -68,12 +68,11 @@ def parse_options(raw: Any) -> Options:
     if options.get("guardrails", False) is not False:
         # No guard model runs here; accepting TRUE would pretend responses were filtered.
         raise InvalidOptions("guardrails must be FALSE: this service runs no guard model")
-    return Options(
-        temperature=_unit_interval(options, "temperature") if "temperature" in options else 0.0,
-        top_p=_unit_interval(options, "top_p") if "top_p" in options else 1.0,
-        max_tokens=_positive_int(options, "max_tokens") if "max_tokens" in options else CORTEX_DEFAULT_MAX_TOKENS,
-        json_schema=_schema(options) if "response_format" in options else None,
-    )
+    parsers = {"temperature": _unit_interval, "top_p": _unit_interval, "max_tokens": _positive_int}
+    given = {key: parse(options, key) for key, parse in parsers.items() if key in options}
+    if "response_format" in options:
+        given["json_schema"] = _schema(options)
+    return Options(**given)  # what is not given keeps the defaults declared on Options
 
 
 def parse_messages(raw: Any) -> tuple[Message, ...]:
