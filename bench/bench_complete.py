@@ -122,7 +122,7 @@ def start_server(n_parallel: int) -> tuple[str, str, uvicorn.Server]:
     base = f"http://127.0.0.1:{port}"
     if not wait_healthy(base, timeout_s=300):
         raise SystemExit("server did not become healthy")
-    engine_url = app.state.engine._server.listening_address  # the same llama.cpp server, over loopback HTTP
+    engine_url = app.state.engine.http_url  # the same llama.cpp server, over loopback HTTP
     return base, engine_url, server
 
 

@@ -85,7 +85,7 @@ class LlamaCppEngine(Engine):
             raise EngineUnavailable(f"model file not found: {self.model_path}")
         loop = asyncio.get_running_loop()
         self._server = await loop.run_in_executor(self._pool, self._load)
-        self._http = httpx.AsyncClient(base_url=self._server.listening_address, timeout=10.0)
+        self._http = httpx.AsyncClient(base_url=self.http_url, timeout=10.0)
         props = (await self._http.get("/props")).json()
         # What one slot really holds: the per-request limit we advertise must be this, not n_ctx.
         self.context_window = int(props["default_generation_settings"]["n_ctx"])
@@ -103,6 +103,11 @@ class LlamaCppEngine(Engine):
         p.verbosity = -1  # llama.cpp's own log is quiet; it never prints prompts at this level
         p.warmup = False
         return xllamacpp.Server(p)
+
+    @property
+    def http_url(self) -> str:
+        """The in-process llama.cpp server's own loopback address (its OpenAI endpoints live under it)."""
+        return str(self._require_server().listening_address)
 
     async def aclose(self) -> None:
         if self._http is not None:
