@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 from collections.abc import AsyncIterator
 from typing import Any
@@ -49,6 +50,17 @@ def fake_engine() -> FakeEngine:
 def settings() -> Settings:
     return Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32},
                                     "server": {"max_queue_rows": 1000}})
+
+
+@contextlib.asynccontextmanager
+async def in_process(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan and give an HTTP client that talks to it over ASGI."""
+    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        yield c
+
+
+def fake_settings(**engine: Any) -> Settings:
+    return Settings.load(overrides={"engine": {"kind": "fake", **engine}})
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
 import orjson
-from asgi_lifespan import LifespanManager
 
 from spcs_llm import logs
 from spcs_llm.engines import FakeEngine
 from spcs_llm.server import create_app
 
-from ..conftest import SF_HEADERS, batch, wait_ready
+from ..conftest import SF_HEADERS, batch, fake_settings, in_process, wait_ready
 
 
 async def test_chat_completion_openai_shape(client) -> None:
@@ -78,10 +76,8 @@ async def test_health_is_503_until_the_engine_is_ready() -> None:
             await gate.wait()
             await super().start()
 
-    from spcs_llm.config import Settings
-
-    app = create_app(Settings.load(overrides={"engine": {"kind": "fake"}}), engine=SlowEngine())
-    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+    app = create_app(fake_settings(), engine=SlowEngine())
+    async with in_process(app) as c:
         r = await c.get("/health")
         assert (r.status_code, r.json()["status"]) == (503, "loading")
         r = await c.post("/functions/complete", **batch(["fake-model", "x"]))
@@ -97,10 +93,8 @@ async def test_health_reports_a_failed_start() -> None:
         async def start(self) -> None:
             raise RuntimeError("no GPU here")
 
-    from spcs_llm.config import Settings
-
-    app = create_app(Settings.load(overrides={"engine": {"kind": "fake"}}), engine=BrokenEngine())
-    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+    app = create_app(fake_settings(), engine=BrokenEngine())
+    async with in_process(app) as c:
         for _ in range(100):
             if app.state.startup_error:
                 break
