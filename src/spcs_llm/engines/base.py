@@ -37,6 +37,7 @@ class ChatRequest:
     json_schema: str | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_logprobs: int = 0  # > 0: return that many alternatives (with log-probabilities) for each generated token
 
     @property
     def deterministic(self) -> bool:
@@ -59,10 +60,21 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token, its log-probability, and the likeliest alternatives at that position
+    (``top``: (token text, log-probability) pairs, most likely first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ChatResult:
     text: str
     finish_reason: str = "stop"
     usage: Usage = field(default_factory=Usage)
+    logprobs: tuple[TokenLogprob, ...] = ()  # filled when the request asked for top_logprobs
 
 
 @dataclass(frozen=True)
@@ -107,10 +119,6 @@ class Engine(ABC):
         yield StreamDelta(text=result.text)
         yield StreamDelta(finish_reason=result.finish_reason, usage=result.usage)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Embed each text. Engines that serve an embedding model override it."""
-        raise InvalidInput(f"the {self.kind} engine serving {self.model_name} does not compute embeddings")
-
     async def count_tokens(self, text: str) -> int:
         """Number of tokens in ``text`` with the served model's tokenizer."""
         raise InvalidInput(f"the {self.kind} engine serving {self.model_name} does not count tokens")
@@ -118,3 +126,30 @@ class Engine(ABC):
     def metrics_text(self) -> str:
         """The engine's own Prometheus metrics, appended to /metrics. Empty when it has none."""
         return ""
+
+
+class Embedder(ABC):
+    """One embedding model. ``dimension`` is the length of every vector it returns; ``max_input_tokens`` is what
+    one text may hold (longer texts are truncated by the model, as Cortex's embedding functions do)."""
+
+    kind: ClassVar[str]
+    model_name: str
+    dimension: int
+    max_input_tokens: int = 512
+    max_concurrency: int = 4
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+    @abstractmethod
+    async def health(self) -> bool: ...
+
+    @abstractmethod
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One L2-normalised vector of ``dimension`` floats per text, in order."""
+
+    async def count_tokens(self, text: str) -> int:
+        raise InvalidInput(f"the {self.kind} embedder serving {self.model_name} does not count tokens")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 from collections.abc import Sequence
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
-from .base import ChatRequest, ChatResult, Engine, Usage
+from .base import ChatRequest, ChatResult, Embedder, Engine, Usage
 
 
 class FakeEngine(Engine):
@@ -73,5 +75,37 @@ class FakeEngine(Engine):
     async def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+
+class FakeEmbedder(Embedder):
+    """Deterministic unit vectors from a hash of each word: equal texts give equal vectors, texts sharing words
+    give a positive cosine. For tests of the layers above the embedder."""
+
+    kind = "fake"
+
+    def __init__(self, model_name: str = "fake-embed", dimension: int = 768, max_input_tokens: int = 512) -> None:
+        self.model_name, self.dimension, self.max_input_tokens = model_name, dimension, max_input_tokens
+        self.calls: list[list[str]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def health(self) -> bool:
+        return True
+
+    async def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        return [[float(len(t)), float(t.count(" "))] for t in texts]
+        self.calls.append(list(texts))
+        out = []
+        for text in texts:
+            vec = [0.0] * self.dimension
+            for word in text.lower().split()[: self.max_input_tokens]:
+                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+                vec[int.from_bytes(digest[:4], "little") % self.dimension] += 1.0 if digest[4] & 1 else -1.0
+            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+            out.append([v / norm for v in vec])
+        return out
