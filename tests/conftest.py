@@ -12,7 +12,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from spcs_llm.config import Settings
-from spcs_llm.engines import FakeEngine
+from spcs_llm.engines import FakeEmbedder, FakeEngine
 from spcs_llm.server import create_app
 
 SF_HEADERS = {
@@ -47,6 +47,11 @@ def fake_engine() -> FakeEngine:
 
 
 @pytest.fixture
+def fake_embedders() -> list[FakeEmbedder]:
+    return [FakeEmbedder("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)]
+
+
+@pytest.fixture
 def settings() -> Settings:
     return Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32},
                                     "server": {"max_queue_rows": 1000}})
@@ -64,8 +69,8 @@ def fake_settings(**engine: Any) -> Settings:
 
 
 @pytest.fixture
-async def app(settings: Settings, fake_engine: FakeEngine) -> AsyncIterator[Any]:
-    application = create_app(settings, engine=fake_engine)
+async def app(settings: Settings, fake_engine: FakeEngine, fake_embedders: list[FakeEmbedder]) -> AsyncIterator[Any]:
+    application = create_app(settings, engine=fake_engine, embedders=fake_embedders)
     async with LifespanManager(application):
         await wait_ready(application)
         yield application

@@ -65,11 +65,11 @@ class EmbeddingSettings(_Section):
     dimension the function needs; a model whose real dimension differs from ``dimension`` stops start-up."""
 
     kind: Literal["local", "openai", "fake"] = Field("local", description="Embedding runtime")
-    model: str = Field("default", description='"default" (the packaged 768-d model), a local model dir, or a served name')
+    model: str = Field("default", description='"default" (the packaged 768-d model), a model dir, or a served name')
     model_name: str | None = Field(None, description="Name the model is served under (default: from the model)")
     dimension: int = Field(768, ge=1, description="Vector length the model must produce")
     cortex_names: list[str] | None = Field(
-        None, description="Cortex embedding model names served by this model (default: the Cortex names of its dimension)"
+        None, description="Cortex embedding names this model answers to (default: those of its dimension)"
     )
     upstream: str | None = Field(None, description="Base URL of an OpenAI-compatible /v1 (kind = openai)")
 
@@ -78,7 +78,7 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: list[EmbeddingSettings] = Field(
-        default_factory=lambda: [EmbeddingSettings()],
+        default_factory=list,
         description="Embedding models ([[embeddings]] tables); an empty list serves none",
     )
     aliases: dict[str, str] | None = Field(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import EngineSettings
+from ..config import EmbeddingSettings, EngineSettings
 from ..models import packaged
 from ..models.catalog import catalog_entry
-from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta, Usage
-from .fake import FakeEngine
+from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelta, Usage
+from .fake import FakeEmbedder, FakeEngine
 
 __all__ = [
-    "ChatRequest", "ChatResult", "Engine", "FakeEngine", "Message", "StreamDelta", "Usage", "build_engine",
-    "resolve_model_file",
+    "ChatRequest", "ChatResult", "Embedder", "Engine", "FakeEmbedder", "FakeEngine", "Message", "StreamDelta",
+    "Usage", "build_embedder", "build_engine", "resolve_model_file",
 ]
 
 
@@ -38,3 +38,16 @@ def build_engine(settings: EngineSettings) -> Engine:
     path, name = resolve_model_file(settings)
     return LlamaCppEngine(path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot,
                           threads=settings.threads)
+
+
+def build_embedder(settings: EmbeddingSettings) -> Embedder:
+    """Construct (not start) one configured embedding model."""
+    if settings.kind == "fake":
+        return FakeEmbedder(settings.model_name or "fake-embed", settings.dimension)
+    if settings.kind == "openai":
+        from .openai_http import OpenAIEmbedder
+
+        return OpenAIEmbedder.from_settings(settings)
+    from .local_embed import LocalEmbedder
+
+    return LocalEmbedder.from_settings(settings)

@@ -8,13 +8,13 @@ work. The deploy renderer reads the same registry, so SQL signatures and server 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ..errors import InvalidInput, RowError
-from ..models.catalog import ModelResolver
+from ..models.catalog import EmbedderResolver, ModelResolver
 from ..scheduler import Scheduler
 
 RowJob = Callable[[], Awaitable[Any]]
@@ -22,11 +22,12 @@ RowJob = Callable[[], Awaitable[Any]]
 
 @dataclass
 class Runtime:
-    """What a function may use: the scheduler (the only way to the engine) and the model names."""
+    """What a function may use: the scheduler (the only way to the engines), the model names, the embedders."""
 
     scheduler: Scheduler
     models: ModelResolver
     max_output_tokens: int
+    embedders: EmbedderResolver = field(default_factory=EmbedderResolver)
 
 
 Prepare = Callable[[Runtime, list[Any]], RowJob]

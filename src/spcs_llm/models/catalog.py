@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import UnknownModel
 
@@ -41,6 +42,14 @@ CORTEX_MODEL_NAMES: tuple[str, ...] = (
     "qwen3-32b", "deepseek-r1", "snowflake-arctic", "gemma-7b", "jamba-instruct", "jamba-1.5-mini",
     "jamba-1.5-large", "reka-flash", "reka-core",
 )
+
+# Cortex embedding model names by dimension (snowflake-contract.md §3.1, §3.4). An embedding model configured
+# with that dimension answers to these names unless its config lists its own.
+CORTEX_EMBED_NAMES: dict[int, tuple[str, ...]] = {
+    768: ("snowflake-arctic-embed-m-v1.5", "snowflake-arctic-embed-m", "e5-base-v2"),
+    1024: ("snowflake-arctic-embed-l-v2.0", "snowflake-arctic-embed-l-v2.0-8k", "nv-embed-qa-4",
+           "multilingual-e5-large", "voyage-multilingual-2"),
+}
 
 
 def catalog_entry(name_or_file: str) -> ModelInfo | None:
@@ -84,3 +93,34 @@ class ModelResolver:
     def names(self) -> list[tuple[str, str]]:
         """(name, real model) for every name this service answers to, served models first."""
         return [(n, n) for n in self.served.values()] + sorted(self.aliases.items())
+
+
+class EmbedderResolver:
+    """Embedding model names (served names and Cortex aliases) -> the embedder object serving them.
+
+    ``resolve(name, dimension)`` raises ``unknown model "<name>"`` for a name nothing serves, or one served at a
+    different dimension than the function returns (EMBED_TEXT_768 with a 1024-d model).
+    """
+
+    def __init__(self, embedders: Iterable[tuple[object, Iterable[str]]] = ()) -> None:
+        self.by_name: dict[str, object] = {}
+        for embedder, names in embedders:
+            for name in (embedder.model_name, *names):
+                if _norm(name) in self.by_name and self.by_name[_norm(name)] is not embedder:
+                    raise ValueError(f"embedding model name {name!r} is served by two models")
+                self.by_name[_norm(name)] = embedder
+
+    def resolve(self, name: object, dimension: int | None = None) -> Any:
+        embedder = self.by_name.get(_norm(name)) if isinstance(name, str) else None
+        if embedder is None or (dimension is not None and embedder.dimension != dimension):
+            raise UnknownModel(name)
+        return embedder
+
+    def default(self) -> Any:
+        """The first configured embedder (AI_SIMILARITY without a model), or unknown model when none is."""
+        if not self.by_name:
+            raise UnknownModel("(no embedding model is configured)")
+        return next(iter(self.by_name.values()))
+
+    def names(self) -> list[tuple[str, str]]:
+        return sorted((n, e.model_name) for n, e in self.by_name.items())

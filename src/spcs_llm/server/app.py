@@ -10,34 +10,50 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, Response
 
 from .. import logs
-from ..config import Settings
-from ..engines import Engine, build_engine
+from ..config import ConfigError, Settings
+from ..engines import Embedder, Engine, build_embedder, build_engine
 from ..errors import EngineUnavailable, SpcsLlmError
 from ..functions import Runtime
 from ..metrics import Metrics
-from ..models.catalog import CORTEX_MODEL_NAMES, ModelResolver, catalog_entry
+from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..scheduler import Scheduler
 from . import health, openai, snowflake
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 
-def build_runtime(settings: Settings, engine: Engine, metrics: Metrics) -> Runtime:
-    """What functions need once the engine is up: scheduler, model names, output cap."""
+def _embedder_names(settings: Settings, embedders: list[Embedder]) -> list[tuple[Embedder, list[str]]]:
+    """Each embedder with the Cortex names it answers to; a model whose real dimension is not the configured one
+    stops start-up (EMBED_TEXT_768 must never return 384 floats)."""
+    configured = settings.embeddings if len(settings.embeddings) == len(embedders) else [None] * len(embedders)
+    out = []
+    for embedder, cfg in zip(embedders, configured, strict=True):
+        if cfg is not None and embedder.dimension != cfg.dimension:
+            raise ConfigError(f"embeddings: {embedder.model_name} gives {embedder.dimension}-d vectors, "
+                              f"but its entry says dimension = {cfg.dimension}")
+        names = cfg.cortex_names if cfg is not None and cfg.cortex_names is not None else None
+        out.append((embedder, list(names if names is not None else CORTEX_EMBED_NAMES.get(embedder.dimension, ()))))
+    return out
+
+
+def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
+                  embedders: list[Embedder] | None = None) -> Runtime:
+    """What functions need once the engines are up: scheduler, model names, output cap, embedders."""
     served = engine.model_name
     aliases = settings.aliases if settings.aliases is not None else {n: served for n in CORTEX_MODEL_NAMES}
     entry = catalog_entry(served)
     cap = settings.engine.max_output_tokens or (entry.max_output_tokens if entry else DEFAULT_MAX_OUTPUT_TOKENS)
     scheduler = Scheduler(engine, metrics, max_concurrency=settings.server.max_concurrency,
                           max_queue_rows=settings.server.max_queue_rows)
-    return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window))
+    return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
+                   EmbedderResolver(_embedder_names(settings, embedders or [])))
 
 
 async def _start_engine(app: FastAPI) -> None:
     state = app.state
     try:
-        await state.engine.start()
-        state.runtime = build_runtime(state.settings, state.engine, state.metrics)
+        await asyncio.gather(state.engine.start(), *(e.start() for e in state.embedders))
+        state.runtime = build_runtime(state.settings, state.engine, state.metrics, state.embedders)
         logs.event("engine_ready", engine=state.engine.kind, model=state.engine.model_name,
                    context_window=state.engine.context_window,
                    max_concurrency=state.runtime.scheduler.max_concurrency,
@@ -47,14 +63,17 @@ async def _start_engine(app: FastAPI) -> None:
         logs.log.exception("engine_start_failed")
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """Build the service. ``engine`` defaults to the one the settings describe; it starts in the background,
-    so /health answers 503 while the model loads."""
+def create_app(settings: Settings, engine: Engine | None = None,
+               embedders: list[Embedder] | None = None) -> FastAPI:
+    """Build the service. ``engine`` and ``embedders`` default to those the settings describe; they start in the
+    background, so /health answers 503 while the models load."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.engine = engine or await asyncio.to_thread(build_engine, settings.engine)
+        state.embedders = embedders if embedders is not None else [
+            await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         starting = asyncio.create_task(_start_engine(app))
         try:
             yield
@@ -62,7 +81,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
-            await state.engine.aclose()
+            await asyncio.gather(state.engine.aclose(), *(e.aclose() for e in state.embedders))
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
