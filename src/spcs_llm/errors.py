@@ -7,6 +7,9 @@
         InvalidPrompt                        invalid prompt object
         MaxTokensExceeded                    max tokens of <n> exceeded
         SchemaValidationFailed               schema validation failed
+        InvalidLanguage                      invalid language "<code>"
+        InvalidCategories                    invalid number of categories: <n> / invalid category input type
+        EmptyClassificationInput             empty classification input
         InvalidInput                         any other bad value in a row (the message names it)
       BatchError (400)                       the request as a whole is malformed; never retried
         BadEnvelope                          not JSON, no "data", a row that is not [int, ...], wrong arity
@@ -85,6 +88,32 @@ class SchemaValidationFailed(RowError):
 
 class InvalidInput(RowError):
     kind = "invalid_input"
+
+
+class InvalidLanguage(RowError):
+    kind = "invalid_language"
+
+    def __init__(self, code: object) -> None:
+        super().__init__(f'invalid language "{code}"', param="language")
+
+
+class InvalidCategories(RowError):
+    kind = "invalid_categories"
+
+    @classmethod
+    def count(cls, n: int) -> InvalidCategories:
+        return cls(f"invalid number of categories: {n}", param="categories")
+
+    @classmethod
+    def input_type(cls) -> InvalidCategories:
+        return cls("invalid category input type", param="categories")
+
+
+class EmptyClassificationInput(RowError):
+    kind = "empty_classification_input"
+
+    def __init__(self) -> None:
+        super().__init__("empty classification input", param="input")
 
 
 class BatchError(SpcsLlmError):

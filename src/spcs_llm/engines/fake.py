@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
+import re
 from collections.abc import Sequence
+from typing import Any
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
-from .base import ChatRequest, ChatResult, Embedder, Engine, Usage
+from .base import ChatRequest, ChatResult, Embedder, Engine, TokenLogprob, Usage
+
+
+def schema_example(schema: Any) -> Any:
+    """The simplest value that matches a JSON schema (first enum value, required keys, minItems items)."""
+    if not isinstance(schema, dict):
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {k: schema_example(props.get(k, {})) for k in schema.get("required", list(props))}
+    if kind == "array":
+        return [schema_example(schema.get("items", {})) for _ in range(max(1, schema.get("minItems", 1)))]
+    return {"string": "echo", "number": 0.5, "integer": 1, "boolean": True}.get(kind)
 
 
 class FakeEngine(Engine):
-    """Answers ``echo:<last user message>``; one token per whitespace-separated word.
+    """Answers ``echo:<last user message>``; one token per whitespace-separated word. With a JSON schema it
+    answers the schema's simplest instance (:func:`schema_example`); asked for logprobs, it gives every token
+    log-probability -0.1 with itself as the only alternative.
 
     It records every request in ``calls`` and the highest number of requests in flight at once in
     ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
@@ -67,10 +89,16 @@ class FakeEngine(Engine):
         last = request.messages[-1].content
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
-        words = f"echo:{last}".split(" ")
+        if request.json_schema is not None:
+            words = [json.dumps(schema_example(json.loads(request.json_schema)), ensure_ascii=False)]
+        else:
+            words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
         text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
-        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)))
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if request.top_logprobs:
+            logprobs = tuple(TokenLogprob(t, -0.1, ((t, -0.1),)) for t in re.findall(r"\w+|\W", text))
+        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)), logprobs)
 
     async def count_tokens(self, text: str) -> int:
         return len(text.split())

@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import jsonschema
 import orjson
 
-from ..engines.base import ChatRequest, Message
-from ..errors import InvalidOptions, InvalidPrompt
+from ..engines.base import ChatRequest, ChatResult, Message
+from ..errors import InvalidInput, InvalidOptions, InvalidPrompt, SchemaValidationFailed
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
 
 CORTEX_DEFAULT_MAX_TOKENS = 4096
@@ -56,7 +57,17 @@ def _schema(options: dict[str, Any]) -> str | None:
         raise InvalidOptions("response_format must be {'type': 'json', 'schema': {...}}")
     if set(fmt) - {"type", "schema"}:
         raise InvalidOptions("response_format has keys other than type and schema")
-    return ChatRequest.schema_key(fmt["schema"])
+    return checked_schema(fmt["schema"])
+
+
+def checked_schema(schema: dict[str, Any]) -> str:
+    """The canonical form of a response-format schema, or ``schema validation failed`` if it is not a valid
+    JSON Schema (checked here, before any engine work)."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise SchemaValidationFailed() from exc
+    return ChatRequest.schema_key(schema) or "{}"
 
 
 def parse_options(raw: Any) -> Options:
@@ -116,14 +127,58 @@ def complete_detailed(rt: Runtime, args: list[Any]) -> RowJob:
 
     async def run() -> str:
         result = await rt.scheduler.chat(request)
-        usage = result.usage
-        return orjson.dumps({
-            "choices": [{"messages": result.text}],
-            "created": int(time.time()),
-            "model": served,
-            "usage": {"completion_tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
-                      "total_tokens": usage.total_tokens},
-        }).decode()
+        return orjson.dumps(details(result, served)).decode()
+
+    return run
+
+
+def details(result: ChatResult, served: str, structured: Any = None) -> dict[str, Any]:
+    """COMPLETE's detail object; with a response format, AI_COMPLETE's ``structured_output`` form."""
+    usage = result.usage
+    body: dict[str, Any] = {"choices": [{"messages": result.text}]} if structured is None else {}
+    body |= {"created": int(time.time()), "model": served}
+    if structured is not None:
+        body["structured_output"] = [{"raw_message": structured, "type": "json"}]
+    body["usage"] = {"completion_tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
+                     "total_tokens": usage.total_tokens}
+    return body
+
+
+def _response_format(raw: Any) -> str | None:
+    """AI_COMPLETE's response_format: ``{'type': 'json', 'schema': {...}}``, or the JSON schema itself."""
+    if raw is None:
+        return None
+    fmt = json_arg(raw, dict, "response_format", InvalidInput)
+    if fmt.get("type") == "json" and "schema" in fmt:
+        return _schema({"response_format": fmt})
+    return checked_schema(fmt)
+
+
+def ai_complete(rt: Runtime, args: list[Any]) -> RowJob:
+    """AI_COMPLETE(model, prompt[, model_parameters[, response_format[, show_details]]])."""
+    model, prompt, parameters, fmt, show = [*args, *[None] * (5 - len(args))]
+    served = rt.models.resolve(model)
+    if not isinstance(prompt, str):
+        raise InvalidPrompt("prompt must be a string")
+    opts = parse_options(parameters) if parameters is not None else Options()
+    if opts.json_schema is not None:
+        raise InvalidOptions("response_format is AI_COMPLETE's own argument, not a model parameter")
+    schema = _response_format(fmt)
+    if show is not None and not isinstance(show, bool):
+        raise InvalidInput("show_details must be a BOOLEAN")
+    request = _request(rt, (Message("user", prompt),), Options(opts.temperature, opts.top_p, opts.max_tokens, schema))
+
+    async def run() -> Any:
+        result = await rt.scheduler.chat(request)
+        structured = None
+        if schema is not None:
+            try:
+                structured = orjson.loads(result.text)
+            except orjson.JSONDecodeError as exc:  # generation stopped at max_tokens inside the object
+                raise InvalidInput("the structured answer did not fit in max_tokens") from exc
+        if show:
+            return details(result, served, structured)
+        return structured if schema is not None else result.text
 
     return run
 
@@ -135,3 +190,10 @@ OVERLOADS = (
 
 register(SqlFunction("complete", OVERLOADS))
 register(SqlFunction("try_complete", OVERLOADS, null_on_error=True))
+
+_AI_ARGS = (("model", "VARCHAR"), ("prompt", "VARCHAR"), ("model_parameters", "OBJECT"),
+            ("response_format", "OBJECT"), ("show_details", "BOOLEAN"))
+_AI_OPTIONAL = frozenset({"model_parameters", "response_format", "show_details"})
+register(SqlFunction("ai_complete", tuple(
+    Overload(_AI_ARGS[:n], "VARCHAR" if n < 4 else "VARIANT", ai_complete, _AI_OPTIONAL) for n in (2, 3, 4, 5)
+), null_on_error=True))

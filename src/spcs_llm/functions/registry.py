@@ -29,19 +29,33 @@ class Runtime:
     max_output_tokens: int
     embedders: EmbedderResolver = field(default_factory=EmbedderResolver)
 
+    @property
+    def context_window(self) -> int:
+        """Tokens one request to the served chat model may hold (prompt + output)."""
+        return self.scheduler.engine.context_window
+
 
 Prepare = Callable[[Runtime, list[Any]], RowJob]
 
 
 @dataclass(frozen=True)
 class Overload:
+    """One SQL signature. A NULL argument makes the row NULL without calling ``prepare``, except for the
+    arguments named in ``nullable``, which reach ``prepare`` as None (optional settings, or an input whose
+    NULL is an error in Cortex, such as CLASSIFY_TEXT's)."""
+
     args: tuple[tuple[str, str], ...]  # (name, SQL type)
     returns: str
     prepare: Prepare
+    nullable: frozenset[str] = frozenset()
 
     @property
     def arity(self) -> int:
         return len(self.args)
+
+    def null_row(self, args: list[Any]) -> bool:
+        """True when a NULL argument makes this row's answer NULL."""
+        return any(v is None and name not in self.nullable for v, (name, _) in zip(args, self.args, strict=True))
 
     @property
     def signature(self) -> str:

@@ -100,7 +100,7 @@ def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[RowJob
                 + " or ".join(map(str, fn.arities))
             )
         args = row[1:]
-        if any(a is None for a in args):
+        if overload.null_row(args):
             jobs.append(None)
             continue
         try:

@@ -1,0 +1,175 @@
+"""CLASSIFY_TEXT, AI_CLASSIFY and AI_FILTER (snowflake-contract.md §3.1, §3.3).
+
+Labels come from constrained decoding over exactly the given categories, so the answer is always one of them.
+Categories are strings or ``{"label", "description", "examples"}`` objects; the instruction lists them (with
+descriptions and examples) before the row's text, so rows of one query share the prompt prefix.
+
+- ``CLASSIFY_TEXT(input, categories[, options{task_description}])`` → ``{"label": "<category>"}``.
+- ``AI_CLASSIFY(input, categories[, config{task_description, output_mode, examples}])`` → ``{"labels": [...]}``;
+  ``output_mode: 'multi'`` may give several (or no) labels.
+- ``AI_FILTER(input)`` → BOOLEAN: the model's constrained TRUE/FALSE answer to the input read as a question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EmptyClassificationInput, InvalidCategories, InvalidInput, InvalidOptions
+from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
+from .tasks import enum_schema, json_answer, task_request
+
+MIN_CATEGORIES, MAX_CATEGORIES = 2, 100
+MAX_EXAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Category:
+    label: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+
+def parse_categories(raw: Any) -> list[Category]:
+    try:
+        items = json_arg(raw, list, "categories")
+    except InvalidInput as exc:
+        raise InvalidCategories.input_type() from exc
+    categories: list[Category] = []
+    for item in items:
+        if isinstance(item, str):
+            categories.append(Category(item))
+        elif isinstance(item, dict) and isinstance(item.get("label"), str) and set(item) <= {
+                "label", "description", "examples"}:
+            description = item.get("description", "")
+            examples = item.get("examples", [])
+            if not isinstance(description, str) or not isinstance(examples, list) or len(examples) > MAX_EXAMPLES \
+                    or not all(isinstance(e, str) for e in examples):
+                raise InvalidCategories.input_type()
+            categories.append(Category(item["label"], description, tuple(examples)))
+        else:
+            raise InvalidCategories.input_type()
+    labels = [c.label for c in categories]
+    if not MIN_CATEGORIES <= len(set(labels)) == len(labels) <= MAX_CATEGORIES or not all(s.strip() for s in labels):
+        raise InvalidCategories.count(len(categories))
+    return categories
+
+
+def _input(value: Any) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise EmptyClassificationInput()
+    if not isinstance(value, str):
+        raise InvalidInput("input must be a string")
+    return value
+
+
+def _settings(raw: Any, allowed: set[str]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    settings = json_arg(raw, dict, "options", InvalidOptions)
+    if set(settings) - allowed:
+        raise InvalidOptions(f"unknown keys: {sorted(set(settings) - allowed)}")
+    if not isinstance(settings.get("task_description", ""), str):
+        raise InvalidOptions("task_description must be a string")
+    return settings
+
+
+def instruction(categories: list[Category], settings: dict[str, Any], *, multi: bool) -> str:
+    lines = ["You are a text classifier."]
+    if settings.get("task_description"):
+        lines.append(f"Task: {settings['task_description']}")
+    lines.append("Categories:")
+    for c in categories:
+        line = f"- {c.label}" + (f": {c.description}" if c.description else "")
+        if c.examples:
+            line += " (examples: " + "; ".join(c.examples) + ")"
+        lines.append(line)
+    for example in settings.get("examples", []):
+        lines.append(f"Example: {example['input']} -> {', '.join(example['labels'])}")
+    lines.append("Answer with every category that applies to the text from the user." if multi
+                 else "Answer with the one category that fits the text from the user best.")
+    return "\n".join(lines)
+
+
+def _examples(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("input"), str) and isinstance(e.get("labels"), list)
+            and all(isinstance(x, str) for x in e["labels"]) for e in raw):
+        raise InvalidOptions("examples must be [{input, labels, explanation}]")
+    return raw
+
+
+def _classify_text(rt: Runtime, args: list[Any]) -> RowJob:
+    text = _input(args[0])
+    categories = parse_categories(args[1])
+    settings = _settings(args[2] if len(args) > 2 else None, {"task_description"})
+    labels = [c.label for c in categories]
+    request = task_request(rt, instruction(categories, settings, multi=False), text,
+                           schema={"type": "object", "properties": {"label": enum_schema(labels)},
+                                   "required": ["label"], "additionalProperties": False},
+                           max_tokens=16 + max(len(label) for label in labels))
+
+    async def run() -> dict[str, str]:
+        return {"label": json_answer(await rt.scheduler.chat(request))["label"]}
+
+    return run
+
+
+def _ai_classify(rt: Runtime, args: list[Any]) -> RowJob:
+    text = _input(args[0])
+    categories = parse_categories(args[1])
+    settings = _settings(args[2] if len(args) > 2 else None, {"task_description", "output_mode", "examples"})
+    mode = settings.get("output_mode", "single")
+    if mode not in ("single", "multi"):
+        raise InvalidOptions("output_mode must be 'single' or 'multi'")
+    if "examples" in settings:
+        settings["examples"] = _examples(settings["examples"])
+    labels = [c.label for c in categories]
+    multi = mode == "multi"
+    schema: dict[str, Any] = enum_schema(labels)
+    if multi:
+        schema = {"type": "array", "items": schema, "maxItems": len(labels)}
+    request = task_request(rt, instruction(categories, settings, multi=multi), text,
+                           schema={"type": "object", "properties": {"labels": schema}, "required": ["labels"],
+                                   "additionalProperties": False},
+                           max_tokens=16 + sum(len(label) + 4 for label in labels) if multi
+                           else 16 + max(len(label) for label in labels))
+
+    async def run() -> dict[str, list[str]]:
+        answer = json_answer(await rt.scheduler.chat(request))["labels"]
+        chosen = answer if isinstance(answer, list) else [answer]
+        return {"labels": [label for label in labels if label in chosen]}  # category order, each once
+
+    return run
+
+
+FILTER_INSTRUCTION = (
+    "Read the text from the user as a yes-or-no question or a claim about the data it contains. Answer TRUE "
+    "if the answer is yes or the claim holds, FALSE otherwise."
+)
+
+
+def _ai_filter(rt: Runtime, args: list[Any]) -> RowJob:
+    (text,) = args
+    if not isinstance(text, str):
+        raise InvalidInput("input must be a string")
+    request = task_request(rt, FILTER_INSTRUCTION, text, schema=enum_schema(["TRUE", "FALSE"]), max_tokens=6)
+
+    async def run() -> bool:
+        return json_answer(await rt.scheduler.chat(request)) == "TRUE"
+
+    return run
+
+
+_NULLABLE = frozenset({"input", "options", "config"})
+register(SqlFunction("classify_text", (
+    Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _classify_text, _NULLABLE),
+    Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("options", "OBJECT")), "OBJECT", _classify_text,
+             _NULLABLE),
+)))
+register(SqlFunction("ai_classify", (
+    Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _ai_classify, _NULLABLE),
+    Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("config", "OBJECT")), "OBJECT", _ai_classify,
+             _NULLABLE),
+), null_on_error=True))
+register(SqlFunction("ai_filter", (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),), null_on_error=True))

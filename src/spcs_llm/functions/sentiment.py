@@ -1,0 +1,94 @@
+"""SENTIMENT, AI_SENTIMENT and ENTITY_SENTIMENT (snowflake-contract.md §3.1).
+
+SENTIMENT's score is not a number the model writes. The model chooses a label under constrained decoding, and
+the score is the expected polarity under the model's own label probabilities at that choice:
+P(positive) - P(negative), with neutral counting 0. A confident positive review scores near 1, a confident
+negative one near -1, and an unsure or neutral one near 0, which is Cortex's reading (≥ 0.5 positive,
+≤ -0.5 negative).
+
+AI_SENTIMENT / ENTITY_SENTIMENT return ``{"categories": [{"name": "overall", "sentiment": ...}, ...]}`` with one
+entry per requested aspect; each sentiment is one of positive/negative/neutral/mixed/unknown, chosen by
+constrained decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidInput
+from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
+from .tasks import enum_schema, json_answer, label_distribution, task_request
+
+POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
+SENTIMENT_INSTRUCTION = (
+    "You are a sentiment classifier. Read the text from the user and answer with exactly one word: positive, "
+    "negative or neutral, the overall sentiment its author expresses."
+)
+ASPECT_LABELS = ("positive", "negative", "neutral", "mixed", "unknown")
+ASPECT_INSTRUCTION = (
+    "You are a sentiment analyst. For the text from the user, give the sentiment its author expresses overall "
+    "and toward each aspect named in the JSON schema: positive, negative, neutral, mixed (both positive and "
+    "negative), or unknown (the aspect is not discussed)."
+)
+MAX_ASPECTS, MAX_ASPECT_CHARS = 10, 30
+
+
+def sentiment_score(distribution: dict[str, float]) -> float:
+    score = sum(POLARITY[label] * p for label, p in distribution.items())
+    return round(max(-1.0, min(1.0, score)), 6)
+
+
+def _sentiment(rt: Runtime, args: list[Any]) -> RowJob:
+    (text,) = args
+    if not isinstance(text, str):
+        raise InvalidInput("text must be a string")
+    request = task_request(rt, SENTIMENT_INSTRUCTION, text, schema=enum_schema(list(POLARITY)), max_tokens=8,
+                           top_logprobs=10)
+
+    async def run() -> float:
+        result = await rt.scheduler.chat(request)
+        return sentiment_score(label_distribution(result, list(POLARITY)))
+
+    return run
+
+
+def parse_aspects(raw: Any) -> list[str]:
+    aspects = json_arg(raw, list, "categories")
+    if len(aspects) > MAX_ASPECTS:
+        raise InvalidInput(f"at most {MAX_ASPECTS} categories may be given, not {len(aspects)}")
+    names: list[str] = []
+    for aspect in aspects:
+        if not isinstance(aspect, str) or not aspect.strip() or len(aspect) > MAX_ASPECT_CHARS:
+            raise InvalidInput(f"each category must be a non-empty string of at most {MAX_ASPECT_CHARS} characters")
+        if aspect.strip().lower() != "overall" and aspect not in names:
+            names.append(aspect)
+    return names
+
+
+def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
+    text = args[0]
+    if not isinstance(text, str):
+        raise InvalidInput("text must be a string")
+    names = ["overall", *(parse_aspects(args[1]) if len(args) > 1 and args[1] is not None else [])]
+    schema = {
+        "type": "object",
+        "properties": {name: enum_schema(ASPECT_LABELS) for name in names},
+        "required": names,
+        "additionalProperties": False,
+    }
+    request = task_request(rt, ASPECT_INSTRUCTION, text, schema=schema, max_tokens=16 + 12 * len(names))
+
+    async def run() -> dict[str, Any]:
+        answer = json_answer(await rt.scheduler.chat(request))
+        return {"categories": [{"name": n, "sentiment": answer[n]} for n in names]}
+
+    return run
+
+
+register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),)))
+_ASPECT_OVERLOADS = (
+    Overload((("text", "VARCHAR"),), "OBJECT", _aspects),
+    Overload((("text", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _aspects, nullable=frozenset({"categories"})),
+)
+register(SqlFunction("ai_sentiment", _ASPECT_OVERLOADS, null_on_error=True))
+register(SqlFunction("entity_sentiment", _ASPECT_OVERLOADS))

@@ -1,0 +1,115 @@
+"""SUMMARIZE, AI_SUMMARIZE_AGG and AI_AGG (snowflake-contract.md §3.1).
+
+Inputs are never truncated silently. A text longer than one request can hold is cut into pieces that fit, each
+piece is answered, and the partial answers are combined the same way until one answer is left (map-reduce).
+Cortex's AI_AGG and AI_SUMMARIZE_AGG are aggregates, which a service function cannot be; here they take the
+array that ``ARRAY_AGG(col)`` builds, so ``AI_AGG(ARRAY_AGG(review), 'instruction')`` works for any number of
+rows: the rows are packed into groups that fit the context, and groups' answers are reduced hierarchically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import InvalidInput, MaxTokensExceeded
+from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
+from .tasks import budget, fit, task_request
+
+SUMMARIZE_INSTRUCTION = (
+    "Summarize the text from the user in a few sentences. Keep the key facts, names and numbers. "
+    "Answer with the summary only."
+)
+SUMMARIZE_AGG_INSTRUCTION = "Summarize what these texts say, as one short summary of all of them."
+MAP_TEMPLATE = "You are given numbered texts. {instruction} Answer with the result only."
+REDUCE_TEMPLATE = (
+    "You are given partial results, each computed over a different part of a larger set of texts, for this task: "
+    "{instruction} Combine them into one result for the whole set. Answer with the result only."
+)
+SEPARATOR = "\n\n"
+
+
+def output_tokens(rt: Runtime) -> int:
+    """Tokens for one answer: at most a third of the context, so two answers and a prompt fit in the next round."""
+    return max(16, min(rt.max_output_tokens, rt.context_window // 3))
+
+
+async def _answer(rt: Runtime, instruction: str, text: str, out: int) -> str:
+    return (await rt.scheduler.chat(task_request(rt, instruction, text, max_tokens=out))).text.strip()
+
+
+async def aggregate(rt: Runtime, instruction: str, texts: list[str], *, reducing: bool = False) -> str:
+    """One answer to ``instruction`` over all ``texts``, however many: pack, answer each group, reduce."""
+    out = output_tokens(rt)
+    system = (REDUCE_TEMPLATE if reducing else MAP_TEMPLATE).format(instruction=instruction)
+    room = await budget(rt, system, out)
+    pieces = [p for t in texts for p in await fit(rt, t, room - 8)]
+    groups = await _pack(rt, pieces, room)
+    if reducing and len(groups) >= len(texts) > 1:  # no two answers fit one request: reducing cannot finish
+        raise MaxTokensExceeded(rt.context_window)
+    answers = await asyncio.gather(*(_answer(rt, system, _numbered(g), out) for g in groups))
+    if len(answers) == 1:
+        return answers[0]
+    return await aggregate(rt, instruction, list(answers), reducing=True)
+
+
+async def _pack(rt: Runtime, pieces: list[str], room: int) -> list[list[str]]:
+    """Consecutive pieces grouped so that each group's numbered text fits in ``room`` tokens."""
+    counts = await asyncio.gather(*(rt.scheduler.count_tokens(p) for p in pieces))
+    groups: list[list[str]] = []
+    used = room + 1
+    for piece, tokens in zip(pieces, counts, strict=True):
+        cost = tokens + 8  # the number and separator around each piece
+        if used + cost > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(piece)
+        used += cost
+    return groups or [[""]]
+
+
+def _numbered(texts: list[str]) -> str:
+    return SEPARATOR.join(f"[{i}] {t}" for i, t in enumerate(texts, 1))
+
+
+async def summarize_text(rt: Runtime, text: str) -> str:
+    out = output_tokens(rt)
+    pieces = await fit(rt, text, await budget(rt, SUMMARIZE_INSTRUCTION, out))
+    if len(pieces) == 1:
+        return await _answer(rt, SUMMARIZE_INSTRUCTION, text, out)
+    partials = await asyncio.gather(*(_answer(rt, SUMMARIZE_INSTRUCTION, p, out) for p in pieces))
+    return await aggregate(rt, SUMMARIZE_AGG_INSTRUCTION, list(partials), reducing=True)
+
+
+def _summarize(rt: Runtime, args: list[Any]) -> RowJob:
+    (text,) = args
+    if not isinstance(text, str):
+        raise InvalidInput("text must be a string")
+
+    async def run() -> str:
+        return await summarize_text(rt, text)
+
+    return run
+
+
+def _texts(raw: Any) -> list[str]:
+    items = json_arg(raw, list, "texts")
+    return [item if isinstance(item, str) else str(item) for item in items if item is not None]
+
+
+def _agg(rt: Runtime, args: list[Any]) -> RowJob:
+    texts = _texts(args[0])
+    instruction = args[1] if len(args) > 1 else SUMMARIZE_AGG_INSTRUCTION
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise InvalidInput("instruction must be a non-empty string")
+
+    async def run() -> str | None:
+        return await aggregate(rt, instruction.strip(), texts) if texts else None
+
+    return run
+
+
+register(SqlFunction("summarize", (Overload((("text", "VARCHAR"),), "VARCHAR", _summarize),)))
+register(SqlFunction("ai_summarize_agg", (Overload((("texts", "ARRAY"),), "VARCHAR", _agg),), null_on_error=True))
+register(SqlFunction("ai_agg", (Overload((("texts", "ARRAY"), ("instruction", "VARCHAR")), "VARCHAR", _agg),),
+                     null_on_error=True))

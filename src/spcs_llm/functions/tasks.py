@@ -1,0 +1,109 @@
+"""What the task functions (SENTIMENT, SUMMARIZE, TRANSLATE, CLASSIFY_TEXT, ...) share.
+
+- **Prompt layout**: the fixed instruction is the system message and the row's text is the last message, so
+  every row of a function shares the longest possible prefix in the engine's prompt cache.
+- **Constrained output**: labels, booleans and objects come from JSON-schema constrained decoding, so an answer
+  is always one of the allowed values; :func:`json_answer` only decodes it.
+- **Label probabilities**: :func:`label_distribution` reads the model's probabilities for each label at the
+  token where the answer names it, which is what SENTIMENT's score is made of.
+- **Fitting the context**: :func:`fit` cuts a text that does not fit one request into pieces that do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from ..engines.base import ChatRequest, ChatResult, Message
+from ..errors import InvalidInput, MaxTokensExceeded
+from .registry import Runtime
+from .text import DEFAULT_SEPARATORS, recursive_split
+
+# Tokens a chat template adds around the system and user messages (role markers, BOS); generous on purpose.
+TEMPLATE_TOKENS = 32
+
+
+def task_request(rt: Runtime, instruction: str, text: str, *, schema: Mapping[str, Any] | None = None,
+                 max_tokens: int = 256, top_logprobs: int = 0) -> ChatRequest:
+    """A greedy request: the instruction first (shared by every row), the row's text last."""
+    return ChatRequest(
+        messages=(Message("system", instruction), Message("user", text)),
+        max_tokens=max(1, min(max_tokens, rt.max_output_tokens)),
+        temperature=0.0,
+        json_schema=ChatRequest.schema_key(schema),
+        top_logprobs=top_logprobs,
+    )
+
+
+def json_answer(result: ChatResult) -> Any:
+    """The decoded value of a constrained answer. It is valid JSON unless generation was cut at max_tokens."""
+    try:
+        return orjson.loads(result.text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("the model's answer did not fit in its token limit") from exc
+
+
+def enum_schema(values: Sequence[str]) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values)}
+
+
+def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, float]:
+    """P(label) for each label, from the alternatives at the first token of the answer that has text.
+
+    A token counts toward a label when the label starts with it (case-insensitive, quotes and spaces stripped);
+    a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
+    renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
+    """
+    chosen = str(orjson.loads(result.text)) if result.text.startswith('"') else result.text.strip()
+    position = next((t for t in result.logprobs if _core(t.token)), None)
+    mass = dict.fromkeys(labels, 0.0)
+    if position is not None:
+        seen: set[str] = set()
+        for token, logprob in ((position.token, position.logprob), *position.top):
+            key = _core(token)
+            if not key or token in seen:
+                continue
+            seen.add(token)
+            matches = [label for label in labels if label.lower().startswith(key)]
+            for label in matches:
+                mass[label] += math.exp(logprob) / len(matches)
+    total = sum(mass.values())
+    if total <= 0:
+        return {label: float(label == chosen) for label in labels}
+    return {label: m / total for label, m in mass.items()}
+
+
+def _core(token: str) -> str:
+    return token.strip().strip('"').strip().lower()
+
+
+async def budget(rt: Runtime, instruction: str, max_tokens: int) -> int:
+    """Tokens left for the row's text in one request with this instruction and output allowance."""
+    room = rt.context_window - min(max_tokens, rt.max_output_tokens) - TEMPLATE_TOKENS
+    room -= await rt.scheduler.count_tokens(instruction)
+    if room < 16:
+        raise MaxTokensExceeded(rt.context_window)
+    return room
+
+
+async def fit(rt: Runtime, text: str, room: int) -> list[str]:
+    """``text`` as pieces of at most ``room`` tokens each, cut at paragraph, line, then word boundaries.
+
+    A byte-level tokenizer never makes more tokens than bytes, so short texts are not sent to the tokenizer.
+    """
+    if len(text.encode()) <= room:
+        return [text]
+    tokens = await rt.scheduler.count_tokens(text)
+    if tokens <= room:
+        return [text]
+    chars = max(1, int(len(text) * room / tokens * 0.9))
+    pieces = recursive_split(text, chars, 0, DEFAULT_SEPARATORS)
+    if len(pieces) == 1:  # one unbreakable piece: halve it
+        pieces = [text[: len(text) // 2], text[len(text) // 2:]]
+    out: list[str] = []
+    for piece in pieces:
+        out.extend(await fit(rt, piece, room))
+    return out
