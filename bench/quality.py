@@ -1,0 +1,154 @@
+"""Answer quality of the task functions on small labelled sets shipped in bench/data/ (made for this repo).
+
+Starts ``spcs-llm serve`` on the packaged model (or on ``--config`` / ``--gguf``), or uses a running server
+(``--url``), sends each set as one Snowflake batch per function, and prints accuracy next to the chance rate.
+
+    python bench/quality.py                       # the packaged SmolLM2-135M
+    python bench/quality.py --gguf qwen2.5-1.5b-instruct-q4_k_m.gguf
+    python bench/quality.py --url http://127.0.0.1:8001 [--json out.json]
+
+Scoring: SENTIMENT is right when its sign matches the label; AI_SENTIMENT when "overall" is the label;
+CLASSIFY_TEXT / AI_CLASSIFY when the label is the expected category; EXTRACT_ANSWER when the answer contains
+the expected words (case-insensitive); AI_FILTER when the boolean matches; AI_SIMILARITY when a review is more
+similar to another review of the same polarity than to one of the opposite polarity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from spcs_llm.server.health import wait_healthy
+
+DATA = Path(__file__).parent / "data"
+HEADERS = {"content-type": "application/json", "sf-external-function-format": "json",
+           "sf-external-function-format-version": "1.0"}
+
+
+def load(name: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text(encoding="utf-8").splitlines() if line]
+
+
+def call(client: httpx.Client, fn: str, rows: list[list[Any]]) -> list[Any]:
+    r = client.post(f"/functions/{fn}", json={"data": [[i, *row] for i, row in enumerate(rows)]}, headers=HEADERS)
+    if r.status_code != 200:
+        raise SystemExit(f"{fn}: HTTP {r.status_code}: {r.text}")
+    return [v for _, v in r.json()["data"]]
+
+
+def score(name: str, truth: list[Any], answers: list[Any], right: Callable[[Any, Any], bool], chance: float,
+          seconds: float) -> dict[str, Any]:
+    correct = sum(1 for t, a in zip(truth, answers, strict=True) if a is not None and right(t, a))
+    nulls = sum(a is None for a in answers)
+    return {"function": name, "n": len(truth), "accuracy": correct / len(truth), "chance": chance, "nulls": nulls,
+            "seconds": seconds}
+
+
+def timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
+    start = time.perf_counter()
+    answers = call(client, fn, rows)
+    return answers, time.perf_counter() - start
+
+
+def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, Any]]:
+    results = []
+    sentiment = load("sentiment")
+    texts, labels = [[s["text"]] for s in sentiment], [s["label"] for s in sentiment]
+    answers, secs = timed(client, "sentiment", texts)
+    results.append(score("SENTIMENT", labels, answers, lambda t, a: (a > 0) == (t == "positive"), 0.5, secs))
+    answers, secs = timed(client, "ai_sentiment", texts)
+    results.append(score("AI_SENTIMENT", labels, answers, lambda t, a: a["categories"][0]["sentiment"] == t, 0.2, secs))
+
+    classify = load("classify")
+    categories = sorted({c["label"] for c in classify})
+    rows = [[c["text"], categories] for c in classify]
+    truth = [c["label"] for c in classify]
+    answers, secs = timed(client, "classify_text", rows)
+    results.append(score("CLASSIFY_TEXT", truth, answers, lambda t, a: a["label"] == t, 1 / len(categories), secs))
+    answers, secs = timed(client, "ai_classify", rows)
+    results.append(score("AI_CLASSIFY", truth, answers, lambda t, a: a["labels"] == [t], 1 / len(categories), secs))
+
+    extract = load("extract")
+    answers, secs = timed(client, "extract_answer", [[e["text"], e["question"]] for e in extract])
+    results.append(score("EXTRACT_ANSWER", [e["answer"] for e in extract], answers,
+                         lambda t, a: t.lower() in a[0]["answer"].lower(), 0.0, secs))
+
+    flt = load("filter")
+    answers, secs = timed(client, "ai_filter", [[f["text"]] for f in flt])
+    results.append(score("AI_FILTER", [f["label"] for f in flt], answers, lambda t, a: a == t, 0.5, secs))
+
+    if embed_model:
+        pos = [s["text"] for s in sentiment if s["label"] == "positive"]
+        neg = [s["text"] for s in sentiment if s["label"] == "negative"]
+        n = min(len(pos), len(neg)) - 1
+        rows = [[pos[i], pos[i + 1], {"model": embed_model}] for i in range(n)]
+        rows += [[pos[i], neg[i], {"model": embed_model}] for i in range(n)]
+        rows += [[neg[i], neg[i + 1], {"model": embed_model}] for i in range(n)]
+        rows += [[neg[i], pos[i + 1], {"model": embed_model}] for i in range(n)]
+        sims, secs = timed(client, "ai_similarity", rows)
+        same_pos, cross_pos, same_neg, cross_neg = (sims[k * n:(k + 1) * n] for k in range(4))
+        truth = [True] * (2 * n)
+        wins = [s > c for s, c in zip(same_pos + same_neg, cross_pos + cross_neg, strict=True)]
+        results.append(score("AI_SIMILARITY", truth, wins, lambda t, a: a == t, 0.5, secs))
+    return results
+
+
+def start_server(args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "spcs_llm", "serve", "--port", str(port)]
+    if args.config:
+        cmd += ["--config", args.config]
+    if args.gguf:
+        cmd += ["--model", args.gguf]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    if not wait_healthy(base, timeout_s=600, still_running=lambda: proc.poll() is None):
+        proc.kill()
+        raise SystemExit(f"server did not become healthy: {' '.join(cmd)}")
+    return base, proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running spcs-llm (default: start one)")
+    parser.add_argument("--config", help="config file for the server this script starts")
+    parser.add_argument("--gguf", help="GGUF model for the server this script starts")
+    parser.add_argument("--embed-model", default="snowflake-arctic-embed-m-v1.5",
+                        help="embedding model for AI_SIMILARITY ('' to skip)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+    proc = None
+    base = args.url
+    if base is None:
+        base, proc = start_server(args)
+    try:
+        with httpx.Client(base_url=base, timeout=1800) as client:
+            model = next(m["id"] for m in client.get("/v1/models").json()["data"])
+            results = evaluate(client, args.embed_model or None)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"\nquality on {model} ({base})\n")
+    print("| function | n | accuracy | chance | NULL rows | seconds |\n|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
+              f"| {r['seconds']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
