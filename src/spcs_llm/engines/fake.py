@@ -8,7 +8,7 @@ import math
 from collections.abc import Sequence
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
-from .base import ChatRequest, ChatResult, Embedder, Engine, Usage
+from .base import ChatRequest, ChatResult, Embedder, Engine, TokenLogprob, Usage
 
 
 class FakeEngine(Engine):
@@ -70,7 +70,16 @@ class FakeEngine(Engine):
         words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
         text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
-        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)))
+        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)),
+                          self._logprobs(words[:room], request.top_logprobs))
+
+    @staticmethod
+    def _logprobs(words: list[str], top: int) -> tuple[TokenLogprob, ...]:
+        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it."""
+        if top <= 0:
+            return ()
+        return tuple(TokenLogprob(w, -0.1, ((w, -0.1), *((f"alt{k}", -1.0 - k) for k in range(1, top))))
+                     for w in words)
 
     async def count_tokens(self, text: str) -> int:
         return len(text.split())
