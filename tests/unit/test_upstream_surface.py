@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 
 async def test_logprobs_and_top_logprobs_in_openai_shape(client, fake_engine) -> None:
     r = await client.post("/v1/chat/completions", json={
@@ -63,3 +65,19 @@ async def test_tokenize_in_vllm_shape(client) -> None:
 async def test_models_report_max_model_len(client) -> None:
     data = (await client.get("/v1/models")).json()["data"]
     assert {m["max_model_len"] for m in data} == {64}
+
+
+async def test_embeddings_in_base64_as_the_openai_sdk_asks(client) -> None:
+    import base64
+    import struct
+
+    plain = (await client.post("/v1/embeddings", json={"model": "fake-embed-768", "input": "a b"})).json()
+    b64 = (await client.post("/v1/embeddings", json={"model": "fake-embed-768", "input": "a b",
+                                                     "encoding_format": "base64"})).json()
+    raw = base64.b64decode(b64["data"][0]["embedding"])
+    assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(plain["data"][0]["embedding"], abs=1e-7)
+
+
+async def test_tokenize_counts_with_an_embedding_model_when_named(client) -> None:
+    r = await client.post("/tokenize", json={"model": "fake-embed-768", "prompt": "a b c d e"})
+    assert r.status_code == 200 and r.json() == {"count": 5, "max_model_len": 512}

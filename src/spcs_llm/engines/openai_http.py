@@ -190,6 +190,7 @@ class _Upstream:
         self.client = _client(upstream, concurrency=concurrency, request_timeout=request_timeout,
                               connect_timeout=connect_timeout, api_key=api_key, transport=transport)
         self.slots = asyncio.Semaphore(concurrency)
+        self.tokenize_missing = False
 
     async def post(self, path: str, body: Mapping[str, Any], **translate: Any) -> Any:
         """POST ``path`` (relative to /v1, or absolute under the root) and return its JSON, or raise the
@@ -215,6 +216,21 @@ class _Upstream:
                     raise EngineUnavailable(f"{what} at {self.url} is not ready after {timeout_s:.0f}s: "
                                             f"{exc.message}") from exc
             await asyncio.sleep(0.5)
+
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """vLLM's /tokenize (``prompt`` -> ``count``) or llama-server's (``content`` -> ``tokens``), at the root;
+        None when the upstream has no /tokenize (Ollama, SGLang)."""
+        if self.tokenize_missing:
+            return None
+        async with self.slots:
+            with transport_errors():
+                response = await self.client.post(f"{self.root}/tokenize",
+                                                  json={"model": model, "prompt": text, "content": text})
+        if response.status_code in (404, 405):
+            self.tokenize_missing = True
+            return None
+        out = _json_or_raise(response)
+        return int(out["count"]) if "count" in out else len(out.get("tokens") or ())
 
     async def healthy(self) -> bool:
         """/health at the root (vLLM, llama-server, spcs-llm); where there is none (Ollama), /v1/models."""
@@ -273,7 +289,6 @@ class OpenAIHttpEngine(Engine):
         self.startup_timeout_s = startup_timeout_s
         self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
                              connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
-        self._tokenize_missing = False
 
     @property
     def upstream(self) -> str:
@@ -359,18 +374,8 @@ class OpenAIHttpEngine(Engine):
             yield StreamDelta(usage=_usage(chunk["usage"]))
 
     async def count_tokens(self, text: str) -> int:
-        """vLLM's /tokenize (``prompt`` -> ``count``) or llama-server's (``content`` -> ``tokens``), at the root."""
-        if self._tokenize_missing:
-            return await super().count_tokens(text)
-        body = {"model": self.upstream_model, "prompt": text, "content": text}
-        try:
-            out = await self._up.post(f"{self._up.root}/tokenize", body)
-        except EngineUnavailable as exc:
-            if "HTTP 404" not in exc.message:
-                raise
-            self._tokenize_missing = True
-            return await super().count_tokens(text)
-        return int(out["count"]) if "count" in out else len(out.get("tokens") or ())
+        count = await self._up.count_tokens(self.upstream_model, text)
+        return count if count is not None else await super().count_tokens(text)
 
 
 class OpenAIEmbedder(Embedder):
@@ -427,9 +432,8 @@ class OpenAIEmbedder(Embedder):
         return [_normalise(row["embedding"]) for row in rows]
 
     async def count_tokens(self, text: str) -> int:
-        out = await self._up.post(f"{self._up.root}/tokenize", {"model": self.upstream_model, "prompt": text,
-                                                                 "content": text})
-        return int(out["count"]) if "count" in out else len(out.get("tokens") or ())
+        count = await self._up.count_tokens(self.upstream_model, text)
+        return count if count is not None else await super().count_tokens(text)
 
 
 def _normalise(vector: Sequence[float]) -> list[float]:

@@ -8,6 +8,8 @@ each row's answer is the assistant text.
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engines.base import ChatRequest, Message, TokenLogprob
-from ..errors import InvalidInput, SpcsLlmError
+from ..errors import InvalidInput, SpcsLlmError, UnknownModel
 from ..functions import Overload, Runtime, SqlFunction
 from ..functions.registry import RowJob, json_arg
 from . import snowflake
@@ -196,7 +198,7 @@ async def list_models(request: Request) -> Response:
 class EmbeddingsIn(_Lenient):
     model: str
     input: str | list[str] = Field(min_length=1)
-    encoding_format: Literal["float"] = "float"
+    encoding_format: Literal["float", "base64"] = "float"  # the openai SDK asks for base64 by default
 
 
 @router.post("/v1/embeddings")
@@ -207,10 +209,16 @@ async def embeddings(request: Request) -> Response:
     texts = [body.input] if isinstance(body.input, str) else body.input
     vectors = await embedder.embed(texts)
     tokens = await _token_total(embedder, texts)
-    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    encode = _base64_floats if body.encoding_format == "base64" else list
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
     return Response(orjson.dumps({"object": "list", "data": data, "model": embedder.model_name,
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
                     media_type="application/json")
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 form: the vector as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 async def _token_total(embedder: Any, texts: list[str]) -> int:
@@ -234,15 +242,25 @@ async def tokenize(request: Request) -> Response:
     request.state.wire = "openai"
     rt: Runtime = request.app.state.require_runtime()
     body = _validated(TokenizeIn, await request.body(), "tokenize request")
-    if body.model is not None:
-        rt.models.resolve(body.model)
     text = body.prompt if body.prompt is not None else body.content
     if text is None:
         raise InvalidInput("tokenize request: prompt is required", param="prompt")
-    engine = rt.scheduler.engine
-    count = await engine.count_tokens(text)
-    return Response(orjson.dumps({"count": count, "max_model_len": engine.context_window}),
-                    media_type="application/json")
+    counter = _token_counter(rt, body.model)
+    count = await counter.count_tokens(text)
+    window = getattr(counter, "context_window", None) or getattr(counter, "max_input_tokens", None)
+    return Response(orjson.dumps({"count": count, "max_model_len": window}), media_type="application/json")
+
+
+def _token_counter(rt: Runtime, model: str | None) -> Any:
+    """The chat engine, or the embedder when ``model`` names an embedding model (an upstream embedder counts
+    its own tokens here)."""
+    if model is None:
+        return rt.scheduler.engine
+    try:
+        rt.models.resolve(model)
+        return rt.scheduler.engine
+    except UnknownModel:
+        return rt.embedders.resolve(model)
 
 
 def _validated(model: type[BaseModel], raw: bytes, what: str) -> Any:
