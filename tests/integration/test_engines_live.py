@@ -148,10 +148,14 @@ def test_front_of_the_real_llamacpp_model(live_server: LiveServer, tmp_path: Pat
         direct = httpx.post(f"{live_server.base_url}/tokenize", json={"prompt": "The quick brown fox"}).json()
         fronted = httpx.post(f"{front.base_url}/tokenize", json={"prompt": "The quick brown fox"}).json()
         assert fronted["count"] == direct["count"] > 0 and fronted["max_model_len"] == direct["max_model_len"]
-        r = post_batch(front.base_url, "complete", [["llama3.1-8b", "What is 2+2?"], ["mistral-7b", None]])
+        rows = [["llama3.1-8b", [{"role": "user", "content": "What is 2+2?"}], {"max_tokens": 4}],
+                ["mistral-7b", None, {}]]
+        r = post_batch(front.base_url, "complete", rows)
         assert r.status_code == 200
         data = r.json()["data"]
-        assert isinstance(data[0][1], str) and data[0][1].strip() and data[1][1] is None
+        answer = json.loads(data[0][1])
+        assert answer["choices"][0]["messages"].strip() and answer["model"] == "smollm2-135m-instruct"
+        assert 1 <= answer["usage"]["completion_tokens"] <= 4 and data[1][1] is None
 
 
 def test_vllm_engine_supervises_the_child_and_stops_it_on_sigterm(tmp_path: Path) -> None:

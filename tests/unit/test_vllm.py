@@ -188,3 +188,20 @@ def test_build_engine_picks_vllm_and_openai(model_dir: Path) -> None:
     openai = build_engine(Settings.load(overrides={"engine": {"kind": "openai", "upstream": "http://h:1/v1",
                                                               "model": "m"}}).engine)
     assert openai.kind == "openai" and openai.structured_output == "response_format"  # type: ignore[attr-defined]
+
+
+def test_cli_flags_reach_the_engine_settings() -> None:
+    from spcs_llm.cli import _overrides, _parser
+
+    args = _parser().parse_args([
+        "serve", "--engine", "vllm", "--model", "qwen2.5-7b-instruct", "--gpus", "2", "--context-window", "8192",
+        "--gpu-memory-utilization", "0.8", "--upstream-concurrency", "32", "--structured-output", "response_format",
+        "--vllm-command", "python3 -m vllm.entrypoints.cli.main", "--embedding-model", "/e"])
+    e = Settings.load(overrides=_overrides(args)).engine
+    assert (e.kind, e.model, e.gpus, e.context_window, e.gpu_memory_utilization) == (
+        "vllm", "qwen2.5-7b-instruct", 2, 8192, 0.8)
+    assert (e.upstream_concurrency, e.structured_output, e.embedding_model) == (32, "response_format", "/e")
+    assert e.vllm_command == ["python3", "-m", "vllm.entrypoints.cli.main"]
+    args = _parser().parse_args(["serve", "--engine", "openai", "--upstream", "http://h:8000/v1", "--model", "m"])
+    e = Settings.load(overrides=_overrides(args)).engine
+    assert (e.kind, e.upstream, e.model) == ("openai", "http://h:8000/v1", "m")
