@@ -233,6 +233,14 @@ async def test_error_inside_a_stream_is_translated() -> None:
     await engine.aclose()
 
 
+async def test_a_stream_event_that_is_not_json_is_an_engine_error() -> None:
+    engine = await started(upstream(sse(chunk("a"), "{not json")))
+    with pytest.raises(EngineUnavailable, match="not JSON"):
+        async for _ in engine.chat_stream(req()):
+            pass
+    await engine.aclose()
+
+
 async def test_start_discovers_context_window_and_default_model() -> None:
     engine = await started(upstream(answer()), model="default")
     assert (engine.upstream_model, engine.model_name, engine.context_window) == ("qwen", "qwen", 2048)

@@ -348,7 +348,11 @@ class OpenAIHttpEngine(Engine):
                 data = line[5:].strip()
                 if data == "[DONE]":
                     return
-                for delta in self._deltas(json.loads(data), request):
+                try:
+                    chunk = json.loads(data)
+                except ValueError as exc:
+                    raise EngineUnavailable("upstream sent a stream event that is not JSON") from exc
+                for delta in self._deltas(chunk, request):
                     yield delta
 
     @asynccontextmanager
