@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML config file (flags override it)")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8001)")
-    serve.add_argument("--engine", dest="kind", choices=["llamacpp", "fake"], help="inference backend")
-    serve.add_argument("--model", help='"default" (packaged SmolLM2) or a path to a GGUF file')
+    serve.add_argument("--engine", dest="kind", choices=["llamacpp", "fake", "openai", "vllm"],
+                       help="inference backend")
+    serve.add_argument("--model", help='llamacpp: "default" or a GGUF path; openai: the upstream\'s model name; '
+                       'vllm: a catalogue name or model directory')
     serve.add_argument("--model-name", help="name to serve the model under")
     serve.add_argument("--n-parallel", type=int, help="llama.cpp parallel slots (default 8)")
     serve.add_argument("--ctx-per-slot", type=int, help="context tokens per slot (default 2048)")
@@ -29,6 +32,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-output-tokens", type=int, help="cap on generated tokens per row")
     serve.add_argument("--max-concurrency", type=int, help="engine requests in flight at once")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    # engines in front of an OpenAI-compatible server (openai) or a supervised `vllm serve` child (vllm)
+    serve.add_argument("--upstream", help="openai: base URL of the upstream's /v1, e.g. http://host:8000/v1")
+    serve.add_argument("--context-window", type=int, help="openai/vllm: tokens per request (vllm: --max-model-len)")
+    serve.add_argument("--upstream-concurrency", type=int, help="openai/vllm: requests in flight to the upstream")
+    serve.add_argument("--structured-output", choices=["structured_outputs", "response_format"],
+                       help="openai/vllm: the request field that carries a JSON schema")
+    serve.add_argument("--gpus", type=int, help="vllm: tensor-parallel size (default: visible GPUs)")
+    serve.add_argument("--gpu-memory-utilization", type=float, help="vllm: --gpu-memory-utilization (default 0.9)")
+    serve.add_argument("--vllm-command", type=shlex.split, help='vllm: the command before `serve` (default "vllm")')
+    serve.add_argument("--embedding-model", help="vllm: an embedding model served by a second vLLM child")
 
     models = sub.add_parser("models", help="model catalogue and the packaged model")
     msub = models.add_subparsers(dest="models_command", required=True)
@@ -40,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server_keys = ("host", "port", "max_concurrency", "log_level")
-    engine_keys = ("kind", "model", "model_name", "n_parallel", "ctx_per_slot", "threads", "max_output_tokens")
+    engine_keys = ("kind", "model", "model_name", "n_parallel", "ctx_per_slot", "threads", "max_output_tokens",
+                   "upstream", "context_window", "upstream_concurrency", "structured_output", "gpus",
+                   "gpu_memory_utilization", "vllm_command", "embedding_model")
     return {"server": {k: getattr(args, k) for k in server_keys},
             "engine": {k: getattr(args, k) for k in engine_keys}}
 

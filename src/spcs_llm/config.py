@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -48,8 +48,12 @@ class ServerSettings(_Section):
 
 
 class EngineSettings(_Section):
-    kind: Literal["llamacpp", "fake"] = Field("llamacpp", description="Inference backend")
-    model: str = Field("default", description='"default" (packaged SmolLM2) or a path to a GGUF file')
+    kind: Literal["llamacpp", "fake", "openai", "vllm"] = Field("llamacpp", description="Inference backend")
+    model: str = Field(
+        "default",
+        description='llamacpp: "default" (packaged SmolLM2) or a GGUF path; openai: the upstream\'s served model name '
+        '("default": the first it lists); vllm: a catalogue name or a local model directory',
+    )
     model_name: str | None = Field(None, description="Name the model is served under (default: from the file)")
     n_parallel: int = Field(8, ge=1, le=256, description="llama.cpp parallel slots (continuous batching)")
     ctx_per_slot: int = Field(2048, ge=64, description="Context tokens each slot holds (prompt + output)")
@@ -58,6 +62,56 @@ class EngineSettings(_Section):
         None, ge=1, description="Cap on generated tokens per row (default: the model's, from the catalogue)"
     )
     cache_dir: Path | None = Field(None, description="Where downloaded models are kept (default ~/.cache/spcs-llm)")
+    # -- openai and vllm: an OpenAI-compatible server behind us --
+    upstream: str | None = Field(None, description="Base URL of the OpenAI-compatible /v1 (kind = openai)")
+    api_key: str | None = Field(
+        None, description="Bearer token for the upstream (default: $SPCS_LLM_UPSTREAM_API_KEY; none if unset)"
+    )
+    context_window: int | None = Field(
+        None, ge=64, description="Tokens per request (prompt + output); default: what the upstream reports "
+        "(vLLM's max_model_len), else the catalogue's. vllm: also its --max-model-len"
+    )
+    upstream_concurrency: int = Field(
+        64, ge=1, le=4096, description="Requests in flight to the upstream at once (vllm: also --max-num-seqs)"
+    )
+    request_timeout_s: float = Field(600.0, gt=0, description="Longest wait for one upstream answer (or stream gap)")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait to connect to the upstream")
+    startup_timeout_s: float = Field(
+        900.0, gt=0, description="Longest wait for the upstream (or the vLLM child) to become ready"
+    )
+    structured_output: Literal["structured_outputs", "response_format"] | None = Field(
+        None, description='How a JSON schema is sent: vLLM\'s "structured_outputs" field or OpenAI\'s '
+        '"response_format" (default: structured_outputs for vllm, response_format for openai)'
+    )
+    # -- vllm only: the supervised `vllm serve` child --
+    vllm_command: list[str] = Field(["vllm"], description="Command that runs vLLM's CLI (before `serve`)")
+    vllm_extra_args: list[str] = Field([], description="More arguments appended to `vllm serve`")
+    gpus: int | None = Field(
+        None, ge=1, description="Tensor-parallel size (default: GPUs visible via CUDA_VISIBLE_DEVICES or nvidia-smi)"
+    )
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="vLLM --gpu-memory-utilization")
+    vllm_port: int | None = Field(None, ge=1, le=65535, description="Loopback port of the child (default: a free one)")
+    embedding_model: str | None = Field(
+        None, description="An embedding model for a second vLLM child (--runner pooling) on embedding_port"
+    )
+    embedding_model_name: str | None = Field(None, description="Name the embedding child serves it under")
+    embedding_port: int = Field(
+        8011, ge=1, le=65535, description="Loopback port of the embedding child: point an [[embeddings]] entry "
+        "(kind = openai) at http://127.0.0.1:<port>/v1"
+    )
+    embedding_gpu_memory_utilization: float = Field(
+        0.05, gt=0, le=1, description="GPU memory share of the embedding child (taken from the same GPUs)"
+    )
+
+    @model_validator(mode="after")
+    def _upstream_engines(self) -> EngineSettings:
+        if self.kind == "openai" and not self.upstream:
+            raise ValueError('kind = "openai" needs upstream = <base URL of the /v1>, e.g. http://host:8000/v1')
+        if self.kind == "vllm" and self.model == "default":
+            raise ValueError('kind = "vllm" needs model = <catalogue name or model directory>')
+        if self.embedding_model and self.gpu_memory_utilization + self.embedding_gpu_memory_utilization > 1:
+            raise ValueError("gpu_memory_utilization + embedding_gpu_memory_utilization is over 1")
+        return self
 
 
 class EmbeddingSettings(_Section):

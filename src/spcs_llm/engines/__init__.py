@@ -33,11 +33,31 @@ def build_engine(settings: EngineSettings) -> Engine:
     if settings.kind == "fake":
         return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,
                           max_concurrency=settings.n_parallel)
+    if settings.kind == "openai":
+        return build_openai_engine(settings)
+    if settings.kind == "vllm":
+        from .vllm import VllmEngine
+
+        return VllmEngine.from_settings(settings)
     from .llamacpp import LlamaCppEngine
 
     path, name = resolve_model_file(settings)
     return LlamaCppEngine(path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot,
                           threads=settings.threads)
+
+
+def build_openai_engine(settings: EngineSettings) -> Engine:
+    """The engine for an external OpenAI-compatible server (kind = openai)."""
+    from .openai_http import OpenAIHttpEngine
+
+    assert settings.upstream is not None  # the config refuses kind = openai without one
+    return OpenAIHttpEngine(
+        settings.upstream, settings.model, model_name=settings.model_name, context_window=settings.context_window,
+        max_concurrency=settings.upstream_concurrency,
+        structured_output=settings.structured_output or "response_format",
+        request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+        startup_timeout_s=settings.startup_timeout_s, api_key=settings.api_key,
+    )
 
 
 def build_embedder(settings: EmbeddingSettings) -> Embedder:

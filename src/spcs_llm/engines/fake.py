@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +33,7 @@ def schema_example(schema: Any) -> Any:
 class FakeEngine(Engine):
     """Answers ``echo:<last user message>``; one token per whitespace-separated word. With a JSON schema it
     answers the schema's simplest instance (:func:`schema_example`); asked for logprobs, it gives every token
-    log-probability -0.1 with itself as the only alternative.
+    log-probability -0.1, with made-up alternatives below it.
 
     It records every request in ``calls`` and the highest number of requests in flight at once in
     ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
@@ -95,10 +94,16 @@ class FakeEngine(Engine):
             words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
         text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
-        logprobs: tuple[TokenLogprob, ...] = ()
-        if request.top_logprobs:
-            logprobs = tuple(TokenLogprob(t, -0.1, ((t, -0.1),)) for t in re.findall(r"\w+|\W", text))
-        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)), logprobs)
+        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)),
+                          self._logprobs(words[:room], request.top_logprobs))
+
+    @staticmethod
+    def _logprobs(words: list[str], top: int) -> tuple[TokenLogprob, ...]:
+        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it."""
+        if top <= 0:
+            return ()
+        return tuple(TokenLogprob(w, -0.1, ((w, -0.1), *((f"alt{k}", -1.0 - k) for k in range(1, top))))
+                     for w in words)
 
     async def count_tokens(self, text: str) -> int:
         return len(text.split())

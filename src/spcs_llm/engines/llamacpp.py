@@ -27,6 +27,7 @@ from ..errors import (
     SpcsLlmError,
 )
 from .base import ChatRequest, ChatResult, Engine, StreamDelta, Usage
+from .openai_http import parse_logprobs
 
 _DONE = object()
 
@@ -135,6 +136,9 @@ class LlamaCppEngine(Engine):
             body["stop"] = list(request.stop)
         if request.seed is not None:
             body["seed"] = request.seed
+        if request.top_logprobs > 0:
+            body["logprobs"] = True
+            body["top_logprobs"] = request.top_logprobs
         if request.json_schema is not None:
             schema = json.loads(request.json_schema)
             body["response_format"] = {"type": "json_schema", "json_schema": {"schema": schema}}
@@ -163,6 +167,7 @@ class LlamaCppEngine(Engine):
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
             usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            logprobs=parse_logprobs(choice),  # llama.cpp answers in OpenAI's shape: choices[0].logprobs.content
         )
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:

@@ -1,4 +1,5 @@
-"""The OpenAI wire format: ``POST /v1/chat/completions`` (plain and SSE), ``GET /v1/models``.
+"""The OpenAI wire format: ``POST /v1/chat/completions`` (plain and SSE, with logprobs), ``POST /v1/embeddings``,
+``GET /v1/models``, and vLLM's ``POST /tokenize``, so that another spcs-llm can use this one as its upstream.
 
 The same chat path also answers the seed project's ``QWEN_COMPLETE`` service function: a body with a
 ``data`` key is a Snowflake batch whose rows each carry one OpenAI chat request (a JSON string or object), and
@@ -7,6 +8,8 @@ each row's answer is the assistant text.
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,8 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..engines.base import ChatRequest, Message
-from ..errors import InvalidInput, SpcsLlmError
+from ..engines.base import ChatRequest, Message, TokenLogprob
+from ..errors import InvalidInput, SpcsLlmError, UnknownModel
 from ..functions import Overload, Runtime, SqlFunction
 from ..functions.registry import RowJob, json_arg
 from . import snowflake
@@ -53,6 +56,8 @@ class ChatCompletionIn(_Lenient):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 def _schema(fmt: dict[str, Any] | None) -> str | None:
@@ -76,6 +81,8 @@ def to_request(body: ChatCompletionIn, rt: Runtime) -> ChatRequest:
         temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's default
         top_p=1.0 if body.top_p is None else body.top_p,
         json_schema=_schema(body.response_format), stop=stop, seed=body.seed,
+        # logprobs without top_logprobs still needs each token's own log-probability: ask for one alternative
+        top_logprobs=max(1, body.top_logprobs or 0) if body.logprobs else 0,
     )
 
 
@@ -134,14 +141,26 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(_sse(rt, chat, served, include_usage), media_type="text/event-stream")
     result = await rt.scheduler.chat(chat)
     usage = result.usage
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text},
+                              "finish_reason": result.finish_reason}
+    if body.logprobs:
+        choice["logprobs"] = _logprobs(result.logprobs, body.top_logprobs or 0)
     return Response(orjson.dumps({
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": served,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
-                     "finish_reason": result.finish_reason}],
+        "choices": [choice],
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
     }), media_type="application/json")
+
+
+def _logprobs(tokens: tuple[TokenLogprob, ...], top: int) -> dict[str, Any]:
+    """OpenAI's ``choices[i].logprobs`` from the engine's TokenLogprobs (``top`` alternatives per token)."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top[:top]]}
+                        for t in tokens]}
 
 
 async def _sse(rt: Runtime, chat: ChatRequest, served: str, include_usage: bool) -> AsyncIterator[bytes]:
@@ -170,6 +189,86 @@ async def _sse(rt: Runtime, chat: ChatRequest, served: str, include_usage: bool)
 async def list_models(request: Request) -> Response:
     rt: Runtime = request.app.state.require_runtime()
     created = int(request.app.state.started_at)
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "spcs-llm", "root": real}
-            for name, real in rt.models.names()]
+    window = rt.scheduler.engine.context_window  # vLLM's field: an upstream client learns the context window here
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "spcs-llm", "root": real,
+             "max_model_len": window} for name, real in rt.models.names()]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+class EmbeddingsIn(_Lenient):
+    model: str
+    input: str | list[str] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"  # the openai SDK asks for base64 by default
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    rt: Runtime = request.app.state.require_runtime()
+    body = _validated(EmbeddingsIn, await request.body(), "embeddings request")
+    embedder = rt.embedders.resolve(body.model)
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    vectors = await embedder.embed(texts)
+    tokens = await _token_total(embedder, texts)
+    encode = _base64_floats if body.encoding_format == "base64" else list
+    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+    return Response(orjson.dumps({"object": "list", "data": data, "model": embedder.model_name,
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
+                    media_type="application/json")
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """OpenAI's base64 form: the vector as little-endian float32 bytes."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+async def _token_total(embedder: Any, texts: list[str]) -> int:
+    """Usage for an embeddings answer; 0 when the embedder cannot count tokens."""
+    try:
+        return sum([await embedder.count_tokens(t) for t in texts])
+    except InvalidInput:
+        return 0
+
+
+class TokenizeIn(_Lenient):
+    model: str | None = None
+    prompt: str | None = None
+    content: str | None = None  # llama-server's name for the text
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    """vLLM's shape: ``{"model", "prompt"}`` -> ``{"count", "max_model_len"}``. Token ids are not returned: the
+    engine interface counts tokens and does not expose them."""
+    request.state.wire = "openai"
+    rt: Runtime = request.app.state.require_runtime()
+    body = _validated(TokenizeIn, await request.body(), "tokenize request")
+    text = body.prompt if body.prompt is not None else body.content
+    if text is None:
+        raise InvalidInput("tokenize request: prompt is required", param="prompt")
+    counter = _token_counter(rt, body.model)
+    count = await counter.count_tokens(text)
+    window = getattr(counter, "context_window", None) or getattr(counter, "max_input_tokens", None)
+    return Response(orjson.dumps({"count": count, "max_model_len": window}), media_type="application/json")
+
+
+def _token_counter(rt: Runtime, model: str | None) -> Any:
+    """The chat engine, or the embedder when ``model`` names an embedding model (an upstream embedder counts
+    its own tokens here)."""
+    if model is None:
+        return rt.scheduler.engine
+    try:
+        rt.models.resolve(model)
+        return rt.scheduler.engine
+    except UnknownModel:
+        return rt.embedders.resolve(model)
+
+
+def _validated(model: type[BaseModel], raw: bytes, what: str) -> Any:
+    try:
+        return model.model_validate(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"{what}: body is not JSON: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise InvalidInput(f"invalid {what}: {where}: {first['msg']}", param=where) from exc

@@ -1,0 +1,445 @@
+"""Any OpenAI-compatible server as the engine: vLLM, SGLang, llama.cpp's ``llama-server``, Ollama, or another
+spcs-llm's ``/v1``.
+
+One pooled ``httpx.AsyncClient`` per engine, requests bounded by ``max_concurrency``, and one function,
+:func:`upstream_error`, that turns every upstream failure into the project's error tree: a refused connection
+or a 5xx is 503 (Snowflake retries), a timeout is 503 too, 429 stays 429, a context-length 400 is
+``max tokens of <n> exceeded``, any other 400 is a row error naming the upstream's message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Literal
+
+import httpx
+
+from ..errors import (
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidInput,
+    MaxTokensExceeded,
+    Overloaded,
+    SchemaValidationFailed,
+    SpcsLlmError,
+)
+from ..models.catalog import catalog_entry
+from .base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, TokenLogprob, Usage
+
+StructuredField = Literal["structured_outputs", "response_format"]
+DEFAULT_CONTEXT_WINDOW = 4096
+
+# "maximum context length is 2048 tokens" (vLLM, OpenAI), "maximum model length of 4096" (vLLM's prompt check),
+# "max tokens of 2048 exceeded" (spcs-llm), "context size (2048)" and friends (llama-server).
+_CONTEXT_LIMIT = re.compile(
+    r"maximum context length is (\d+)|maximum model length (?:of |is )?(\d+)|max tokens of (\d+) exceeded"
+    r"|context (?:size|window|length)\D{0,20}(\d+)",
+    re.IGNORECASE,
+)
+_CONTEXT_WORDS = ("context length", "context size", "context window", "maximum model length", "max tokens of")
+
+
+def _error_object(body: Any) -> tuple[str, str, dict[str, Any]]:
+    """(message, type, the error object) from any of the shapes servers use: OpenAI's ``{"error": {...}}``,
+    vLLM's older flat ``{"object": "error", "message": ...}``, Ollama's ``{"error": "text"}``, FastAPI's
+    ``{"detail": ...}``, or plain text."""
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, str):
+            return err, "", {}
+        if isinstance(err, Mapping):
+            message = err.get("message", err.get("detail", ""))
+            return str(message if message != "" else json.dumps(err)[:500]), str(err.get("type") or ""), dict(err)
+    return str(body)[:500], "", {}
+
+
+def _context_limit(message: str, err: Mapping[str, Any], fallback: int) -> int | None:
+    """The context window named by a context-length error, ``fallback`` when the message names none, or None
+    when the error is not about context length."""
+    if err.get("type") == "exceed_context_size_error" and isinstance(err.get("n_ctx"), int):
+        return int(err["n_ctx"])  # llama-server says it as data
+    if err.get("type") == "max_tokens_exceeded" or any(w in message.lower() for w in _CONTEXT_WORDS):
+        match = _CONTEXT_LIMIT.search(message)
+        return int(next(g for g in match.groups() if g)) if match else fallback
+    return None
+
+
+def upstream_error(
+    *,
+    status: int | None = None,
+    body: Any = None,
+    exc: BaseException | None = None,
+    context_window: int = DEFAULT_CONTEXT_WINDOW,
+    had_schema: bool = False,
+) -> SpcsLlmError:
+    """The one translation of an upstream failure (a transport exception, or an HTTP status with its body)."""
+    if exc is not None:
+        if isinstance(exc, httpx.TimeoutException):
+            return EngineTimeout(f"upstream did not answer in time ({type(exc).__name__})")
+        return EngineUnavailable(f"upstream unreachable: {type(exc).__name__}: {exc}")
+    message, kind, err = _error_object(body)
+    status = status or 500
+    if status == 429 or kind == "overloaded":
+        return Overloaded("upstream is overloaded")
+    if status == 504 or kind == "engine_timeout":
+        return EngineTimeout(f"upstream timed out: {message}")
+    if status >= 500:
+        return EngineUnavailable(f"upstream failed (HTTP {status}): {message}")
+    if status in (401, 403):
+        return EngineUnavailable(f"upstream refused our credentials (HTTP {status})")
+    if status == 404 or kind == "unknown_model":  # our model is resolved locally: this is a configuration error
+        return EngineUnavailable(f"upstream does not serve the configured model (HTTP {status}): {message}")
+    limit = _context_limit(message, err, context_window)
+    if limit is not None:
+        return MaxTokensExceeded(limit)
+    if had_schema and (kind == "schema_validation_failed" or "schema" in message.lower()):
+        return SchemaValidationFailed()
+    return InvalidInput(f"upstream rejected the request: {message}")
+
+
+@contextmanager
+def transport_errors() -> Iterator[None]:
+    """Transport exceptions (refused, reset, timed out) become engine errors, through :func:`upstream_error`."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        raise upstream_error(exc=exc) from exc
+
+
+def parse_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...]:
+    """OpenAI's ``choices[i].logprobs.content`` (as vLLM, llama.cpp and spcs-llm return it) as TokenLogprobs."""
+    content = (choice.get("logprobs") or {}).get("content") or ()
+    return tuple(
+        TokenLogprob(
+            str(t.get("token", "")), float(t.get("logprob", -math.inf)),
+            tuple((str(a.get("token", "")), float(a.get("logprob", -math.inf))) for a in t.get("top_logprobs") or ()),
+        )
+        for t in content
+    )
+
+
+def chat_body(request: ChatRequest, model: str | None, structured: StructuredField, *, stream: bool = False
+              ) -> dict[str, Any]:
+    """An OpenAI chat-completions body for ``request``; the JSON schema goes where the upstream reads it."""
+    body: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+    }
+    if model is not None:
+        body["model"] = model
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.top_logprobs > 0:
+        body["logprobs"] = True
+        body["top_logprobs"] = request.top_logprobs
+    if request.json_schema is not None:
+        schema = json.loads(request.json_schema)
+        if structured == "structured_outputs":
+            body["structured_outputs"] = {"json": schema}
+        else:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _usage(raw: Mapping[str, Any] | None) -> Usage:
+    raw = raw or {}
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+
+def server_root(upstream: str) -> str:
+    """The server's root: vLLM and llama-server serve /health and /tokenize there, not under /v1."""
+    base = upstream.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _client(upstream: str, *, concurrency: int, request_timeout: float, connect_timeout: float,
+            api_key: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+    key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
+    return httpx.AsyncClient(
+        base_url=upstream.rstrip("/") + "/",
+        timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=None),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        headers={"authorization": f"Bearer {key}"} if key else {},
+        transport=transport,
+    )
+
+
+class _Upstream:
+    """The pooled client, the concurrency bound and the request helpers shared by the engine and the embedder."""
+
+    def __init__(self, upstream: str, *, concurrency: int, request_timeout: float, connect_timeout: float,
+                 api_key: str | None, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.url = upstream.rstrip("/")
+        self.root = server_root(upstream)
+        self.client = _client(upstream, concurrency=concurrency, request_timeout=request_timeout,
+                              connect_timeout=connect_timeout, api_key=api_key, transport=transport)
+        self.slots = asyncio.Semaphore(concurrency)
+        self.tokenize_missing = False
+
+    async def post(self, path: str, body: Mapping[str, Any], **translate: Any) -> Any:
+        """POST ``path`` (relative to /v1, or absolute under the root) and return its JSON, or raise the
+        translated error."""
+        async with self.slots:
+            with transport_errors():
+                response = await self.client.post(path, json=body)
+            return _json_or_raise(response, **translate)
+
+    async def models(self) -> list[dict[str, Any]]:
+        with transport_errors():
+            response = await self.client.get("models")
+        return list(_json_or_raise(response).get("data") or [])
+
+    async def wait_ready(self, timeout_s: float, what: str) -> list[dict[str, Any]]:
+        """Poll /v1/models until the upstream answers (it may be starting beside us), or fail after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return await self.models()
+            except EngineError as exc:
+                if time.monotonic() >= deadline:
+                    raise EngineUnavailable(f"{what} at {self.url} is not ready after {timeout_s:.0f}s: "
+                                            f"{exc.message}") from exc
+            await asyncio.sleep(0.5)
+
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """vLLM's /tokenize (``prompt`` -> ``count``) or llama-server's (``content`` -> ``tokens``), at the root;
+        None when the upstream has no /tokenize (Ollama, SGLang)."""
+        if self.tokenize_missing:
+            return None
+        async with self.slots:
+            with transport_errors():
+                response = await self.client.post(f"{self.root}/tokenize",
+                                                  json={"model": model, "prompt": text, "content": text})
+        if response.status_code in (404, 405):
+            self.tokenize_missing = True
+            return None
+        out = _json_or_raise(response)
+        return int(out["count"]) if "count" in out else len(out.get("tokens") or ())
+
+    async def healthy(self) -> bool:
+        """/health at the root (vLLM, llama-server, spcs-llm); where there is none (Ollama), /v1/models."""
+        try:
+            response = await self.client.get(f"{self.root}/health", timeout=5.0)
+            if response.status_code == 404:
+                response = await self.client.get("models", timeout=5.0)
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def _json_or_raise(response: httpx.Response, **translate: Any) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code >= 400:
+        raise upstream_error(status=response.status_code, body=body, **translate)
+    if not isinstance(body, dict):
+        raise EngineUnavailable(f"upstream answered HTTP {response.status_code} with a non-JSON body")
+    return body
+
+
+class OpenAIHttpEngine(Engine):
+    """Chat, streaming, logprobs, structured output and token counting against an OpenAI-compatible server.
+
+    ``model`` is the upstream's served name ("default": the first model it lists); ``model_name`` is the name we
+    serve it under (default: the same). ``context_window``: as configured, else the upstream's ``max_model_len``,
+    else the catalogue's, else 4096.
+    """
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        upstream: str,
+        model: str = "default",
+        *,
+        model_name: str | None = None,
+        context_window: int | None = None,
+        max_concurrency: int = 64,
+        structured_output: StructuredField = "response_format",
+        request_timeout_s: float = 600.0,
+        connect_timeout_s: float = 10.0,
+        startup_timeout_s: float = 900.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.upstream_model = model
+        self.model_name = model_name or model
+        self._configured_context = context_window
+        self.context_window = context_window or DEFAULT_CONTEXT_WINDOW
+        self.max_concurrency = max_concurrency
+        self.structured_output = structured_output
+        self.startup_timeout_s = startup_timeout_s
+        self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
+                             connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
+
+    @property
+    def upstream(self) -> str:
+        return self._up.url
+
+    async def start(self) -> None:
+        models = await self._up.wait_ready(self.startup_timeout_s, "the OpenAI-compatible upstream")
+        ids = [str(m.get("id")) for m in models]
+        if self.upstream_model == "default":
+            if not ids:
+                raise EngineUnavailable(f"upstream {self.upstream} lists no models")
+            self.upstream_model = ids[0]
+            self.model_name = self.model_name if self.model_name != "default" else ids[0]
+        elif self.upstream_model not in ids:
+            raise EngineUnavailable(f"upstream {self.upstream} does not serve {self.upstream_model!r}; it serves "
+                                    f"{', '.join(ids) or 'nothing'}")
+        listed = next(m for m in models if m.get("id") == self.upstream_model)
+        self.context_window = self._configured_context or await self._discover_context(listed)
+
+    async def _discover_context(self, listed: Mapping[str, Any]) -> int:
+        if isinstance(listed.get("max_model_len"), int):  # vLLM, spcs-llm
+            return int(listed["max_model_len"])
+        try:  # llama-server: what one slot holds
+            props = (await self._up.client.get(f"{self._up.root}/props", timeout=5.0)).json()
+            return int(props["default_generation_settings"]["n_ctx"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            pass
+        entry = catalog_entry(self.upstream_model) or catalog_entry(self.model_name)
+        return entry.context_window if entry else DEFAULT_CONTEXT_WINDOW
+
+    async def aclose(self) -> None:
+        await self._up.client.aclose()
+
+    async def health(self) -> bool:
+        return await self._up.healthy()
+
+    def _translate(self, request: ChatRequest) -> dict[str, Any]:
+        return {"context_window": self.context_window, "had_schema": request.json_schema is not None}
+
+    async def chat(self, request: ChatRequest) -> ChatResult:
+        body = chat_body(request, self.upstream_model, self.structured_output)
+        out = await self._up.post("chat/completions", body, **self._translate(request))
+        try:
+            choice = out["choices"][0]
+            text = (choice.get("message") or {}).get("content") or ""
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EngineUnavailable("upstream answered without choices") from exc
+        return ChatResult(text=text, finish_reason=choice.get("finish_reason") or "stop",
+                          usage=_usage(out.get("usage")), logprobs=parse_logprobs(choice))
+
+    async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        body = chat_body(request, self.upstream_model, self.structured_output, stream=True)
+        async with self._stream(body, request) as lines:
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    chunk = json.loads(data)
+                except ValueError as exc:
+                    raise EngineUnavailable("upstream sent a stream event that is not JSON") from exc
+                for delta in self._deltas(chunk, request):
+                    yield delta
+
+    @asynccontextmanager
+    async def _stream(self, body: dict[str, Any], request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
+        async with self._up.slots:
+            with transport_errors():
+                async with self._up.client.stream("POST", "chat/completions", json=body) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        _json_or_raise(response, **self._translate(request))
+                    yield response.aiter_lines()
+
+    def _deltas(self, chunk: Mapping[str, Any], request: ChatRequest) -> Iterator[StreamDelta]:
+        if "error" in chunk:  # vLLM and spcs-llm report a failure after the status line inside the stream
+            code = (chunk["error"] or {}).get("code") if isinstance(chunk["error"], dict) else None
+            raise upstream_error(status=code if isinstance(code, int) else 500, body=chunk,
+                                 **self._translate(request))
+        for choice in chunk.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content") or ""
+            if text or choice.get("finish_reason"):
+                yield StreamDelta(text=text, finish_reason=choice.get("finish_reason"))
+        if chunk.get("usage"):
+            yield StreamDelta(usage=_usage(chunk["usage"]))
+
+    async def count_tokens(self, text: str) -> int:
+        count = await self._up.count_tokens(self.upstream_model, text)
+        return count if count is not None else await super().count_tokens(text)
+
+
+class OpenAIEmbedder(Embedder):
+    """An embedding model behind an OpenAI-compatible ``/v1/embeddings``. ``start`` embeds one probe text and
+    adopts the real dimension (the app refuses to start when it is not the configured one); every later vector
+    of another length is an engine error. Vectors are L2-normalised here, whatever the upstream does."""
+
+    kind = "openai"
+    batch_size = 64
+
+    def __init__(self, upstream: str, model: str, *, model_name: str | None = None, dimension: int = 768,
+                 max_concurrency: int = 4, request_timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
+                 startup_timeout_s: float = 900.0, api_key: str | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.upstream_model = model
+        self.model_name = model_name or model
+        self.dimension = dimension
+        self.max_concurrency = max_concurrency
+        self.startup_timeout_s = startup_timeout_s
+        self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
+                             connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> OpenAIEmbedder:
+        if not settings.upstream:
+            raise ValueError(f"embeddings: {settings.model}: kind = openai needs upstream = <base URL of /v1>")
+        return cls(settings.upstream, settings.model, model_name=settings.model_name, dimension=settings.dimension)
+
+    async def start(self) -> None:
+        await self._up.wait_ready(self.startup_timeout_s, "the embedding upstream")
+        probe = await self._request(["dimension probe"])
+        self.dimension = len(probe[0])
+
+    async def aclose(self) -> None:
+        await self._up.client.aclose()
+
+    async def health(self) -> bool:
+        return await self._up.healthy()
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        chunks = [list(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        parts = await asyncio.gather(*(self._request(c) for c in chunks))
+        vectors = [v for part in parts for v in part]
+        for v in vectors:
+            if len(v) != self.dimension:
+                raise EngineError(f"{self.model_name} returned a {len(v)}-d vector; {self.dimension} expected")
+        return vectors
+
+    async def _request(self, texts: list[str]) -> list[list[float]]:
+        out = await self._up.post("embeddings", {"model": self.upstream_model, "input": texts})
+        rows = sorted(out.get("data") or [], key=lambda d: d.get("index", 0))
+        if len(rows) != len(texts):
+            raise EngineError(f"{self.model_name} returned {len(rows)} vectors for {len(texts)} texts")
+        return [_normalise(row["embedding"]) for row in rows]
+
+    async def count_tokens(self, text: str) -> int:
+        count = await self._up.count_tokens(self.upstream_model, text)
+        return count if count is not None else await super().count_tokens(text)
+
+
+def _normalise(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [float(x) / norm for x in vector]
