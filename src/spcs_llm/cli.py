@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings
-from .models import packaged
 from .models import cli as models_cli
+from .models import packaged
 
 
 def _parser() -> argparse.ArgumentParser:
