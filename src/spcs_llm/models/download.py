@@ -136,17 +136,19 @@ class Target:
         return f"{base}--{self.gguf_file}" if self.gguf_file else base
 
 
-def resolve_target(name: str, fmt: Literal["safetensors", "gguf"] = "safetensors") -> Target:
-    """A catalogue name or an ``org/repo`` id -> the repositories to fetch from."""
+def resolve_target(name: str, fmt: Literal["safetensors", "gguf"] = "safetensors", gguf_file: str = "") -> Target:
+    """A catalogue name or an ``org/repo`` id -> the repositories to fetch from (and the GGUF file, if any)."""
     try:
         info = find_model(name)
     except UnknownModel:
         if name.count("/") != 1:
             raise UnknownModel(name) from None
-        if fmt == "gguf":
+        if fmt == "gguf" and not gguf_file:
             raise DownloadError(f"{name}: say which GGUF file to fetch (gguf_file=...)") from None
-        return Target(name, name, name)
+        return Target(name, name, name, gguf_file if fmt == "gguf" else "")
     if fmt == "gguf":
+        if gguf_file:
+            return Target(info.name, info.gguf_repo or info.hf_repo, info.gguf_repo or info.ms_repo, gguf_file)
         if not (info.gguf_repo and info.gguf_file):
             raise DownloadError(f"{info.name}: the catalogue names no GGUF file for it; use a local .gguf path")
         return Target(info.name, info.gguf_repo, info.gguf_repo, info.gguf_file)
@@ -168,9 +170,7 @@ def ensure_model(name_or_path: str, *, cache_dir: Path | None = None, offline: b
     if local.exists():
         return local
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    target = resolve_target(name_or_path, fmt)
-    if gguf_file:
-        target = Target(target.label, target.hf_repo, target.ms_repo, gguf_file)
+    target = resolve_target(name_or_path, fmt, gguf_file)
     final = cache_dir / "hub" / target.dir_name
     found = _cached(final, target) or _prestaged(cache_dir, target)
     if found is not None:
@@ -378,7 +378,8 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
         have = 0
     if f.size is not None and have == f.size:
         return
-    headers = {"range": f"bytes={have}-"} if have else {}
+    # identity: byte offsets for Range must be offsets in the file, not in a compressed stream
+    headers = {"accept-encoding": "identity"} | ({"range": f"bytes={have}-"} if have else {})
     with hub.client.stream("GET", hub.file_url(f.path), headers=headers) as resp:
         if resp.status_code == 416:  # our part already holds the whole file (size unknown to us)
             return
@@ -391,7 +392,7 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
             disable=not progress, leave=False,
         ) as bar:
             got = 0
-            for chunk in resp.iter_bytes(CHUNK):
+            for chunk in resp.iter_raw():  # as it arrives: a cut connection loses nothing already received
                 out.write(chunk)
                 got += len(chunk)
                 bar.update(len(chunk))
