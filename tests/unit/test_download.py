@@ -202,3 +202,15 @@ def test_downloaded_config_agrees_with_the_catalogue(tmp_path: Path, repo: dict[
     assert check_config(find_model("qwen2.5-1.5b-instruct"), config) == [
         "layers: catalogue 28, config.json 24", "attention heads: catalogue 12, config.json 14",
         "head dim: catalogue 128, config.json 64"]
+
+
+def test_cli_pull_of_a_catalogue_name_warns_when_config_differs(tmp_path: Path, repo: dict[str, bytes],
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    hub = Hub({"Qwen/Qwen2.5-0.5B-Instruct": repo, "Qwen/Qwen2.5-1.5B-Instruct": repo})  # a 0.5B-shaped config
+    with HubServer(hub) as url:
+        args = ["--cache-dir", str(tmp_path), "--sources", f"hf={url}"]
+        assert main(["models", "pull", "qwen2.5-0.5b-instruct", *args]) == 0
+        out = capsys.readouterr()
+        assert out.out.strip() == str(tmp_path / "hub" / "Qwen--Qwen2.5-0.5B-Instruct") and "differ" not in out.err
+        assert main(["models", "pull", "qwen2.5-1.5b-instruct", *args]) == 0
+    assert "catalogue and config.json differ: layers: catalogue 28, config.json 24" in capsys.readouterr().err

@@ -7,12 +7,13 @@ CPU model) stays in ``spcs_llm.cli``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from ..config import ConfigError, Settings
 from ..errors import UnknownModel
-from .catalog import CATALOG, CORTEX_MODEL_NAMES, ModelInfo, find_model
+from .catalog import CATALOG, CORTEX_MODEL_NAMES, ModelInfo, check_config, find_model
 from .download import DownloadError, default_sources, ensure_model
 from .sizing import CLOUDS, FAMILIES, DoesNotFit, estimate_memory, recommend
 
@@ -122,6 +123,14 @@ def _pull(args: argparse.Namespace) -> int:
     offline = args.offline or bool(dl and dl.offline)
     path = ensure_model(args.name, cache_dir=args.cache_dir, offline=offline, sources=sources,
                         fmt="gguf" if args.gguf else "safetensors", revision=args.revision)
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            info = find_model(args.name)
+        except UnknownModel:
+            info = None
+        for problem in check_config(info, json.loads(config.read_text(encoding="utf-8"))) if info else []:
+            print(f"spcs-llm: warning: {info.name}: catalogue and config.json differ: {problem}", file=sys.stderr)
     print(path)
     return 0
 
