@@ -22,6 +22,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
 class Hub:
     repos: dict[str, dict[str, bytes]]
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path?query, Range header)
+    auth: list[str | None] = field(default_factory=list)  # Authorization header of each request
     fail_status: int | None = None
     cut_once: dict[str, int] = field(default_factory=dict)  # file path -> bytes sent before the connection drops
     corrupt: set[str] = field(default_factory=set)
@@ -52,6 +53,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             hub.requests.append((self.path, self.headers.get("Range")))
+            hub.auth.append(self.headers.get("Authorization"))
             if hub.fail_status:
                 return self._send(hub.fail_status, b"mirror is down", "text/plain")
             url = urlsplit(self.path)

@@ -214,3 +214,14 @@ def test_cli_pull_of_a_catalogue_name_warns_when_config_differs(tmp_path: Path, 
         assert out.out.strip() == str(tmp_path / "hub" / "Qwen--Qwen2.5-0.5B-Instruct") and "differ" not in out.err
         assert main(["models", "pull", "qwen2.5-1.5b-instruct", *args]) == 0
     assert "catalogue and config.json differ: layers: catalogue 28, config.json 24" in capsys.readouterr().err
+
+
+def test_hf_token_goes_only_to_hugging_face_sources(tmp_path: Path, repo: dict[str, bytes],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    hf, ms = Hub({REPO: repo}), Hub({REPO: repo})
+    with HubServer(hf) as hf_url, HubServer(ms) as ms_url:
+        ensure_model(REPO, cache_dir=tmp_path / "a", sources=[Source("hf", hf_url)], progress=False)
+        ensure_model(REPO, cache_dir=tmp_path / "b", sources=[Source("modelscope", ms_url)], progress=False)
+    assert hf.auth and set(hf.auth) == {"Bearer hf_secret"}
+    assert ms.auth and set(ms.auth) == {None}

@@ -236,11 +236,8 @@ def _download(target: Target, final: Path, sources: list[Source], *, revision: s
     partial = final.parent / ".partial" / target.dir_name
     partial.mkdir(parents=True, exist_ok=True)
     failures = []
-    headers = {"user-agent": "spcs-llm"}
-    if token := os.environ.get("HF_TOKEN"):
-        headers["authorization"] = f"Bearer {token}"
     timeout = httpx.Timeout(30.0, read=120.0)
-    with httpx.Client(headers=headers, timeout=timeout, follow_redirects=True) as client:
+    with httpx.Client(headers={"user-agent": "spcs-llm"}, timeout=timeout, follow_redirects=True) as client:
         for source in sources:
             hub = _Hub(client, source, target, revision)
             try:
@@ -299,6 +296,9 @@ class _Hub:
         self.client, self.source = client, source
         self.repo = target.hf_repo if source.kind == "hf" else target.ms_repo
         self.revision = revision or ("main" if source.kind == "hf" else "master")
+        token = os.environ.get("HF_TOKEN") if source.kind == "hf" else None
+        # only to Hugging Face sources; httpx drops it on the cross-origin redirect to the CDN
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def list_files(self) -> list[RemoteFile]:
         return self._list_hf() if self.source.kind == "hf" else self._list_modelscope()
@@ -314,7 +314,7 @@ class _Hub:
                            "?recursive=true")
         files = []
         while url:
-            resp = self.client.get(url)
+            resp = self.client.get(url, headers=self.headers)
             resp.raise_for_status()
             for item in resp.json():
                 if item.get("type") != "file":
@@ -379,7 +379,7 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
     if f.size is not None and have == f.size:
         return
     # identity: byte offsets for Range must be offsets in the file, not in a compressed stream
-    headers = {"accept-encoding": "identity"} | ({"range": f"bytes={have}-"} if have else {})
+    headers = hub.headers | {"accept-encoding": "identity"} | ({"range": f"bytes={have}-"} if have else {})
     with hub.client.stream("GET", hub.file_url(f.path), headers=headers) as resp:
         if resp.status_code == 416:  # our part already holds the whole file (size unknown to us)
             return
