@@ -96,9 +96,11 @@ class FakeSnowflake:
             (r"^CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS (\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
              r"ENABLED = TRUE$", self._create_eai),
             (r"^CREATE IMAGE REPOSITORY IF NOT EXISTS (\S+)$", self._create_repo),
-            (r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) DIRECTORY = \(ENABLE = TRUE\)$",
+            (r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) "
+             r"DIRECTORY = \(ENABLE = TRUE\)$",
              lambda m, s: self._put("STAGES", m[1], {})),
-            (r"^CREATE SERVICE IF NOT EXISTS (\S+)\n  IN COMPUTE POOL (\S+)\n  FROM SPECIFICATION \$\$\n(.*)\$\$\n(.*)$",
+            (r"^CREATE SERVICE IF NOT EXISTS (\S+)\n  IN COMPUTE POOL (\S+)\n"
+             r"  FROM SPECIFICATION \$\$\n(.*)\$\$\n(.*)$",
              self._create_service),
             (r"^ALTER SERVICE (\S+) FROM SPECIFICATION \$\$\n(.*)\$\$$",
              lambda m, s: self._get("SERVICES", m[1]).update(spec=m[2])),
@@ -125,8 +127,8 @@ class FakeSnowflake:
              lambda m, s: [{"log": "INFO started\nINFO ready"}]),
             (r"^SELECT CURRENT_USER\(\) AS u$", lambda m, s: [{"u": "DEPLOYER"}]),
             (r"^SELECT (\S+?)\((.*)\) AS v$", self._call),
-            (r"^DROP (FUNCTION|SERVICE|EXTERNAL ACCESS INTEGRATION|NETWORK RULE|COMPUTE POOL|ROLE|STAGE|IMAGE REPOSITORY)"
-             r" IF EXISTS (.+)$", self._drop),
+            (r"^DROP (FUNCTION|SERVICE|EXTERNAL ACCESS INTEGRATION|NETWORK RULE|COMPUTE POOL|ROLE|STAGE"
+             r"|IMAGE REPOSITORY) IF EXISTS (.+)$", self._drop),
         ]
 
     def _put(self, kind: str, name: str, row: dict[str, Any]) -> None:
@@ -200,7 +202,7 @@ class FakeSnowflake:
             if verb == "OR ALTER" and self.functions[key]["returns"] != returns:
                 raise FakeSnowflakeError("CREATE OR ALTER cannot change the return type")
             if verb == "OR REPLACE":  # a replaced function loses its grants
-                self.grants = {g for g in self.grants if not g[3].startswith(fq + "(")}
+                self.grants = {g for g in self.grants if not g[3].replace('"', "").startswith(fq + "(")}
         name = fq.split(".")[-1]
         self.functions[key] = {
             "name": name, "schema": fq.rsplit(".", 1)[0], "returns": returns,

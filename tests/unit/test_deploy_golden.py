@@ -37,7 +37,7 @@ def test_golden(name: str) -> None:
         path = GOLDEN / name / file
         if UPDATE:
             path.write_text(text, encoding="utf-8")
-        assert path.read_text(encoding="utf-8") == text, f"{name}/{file} differs; SPCS_LLM_UPDATE_GOLDEN=1 to regenerate"
+        assert path.read_text(encoding="utf-8") == text, f"{name}/{file} differs (SPCS_LLM_UPDATE_GOLDEN=1)"
 
 
 def test_repo_dockerfile_is_the_default_render() -> None:

@@ -192,7 +192,8 @@ def function_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     comment = sql.split("COMMENT = '")[1].split("'")[0]
     return Step("function", f"{cfg.fq(f.sql_name)}{f.arg_types}", sql, {
         "sql_name": f.sql_name, "arg_types": [t for _, t in f.args], "returns": f.returns, "comment": comment,
-        "alter_sql": _function_sql(cfg, f, "CREATE OR ALTER"), "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
+        "alter_sql": _function_sql(cfg, f, "CREATE OR ALTER"),
+        "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
     })
 
 
@@ -305,7 +306,8 @@ def plan(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None) 
     fns = service_functions(cfg, functions)
     steps = infrastructure_steps(cfg)
     steps += [function_step(cfg, f) for f in fns]
-    steps += [wrapper_step(cfg, f) for f in fns if f.sql_name.endswith(WRAPPED_SUFFIX) and f.function in VECTOR_WRAPPERS]
+    steps += [wrapper_step(cfg, f) for f in fns
+              if f.sql_name.endswith(WRAPPED_SUFFIX) and f.function in VECTOR_WRAPPERS]
     return steps + access_steps(cfg, functions)
 
 
