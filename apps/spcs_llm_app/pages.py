@@ -12,6 +12,7 @@ from .sql_examples import examples
 
 DEFAULT_BATCH_ROWS = 64  # rows per request, like the service functions' MAX_BATCH_ROWS
 MAX_TABLE_ROWS = 10_000  # rows read from a table into the app
+ONE_VALUE = "(one value for every row)"
 
 
 def chat_page(backend: Backend) -> None:
@@ -50,7 +51,13 @@ def _load_rows(backend: Backend) -> pd.DataFrame | None:
     if source == "A table":
         table = st.text_input("Table (DB.SCHEMA.TABLE)", key="batch_table")
         limit = st.number_input("At most this many rows", 1, MAX_TABLE_ROWS, 1000, key="batch_limit")
-        return backend.read_table(table, int(limit)) if table else None
+        if not table:
+            return None
+        cache = st.session_state.setdefault("table_cache", {})  # every widget change reruns the page
+        if (table, limit) not in cache:
+            cache.clear()
+            cache[(table, limit)] = backend.read_table(table, int(limit))
+        return cache[(table, limit)]
     upload = st.file_uploader("CSV file with a header row", type=["csv"], key="batch_csv")
     if upload is None:
         return None
@@ -61,18 +68,18 @@ def _load_rows(backend: Backend) -> pd.DataFrame | None:
 
 
 def _argument_sources(fn: FunctionSpec, frame: pd.DataFrame, models: list[str]) -> list[tuple[str, object]]:
-    """For each argument: a column of the data, or one value for every row (a model for ``model``)."""
+    """For each argument: a column of the data, or one value for every row (a served model for ``model``)."""
     sources: list[tuple[str, object]] = []
     columns = [str(c) for c in frame.columns]
     for i, (name, sql_type) in enumerate(fn.args):
+        key = f"{fn.name}_{len(fn.args)}_{i}"
         if name.lower() == "model" and models:
-            sources.append(("value", st.selectbox(f"{name} ({sql_type})", models, key=f"arg_{fn.name}_{i}")))
+            sources.append(("value", st.selectbox(f"{name} ({sql_type})", models, key=f"arg_{key}")))
             continue
-        default = min(i, len(columns) - 1) if name.lower() != "model" else 0
-        choice = st.selectbox(f"{name} ({sql_type})", [*columns, "(one value for every row)"], index=default,
-                              key=f"arg_{fn.name}_{len(fn.args)}_{i}")
-        if choice == "(one value for every row)":
-            sources.append(("value", st.text_input(f"Value of {name}", key=f"val_{fn.name}_{i}")))
+        choice = st.selectbox(f"{name} ({sql_type})", [*columns, ONE_VALUE], index=min(i, len(columns) - 1),
+                              key=f"arg_{key}")
+        if choice == ONE_VALUE:
+            sources.append(("value", st.text_input(f"Value of {name}", key=f"val_{key}")))
         else:
             sources.append(("column", choice))
     return sources
@@ -96,21 +103,27 @@ def batch_page(backend: Backend) -> None:
     st.dataframe(frame.head(20))
     sources = _argument_sources(fn, frame, backend.models())
     batch_rows = int(st.number_input("Rows per request", 1, 4096, DEFAULT_BATCH_ROWS, key="batch_rows"))
-    if not st.button("Run", key="batch_run"):
-        return
-    bar = st.progress(0.0, text="starting")
-    try:
-        rows = argument_rows(frame, sources)
-        values = run_in_batches(backend, fn, rows, batch_rows,
-                                lambda done, total: bar.progress(done / total, text=f"{done} / {total} rows"))
-    except BackendError as exc:
-        st.error(str(exc))
-        return
-    result = frame.copy()
-    result[fn.name] = values
-    st.success(f"{len(values)} rows answered")
+    if st.button("Run", key="batch_run"):
+        st.session_state.pop("batch_result", None)
+        bar = st.progress(0.0, text="starting")
+        try:
+            rows = argument_rows(frame, sources)
+            values = run_in_batches(backend, fn, rows, batch_rows,
+                                    lambda done, total: bar.progress(done / total, text=f"{done} / {total} rows"))
+        except BackendError as exc:
+            st.error(str(exc))
+            return
+        result = frame.copy()
+        result[fn.name] = values
+        st.session_state.batch_result = (fn.name, result)
+    if "batch_result" in st.session_state:  # kept so that the download's rerun does not wipe the table
+        _show_result(*st.session_state.batch_result)
+
+
+def _show_result(name: str, result: pd.DataFrame) -> None:
+    st.success(f"{len(result)} rows answered")
     st.dataframe(result)
-    st.download_button("Download CSV", result.to_csv(index=False).encode(), f"{fn.name.lower()}_results.csv",
+    st.download_button("Download CSV", result.to_csv(index=False).encode(), f"{name.lower()}_results.csv",
                        "text/csv", key="batch_download")
 
 

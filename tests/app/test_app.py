@@ -68,12 +68,15 @@ def test_batch_over_a_csv_gives_one_result_per_row_in_order(app: AppTest) -> Non
     assert _is_null(answers[1])  # NULL in, NULL out (the dataframe shows None as NaN)
     assert app.success[0].value == "5 rows answered"
     assert app.get("download_button")  # the results can be downloaded
+    app.run()  # any rerun (a download is one) keeps the results on the page
+    kept = list(app.dataframe[-1].value["COMPLETE"])
+    assert kept[0] == "echo:alpha" and _is_null(kept[1]) and kept[2:] == answers[2:]
 
 
 def test_batch_with_one_value_for_every_row(app: AppTest) -> None:
     _batch(app, CSV, batch_rows=64)
     app.selectbox(key="arg_COMPLETE_2_1").set_value("(one value for every row)").run()
-    app.text_input(key="val_COMPLETE_1").set_value("same prompt").run()
+    app.text_input(key="val_COMPLETE_2_1").set_value("same prompt").run()
     app.button(key="batch_run").click().run()
     assert list(app.dataframe[-1].value["COMPLETE"]) == ["echo:same prompt"] * 5
 

@@ -149,3 +149,11 @@ def test_the_app_in_snowflake_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     assert session.queries[-1][1][0] == "llama3.1-8b"
     at.sidebar.radio(key="page").set_value("Batch").run()
     assert at.radio(key="batch_source").options == ["Upload a CSV", "A table"]
+    at.radio(key="batch_source").set_value("A table").run()
+    at.text_input(key="batch_table").set_value("RAW.REVIEWS").run()
+    at.selectbox(key="arg_COMPLETE_2_1").set_value("TEXT").run()
+    at.button(key="batch_run").click().run()
+    assert not at.exception and not at.error
+    assert list(at.dataframe[-1].value["COMPLETE"]) == ["answer:a", "answer:b"]
+    reads = [q for q, _ in session.queries if q.startswith("SELECT * FROM")]
+    assert reads == ["SELECT * FROM RAW.REVIEWS LIMIT 1000"]  # read once, though the page reran several times
