@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-unit bench clean
+.PHONY: serve test test-unit bench app clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_complete.py --plot bench/out/complete.png $(ARGS)
+
+app: $(STAMP)
+	$(BIN)/streamlit run apps/streamlit_app.py --browser.gatherUsageStats false $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
