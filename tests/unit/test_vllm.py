@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spcs_llm.config import EngineSettings, Settings
+from spcs_llm.config import DownloadSettings, EngineSettings, Settings
 from spcs_llm.engines import build_engine
 from spcs_llm.engines.base import ChatRequest, Message
 from spcs_llm.engines.vllm import VllmEngine, embedding_args, resolve_model, serve_args, visible_gpus
@@ -100,14 +99,18 @@ def test_resolve_model_local_dir_catalogue_name_and_unknown(model_dir: Path, tmp
     assert resolve_model(str(model_dir), None) == (str(model_dir), "qwen2.5-7b-instruct")
     calls: list[tuple[str, Any]] = []
 
-    def ensure_model(name: str, *, cache_dir: Path | None = None, offline: bool = False) -> Path:
-        calls.append((name, cache_dir))
+    def ensure_model(name: str, *, cache_dir: Path | None = None, offline: bool = False,
+                     sources: list[Any] | None = None) -> Path:
+        calls.append((name, cache_dir, offline, [s.endpoint for s in sources or []]))
         return tmp_path / "cache" / name
 
-    monkeypatch.setitem(sys.modules, "spcs_llm.models.download", types.SimpleNamespace(ensure_model=ensure_model))
-    assert resolve_model("qwen2.5-1.5b-instruct", tmp_path) == (str(tmp_path / "cache" / "qwen2.5-1.5b-instruct"),
-                                                                 "qwen2.5-1.5b-instruct")
-    assert calls == [("qwen2.5-1.5b-instruct", tmp_path)]
+    monkeypatch.setattr("spcs_llm.models.download.ensure_model", ensure_model)
+    downloads = DownloadSettings(sources="modelscope,hf=http://mirror.test", offline=True)
+    assert resolve_model("qwen2.5-1.5b-instruct", tmp_path, downloads) == (
+        str(tmp_path / "cache" / "qwen2.5-1.5b-instruct"), "qwen2.5-1.5b-instruct")
+    (name, cache, offline, urls) = calls[0]
+    assert (name, cache, offline) == ("qwen2.5-1.5b-instruct", tmp_path, True)
+    assert urls[1] == "http://mirror.test"  # the [downloads] sources, in their order
     with pytest.raises(EngineUnavailable, match="neither a local model directory nor a catalogue name"):
         resolve_model("no-such-model", None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import EmbeddingSettings, EngineSettings
+from ..config import DownloadSettings, EmbeddingSettings, EngineSettings
 from ..models import packaged
 from ..models.catalog import catalog_entry
 from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelta, Usage
@@ -28,8 +28,8 @@ def resolve_model_file(settings: EngineSettings) -> tuple[Path, str]:
     return path, settings.model_name or (entry.name if entry else path.stem.lower())
 
 
-def build_engine(settings: EngineSettings) -> Engine:
-    """Construct (not start) the configured engine."""
+def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
+    """Construct (not start) the configured engine. ``downloads`` says where catalogue models come from."""
     if settings.kind == "fake":
         return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,
                           max_concurrency=settings.n_parallel)
@@ -38,7 +38,7 @@ def build_engine(settings: EngineSettings) -> Engine:
     if settings.kind == "vllm":
         from .vllm import VllmEngine
 
-        return VllmEngine.from_settings(settings)
+        return VllmEngine.from_settings(settings, downloads)
     from .llamacpp import LlamaCppEngine
 
     path, name = resolve_model_file(settings)

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from ..config import EngineSettings
+from ..config import DownloadSettings, EngineSettings
 from ..errors import EngineUnavailable
 from ..models.catalog import catalog_entry
 from .base import ChatRequest, ChatResult, Engine, StreamDelta
@@ -50,10 +50,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def resolve_model(model: str, cache_dir: Path | None) -> tuple[str, str]:
+def resolve_model(model: str, cache_dir: Path | None,
+                  downloads: DownloadSettings | None = None) -> tuple[str, str]:
     """(what to pass to ``vllm serve``, the name to serve it under) for a local directory or a catalogue name.
 
-    A catalogue name is fetched (or found in the cache) by :func:`spcs_llm.models.download.ensure_model`."""
+    A catalogue name is fetched (or found in the cache) by :func:`spcs_llm.models.download.ensure_model`, from the
+    sources and with the offline setting of ``[downloads]``."""
     path = Path(model).expanduser()
     if path.exists():
         entry = catalog_entry(path.name)
@@ -61,9 +63,11 @@ def resolve_model(model: str, cache_dir: Path | None) -> tuple[str, str]:
     entry = catalog_entry(model)
     if entry is None:
         raise EngineUnavailable(f"engine.model: {model!r} is neither a local model directory nor a catalogue name")
-    from ..models.download import ensure_model  # the download code is only needed for catalogue names
+    from ..models.download import default_sources, ensure_model  # only needed for catalogue names
 
-    return str(ensure_model(model, cache_dir=cache_dir)), entry.name
+    d = downloads or DownloadSettings()
+    sources = default_sources(d.sources, hf_endpoint=d.hf_endpoint, modelscope_endpoint=d.modelscope_endpoint)
+    return str(ensure_model(model, cache_dir=cache_dir, offline=d.offline, sources=sources)), entry.name
 
 
 def serve_args(model_path: str, served_name: str, port: int, settings: EngineSettings, gpus: int) -> list[str]:
@@ -96,8 +100,10 @@ class VllmEngine(Engine):
 
     kind = "vllm"
 
-    def __init__(self, settings: EngineSettings, *, env: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: EngineSettings, *, env: dict[str, str] | None = None,
+                 downloads: DownloadSettings | None = None) -> None:
         self.settings = settings
+        self.downloads = downloads
         self.env = env
         self.model_name = settings.model_name or settings.model
         self.context_window = settings.context_window or 4096
@@ -108,8 +114,8 @@ class VllmEngine(Engine):
         self._http: OpenAIHttpEngine | None = None
 
     @classmethod
-    def from_settings(cls, settings: EngineSettings) -> VllmEngine:
-        return cls(settings)
+    def from_settings(cls, settings: EngineSettings, downloads: DownloadSettings | None = None) -> VllmEngine:
+        return cls(settings, downloads=downloads)
 
     @property
     def chat_child(self) -> Supervisor | None:
@@ -117,12 +123,13 @@ class VllmEngine(Engine):
 
     async def start(self) -> None:
         s = self.settings
-        path, name = await asyncio.to_thread(resolve_model, s.model, s.cache_dir)
+        path, name = await asyncio.to_thread(resolve_model, s.model, s.cache_dir, self.downloads)
         self.model_name = s.model_name or name
         self.children.append(self._child("vllm", serve_args(path, self.model_name, self.port, s, self.gpus),
                                          self.port, self.model_name))
         if s.embedding_model:
-            epath, ename = await asyncio.to_thread(resolve_model, s.embedding_model, s.cache_dir)
+            epath, ename = await asyncio.to_thread(resolve_model, s.embedding_model, s.cache_dir,
+                                                 self.downloads)
             ename = s.embedding_model_name or ename
             self.children.append(self._child("vllm-embed", embedding_args(epath, ename, s, self.gpus),
                                              s.embedding_port, ename))

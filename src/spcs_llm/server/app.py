@@ -71,7 +71,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        state.engine = engine or await asyncio.to_thread(build_engine, settings.engine)
+        state.engine = engine or await asyncio.to_thread(build_engine, settings.engine, settings.downloads)
         state.embedders = embedders if embedders is not None else [
             await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         starting = asyncio.create_task(_start_engine(app))
