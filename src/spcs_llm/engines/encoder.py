@@ -129,6 +129,9 @@ class Encoder:
             for n in self._names:
                 self._get(f"encoder.layer.{i}.{n}.weight")
         self._act = _act(config.hidden_act)
+        # q, k and v as one (3 * hidden, hidden) matrix per layer: one larger matmul is faster than three
+        self._qkv = [tuple(np.concatenate([self._get(f"encoder.layer.{i}.{n}.{part}") for n in self._names[:3]])
+                           for part in ("weight", "bias")) for i in range(config.num_layers)]
 
     @property
     def hidden_size(self) -> int:
@@ -186,15 +189,14 @@ class Encoder:
         if cfg.model_type == "mpnet":
             bias = bias + self._relative_bias(length)[None]
         scale = np.float32(1 / math.sqrt(head_dim))
-        q_n, k_n, v_n, o_n, ln1, ff_in, ff_out, ln2 = self._names
-
-        def split(t: np.ndarray) -> np.ndarray:
-            return t.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
-
+        o_n, ln1, ff_in, ff_out, ln2 = self._names[3:]
         for i in range(cfg.num_layers):
             p = f"encoder.layer.{i}."
-            q, k, v = (split(self._dense(x, p + n)) for n in (q_n, k_n, v_n))
-            scores = (q * scale) @ k.transpose(0, 1, 3, 2) + bias
+            qkv = _linear(x, *self._qkv[i]).reshape(batch, length, 3, heads, head_dim)
+            # contiguous (batch, heads, length, head_dim) blocks, so the stacked matmuls below go to BLAS
+            q, k, v = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))
+            q *= scale
+            scores = q @ k.transpose(0, 1, 3, 2) + bias
             scores -= scores.max(-1, keepdims=True)
             probs = np.exp(scores, out=scores)
             probs /= probs.sum(-1, keepdims=True)

