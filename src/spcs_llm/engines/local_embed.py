@@ -86,7 +86,8 @@ class ModelDir:
 
 class LocalEmbedder(Embedder):
     """A sentence-transformers model run by numpy on the CPU. One forward pass runs at a time (BLAS already uses
-    every core); each ``embed`` call is split into length-sorted batches padded to their longest text."""
+    every core); concurrent ``embed`` calls are joined, and the texts split into length-sorted batches padded to
+    their longest text."""
 
     kind: ClassVar[str] = "local"
 
@@ -103,6 +104,8 @@ class LocalEmbedder(Embedder):
         self._tokenizer.enable_truncation(max_length=self.max_input_tokens)
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
+        self._queue: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+        self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: EmbeddingSettings) -> LocalEmbedder:
@@ -134,9 +137,32 @@ class LocalEmbedder(Embedder):
         return len(self._counter.encode(text).ids)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Calls that arrive while a forward pass runs are queued and then served together by the next pass, so
+        many concurrent one-row calls cost about what one batched call does."""
         if not texts:
             return []
-        return (await asyncio.to_thread(self.embed_sync, list(texts))).tolist()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[list[float]]] = loop.create_future()
+        self._queue.append((list(texts), future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            jobs, self._queue = self._queue, []
+            try:
+                vectors = await asyncio.to_thread(self.embed_sync, [t for texts, _ in jobs for t in texts])
+            except Exception as exc:  # handed to every caller whose rows were in this pass
+                for _, future in jobs:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for texts, future in jobs:
+                if not future.done():  # the caller may have been cancelled meanwhile
+                    future.set_result(vectors[start:start + len(texts)].tolist())
+                start += len(texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dimension) float32 unit vectors, rows in the order of ``texts``."""
