@@ -65,6 +65,14 @@ async def measure(embedder: LocalEmbedder, label: str, texts: list[str], batch: 
     return Row(label, batch, min(tokens, embedder.max_input_tokens), statistics.median(times))
 
 
+async def measure_concurrent(embedder: LocalEmbedder, texts: list[str]) -> Row:
+    """Every text as its own ``embed`` call, all at once: how a caller that sends rows one by one fares."""
+    t0 = time.perf_counter()
+    await asyncio.gather(*(embedder.embed([t]) for t in texts))
+    tokens = statistics.mean([await embedder.count_tokens(t) for t in texts])
+    return Row("1-row calls", len(texts), tokens, time.perf_counter() - t0)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="a sentence-transformers model directory (default: the packaged one)")
@@ -88,6 +96,7 @@ async def main() -> None:
     results = []
     for b in (int(x) for x in args.batch_sizes.split(",")):
         results.append(await measure(embedder, "short", short_texts(max(args.rows, b)), b, args.rows))
+    results.append(await measure_concurrent(embedder, short_texts(64)))
     for b in (int(x) for x in args.long_batch_sizes.split(",") if x):
         results.append(await measure(embedder, "long", [f"{i} {LONG}" for i in range(b * 2)], b, b * 2))
 
@@ -97,9 +106,9 @@ async def main() -> None:
     print(f"start-up {startup:.2f} s (construct + load weights) | first embed {first:.2f} s | "
           f"RSS {rss0:.0f} MB before, {rss_started:.0f} MB started, {rss_mb():.0f} MB after the runs, "
           f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    print(f"{'texts':6} {'batch':>6} {'tok/text':>9} {'s/batch':>9} {'rows/s':>9} {'tok/s':>9}")
+    print(f"{'texts':11} {'batch':>6} {'tok/text':>9} {'s/batch':>9} {'rows/s':>9} {'tok/s':>9}")
     for r in results:
-        print(f"{r.label:6} {r.batch:>6} {r.tokens_per_text:>9.0f} {r.seconds_per_batch:>9.3f} "
+        print(f"{r.label:11} {r.batch:>6} {r.tokens_per_text:>9.0f} {r.seconds_per_batch:>9.3f} "
               f"{r.rows_per_s:>9.1f} {r.rows_per_s * r.tokens_per_text:>9.0f}")
     await embedder.aclose()
 

@@ -90,6 +90,7 @@ class LocalEmbedder(Embedder):
     their longest text."""
 
     kind: ClassVar[str] = "local"
+    max_concurrency = MAX_BATCH_ROWS  # concurrent calls are joined into one pass, so this many keep a batch full
 
     def __init__(self, model_dir: Path, model_name: str | None = None) -> None:
         self.info = ModelDir.read(model_dir)
