@@ -92,6 +92,9 @@ def test_bad_model_directories_are_named(tmp_path: Path) -> None:
     (path / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(ValueError, match="unsupported model_type 'gpt2'"):
         LocalEmbedder(path)
+    (path / "config.json").write_text(json.dumps({**config, "position_embedding_type": "relative_key"}))
+    with pytest.raises(ValueError, match="unsupported position_embedding_type 'relative_key'"):
+        LocalEmbedder(path)
     (path / "config.json").write_text(json.dumps(config))
     (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
     with pytest.raises(ValueError, match="unsupported pooling"):

@@ -113,6 +113,8 @@ class EncoderConfig:
         model_type = cfg.get("model_type", "")
         if model_type not in _ARCH:
             raise ValueError(f"unsupported model_type {model_type!r} (supported: {', '.join(sorted(_ARCH))})")
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"unsupported position_embedding_type {cfg['position_embedding_type']!r} (absolute only)")
         return cls(model_type=model_type, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
                    num_heads=cfg["num_attention_heads"], layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
                    hidden_act=cfg.get("hidden_act", "gelu"), max_positions=cfg["max_position_embeddings"],
