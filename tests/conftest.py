@@ -65,7 +65,7 @@ async def in_process(app: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def fake_settings(**engine: Any) -> Settings:
-    return Settings.load(overrides={"engine": {"kind": "fake", **engine}})
+    return Settings.load(overrides={"engine": {"kind": "fake", **engine}}).model_copy(update={"embeddings": []})
 
 
 @pytest.fixture

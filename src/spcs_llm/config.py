@@ -126,6 +126,7 @@ class EmbeddingSettings(_Section):
         None, description="Cortex embedding names this model answers to (default: those of its dimension)"
     )
     upstream: str | None = Field(None, description="Base URL of an OpenAI-compatible /v1 (kind = openai)")
+    cache_dir: Path | None = Field(None, description="Where the packaged model is kept (default ~/.cache/spcs-llm)")
 
 
 class DownloadSettings(_Section):
@@ -144,8 +145,9 @@ class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     embeddings: list[EmbeddingSettings] = Field(
-        default_factory=list,
-        description="Embedding models ([[embeddings]] tables); an empty list serves none",
+        default_factory=lambda: [EmbeddingSettings()],
+        description="Embedding models ([[embeddings]] tables; default: the packaged 768-d all-mpnet-base-v2 on "
+        "the CPU); `embeddings = []` serves none",
     )
     downloads: DownloadSettings = Field(default_factory=DownloadSettings)
     aliases: dict[str, str] | None = Field(

@@ -382,7 +382,7 @@ async def test_embedder_with_wrong_dimension_stops_app_start() -> None:
                               startup_timeout_s=1)
     await embedder.start()
     settings = Settings.load(overrides={"engine": {"kind": "fake"}})
-    settings.embeddings.append(EmbeddingSettings(kind="openai", model="e5", upstream="http://up/v1", dimension=768))
+    settings.embeddings = [EmbeddingSettings(kind="openai", model="e5", upstream="http://up/v1", dimension=768)]
     with pytest.raises(ConfigError, match="gives 8-d vectors"):
         _embedder_names(settings, [embedder])
     await embedder.aclose()

@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from ..errors import UnknownModel
 from .catalog import find_model
-from .packaged import default_cache_dir
+from .wheels import default_cache_dir
 
 COMPLETE_MARKER = ".spcs-llm-complete.json"
 DEFAULT_HF_ENDPOINT = "https://hf-mirror.com"
