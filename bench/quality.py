@@ -9,8 +9,8 @@ Starts ``spcs-llm serve`` on the packaged model (or on ``--config`` / ``--gguf``
 
 Scoring: SENTIMENT is right when its sign matches the label; AI_SENTIMENT when "overall" is the label;
 CLASSIFY_TEXT / AI_CLASSIFY when the label is the expected category; EXTRACT_ANSWER when the answer contains
-the expected words (case-insensitive); AI_FILTER when the boolean matches; AI_SIMILARITY when a review is more
-similar to another review of the same polarity than to one of the opposite polarity.
+the expected words (case-insensitive); AI_FILTER when the boolean matches; AI_SIMILARITY when a text of the
+classification set is more similar to another text of its topic than to a text of a different topic.
 """
 
 from __future__ import annotations
@@ -88,18 +88,19 @@ def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, An
     results.append(score("AI_FILTER", [f["label"] for f in flt], answers, lambda t, a: a == t, 0.5, secs))
 
     if embed_model:
-        pos = [s["text"] for s in sentiment if s["label"] == "positive"]
-        neg = [s["text"] for s in sentiment if s["label"] == "negative"]
-        n = min(len(pos), len(neg)) - 1
-        rows = [[pos[i], pos[i + 1], {"model": embed_model}] for i in range(n)]
-        rows += [[pos[i], neg[i], {"model": embed_model}] for i in range(n)]
-        rows += [[neg[i], neg[i + 1], {"model": embed_model}] for i in range(n)]
-        rows += [[neg[i], pos[i + 1], {"model": embed_model}] for i in range(n)]
-        sims, secs = timed(client, "ai_similarity", rows)
-        same_pos, cross_pos, same_neg, cross_neg = (sims[k * n:(k + 1) * n] for k in range(4))
-        truth = [True] * (2 * n)
-        wins = [s > c for s, c in zip(same_pos + same_neg, cross_pos + cross_neg, strict=True)]
-        results.append(score("AI_SIMILARITY", truth, wins, lambda t, a: a == t, 0.5, secs))
+        by_topic: dict[str, list[str]] = {}
+        for c in classify:
+            by_topic.setdefault(c["label"], []).append(c["text"])
+        topics = sorted(by_topic)
+        same, other = [], []
+        for t, topic in enumerate(topics):
+            texts, others = by_topic[topic], by_topic[topics[(t + 1) % len(topics)]]
+            for i in range(len(texts) - 1):
+                same.append([texts[i], texts[i + 1], {"model": embed_model}])
+                other.append([texts[i], others[i + 1], {"model": embed_model}])
+        sims, secs = timed(client, "ai_similarity", same + other)
+        wins = [a > b for a, b in zip(sims[: len(same)], sims[len(same):], strict=True)]
+        results.append(score("AI_SIMILARITY", [True] * len(wins), wins, lambda t, a: a == t, 0.5, secs))
     return results
 
 
