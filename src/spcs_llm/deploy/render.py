@@ -15,6 +15,7 @@ from typing import Any
 
 from ..functions.registry import SqlFunction
 from .config import DeployConfig
+from .docker import PACKAGED_DIR
 from .textfmt import to_toml, to_yaml
 
 SERVICE_CONFIG_PATH = "/etc/spcs-llm/service.toml"
@@ -57,7 +58,9 @@ class Step:
 
 def service_config(cfg: DeployConfig) -> dict[str, Any]:
     """The service's own config (``spcs-llm serve --config``), as a TOML document."""
-    engine: dict[str, Any] = {"kind": cfg.model.engine, "model": cfg.model.name, "cache_dir": cfg.volumes.mount}
+    packaged = cfg.model.name == "default"  # the packaged GGUF is baked into the image, not on the volume
+    engine: dict[str, Any] = {"kind": cfg.model.engine, "model": cfg.model.name,
+                              "cache_dir": PACKAGED_DIR if packaged else cfg.volumes.mount}
     engine.update(cfg.model.engine_options)
     doc: dict[str, Any] = {
         "server": {"host": "0.0.0.0", "port": cfg.service.port, "log_level": cfg.service.log_level},
@@ -65,8 +68,9 @@ def service_config(cfg: DeployConfig) -> dict[str, Any]:
     }
     if cfg.aliases:
         doc["aliases"] = dict(cfg.aliases)
-    if cfg.embeddings:
-        doc["embeddings"] = [dict(e) for e in cfg.embeddings]
+    # Without configured embedding models, the packaged 768-d one baked into the image serves EMBED_TEXT_768.
+    doc["embeddings"] = [dict(e) for e in cfg.embeddings] or [
+        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}]
     return doc
 
 

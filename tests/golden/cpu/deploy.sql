@@ -46,8 +46,14 @@ spec:
           [engine]
           kind = "llamacpp"
           model = "default"
-          cache_dir = "/models"
+          cache_dir = "/opt/spcs-llm/packaged"
           n_parallel = 8
+
+          [[embeddings]]
+          kind = "local"
+          model = "default"
+          dimension = 768
+          cache_dir = "/opt/spcs-llm/packaged"
       readinessProbe:
         port: 8001
         path: /health
@@ -81,7 +87,7 @@ $$
   MIN_INSTANCES = 1
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
-  COMMENT = 'spcs-llm e38eee5de8fdd90c';
+  COMMENT = 'spcs-llm 16b74cd14972f588';
 
 -- function SPCS_LLM.LLM_CPU.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM_CPU.AI_AGG(texts ARRAY, instruction VARCHAR)

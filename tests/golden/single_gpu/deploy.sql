@@ -62,6 +62,12 @@ spec:
 
           [aliases]
           "llama3.1-8b" = "qwen2.5-7b-instruct"
+
+          [[embeddings]]
+          kind = "local"
+          model = "default"
+          dimension = 768
+          cache_dir = "/opt/spcs-llm/packaged"
         HF_ENDPOINT: https://hf-mirror.com
       readinessProbe:
         port: 8001
@@ -101,7 +107,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm bf8be56c5233ee31';
+  COMMENT = 'spcs-llm 1b3c80a01577235e';
 
 -- function SPCS_LLM.LLM.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM.AI_AGG(texts ARRAY, instruction VARCHAR)

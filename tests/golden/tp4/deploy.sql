@@ -60,6 +60,12 @@ spec:
           [aliases]
           "llama3.3-70b" = "qwen3-32b"
           mistral-large2 = "qwen3-32b"
+
+          [[embeddings]]
+          kind = "local"
+          model = "default"
+          dimension = 768
+          cache_dir = "/opt/spcs-llm/packaged"
       readinessProbe:
         port: 8001
         path: /health
@@ -99,7 +105,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm 951fc9963c2202ca';
+  COMMENT = 'spcs-llm 8bd34c1b0b759e48';
 
 -- function AI.CORTEX_SELF.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION AI.CORTEX_SELF.AI_AGG(texts ARRAY, instruction VARCHAR)
