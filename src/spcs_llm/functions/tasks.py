@@ -57,7 +57,7 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
     renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
     """
-    chosen = str(orjson.loads(result.text)) if result.text.startswith('"') else result.text.strip()
+    chosen = result.text.strip().strip('"')
     position = next((t for t in result.logprobs if _core(t.token)), None)
     mass = dict.fromkeys(labels, 0.0)
     if position is not None:
