@@ -13,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from ..errors import InvalidInput, RowError
+from ..engines.base import Embedder, Engine
+from ..errors import InvalidInput, RowError, UnknownModel
 from ..models.catalog import EmbedderResolver, ModelResolver
 from ..scheduler import Scheduler
 
@@ -28,6 +29,15 @@ class Runtime:
     models: ModelResolver
     max_output_tokens: int
     embedders: EmbedderResolver = field(default_factory=EmbedderResolver)
+
+    def token_counter(self, model: object) -> Engine | Embedder:
+        """What counts tokens for ``model``: the chat engine for a served or aliased chat model name, else the
+        embedder serving that name (``unknown model`` when neither does)."""
+        try:
+            self.models.resolve(model)
+            return self.scheduler.engine
+        except UnknownModel:
+            return self.embedders.resolve(model)
 
     @property
     def context_window(self) -> int:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..errors import InvalidInput, UnknownModel
+from ..errors import InvalidInput
 from .registry import FUNCTIONS, Overload, RowJob, Runtime, SqlFunction, json_arg, register
 
 DEFAULT_SEPARATORS: tuple[str, ...] = ("\n\n", "\n", " ", "")
@@ -119,11 +119,7 @@ def token_counter(rt: Runtime, model_or_function: object) -> Callable[[str], Awa
     the embedder's tokenizer. Resolved now, so an unknown name fails before any work."""
     if isinstance(model_or_function, str) and model_or_function.strip().lower() in FUNCTIONS:
         return rt.scheduler.count_tokens
-    try:
-        rt.models.resolve(model_or_function)
-        return rt.scheduler.count_tokens
-    except UnknownModel:
-        return rt.embedders.resolve(model_or_function).count_tokens
+    return rt.token_counter(model_or_function).count_tokens
 
 
 def _count_tokens(rt: Runtime, args: list[Any]) -> RowJob:

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engines.base import ChatRequest, Message, TokenLogprob
-from ..errors import InvalidInput, SpcsLlmError, UnknownModel
+from ..errors import InvalidInput, SpcsLlmError
 from ..functions import Overload, Runtime, SqlFunction
 from ..functions.registry import RowJob, json_arg
 from . import snowflake
@@ -245,22 +245,10 @@ async def tokenize(request: Request) -> Response:
     text = body.prompt if body.prompt is not None else body.content
     if text is None:
         raise InvalidInput("tokenize request: prompt is required", param="prompt")
-    counter = _token_counter(rt, body.model)
+    counter = rt.scheduler.engine if body.model is None else rt.token_counter(body.model)
     count = await counter.count_tokens(text)
     window = getattr(counter, "context_window", None) or getattr(counter, "max_input_tokens", None)
     return Response(orjson.dumps({"count": count, "max_model_len": window}), media_type="application/json")
-
-
-def _token_counter(rt: Runtime, model: str | None) -> Any:
-    """The chat engine, or the embedder when ``model`` names an embedding model (an upstream embedder counts
-    its own tokens here)."""
-    if model is None:
-        return rt.scheduler.engine
-    try:
-        rt.models.resolve(model)
-        return rt.scheduler.engine
-    except UnknownModel:
-        return rt.embedders.resolve(model)
 
 
 def _validated(model: type[BaseModel], raw: bytes, what: str) -> Any:
