@@ -114,6 +114,13 @@ def test_sentiment_score_is_the_expected_polarity_under_label_probabilities() ->
     # a token that begins two labels is shared; pieces of a label count toward it ("pos" -> positive)
     dist = label_distribution(_result('"negative"', [("ne", math.log(0.5)), ("pos", math.log(0.5))]), labels)
     assert dist == pytest.approx({"positive": 0.5, "negative": 0.25, "neutral": 0.25})
+    # an object answer {"sentiment": "..."}: the key and punctuation before the label are skipped
+    keyed = ChatResult('{"sentiment": "negative"}', logprobs=(
+        TokenLogprob('{"', 0.0, (("positive", math.log(0.9)),)), TokenLogprob("sent", 0.0, ()),
+        TokenLogprob('": "', 0.0, ()),
+        TokenLogprob("negative", math.log(0.6), (("negative", math.log(0.6)), ("positive", math.log(0.2)))),
+    ))
+    assert label_distribution(keyed, labels) == pytest.approx({"positive": 0.25, "negative": 0.75, "neutral": 0})
     # no logprobs at all: the chosen label is certain
     assert label_distribution(ChatResult('"negative"'), labels) == {"positive": 0, "negative": 1, "neutral": 0}
 
@@ -125,7 +132,8 @@ async def test_sentiment_returns_a_float_from_a_constrained_label_request(client
     for v in (values(data)[0], values(data)[2]):
         assert isinstance(v, float) and -1 <= v <= 1
     request = fake_engine.calls[0]
-    assert orjson.loads(request.json_schema) == {"enum": ["positive", "negative", "neutral"], "type": "string"}
+    assert orjson.loads(request.json_schema)["properties"]["sentiment"] == {
+        "enum": ["positive", "negative", "neutral"], "type": "string"}
     assert request.top_logprobs > 0 and request.temperature == 0
     assert request.messages[0].role == "system" and request.messages[-1].content == "I love it"
 

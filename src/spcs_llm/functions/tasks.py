@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..engines.base import ChatRequest, ChatResult, Message
+from ..engines.base import ChatRequest, ChatResult, Message, TokenLogprob
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Runtime
 from .text import DEFAULT_SEPARATORS, recursive_split
@@ -51,29 +51,39 @@ def enum_schema(values: Sequence[str]) -> dict[str, Any]:
 
 
 def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, float]:
-    """P(label) for each label, from the alternatives at the first token of the answer that has text.
+    """P(label) for each label, from the alternatives at the token where the answer names its label: the first
+    generated token that begins a label (JSON punctuation and keys before it are skipped).
 
     A token counts toward a label when the label starts with it (case-insensitive, quotes and spaces stripped);
     a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
     renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
     """
-    chosen = result.text.strip().strip('"')
-    position = next((t for t in result.logprobs if _core(t.token)), None)
-    mass = dict.fromkeys(labels, 0.0)
-    if position is not None:
-        seen: set[str] = set()
-        for token, logprob in ((position.token, position.logprob), *position.top):
-            key = _core(token)
-            if not key or token in seen:
-                continue
-            seen.add(token)
-            matches = [label for label in labels if label.lower().startswith(key)]
-            for label in matches:
-                mass[label] += math.exp(logprob) / len(matches)
+    position = next((t for t in result.logprobs if _begins_label(t.token, labels)), None)
+    mass = _label_mass(position, labels) if position is not None else dict.fromkeys(labels, 0.0)
     total = sum(mass.values())
     if total <= 0:
+        chosen = next((label for label in labels if label in result.text), None)
         return {label: float(label == chosen) for label in labels}
     return {label: m / total for label, m in mass.items()}
+
+
+def _begins_label(token: str, labels: Sequence[str]) -> bool:
+    key = _core(token)
+    return bool(key) and any(label.lower().startswith(key) for label in labels)
+
+
+def _label_mass(position: TokenLogprob, labels: Sequence[str]) -> dict[str, float]:
+    mass = dict.fromkeys(labels, 0.0)
+    seen: set[str] = set()
+    for token, logprob in ((position.token, position.logprob), *position.top):
+        key = _core(token)
+        if not key or token in seen:
+            continue
+        seen.add(token)
+        matches = [label for label in labels if label.lower().startswith(key)]
+        for label in matches:
+            mass[label] += math.exp(logprob) / len(matches)
+    return mass
 
 
 def _core(token: str) -> str:
