@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,10 +25,24 @@ SF_HEADERS = {
 }
 
 
-def batch(*rows: list[Any], gzipped: bool = False) -> dict[str, Any]:
-    """Request kwargs for a Snowflake batch whose rows are numbered 0..n-1."""
-    body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
+_batch_numbers = itertools.count()
+
+
+def sf_headers(batch_id: str | None = None, query_id: str | None = None) -> dict[str, str]:
+    """Snowflake's headers for one batch. Each call gets its own batch id, as Snowflake gives each batch; pass
+    ``batch_id`` to send a retry."""
     headers = dict(SF_HEADERS)
+    headers["sf-external-function-query-batch-id"] = batch_id or f"01b02bdf-0001-7b58-{next(_batch_numbers)}:1:1:0:0"
+    if query_id is not None:
+        headers["sf-external-function-current-query-id"] = query_id
+    return headers
+
+
+def batch(*rows: list[Any], gzipped: bool = False, batch_id: str | None = None,
+          query_id: str | None = None) -> dict[str, Any]:
+    """Request kwargs for a Snowflake batch whose rows are numbered 0..n-1 (see :func:`sf_headers`)."""
+    body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
+    headers = sf_headers(batch_id, query_id)
     if gzipped:
         body, headers["content-encoding"] = gzip.compress(body), "gzip"
     return {"content": body, "headers": headers}

@@ -16,6 +16,18 @@ class Metrics:
         self.engine_requests = Counter("spcs_llm_engine_requests", "Requests sent to the engine", registry=r)
         self.dedup_hits = Counter("spcs_llm_dedup_hits", "Requests answered by an identical one in flight",
                                   registry=r)
+        self.cache_hits = Counter("spcs_llm_result_cache_hits", "Requests answered from the result cache",
+                                  ["kind"], registry=r)
+        self.cache_bytes = Gauge("spcs_llm_result_cache_bytes", "Estimated bytes held by the result cache",
+                                 registry=r)
+        self.batch_retries_answered = Counter(
+            "spcs_llm_batch_retries_answered", "Retried batches (same batch id) answered from what was already "
+            "computed", registry=r)
+        self.rejected_rows = Counter("spcs_llm_rejected_rows", "Rows of batches refused with 429 at admission",
+                                     registry=r)
+        self.prompt_tokens_cached = Counter(
+            "spcs_llm_prompt_tokens_cached", "Prompt tokens the engine reused from its prefix cache (as reported "
+            "by the engine)", registry=r)
         self.engine_latency = Histogram(
             "spcs_llm_engine_latency_seconds", "Time of one engine request", registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),

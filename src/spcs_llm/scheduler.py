@@ -1,60 +1,224 @@
-"""Turns many row calls into engine requests: bounded fan-out, dedup of identical requests, admission control.
+"""Turns many row calls into engine requests: a full engine batch, fair across queries, nothing computed twice.
 
-- Every admitted row's request goes to the engine as soon as one of ``max_concurrency`` places is free; all
-  concurrent batches share the same bound, so the engine's batch stays full without being flooded.
-- Identical deterministic requests (temperature 0) in flight at the same time are computed once, within a
-  batch and across batches.
-- Embeddings: texts that rows ask for while the embedder is busy are sent together as one call, so a batch of
-  rows costs one forward pass per ``embed_batch`` texts, not one per row.
-- Admission: a batch whose rows would push the queue past ``max_queue_rows`` is refused with 429 before any
-  of its rows starts, so an accepted batch is never dropped half-way.
+- **Bounded fan-out.** Every admitted row's request goes to the engine as soon as one of ``max_concurrency``
+  places is free; all concurrent batches share that bound, so the engine's batch stays full without flooding it.
+- **Fairness.** Requests waiting for a place queue per query (:data:`query_key`, the Snowflake query id), and a
+  freed place goes to the queries in turn, so a 10-row query never waits behind all of a 100k-row one.
+- **Computed once.** Identical deterministic requests (temperature 0) in flight at the same time share one engine
+  call, within a batch and across batches; finished ones are kept in a bounded LRU result cache (the key is the
+  whole request: the function's instruction and the row's arguments are its messages; options and sampling are
+  its fields; the model is this scheduler's engine). Sampled requests are never shared or cached.
+- **Embeddings.** Texts that rows ask for while the embedder is busy are sent together as one call, so a batch
+  costs one forward pass per ``embed_batch`` texts, not one per row; vectors are cached like chat results.
+- **Admission.** A batch is refused with 429 before any of its rows starts when the queue would hold more than
+  ``max_queue_rows`` rows or take longer than ``max_queue_seconds`` to drain at the measured row rate, so an
+  accepted batch is never dropped half-way and a refused one is retried by Snowflake after a back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
 
+# Whose turn a request waits in: set to the Snowflake query id for the rows of a batch. Unset (OpenAI calls,
+# direct use), every call is a query of its own.
+query_key: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar("query_key", default=None)
+
+
+class FairSlots:
+    """``n`` engine places, handed out in turn across queries: a freed place goes to the query at the head of
+    the rotation, which then moves to the back. Within one query, requests go first come first served."""
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiting: OrderedDict[Hashable, deque[asyncio.Future[None]]] = OrderedDict()
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    async def acquire(self, key: Hashable) -> None:
+        if self.free > 0 and not self._waiting:
+            self.free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the place was handed to us as we were cancelled: pass it on
+            else:
+                queue = self._waiting.get(key)
+                if queue is not None and future in queue:
+                    queue.remove(future)
+                    if not queue:
+                        del self._waiting[key]
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            key, queue = next(iter(self._waiting.items()))
+            future = queue.popleft()
+            if queue:
+                self._waiting.move_to_end(key)
+            else:
+                del self._waiting[key]
+            if not future.done():
+                future.set_result(None)
+                return
+        self.free += 1
+
+
+class ResultCache:
+    """Finished deterministic answers, least recently used first out, bounded by an estimate of their bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable) -> Any | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: Hashable, value: Any, size: int) -> None:
+        if size > self.max_bytes:
+            return
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._items[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, evicted) = self._items.popitem(last=False)
+            self.bytes -= evicted
+
+
+def _chat_size(request: ChatRequest, result: ChatResult) -> int:
+    """Rough bytes held by a cached answer: its texts plus a fixed cost per object."""
+    text = sum(len(m.content) for m in request.messages) + len(request.json_schema or "") + len(result.text)
+    return 2 * text + 200 * (len(request.messages) + len(result.logprobs) + 2)
+
+
+class RowRate:
+    """Rows finished per second while the queue is busy, averaged with a half-life of ``half_life_s`` of busy
+    time. Idle time does not count: it says what the engine can do, not how busy users are."""
+
+    def __init__(self, half_life_s: float = 30.0) -> None:
+        self.half_life_s = half_life_s
+        self._rows = 0.0
+        self._seconds = 0.0
+
+    def add(self, rows: int, busy_seconds: float) -> None:
+        decay = 0.5 ** (busy_seconds / self.half_life_s)
+        self._rows = self._rows * decay + rows
+        self._seconds = self._seconds * decay + busy_seconds
+
+    @property
+    def per_second(self) -> float | None:
+        """None until something has been measured."""
+        if self._rows <= 0 or self._seconds <= 0:
+            return None
+        return self._rows / self._seconds
+
 
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, *, max_concurrency: int | None = None,
-                 max_queue_rows: int = 20_000) -> None:
+                 max_queue_rows: int = 20_000, max_queue_seconds: float | None = None,
+                 cache_bytes: int = 256 * 2**20, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_concurrency = max_concurrency or engine.max_concurrency
         self.max_queue_rows = max_queue_rows
-        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self.max_queue_seconds = max_queue_seconds
+        self.cache = ResultCache(cache_bytes)
+        self.rate = RowRate()
+        self._clock = clock
+        self._slots = FairSlots(self.max_concurrency)
         self._in_flight: dict[ChatRequest, asyncio.Task[ChatResult]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
+        self._busy_since = 0.0
+
+    # -- admission --------------------------------------------------------------------------------------------
+
+    def drain_seconds(self, extra_rows: int = 0) -> float | None:
+        """How long the admitted rows plus ``extra_rows`` would take at the measured rate (None: not measured)."""
+        rate = self.rate.per_second
+        return None if rate is None else (self.queued_rows + extra_rows) / rate
 
     @contextmanager
-    def admit(self, rows: int) -> Iterator[None]:
-        """Reserve room for ``rows`` rows for the duration of the block, or raise Overloaded (429) now."""
+    def admit(self, rows: int) -> Iterator[Callable[[], None]]:
+        """Reserve room for ``rows`` rows for the duration of the block, or raise Overloaded (429) now.
+
+        The block gets a function to call as each row finishes, so the queue and the measured rate follow rows
+        as they finish; rows not reported are counted as finished when the block ends."""
         # An empty queue admits any batch, however large: it could never be admitted later either.
-        if self.queued_rows + rows > self.max_queue_rows and self.queued_rows > 0:
-            raise Overloaded()
-        self.queued_rows += rows
-        self.metrics.queue_depth.set(self.queued_rows)
+        if self.queued_rows > 0:
+            drain = self.drain_seconds(rows)
+            too_slow = self.max_queue_seconds is not None and drain is not None and drain > self.max_queue_seconds
+            if self.queued_rows + rows > self.max_queue_rows or too_slow:
+                self.metrics.rejected_rows.inc(rows)
+                raise Overloaded()
+        self._account_busy()
+        self._set_queue(self.queued_rows + rows)
+        remaining = rows
+
+        def row_done() -> None:
+            nonlocal remaining
+            if remaining > 0:
+                remaining -= 1
+                self._account_busy(finished=1)
+                self._set_queue(self.queued_rows - 1)
+
         try:
-            yield
+            yield row_done
         finally:
-            self.queued_rows -= rows
-            self.metrics.queue_depth.set(self.queued_rows)
+            self._account_busy(finished=remaining)
+            self._set_queue(self.queued_rows - remaining)
+
+    def _set_queue(self, rows: int) -> None:
+        self.queued_rows = rows
+        self.metrics.queue_depth.set(rows)
+
+    def _account_busy(self, finished: int = 0) -> None:
+        """Feed the rate with the busy time since the last change of the queue (idle time is skipped)."""
+        now = self._clock()
+        if self.queued_rows > 0:
+            self.rate.add(finished, now - self._busy_since)
+        self._busy_since = now
+
+    # -- chat ---------------------------------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        """The engine's answer to ``request``; identical deterministic requests in flight share one call."""
+        """The engine's answer to ``request``. Deterministic requests come from the cache, or share a call
+        with an identical request in flight, before they cost a new engine call."""
         if not request.deterministic:
             return await self._run(request)
+        cached = self.cache.get(request)
+        if cached is not None:
+            self.metrics.cache_hits.labels("chat").inc()
+            return cached
         task = self._in_flight.get(request)
         if task is None:
-            task = asyncio.ensure_future(self._run(request))
+            task = asyncio.ensure_future(self._run_and_keep(request))
             self._in_flight[request] = task
             task.add_done_callback(lambda _t: self._in_flight.pop(request, None))
         else:
@@ -62,46 +226,69 @@ class Scheduler:
         # shield: one waiter giving up (a cancelled batch) must not cancel the call others are waiting on
         return await asyncio.shield(task)
 
+    async def _run_and_keep(self, request: ChatRequest) -> ChatResult:
+        result = await self._run(request)
+        self.cache.put(request, result, _chat_size(request, result))
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        return result
+
     async def _run(self, request: ChatRequest) -> ChatResult:
-        async with self._slots:
-            self.metrics.in_flight.inc()
-            self.metrics.engine_requests.inc()
-            start = time.perf_counter()
-            try:
-                result = await self.engine.chat(request)
-            finally:
-                self.metrics.engine_latency.observe(time.perf_counter() - start)
-                self.metrics.in_flight.dec()
-        self._count_tokens(result.usage.prompt_tokens, result.usage.completion_tokens)
+        key = query_key.get()
+        await self._slots.acquire(key if key is not None else object())
+        self.metrics.in_flight.inc()
+        self.metrics.engine_requests.inc()
+        start = time.perf_counter()
+        try:
+            result = await self.engine.chat(request)
+        finally:
+            self.metrics.engine_latency.observe(time.perf_counter() - start)
+            self.metrics.in_flight.dec()
+            self._slots.release()
+        self._count_tokens(result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens)
         return result
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding one of the engine places for the whole stream."""
-        async with self._slots:
-            self.metrics.in_flight.inc()
-            self.metrics.engine_requests.inc()
-            try:
-                async for delta in self.engine.chat_stream(request):
-                    if delta.usage is not None:
-                        self._count_tokens(delta.usage.prompt_tokens, delta.usage.completion_tokens)
-                    yield delta
-            finally:
-                self.metrics.in_flight.dec()
+        key = query_key.get()
+        await self._slots.acquire(key if key is not None else object())
+        self.metrics.in_flight.inc()
+        self.metrics.engine_requests.inc()
+        try:
+            async for delta in self.engine.chat_stream(request):
+                if delta.usage is not None:
+                    u = delta.usage
+                    self._count_tokens(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+                yield delta
+        finally:
+            self.metrics.in_flight.dec()
+            self._slots.release()
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` with the served chat model's tokenizer."""
         return await self.engine.count_tokens(text)
 
+    def _count_tokens(self, prompt: int, completion: int, cached: int) -> None:
+        self.metrics.tokens.labels("in").inc(prompt)
+        self.metrics.tokens.labels("out").inc(completion)
+        self.metrics.prompt_tokens_cached.inc(cached)
+
+    # -- embeddings ---------------------------------------------------------------------------------------------
+
     async def embed(self, embedder: Embedder, text: str) -> list[float]:
         """``text``'s vector; concurrent calls for one embedder are batched into one forward pass."""
+        key = ("embed", embedder.model_name, text)
+        cached = self.cache.get(key)
+        if cached is not None:
+            self.metrics.cache_hits.labels("embed").inc()
+            return cached
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:
             batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self.metrics)
-        return await batcher.embed(text)
-
-    def _count_tokens(self, prompt: int, completion: int) -> None:
-        self.metrics.tokens.labels("in").inc(prompt)
-        self.metrics.tokens.labels("out").inc(completion)
+        vector = await batcher.embed(text)
+        # a list of Python floats costs ~32 bytes a value (the float and its pointer)
+        self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        return vector
 
 
 class _EmbedBatcher:

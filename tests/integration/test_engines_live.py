@@ -21,7 +21,7 @@ import pytest
 
 from spcs_llm.server.health import wait_healthy
 
-from ..conftest import SF_HEADERS
+from ..conftest import sf_headers
 from .conftest import LiveServer, _free_port
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def serve(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -
 
 def post_batch(base_url: str, fn: str, rows: list[list]) -> httpx.Response:
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
-    return httpx.post(f"{base_url}/functions/{fn}", content=body, headers=SF_HEADERS, timeout=120)
+    return httpx.post(f"{base_url}/functions/{fn}", content=body, headers=sf_headers(), timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,10 @@ def test_upstream_down_is_503_and_health_says_so(tmp_path: Path) -> None:
         back.proc.terminate()
         back.proc.wait(timeout=30)
         assert httpx.get(f"{front.base_url}/health").status_code == 503
-        r = post_batch(front.base_url, "complete", [["fake-model", "hi"]])
+        # a cached answer still comes back ...
+        assert post_batch(front.base_url, "complete", [["fake-model", "hi"]]).status_code == 200
+        # ... a new prompt needs the upstream
+        r = post_batch(front.base_url, "complete", [["fake-model", "hi again"]])
         assert r.status_code == 503 and "unreachable" in r.text  # Snowflake retries 503
 
 

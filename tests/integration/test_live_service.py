@@ -10,16 +10,17 @@ import openai
 import orjson
 import pytest
 
-from ..conftest import SF_HEADERS
+from ..conftest import SF_HEADERS, sf_headers
 from .conftest import CTX_PER_SLOT, MAX_OUTPUT_TOKENS, LiveServer
 
 pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m-instruct"
 
 
-def post_batch(http: httpx.Client, fn: str, rows: list[list], *, gzipped: bool = False) -> httpx.Response:
+def post_batch(http: httpx.Client, fn: str, rows: list[list], *, gzipped: bool = False,
+               batch_id: str | None = None) -> httpx.Response:
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
-    headers = dict(SF_HEADERS)
+    headers = sf_headers(batch_id)
     if gzipped:
         body, headers["content-encoding"] = gzip.compress(body), "gzip"
     return http.post(f"/functions/{fn}", content=body, headers=headers)
@@ -153,13 +154,18 @@ def test_openai_sdk(live_server: LiveServer) -> None:
 
 def test_metrics_and_logs(http: httpx.Client, live_server: LiveServer) -> None:
     secret = "the secret launch code is 7431"
-    post_batch(http, "complete", [[MODEL, secret]])
+    post_batch(http, "complete", [[MODEL, secret]], batch_id="metrics-and-logs-batch")
+    # two rows of one function, one after the other: the second reuses the instruction from llama.cpp's cache
+    for text in ("The delivery was late and the box was crushed.", "Lovely staff, spotless room, great view."):
+        assert post_batch(http, "sentiment", [[text]]).status_code == 200
     text = http.get("/metrics").text
     for name in ("spcs_llm_rows_total", "spcs_llm_batches_total", "spcs_llm_tokens_total",
                  "spcs_llm_engine_latency_seconds_bucket", "spcs_llm_queue_depth", "llamacpp:prompt_tokens_total"):
         assert name in text, name
+    cached = next(line for line in text.splitlines() if line.startswith("spcs_llm_prompt_tokens_cached_total "))
+    assert float(cached.split()[1]) > 0
     log = live_server.log()
-    assert '"event":"batch"' in log and SF_HEADERS["sf-external-function-query-batch-id"] in log
+    assert '"event":"batch"' in log and "metrics-and-logs-batch" in log
     assert secret not in log and "7431" not in log
 
 

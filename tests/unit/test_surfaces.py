@@ -126,14 +126,14 @@ async def test_metrics_count_rows_batches_errors_tokens(client) -> None:
 async def test_logs_carry_snowflake_ids_and_no_text(client, capsys) -> None:
     logs.setup_logging("info")
     secret = "my secret customer text"
-    await client.post("/functions/complete", **batch(["fake-model", secret]))
+    await client.post("/functions/complete", **batch(["fake-model", secret], batch_id="b-1"))
     await client.post("/functions/complete", **batch(["fake-model", [{"content": secret}], {"bad": secret}]))
     err = capsys.readouterr().err
     events = [orjson.loads(line) for line in err.splitlines()]
     assert [e["event"] for e in events if e["event"] == "batch"] == ["batch", "batch"]
     first = events[0]
     assert first["query_id"] == SF_HEADERS["sf-external-function-current-query-id"]
-    assert first["batch_id"] == SF_HEADERS["sf-external-function-query-batch-id"]
+    assert first["batch_id"] == "b-1"
     assert (first["function"], first["rows"], first["status"]) == ("complete", 1, 200)
     assert secret not in err and "echo:" not in err
     logging.getLogger("spcs_llm").handlers.clear()

@@ -57,7 +57,7 @@ def test_serve_args_from_config_and_gpus(model_dir: Path) -> None:
     assert serve_args(str(model_dir), "qwen2.5-7b-instruct", 9100, s, gpus=4) == [
         "serve", str(model_dir), "--host", "127.0.0.1", "--port", "9100", "--served-model-name", "qwen2.5-7b-instruct",
         "--tensor-parallel-size", "4", "--gpu-memory-utilization", "0.85", "--max-num-seqs", "128",
-        "--enable-prefix-caching", "--max-model-len", "8192", "--dtype", "bfloat16"]
+        "--enable-prefix-caching", "--enable-prompt-tokens-details", "--max-model-len", "8192", "--dtype", "bfloat16"]
     # without a configured context the catalogue's is used; with no GPU seen, tensor parallel is 1
     args = serve_args("/m", "qwen2.5-7b-instruct", 9100, vllm_settings(model_dir), gpus=0)
     assert args[args.index("--max-model-len") + 1] == "32768" and args[args.index("--tensor-parallel-size") + 1] == "1"

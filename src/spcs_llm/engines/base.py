@@ -53,10 +53,21 @@ class ChatRequest:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine reused from its prefix cache (when it reports them)
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def usage_of(raw: Mapping[str, Any] | None) -> Usage:
+    """Usage from an OpenAI-shaped ``usage`` object; ``prompt_tokens_details.cached_tokens`` is the prefix-cache
+    hit that llama.cpp and vLLM (``--enable-prompt-tokens-details``) report."""
+    if not raw:
+        return Usage()
+    details = raw.get("prompt_tokens_details") or {}
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
+                 int(details.get("cached_tokens") or 0))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
-from .base import ChatRequest, ChatResult, Embedder, Engine, TokenLogprob, Usage
+from .base import ChatRequest, ChatResult, Embedder, Engine, Message, TokenLogprob, Usage
 
 
 def schema_example(schema: Any) -> Any:
@@ -34,6 +34,9 @@ class FakeEngine(Engine):
     """Answers ``echo:<last user message>``; one token per whitespace-separated word. With a JSON schema it
     answers the schema's simplest instance (:func:`schema_example`); asked for logprobs, it gives every token
     log-probability -0.1, with made-up alternatives below it.
+
+    Like a prefix cache, it reports the tokens of the messages before the last as cached (``cached_tokens``)
+    when it has seen those messages before.
 
     It records every request in ``calls`` and the highest number of requests in flight at once in
     ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
@@ -60,6 +63,7 @@ class FakeEngine(Engine):
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started = False
+        self._prefixes: set[tuple[Message, ...]] = set()
 
     async def start(self) -> None:
         self.started = True
@@ -94,8 +98,18 @@ class FakeEngine(Engine):
             words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
         text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
-        return ChatResult(text, finish, Usage(prompt_tokens, min(len(words), room)),
-                          self._logprobs(words[:room], request.top_logprobs))
+        usage = Usage(prompt_tokens, min(len(words), room), self._cached_prefix(request.messages))
+        return ChatResult(text, finish, usage, self._logprobs(words[:room], request.top_logprobs))
+
+    def _cached_prefix(self, messages: tuple[Message, ...]) -> int:
+        """Like a prefix cache: the tokens of every message before the last count as cached once seen."""
+        prefix = messages[:-1]
+        if not prefix:
+            return 0
+        if prefix in self._prefixes:
+            return sum(len(m.content.split()) + 1 for m in prefix)
+        self._prefixes.add(prefix)
+        return 0
 
     @staticmethod
     def _logprobs(words: list[str], top: int) -> tuple[TokenLogprob, ...]:

@@ -26,7 +26,7 @@ from ..errors import (
     SchemaValidationFailed,
     SpcsLlmError,
 )
-from .base import ChatRequest, ChatResult, Engine, StreamDelta, Usage
+from .base import ChatRequest, ChatResult, Engine, StreamDelta, usage_of
 from .openai_http import parse_logprobs
 
 _DONE = object()
@@ -166,7 +166,7 @@ class LlamaCppEngine(Engine):
         return ChatResult(
             text=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            usage=usage_of(usage),
             logprobs=parse_logprobs(choice),  # llama.cpp answers in OpenAI's shape: choices[0].logprobs.content
         )
 
@@ -209,7 +209,7 @@ class LlamaCppEngine(Engine):
             if text or choice.get("finish_reason"):
                 yield StreamDelta(text=text, finish_reason=choice.get("finish_reason"))
         if usage:
-            yield StreamDelta(usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+            yield StreamDelta(usage=usage_of(usage))
 
     async def count_tokens(self, text: str) -> int:
         self._require_server()

@@ -32,7 +32,7 @@ from ..errors import (
     SpcsLlmError,
 )
 from ..models.catalog import catalog_entry
-from .base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, TokenLogprob, Usage
+from .base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, TokenLogprob, usage_of
 
 StructuredField = Literal["structured_outputs", "response_format"]
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -155,11 +155,6 @@ def chat_body(request: ChatRequest, model: str | None, structured: StructuredFie
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
     return body
-
-
-def _usage(raw: Mapping[str, Any] | None) -> Usage:
-    raw = raw or {}
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
 
 
 def server_root(upstream: str) -> str:
@@ -337,7 +332,7 @@ class OpenAIHttpEngine(Engine):
         except (KeyError, IndexError, TypeError) as exc:
             raise EngineUnavailable("upstream answered without choices") from exc
         return ChatResult(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          usage=_usage(out.get("usage")), logprobs=parse_logprobs(choice))
+                          usage=usage_of(out.get("usage")), logprobs=parse_logprobs(choice))
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         body = chat_body(request, self.upstream_model, self.structured_output, stream=True)
@@ -375,7 +370,7 @@ class OpenAIHttpEngine(Engine):
             if text or choice.get("finish_reason"):
                 yield StreamDelta(text=text, finish_reason=choice.get("finish_reason"))
         if chunk.get("usage"):
-            yield StreamDelta(usage=_usage(chunk["usage"]))
+            yield StreamDelta(usage=usage_of(chunk["usage"]))
 
     async def count_tokens(self, text: str) -> int:
         count = await self._up.count_tokens(self.upstream_model, text)

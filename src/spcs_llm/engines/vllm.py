@@ -75,7 +75,8 @@ def serve_args(model_path: str, served_name: str, port: int, settings: EngineSet
     args = ["serve", model_path, "--host", LOOPBACK, "--port", str(port), "--served-model-name", served_name,
             "--tensor-parallel-size", str(max(gpus, 1)),
             "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
-            "--max-num-seqs", str(settings.upstream_concurrency), "--enable-prefix-caching"]
+            "--max-num-seqs", str(settings.upstream_concurrency), "--enable-prefix-caching",
+            "--enable-prompt-tokens-details"]
     context = settings.context_window or _catalog_context(served_name)
     if context:
         args += ["--max-model-len", str(context)]

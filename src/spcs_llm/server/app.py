@@ -18,6 +18,7 @@ from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..scheduler import Scheduler
 from . import health, openai, snowflake
+from .batches import BatchMemory
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
@@ -43,8 +44,10 @@ def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
     aliases = settings.aliases if settings.aliases is not None else {n: served for n in CORTEX_MODEL_NAMES}
     entry = catalog_entry(served)
     cap = settings.engine.max_output_tokens or (entry.max_output_tokens if entry else DEFAULT_MAX_OUTPUT_TOKENS)
-    scheduler = Scheduler(engine, metrics, max_concurrency=settings.server.max_concurrency,
-                          max_queue_rows=settings.server.max_queue_rows)
+    server = settings.server
+    scheduler = Scheduler(engine, metrics, max_concurrency=server.max_concurrency,
+                          max_queue_rows=server.max_queue_rows, max_queue_seconds=server.max_queue_seconds,
+                          cache_bytes=server.result_cache_mb * 2**20)
     return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
                    EmbedderResolver(_embedder_names(settings, embedders or [])))
 
@@ -86,6 +89,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
     app.state.runtime = None
     app.state.startup_error = None
     app.state.started_at = time.time()

@@ -27,6 +27,8 @@ from .. import logs
 from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
+from ..scheduler import query_key
+from .batches import body_digest
 
 router = APIRouter()
 
@@ -135,11 +137,33 @@ def apply_policy(fn: SqlFunction, outcomes: list[Any]) -> list[Any]:
     return [None if isinstance(o, RowError) else o for o in outcomes]
 
 
-async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[Any]:
-    """The value of every row, in row order, or an exception that fails the whole batch."""
+def _reusable(outcome: Any) -> bool:
+    """A row outcome a retry may reuse: a value, NULL or a row error, not an overload or engine failure."""
+    return not isinstance(outcome, SpcsLlmError) or isinstance(outcome, RowError)
+
+
+async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
+                       done: dict[int, Any] | None = None) -> list[Any]:
+    """The value of every row, in row order, or an exception that fails the whole batch.
+
+    ``done`` holds outcomes of rows already answered by an earlier attempt at this batch (they are not computed
+    again); the outcomes of rows answered now are added to it as they finish."""
+    done = {} if done is None else done
     jobs = _prepare(fn, rt, rows)
-    with rt.scheduler.admit(len(rows)):
-        outcomes = await asyncio.gather(*(_run(j) for j in jobs))
+    todo = [i for i in range(len(jobs)) if i not in done]
+    with rt.scheduler.admit(len(todo)) as row_done:
+
+        async def run(i: int) -> None:
+            outcome = await _run(jobs[i])
+            row_done()
+            if _reusable(outcome):
+                done[i] = outcome
+            else:
+                failed[i] = outcome
+
+        failed: dict[int, Any] = {}
+        await asyncio.gather(*(run(i) for i in todo))
+    outcomes = [failed[i] if i in failed else done[i] for i in range(len(jobs))]
     values = apply_policy(fn, outcomes)
     for o in outcomes:  # errors that failed the batch are counted by the app's error handler
         if isinstance(o, RowError):
@@ -165,14 +189,20 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
     logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
     start = time.perf_counter()
-    status, content = 500, {}
+    status, content = 500, {}  # content: filled only when log_content is on
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
-        values = await answer_batch(fn, rt, rows)
-        if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
-            content = {"rows_in": rows, "values_out": values}
-        body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+        query_key.set(request.headers.get(QUERY_ID_HEADER))  # the rows of one query wait their turn together
+
+        async def compute(done: dict[int, Any]) -> bytes:
+            values = await answer_batch(fn, rt, rows, done)
+            if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
+                content.update(rows_in=rows, values_out=values)
+            return encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+
+        digest = body_digest(fn.name, await request.body())
+        body = await app.state.batches.answer(request.headers.get(BATCH_ID_HEADER), digest, compute)
         status = 200
         return Response(body, media_type="application/json")
     except SpcsLlmError as exc:

@@ -1,0 +1,107 @@
+"""What was computed for recent Snowflake batches, so that a retried batch costs no engine work.
+
+Snowflake retries a batch with the same ``sf-external-function-query-batch-id`` after a 429, a 5xx, a dropped
+connection or its own timeout (snowflake-contract.md §1). The retry of a batch that
+
+- **finished** gets the same answer again, byte for byte;
+- **is still running** (Snowflake gave up waiting, the work went on) waits for that same computation;
+- **failed part-way** (an engine went down) reuses every row that had finished and computes only the rest.
+
+A retry is recognised by batch id *and* a digest of the request body, so a reused id with a different body is
+computed afresh. Memory is bounded by bytes (answers) and by a count of batches; least recently used goes first.
+Sampled rows (temperature > 0) are kept too: a retry must not draw new samples for rows already answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..metrics import Metrics
+
+# compute(done) -> the answer body; ``done`` maps row positions to outcomes a retry may reuse, and is filled in
+# by the computation as rows finish.
+Compute = Callable[[dict[int, Any]], Awaitable[bytes]]
+
+
+def body_digest(function: str, body: bytes) -> bytes:
+    return hashlib.blake2b(function.encode() + b"\0" + body, digest_size=16).digest()
+
+
+@dataclass
+class _Batch:
+    digest: bytes
+    done: dict[int, Any] = field(default_factory=dict)
+    running: asyncio.Future[bytes] | None = None
+    body: bytes | None = None
+    size: int = 0
+
+
+class BatchMemory:
+    def __init__(self, metrics: Metrics, max_bytes: int, max_batches: int = 10_000) -> None:
+        self.metrics = metrics
+        self.max_bytes = max_bytes
+        self.max_batches = max_batches
+        self.bytes = 0
+        self._batches: OrderedDict[str, _Batch] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    async def answer(self, batch_id: str | None, digest: bytes, compute: Compute) -> bytes:
+        """The answer body for this batch: remembered, joined, or computed (reusing rows that had finished)."""
+        if batch_id is None or self.max_bytes <= 0:
+            return await compute({})
+        batch = self._batches.get(batch_id)
+        if batch is None or batch.digest != digest:
+            if batch is not None:
+                self._forget(batch_id)
+            batch = self._batches[batch_id] = _Batch(digest)
+        else:
+            self._batches.move_to_end(batch_id)
+            if batch.body is not None or batch.running is not None or batch.done:
+                self.metrics.batch_retries_answered.inc()
+            if batch.body is not None:
+                return batch.body
+            if batch.running is not None:
+                return await asyncio.shield(batch.running)
+        self.bytes -= batch.size
+        batch.size = 0
+        running = batch.running = asyncio.ensure_future(compute(batch.done))
+        # Book-keeping happens when the computation ends, not in this waiter: Snowflake may have dropped the
+        # connection (and this waiter with it) while the rows went on.
+        running.add_done_callback(lambda task: self._finished(batch_id, batch, task))
+        return await asyncio.shield(running)
+
+    def _finished(self, batch_id: str, batch: _Batch, task: asyncio.Future[bytes]) -> None:
+        batch.running = None
+        if not task.cancelled() and task.exception() is None:
+            batch.body, batch.done = task.result(), {}
+            size = len(batch.body)
+        else:  # failed: keep the rows that finished, for the retry
+            size = _estimate(batch.done)
+        if self._batches.get(batch_id) is batch:
+            self._remember(batch, size)
+
+    def _remember(self, batch: _Batch, size: int) -> None:
+        batch.size = size
+        self.bytes += size
+        for key in list(self._batches):
+            if self.bytes <= self.max_bytes and len(self._batches) <= self.max_batches:
+                break
+            if self._batches[key].running is None:
+                self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        self.bytes -= self._batches.pop(key).size
+
+
+def _estimate(done: dict[int, Any]) -> int:
+    """Bytes of the finished rows of a failed batch (their values as JSON; errors cost a little each)."""
+    return sum(64 if isinstance(v, Exception) else len(orjson.dumps(v, default=str)) for v in done.values())
