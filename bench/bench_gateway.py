@@ -41,6 +41,7 @@ import orjson
 PROMPT = ("Summarise this customer review in one sentence: the {k} arrived two days late and the box was "
           "dented, but the product itself works well and support answered quickly. Ticket {nonce}-{n}.")
 ITEMS = ["kettle", "lamp", "chair", "router", "blender", "jacket", "printer", "monitor"]
+PROFILE_OPTIONS = os.environ.get("GATEWAY_PROFILE_OPTIONS", "-p flat=true").split()
 CONFIG = """
 [server]
 log_level = "info"
@@ -100,7 +101,7 @@ def start_server(core: int, profile: Path | None, workdir: Path) -> tuple[subpro
     config.write_text(CONFIG)
     serve = ["-m", "spcs_llm.cli", "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     if profile is not None:
-        cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile), *serve]
+        cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", *PROFILE_OPTIONS, "-o", str(profile), *serve]
     else:
         cmd = [sys.executable, *serve]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
@@ -172,7 +173,8 @@ async def throughput(base: str, pid: int, label: str, path: str, make: Callable[
         async def worker() -> None:
             nonlocal done
             while time.perf_counter() < stop:
-                done += await one()
+                rows = await one()  # not `done += await one()`: that reads `done` before the await
+                done += rows
 
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
@@ -201,8 +203,10 @@ async def measure(base: str, pid: int, args: argparse.Namespace) -> tuple[list[T
     rows = Rows()
     fixed = rows.complete(args.batch_rows)
     runs = [await throughput(base, pid, "COMPLETE, distinct rows", "/functions/complete", rows.complete,
-                             args.batch_rows, args.seconds, args.connections),
-            await throughput(base, pid, "COMPLETE, one batch repeated", "/functions/complete", lambda _n: fixed,
+                             args.batch_rows, args.seconds, args.connections)]
+    if args.profile:  # the profile is of the headline workload alone
+        return runs, []
+    runs += [await throughput(base, pid, "COMPLETE, one batch repeated", "/functions/complete", lambda _n: fixed,
                              args.batch_rows, args.seconds / 2, args.connections),
             await throughput(base, pid, "SENTIMENT, distinct rows", "/functions/sentiment", rows.text,
                              args.batch_rows, args.seconds / 2, args.connections),
@@ -262,7 +266,8 @@ def main() -> None:
     ap.add_argument("--client-core", type=int, default=1)
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    ap.add_argument("--profile", type=Path, help="run the server under pyinstrument; write its text report here")
+    ap.add_argument("--profile", type=Path, help="run the server under pyinstrument (the distinct-row COMPLETE run "
+                    "only) and write its flat text report (time per function, itself) here")
     args = ap.parse_args()
 
     if args.client_core != args.server_core:
@@ -287,7 +292,7 @@ def main() -> None:
         print(f"\n{'latency, sequential batches':38} {'batch':>5} {'n':>7} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>10}")
         for q in lat:
             print(f"{q.label:38} {q.batch_rows:>5} {q.batches:>7} {q.p50_ms:>8.2f} {q.p99_ms:>9.2f} {q.max_ms:>10.2f}")
-    if args.plot:
+    if args.plot and lat:
         plot(runs, lat, args.plot)
     if args.profile:
         print(f"server profile written to {args.profile}")
