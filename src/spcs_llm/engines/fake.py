@@ -37,8 +37,9 @@ class FakeEngine(Engine):
 
     It records every request in ``calls`` (unless ``record=False``: a served fake engine, whose calls nobody
     can read, must not grow its heap with every row, which also makes each full garbage collection slower) and
-    the highest number of requests in flight at once in ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
-    ``fail_marker`` raises EngineUnavailable (to observe the error policy).
+    the highest number of requests in flight at once in ``peak_in_flight``. ``delay`` makes each call take that
+    long (to observe concurrency); a prompt containing ``fail_marker`` raises EngineUnavailable (to observe the
+    error policy).
     """
 
     kind = "fake"
