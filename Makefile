@@ -24,6 +24,7 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_complete.py --plot bench/out/complete.png $(ARGS)
+	$(BIN)/python bench/bench_gateway.py --plot bench/out/gateway.png
 
 app: $(STAMP)
 	$(BIN)/streamlit run apps/streamlit_app.py --browser.gatherUsageStats false $(ARGS)

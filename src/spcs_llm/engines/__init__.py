@@ -31,8 +31,9 @@ def resolve_model_file(settings: EngineSettings) -> tuple[Path, str]:
 def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
     """Construct (not start) the configured engine. ``downloads`` says where catalogue models come from."""
     if settings.kind == "fake":
+        # A configured fake engine is served: nobody reads its calls, so it keeps none.
         return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,
-                          max_concurrency=settings.n_parallel)
+                          max_concurrency=settings.n_parallel, record=False)
     if settings.kind == "openai":
         return build_openai_engine(settings)
     if settings.kind == "vllm":
@@ -63,7 +64,7 @@ def build_openai_engine(settings: EngineSettings) -> Engine:
 def build_embedder(settings: EmbeddingSettings) -> Embedder:
     """Construct (not start) one configured embedding model."""
     if settings.kind == "fake":
-        return FakeEmbedder(settings.model_name or "fake-embed", settings.dimension)
+        return FakeEmbedder(settings.model_name or "fake-embed", settings.dimension, record=False)
     if settings.kind == "openai":
         from .openai_http import OpenAIEmbedder
 

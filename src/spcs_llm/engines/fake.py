@@ -38,9 +38,11 @@ class FakeEngine(Engine):
     Like a prefix cache, it reports the tokens of the messages before the last as cached (``cached_tokens``)
     when it has seen those messages before.
 
-    It records every request in ``calls`` and the highest number of requests in flight at once in
-    ``peak_in_flight``. ``delay`` makes each call take that long (to observe concurrency); a prompt containing
-    ``fail_marker`` raises EngineUnavailable (to observe the error policy).
+    It records every request in ``calls`` (unless ``record=False``: a served fake engine, whose calls nobody
+    can read, must not grow its heap with every row, which also makes each full garbage collection slower) and
+    the highest number of requests in flight at once in ``peak_in_flight``. ``delay`` makes each call take that
+    long (to observe concurrency); a prompt containing ``fail_marker`` raises EngineUnavailable (to observe the
+    error policy).
     """
 
     kind = "fake"
@@ -53,12 +55,14 @@ class FakeEngine(Engine):
         max_concurrency: int = 8,
         delay: float = 0.0,
         fail_marker: str = "<<engine-down>>",
+        record: bool = True,
     ) -> None:
         self.model_name = model_name
         self.context_window = context_window
         self.max_concurrency = max_concurrency
         self.delay = delay
         self.fail_marker = fail_marker
+        self.record = record
         self.calls: list[ChatRequest] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -75,7 +79,8 @@ class FakeEngine(Engine):
         return self.started
 
     async def chat(self, request: ChatRequest) -> ChatResult:
-        self.calls.append(request)
+        if self.record:
+            self.calls.append(request)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
@@ -108,6 +113,8 @@ class FakeEngine(Engine):
             return 0
         if prefix in self._prefixes:
             return sum(len(m.content.split()) + 1 for m in prefix)
+        if len(self._prefixes) >= 10_000:  # bounded, like a real prefix cache
+            self._prefixes.clear()
         self._prefixes.add(prefix)
         return 0
 
@@ -125,12 +132,14 @@ class FakeEngine(Engine):
 
 class FakeEmbedder(Embedder):
     """Deterministic unit vectors from a hash of each word: equal texts give equal vectors, texts sharing words
-    give a positive cosine. For tests of the layers above the embedder."""
+    give a positive cosine. For tests of the layers above the embedder; ``record=False`` keeps no ``calls``."""
 
     kind = "fake"
 
-    def __init__(self, model_name: str = "fake-embed", dimension: int = 768, max_input_tokens: int = 512) -> None:
+    def __init__(self, model_name: str = "fake-embed", dimension: int = 768, max_input_tokens: int = 512,
+                 record: bool = True) -> None:
         self.model_name, self.dimension, self.max_input_tokens = model_name, dimension, max_input_tokens
+        self.record = record
         self.calls: list[list[str]] = []
 
     async def start(self) -> None:
@@ -146,7 +155,8 @@ class FakeEmbedder(Embedder):
         return len(text.split())
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        self.calls.append(list(texts))
+        if self.record:
+            self.calls.append(list(texts))
         out = []
         for text in texts:
             vec = [0.0] * self.dimension

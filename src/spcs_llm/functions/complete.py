@@ -102,6 +102,9 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
     return tuple(messages)
 
 
+DEFAULT_OPTIONS = Options()
+
+
 def _request(rt: Runtime, messages: tuple[Message, ...], opts: Options) -> ChatRequest:
     return ChatRequest(messages=messages, max_tokens=min(opts.max_tokens, rt.max_output_tokens),
                        temperature=opts.temperature, top_p=opts.top_p, json_schema=opts.json_schema)
@@ -112,7 +115,7 @@ def complete_text(rt: Runtime, args: list[Any]) -> RowJob:
     rt.models.resolve(model)
     if not isinstance(prompt, str):
         raise InvalidPrompt("prompt must be a string")
-    request = _request(rt, (Message("user", prompt),), Options())
+    request = _request(rt, (Message("user", prompt),), DEFAULT_OPTIONS)
 
     async def run() -> str:
         return (await rt.scheduler.chat(request)).text

@@ -65,6 +65,8 @@ class Overload:
 
     def null_row(self, args: list[Any]) -> bool:
         """True when a NULL argument makes this row's answer NULL."""
+        if None not in args:  # the common row, checked in C (JSON values never equal None)
+            return False
         return any(v is None and name not in self.nullable for v, (name, _) in zip(args, self.args, strict=True))
 
     @property
@@ -80,9 +82,13 @@ class SqlFunction:
     name: str
     overloads: tuple[Overload, ...]
     null_on_error: bool = False
+    _by_arity: dict[int, Overload] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # looked up once per row: a dict, not a scan
+        object.__setattr__(self, "_by_arity", {o.arity: o for o in self.overloads})
 
     def overload(self, arity: int) -> Overload | None:
-        return next((o for o in self.overloads if o.arity == arity), None)
+        return self._by_arity.get(arity)
 
     @property
     def arities(self) -> list[int]:
