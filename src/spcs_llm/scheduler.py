@@ -7,7 +7,9 @@
 - **Computed once.** Identical deterministic requests (temperature 0) in flight at the same time share one engine
   call, within a batch and across batches; finished ones are kept in a bounded LRU result cache (the key is the
   whole request: the function's instruction and the row's arguments are its messages; options and sampling are
-  its fields; the model is this scheduler's engine). Sampled requests are never shared or cached.
+  its fields; the model is this scheduler's engine). Sampled requests are never shared or cached. A shared call
+  runs in the first caller's own task (a task per row would cost more than the rest of the gateway); if that
+  caller is cancelled, a waiter runs the request again.
 - **Embeddings.** Texts that rows ask for while the embedder is busy are sent together as one call, so a batch
   costs one forward pass per ``embed_batch`` texts, not one per row; vectors are cached like chat results.
 - **Admission.** A batch is refused with 429 before any of its rows starts when the queue would hold more than
@@ -26,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta
+from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
 
@@ -47,10 +49,13 @@ class FairSlots:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
-    async def acquire(self, key: Hashable) -> None:
+    async def acquire(self, key: Hashable | None) -> None:
+        """Wait for a place in ``key``'s turn (None: a turn of its own)."""
         if self.free > 0 and not self._waiting:
             self.free -= 1
             return
+        if key is None:
+            key = object()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, deque()).append(future)
         try:
@@ -152,15 +157,24 @@ class Scheduler:
         self.rate = RowRate()
         self._clock = clock
         self._slots = FairSlots(self.max_concurrency)
-        self._in_flight: dict[ChatRequest, asyncio.Task[ChatResult]] = {}
+        self._in_flight: dict[ChatRequest, asyncio.Future[ChatResult]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
+        self.engine_in_flight = 0
+        self._unaccounted_rows = 0  # finished since the rate was last fed
         self._busy_since = 0.0
+        # Gauges read these plain numbers when /metrics is scraped instead of being set on every row.
+        metrics.queue_depth.set_function(lambda: self.queued_rows)
+        metrics.in_flight.set_function(lambda: self.engine_in_flight)
+        metrics.cache_bytes.set_function(lambda: self.cache.bytes)
+        self._tokens_in, self._tokens_out = metrics.tokens.labels("in"), metrics.tokens.labels("out")
+        self._chat_hits = metrics.cache_hits.labels("chat")
 
     # -- admission --------------------------------------------------------------------------------------------
 
     def drain_seconds(self, extra_rows: int = 0) -> float | None:
         """How long the admitted rows plus ``extra_rows`` would take at the measured rate (None: not measured)."""
+        self._feed_rate()
         rate = self.rate.per_second
         return None if rate is None else (self.queued_rows + extra_rows) / rate
 
@@ -177,32 +191,31 @@ class Scheduler:
             if self.queued_rows + rows > self.max_queue_rows or too_slow:
                 self.metrics.rejected_rows.inc(rows)
                 raise Overloaded()
-        self._account_busy()
-        self._set_queue(self.queued_rows + rows)
+        self._feed_rate()
+        self.queued_rows += rows
         remaining = rows
 
-        def row_done() -> None:
+        def row_done() -> None:  # once per row: keep it to a few additions
             nonlocal remaining
             if remaining > 0:
                 remaining -= 1
-                self._account_busy(finished=1)
-                self._set_queue(self.queued_rows - 1)
+                self.queued_rows -= 1
+                self._unaccounted_rows += 1
 
         try:
             yield row_done
         finally:
-            self._account_busy(finished=remaining)
-            self._set_queue(self.queued_rows - remaining)
+            self._unaccounted_rows += remaining
+            self._feed_rate()
+            self.queued_rows -= remaining
 
-    def _set_queue(self, rows: int) -> None:
-        self.queued_rows = rows
-        self.metrics.queue_depth.set(rows)
-
-    def _account_busy(self, finished: int = 0) -> None:
-        """Feed the rate with the busy time since the last change of the queue (idle time is skipped)."""
+    def _feed_rate(self) -> None:
+        """Give the rate the rows finished since the last call and the time since then, if the queue was busy
+        meanwhile (the queue only empties at the end of an admitted block, which calls this; idle time is skipped)."""
         now = self._clock()
-        if self.queued_rows > 0:
-            self.rate.add(finished, now - self._busy_since)
+        if self.queued_rows > 0 or self._unaccounted_rows:
+            self.rate.add(self._unaccounted_rows, now - self._busy_since)
+        self._unaccounted_rows = 0
         self._busy_since = now
 
     # -- chat ---------------------------------------------------------------------------------------------------
@@ -212,65 +225,81 @@ class Scheduler:
         with an identical request in flight, before they cost a new engine call."""
         if not request.deterministic:
             return await self._run(request)
-        cached = self.cache.get(request)
-        if cached is not None:
-            self.metrics.cache_hits.labels("chat").inc()
-            return cached
-        task = self._in_flight.get(request)
-        if task is None:
-            task = asyncio.ensure_future(self._run_and_keep(request))
-            self._in_flight[request] = task
-            task.add_done_callback(lambda _t: self._in_flight.pop(request, None))
-        else:
+        while True:
+            cached = self.cache.get(request)
+            if cached is not None:
+                self._chat_hits.inc()
+                return cached
+            shared = self._in_flight.get(request)
+            if shared is None:
+                return await self._run_shared(request)
             self.metrics.dedup_hits.inc()
-        # shield: one waiter giving up (a cancelled batch) must not cancel the call others are waiting on
-        return await asyncio.shield(task)
+            try:
+                # shield: this waiter giving up (a cancelled batch) must not cancel the call others wait on
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not shared.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                # the caller that ran it was cancelled, not this one: run it here instead
 
-    async def _run_and_keep(self, request: ChatRequest) -> ChatResult:
-        result = await self._run(request)
+    async def _run_shared(self, request: ChatRequest) -> ChatResult:
+        """Run ``request`` in this caller, letting identical requests that arrive meanwhile wait for its answer
+        (no task of its own: that would cost more than the engine call itself on a cached or fake engine)."""
+        shared: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
+        self._in_flight[request] = shared
+        try:
+            result = await self._run(request)
+        except BaseException as exc:
+            del self._in_flight[request]
+            if isinstance(exc, asyncio.CancelledError):
+                shared.cancel()  # waiters run it themselves (see chat)
+            else:
+                shared.set_exception(exc)
+                shared.exception()  # retrieved: nobody may be waiting
+            raise
+        del self._in_flight[request]
         self.cache.put(request, result, _chat_size(request, result))
-        self.metrics.cache_bytes.set(self.cache.bytes)
+        shared.set_result(result)
         return result
 
     async def _run(self, request: ChatRequest) -> ChatResult:
-        key = query_key.get()
-        await self._slots.acquire(key if key is not None else object())
-        self.metrics.in_flight.inc()
+        await self._slots.acquire(query_key.get())
+        self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         start = time.perf_counter()
         try:
             result = await self.engine.chat(request)
         finally:
             self.metrics.engine_latency.observe(time.perf_counter() - start)
-            self.metrics.in_flight.dec()
+            self.engine_in_flight -= 1
             self._slots.release()
-        self._count_tokens(result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens)
+        self._count_tokens(result.usage)
         return result
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding one of the engine places for the whole stream."""
-        key = query_key.get()
-        await self._slots.acquire(key if key is not None else object())
-        self.metrics.in_flight.inc()
+        await self._slots.acquire(query_key.get())
+        self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         try:
             async for delta in self.engine.chat_stream(request):
                 if delta.usage is not None:
-                    u = delta.usage
-                    self._count_tokens(u.prompt_tokens, u.completion_tokens, u.cached_tokens)
+                    self._count_tokens(delta.usage)
                 yield delta
         finally:
-            self.metrics.in_flight.dec()
+            self.engine_in_flight -= 1
             self._slots.release()
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` with the served chat model's tokenizer."""
         return await self.engine.count_tokens(text)
 
-    def _count_tokens(self, prompt: int, completion: int, cached: int) -> None:
-        self.metrics.tokens.labels("in").inc(prompt)
-        self.metrics.tokens.labels("out").inc(completion)
-        self.metrics.prompt_tokens_cached.inc(cached)
+    def _count_tokens(self, usage: Usage) -> None:
+        self._tokens_in.inc(usage.prompt_tokens)
+        self._tokens_out.inc(usage.completion_tokens)
+        if usage.cached_tokens:
+            self.metrics.prompt_tokens_cached.inc(usage.cached_tokens)
 
     # -- embeddings ---------------------------------------------------------------------------------------------
 
@@ -283,11 +312,10 @@ class Scheduler:
             return cached
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:
-            batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self.metrics)
+            batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self)
         vector = await batcher.embed(text)
         # a list of Python floats costs ~32 bytes a value (the float and its pointer)
         self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
-        self.metrics.cache_bytes.set(self.cache.bytes)
         return vector
 
 
@@ -298,8 +326,9 @@ class _EmbedBatcher:
     in the next pass (up to ``max_batch`` texts each). Equal texts in a pass are computed once.
     """
 
-    def __init__(self, embedder: Embedder, metrics: Metrics, max_batch: int = 64) -> None:
-        self.embedder, self.metrics, self.max_batch = embedder, metrics, max_batch
+    def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
+        self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
+        self.metrics = scheduler.metrics
         self._pending: dict[str, asyncio.Future[list[float]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
@@ -318,7 +347,7 @@ class _EmbedBatcher:
             texts = list(self._pending)[: self.max_batch]
             futures = [self._pending.pop(t) for t in texts]
             self.metrics.engine_requests.inc()
-            self.metrics.in_flight.inc()
+            self.scheduler.engine_in_flight += 1
             start = time.perf_counter()
             try:
                 vectors = await self.embedder.embed(texts)
@@ -332,7 +361,7 @@ class _EmbedBatcher:
                 continue
             finally:
                 self.metrics.engine_latency.observe(time.perf_counter() - start)
-                self.metrics.in_flight.dec()
+                self.scheduler.engine_in_flight -= 1
             for f, vector in zip(futures, vectors, strict=True):
                 if not f.done():
                     f.set_result(vector)

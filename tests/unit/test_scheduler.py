@@ -63,9 +63,21 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_call() -> None:
     first = asyncio.ensure_future(sched.chat(req("x")))
     second = asyncio.ensure_future(sched.chat(req("x")))
     await asyncio.sleep(0)
-    first.cancel()
+    second.cancel()  # a waiter gives up: the call it shared goes on for the caller that runs it
+    assert (await first).text == "echo:x"
+    assert len(engine.calls) == 1 and second.cancelled()
+
+
+async def test_when_the_caller_running_a_shared_call_is_cancelled_a_waiter_runs_it() -> None:
+    engine = FakeEngine(delay=0.02)
+    sched = Scheduler(engine, Metrics(), max_concurrency=2)
+    first = asyncio.ensure_future(sched.chat(req("x")))
+    second = asyncio.ensure_future(sched.chat(req("x")))
+    await asyncio.sleep(0)
+    first.cancel()  # the shared call ran in this caller (no task of its own), so it stops with it
     assert (await second).text == "echo:x"
-    assert len(engine.calls) == 1
+    assert len(engine.calls) == 2 and first.cancelled()
+    assert sched._in_flight == {} and sched._slots.free == 2
 
 
 def test_admission_refuses_what_would_overflow_the_queue() -> None:

@@ -115,11 +115,13 @@ async def test_metrics_count_rows_batches_errors_tokens(client) -> None:
         'spcs_llm_batches_total{function="try_complete",status="200"} 1.0',
         'spcs_llm_errors_total{kind="unknown_model"} 2.0',
         'spcs_llm_tokens_total{direction="out"} 2.0',
-        "spcs_llm_engine_requests_total 1.0",
-        "spcs_llm_dedup_hits_total 1.0",
+        "spcs_llm_engine_requests_total 1.0",  # the two equal rows cost one call: the second was shared or cached
         "spcs_llm_queue_depth 0.0",
     ]:
         assert line in text, line
+    shared = [line for line in text.splitlines()
+              if line.startswith(("spcs_llm_dedup_hits_total ", 'spcs_llm_result_cache_hits_total{kind="chat"} '))]
+    assert sum(float(line.split()[-1]) for line in shared) == 1
     assert "spcs_llm_engine_latency_seconds_bucket" in text
 
 
