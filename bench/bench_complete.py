@@ -9,8 +9,8 @@ is answered from a cache an earlier path filled (llama.cpp's per-slot prompt cac
 - spcs-llm ``/functions/complete`` at each batch size, with 1 and with 4 concurrent queries; each query sends
   its batches one after the other with its own ``sf-external-function-current-query-id`` and a fresh
   ``sf-external-function-query-batch-id`` per batch;
-- benchmark 2 (gateway efficiency): one big batch through the gateway (the scheduler keeps C requests in flight)
-  vs the same number of rows straight into the engine, C at a time.
+- benchmark 2 (gateway efficiency): one 256-row batch through the gateway (the batch 256 x1 run; the scheduler
+  keeps C requests in flight) vs 256 rows straight into the engine, C at a time.
 
 By default it starts spcs-llm in this process on the packaged llama.cpp model. ``--url`` and ``--engine-url``
 point it at an already running spcs-llm and its engine instead (e.g. vLLM on a GPU box; see the README).
@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,11 @@ class Bench:
         self.model, self.engine_model, self.max_tokens = model, engine_model, max_tokens
         self._tags = 0
 
+    @staticmethod
+    def progress(run: Run) -> Run:
+        print(f"  {run.label}: {run.rows} rows in {run.seconds:.1f} s", file=sys.stderr, flush=True)
+        return run
+
     def prompts(self, n: int) -> list[str]:
         """Fresh prompts for one path: a new tag each call."""
         self._tags += 1
@@ -72,7 +79,7 @@ class Bench:
                 r = client.post(f"{self.engine_url}/v1/chat/completions", json=self._engine_body(text))
                 r.raise_for_status()
                 tokens += r.json()["usage"]["completion_tokens"]
-        return Run("seed proxy (row by row)", "seed", n, time.perf_counter() - start, tokens)
+        return self.progress(Run("seed proxy (row by row)", "seed", n, time.perf_counter() - start, tokens))
 
     def direct(self, n: int, streams: int, kind: str = "direct") -> Run:
         """The same kind of rows straight into the engine's HTTP server, ``streams`` at a time."""
@@ -87,13 +94,13 @@ class Bench:
 
         async def main() -> int:
             limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
-            async with httpx.AsyncClient(base_url=self.engine_url, timeout=600, limits=limits) as client:
+            async with httpx.AsyncClient(base_url=self.engine_url, timeout=3600, limits=limits) as client:
                 return sum(await asyncio.gather(*(one(client, t) for t in texts)))
 
         start = time.perf_counter()
         tokens = asyncio.run(main())
-        return Run(f"engine direct, {streams} stream{'s' if streams > 1 else ''}", kind, n,
-                   time.perf_counter() - start, tokens)
+        return self.progress(Run(f"engine direct, {streams} stream{'s' if streams > 1 else ''}", kind, n,
+                                 time.perf_counter() - start, tokens))
 
     def gateway(self, n: int, batch_size: int, queries: int, label: str | None = None) -> Run:
         """``queries`` concurrent queries, each sending its share of ``n`` rows in batches, one batch at a time."""
@@ -114,14 +121,14 @@ class Bench:
             return tokens
 
         async def main() -> int:
-            async with httpx.AsyncClient(base_url=self.base, timeout=900) as client:
+            async with httpx.AsyncClient(base_url=self.base, timeout=3600) as client:
                 parts = [texts[q::queries] for q in range(queries)]
                 return sum(await asyncio.gather(*(one_query(client, p) for p in parts)))
 
         start = time.perf_counter()
         tokens = asyncio.run(main())
         label = label or f"spcs-llm batch {batch_size} x{queries} quer{'ies' if queries > 1 else 'y'}"
-        return Run(label, "gateway", n, time.perf_counter() - start, tokens)
+        return self.progress(Run(label, "gateway", n, time.perf_counter() - start, tokens))
 
 
 def first_model(url: str) -> str:
@@ -147,11 +154,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=64, help="rows per gateway run (at least batch x queries)")
     ap.add_argument("--slow-rows", type=int, default=24, help="rows for the one-at-a-time paths (seed, 1 stream, "
                     "batch 1 x1)")
-    ap.add_argument("--bench2-rows", type=int, default=256, help="rows of the one-batch run of benchmark 2")
+    ap.add_argument("--bench2-rows", type=int, default=256, help="rows of the one-batch run of benchmark 2 "
+                    "(the batch-256 x1 run when it is in the matrix)")
     ap.add_argument("--batch-sizes", default="1,16,64,256")
     ap.add_argument("--queries", default="1,4", help="concurrent query counts (comma separated)")
     ap.add_argument("--max-run-rows", type=int, default=256, help="skip a batch x queries run that needs more rows "
                     "than this (batch 256 x 4 queries needs 1,024)")
+    ap.add_argument("--rounds", type=int, default=1, help="run every path this many times, interleaved; "
+                    "report each path's median (use 3 on a shared, noisy machine)")
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     args = ap.parse_args()
 
@@ -169,27 +179,40 @@ def main() -> None:
         where = f"llama.cpp in process, {args.n_parallel} slots"
     bench = Bench(base, engine_url, args.model or first_model(base), args.engine_model or first_model(engine_url),
                   args.max_tokens)
-    bench.gateway(2 * streams, 2 * streams, 1)  # warm up the model, the slots and the connections
-
-    t0 = time.perf_counter()
-    results = [bench.seed_proxy(args.slow_rows), bench.direct(args.slow_rows, 1), bench.direct(args.rows, streams)]
-    skipped = []
+    # The plan: every path as a thunk. With --rounds > 1 the plan runs again (reversed every other round, fresh
+    # prompts each time) and each path keeps its median, so drifting load on a shared machine hits all paths alike.
+    plan: list[Callable[[], Run]] = [lambda: bench.seed_proxy(args.slow_rows), lambda: bench.direct(args.slow_rows, 1),
+                                     lambda: bench.direct(args.rows, streams)]
+    skipped: list[str] = []
     for q in (int(x) for x in args.queries.split(",")):
         for b in (int(x) for x in args.batch_sizes.split(",")):
             n = args.slow_rows if b == 1 and q == 1 else max(args.rows, b * q)
             if n > args.max_run_rows:
                 skipped.append(f"batch {b} x{q} queries ({n} rows > --max-run-rows {args.max_run_rows})")
-                continue
-            results.append(bench.gateway(n, b, q))
-    gw2 = bench.gateway(args.bench2_rows, args.bench2_rows, 1,
-                        label=f"bench 2: spcs-llm, one {args.bench2_rows}-row batch")
-    dr2 = bench.direct(args.bench2_rows, concurrency, kind="bench2-direct")
-    dr2.label = f"bench 2: engine direct, {concurrency} streams"
-    results += [gw2, dr2]
-    total = time.perf_counter() - t0
-    if local is not None:
-        local.stop()
-
+            elif not (b == args.bench2_rows and q == 1):  # that one runs next to its benchmark-2 partner
+                plan.append(lambda n=n, b=b, q=q: bench.gateway(n, b, q))
+    # Benchmark 2, back to back: one big batch (the scheduler keeps `concurrency` rows in flight) vs the same
+    # number of rows straight into the engine with that many streams.
+    plan.append(lambda: bench.gateway(args.bench2_rows, args.bench2_rows, 1))
+    plan.append(lambda: bench.direct(args.bench2_rows, concurrency, kind="bench2-direct"))
+    try:
+        bench.gateway(2 * streams, 2 * streams, 1)  # warm up the model, the slots and the connections
+        t0 = time.perf_counter()
+        rounds: list[list[Run]] = []
+        for i in range(args.rounds):
+            order = plan if i % 2 == 0 else plan[::-1]
+            runs = [step() for step in order]
+            rounds.append(runs if i % 2 == 0 else runs[::-1])
+        total = time.perf_counter() - t0
+    finally:
+        if local is not None:
+            local.stop()
+    results = [sorted(same, key=lambda r: r.seconds)[len(same) // 2] for same in zip(*rounds, strict=True)]
+    for r in results:
+        if r.kind == "bench2-direct":
+            r.label = f"bench 2: engine direct, {concurrency} streams"
+    if args.rounds > 1:
+        print(f"median of {args.rounds} rounds per path")
     report(results, args, where, concurrency, total, skipped)
     if args.plot:
         plot(results, args.plot)
@@ -212,10 +235,10 @@ def report(results: list[Run], args: argparse.Namespace, where: str, concurrency
     b64 = [r for r in results if r.kind == "gateway" and " batch 64 " in r.label + " "]
     for r in b64:
         print(f"benchmark 1, {r.label}: {r.rows_per_s / seed.rows_per_s:.2f}x the seed (goal >= 2x)")
-    gw2 = next(r for r in results if r.label.startswith("bench 2: spcs"))
+    gw2 = next(r for r in results if r.label == f"spcs-llm batch {args.bench2_rows} x1 query")
     dr2 = next(r for r in results if r.kind == "bench2-direct")
-    print(f"benchmark 2, gateway efficiency at {concurrency} in flight: {gw2.rows_per_s / dr2.rows_per_s:.3f}x "
-          "the engine driven directly (goal >= 0.95x)")
+    print(f"benchmark 2, gateway efficiency at {concurrency} in flight: {gw2.label} "
+          f"{gw2.rows_per_s / dr2.rows_per_s:.3f}x {dr2.label.removeprefix('bench 2: ')} (goal >= 0.95x)")
     print(f"measured part took {total:.0f} s")
 
 

@@ -55,7 +55,7 @@ class Step:
 class Client:
     def __init__(self, base: str, model: str, max_tokens: int) -> None:
         self.base, self.model, self.max_tokens = base, model, max_tokens
-        self.http = httpx.Client(base_url=base, timeout=900)
+        self.http = httpx.Client(base_url=base, timeout=3600)
         self.query_id = benchlib.new_id()
 
     def counters(self) -> dict[str, float | None]:
@@ -167,10 +167,12 @@ def main() -> None:
         base, where = local.base, f"{args.engine} in process, {args.n_parallel} slots"
     model = args.model or httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
     client = Client(base, model, args.max_tokens)
-    client.send("warm-up", benchlib.tagged_prompts("d-w", 4), 4)
-    steps = run(client, args.rows)
-    if local is not None:
-        local.stop()
+    try:
+        client.send("warm-up", benchlib.tagged_prompts("d-w", 4), 4)
+        steps = run(client, args.rows)
+    finally:
+        if local is not None:
+            local.stop()
     report(steps, where)
     if args.plot:
         plot(steps, args.plot)

@@ -198,9 +198,11 @@ def main() -> None:
                 args.give_up_s, check_echo=args.engine == "fake" and not args.url)
     if concurrency:
         where += f", gateway concurrency {concurrency} (x{batches / concurrency:.0f} batches)"
-    outcomes, seconds = asyncio.run(run(base, model, plan))
-    if local is not None:
-        local.stop()
+    try:
+        outcomes, seconds = asyncio.run(run(base, model, plan))
+    finally:
+        if local is not None:
+            local.stop()
     passed = report(outcomes, seconds, plan, where, admission)
     if args.plot:
         plot(outcomes, args.plot)

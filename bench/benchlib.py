@@ -53,6 +53,7 @@ class LocalServer:
     base: str
     app: Any
     server: uvicorn.Server
+    thread: threading.Thread
 
     @property
     def engine_url(self) -> str:
@@ -66,7 +67,9 @@ class LocalServer:
         return int(getattr(scheduler, "max_concurrency", None) or self.app.state.engine.max_concurrency)
 
     def stop(self) -> None:
+        """Shut the server down (its engine with it) so the script can exit even after a failed run."""
         self.server.should_exit = True
+        self.thread.join(timeout=120)
 
 
 def start_server(overrides: dict[str, dict[str, Any]], timeout_s: float = 300) -> LocalServer:
@@ -77,11 +80,12 @@ def start_server(overrides: dict[str, dict[str, Any]], timeout_s: float = 300) -
                                                                 "log_level": "warning"}})
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     base = f"http://127.0.0.1:{port}"
     if not wait_healthy(base, timeout_s=timeout_s):
         raise SystemExit("server did not become healthy")
-    return LocalServer(base, app, server)
+    return LocalServer(base, app, server, thread)
 
 
 def new_id() -> str:
