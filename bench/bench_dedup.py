@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32, help="rows per batch, N (even)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--n-parallel", type=int, default=8)
+    ap.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
     if args.rows < 2 or args.rows % 2:
@@ -163,7 +164,8 @@ def main() -> None:
     if args.url:
         base, where = args.url.rstrip("/"), f"spcs-llm at {args.url}"
     else:
-        local = benchlib.start_server({"engine": {"kind": args.engine, "n_parallel": args.n_parallel}})
+        local = benchlib.start_server({"engine": {"kind": args.engine, "n_parallel": args.n_parallel,
+                                                  "threads": args.threads}})
         base, where = local.base, f"{args.engine} in process, {args.n_parallel} slots"
     model = args.model or httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
     client = Client(base, model, args.max_tokens)

@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--client-timeout", type=float, default=300.0, help="seconds one request may take")
     ap.add_argument("--give-up-s", type=float, default=900.0, help="stop retrying a batch after this long")
     ap.add_argument("--fake-delay", type=float, default=0.05, help="seconds per fake engine call")
+    ap.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
 
@@ -186,7 +187,7 @@ def main() -> None:
             server["max_queue_rows"] = args.max_queue_rows
             admission = f"server.max_queue_rows = {args.max_queue_rows} (this server has no max_queue_seconds)"
         local = benchlib.start_server({"server": server, "engine": {
-            "kind": args.engine, "n_parallel": args.n_parallel,
+            "kind": args.engine, "n_parallel": args.n_parallel, "threads": args.threads,
             "max_output_tokens": args.max_tokens if args.engine == "llamacpp" else None}})
         if args.engine == "fake":
             local.app.state.engine.delay = args.fake_delay
