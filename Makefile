@@ -23,8 +23,11 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_complete.py --plot bench/out/complete.png $(ARGS)
+	$(BIN)/spcs-llm models fetch-default
 	$(BIN)/python bench/bench_gateway.py --plot bench/out/gateway.png
+	$(BIN)/python bench/bench_complete.py --plot bench/out/complete.png
+	$(BIN)/python bench/bench_dedup.py --plot bench/out/dedup.png
+	$(BIN)/python bench/bench_overload.py --plot bench/out/overload.png
 
 app: $(STAMP)
 	$(BIN)/streamlit run apps/streamlit_app.py --browser.gatherUsageStats false $(ARGS)
