@@ -13,8 +13,9 @@
 - **Embeddings.** Texts that rows ask for while the embedder is busy are sent together as one call, so a batch
   costs one forward pass per ``embed_batch`` texts, not one per row; vectors are cached like chat results.
 - **Admission.** A batch is refused with 429 before any of its rows starts when the queue would hold more than
-  ``max_queue_rows`` rows or take longer than ``max_queue_seconds`` to drain at the measured row rate, so an
-  accepted batch is never dropped half-way and a refused one is retried by Snowflake after a back-off.
+  ``max_queue_rows`` rows or take longer than ``max_queue_seconds`` to drain at the measured row rate (before
+  any row has finished: more than four times ``max_concurrency`` rows), so an accepted batch is never dropped
+  half-way and a refused one is retried by Snowflake after a back-off.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class Scheduler:
         self.max_concurrency = max_concurrency or engine.max_concurrency
         self.max_queue_rows = max_queue_rows
         self.max_queue_seconds = max_queue_seconds
+        self.cold_queue_rows = 4 * self.max_concurrency  # the time limit's stand-in until a rate is measured
         self.cache = ResultCache(cache_bytes)
         self.rate = RowRate()
         self._clock = clock
@@ -186,8 +188,13 @@ class Scheduler:
         as they finish; rows not reported are counted as finished when the block ends."""
         # An empty queue admits any batch, however large: it could never be admitted later either.
         if self.queued_rows > 0:
-            drain = self.drain_seconds(rows)
-            too_slow = self.max_queue_seconds is not None and drain is not None and drain > self.max_queue_seconds
+            too_slow = False
+            if self.max_queue_seconds is not None:
+                drain = self.drain_seconds(rows)
+                # Before any row has finished there is no rate: hold a few engine-fulls, not a flood that could
+                # never finish in time (every batch of a query's first burst arrives at once).
+                too_slow = (self.queued_rows + rows > self.cold_queue_rows if drain is None
+                            else drain > self.max_queue_seconds)
             if self.queued_rows + rows > self.max_queue_rows or too_slow:
                 self.metrics.rejected_rows.inc(rows)
                 raise Overloaded()

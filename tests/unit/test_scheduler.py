@@ -156,6 +156,7 @@ async def test_a_cancelled_waiter_gives_its_turn_away_and_the_bound_holds() -> N
 async def test_big_and_small_batches_of_two_queries_over_http(app, client, fake_engine) -> None:
     fake_engine.delay = 0.002
     sched = app.state.runtime.scheduler
+    sched.max_queue_seconds = None  # admission is not what this test is about
     big = asyncio.ensure_future(client.post("/functions/complete", **batch(
         *[["fake-model", f"big {i}"] for i in range(60)], query_id="query-big")))
     for _ in range(5000):  # the big batch's rows are queued before the small batch arrives
@@ -348,6 +349,17 @@ def test_a_batch_that_would_wait_too_long_is_refused() -> None:
                     pass
     assert sched.queued_rows == 0
     assert sched.metrics.rejected_rows._value.get() == 10
+
+
+def test_before_any_row_has_finished_a_few_engine_fulls_are_admitted() -> None:
+    sched = Scheduler(FakeEngine(), Metrics(), max_concurrency=4, max_queue_seconds=60)
+    with sched.admit(10), sched.admit(6):  # 16 rows: four times the engine's 4 places
+        with pytest.raises(Overloaded):
+            with sched.admit(1):
+                pass
+    without_time_limit = Scheduler(FakeEngine(), Metrics(), max_concurrency=4, max_queue_seconds=None)
+    with without_time_limit.admit(10), without_time_limit.admit(100):
+        assert without_time_limit.queued_rows == 110
 
 
 def test_the_rate_follows_the_engine_when_it_slows_down() -> None:
