@@ -40,9 +40,9 @@ class ServerSettings(_Section):
     max_queue_rows: int = Field(
         20_000, ge=1, description="Rows admitted but not finished; a batch beyond this gets 429 at once"
     )
-    max_queue_seconds: float | None = Field(
-        120.0, gt=0, description="A batch gets 429 at once when the admitted rows would take longer than this to "
-        "finish at the measured row rate (unset: only max_queue_rows applies)"
+    max_queue_seconds: float = Field(
+        120.0, ge=0, description="A batch gets 429 at once when the admitted rows would take longer than this to "
+        "finish at the measured row rate (0: off, only max_queue_rows applies)"
     )
     result_cache_mb: int = Field(
         256, ge=0, description="Memory for the cache of temperature-0 answers and embedding vectors (0: off)"

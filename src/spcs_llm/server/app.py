@@ -46,7 +46,7 @@ def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
     cap = settings.engine.max_output_tokens or (entry.max_output_tokens if entry else DEFAULT_MAX_OUTPUT_TOKENS)
     server = settings.server
     scheduler = Scheduler(engine, metrics, max_concurrency=server.max_concurrency,
-                          max_queue_rows=server.max_queue_rows, max_queue_seconds=server.max_queue_seconds,
+                          max_queue_rows=server.max_queue_rows, max_queue_seconds=server.max_queue_seconds or None,
                           cache_bytes=server.result_cache_mb * 2**20)
     return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
                    EmbedderResolver(_embedder_names(settings, embedders or [])))
