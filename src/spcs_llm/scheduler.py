@@ -170,7 +170,7 @@ class Scheduler:
         metrics.in_flight.set_function(lambda: self.engine_in_flight)
         metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         self._tokens_in, self._tokens_out = metrics.tokens.labels("in"), metrics.tokens.labels("out")
-        self._chat_hits = metrics.cache_hits.labels("chat")
+        self._chat_hits, self._embed_hits = metrics.cache_hits.labels("chat"), metrics.cache_hits.labels("embed")
 
     # -- admission --------------------------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class Scheduler:
         key = ("embed", embedder.model_name, text)
         cached = self.cache.get(key)
         if cached is not None:
-            self.metrics.cache_hits.labels("embed").inc()
+            self._embed_hits.inc()
             return cached
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:

@@ -318,7 +318,7 @@ def test_batch_memory_is_bounded() -> None:
 
     async def fill() -> None:
         for i in range(5):
-            await memory.answer(f"b-{i}", b"d", lambda done, i=i: _body(i, 300))
+            await memory.answer(f"b-{i}", "complete", b"{}", lambda done, i=i: _body(i, 300))
 
     asyncio.run(fill())
     assert len(memory) == 3 and memory.bytes <= 1000

@@ -30,7 +30,7 @@ from ..metrics import Metrics
 Compute = Callable[[dict[int, Any]], Awaitable[bytes]]
 
 
-def body_digest(function: str, body: bytes) -> bytes:
+def _digest(function: str, body: bytes) -> bytes:
     return hashlib.blake2b(function.encode() + b"\0" + body, digest_size=16).digest()
 
 
@@ -54,10 +54,11 @@ class BatchMemory:
     def __len__(self) -> int:
         return len(self._batches)
 
-    async def answer(self, batch_id: str | None, digest: bytes, compute: Compute) -> bytes:
+    async def answer(self, batch_id: str | None, function: str, request_body: bytes, compute: Compute) -> bytes:
         """The answer body for this batch: remembered, joined, or computed (reusing rows that had finished)."""
         if batch_id is None or self.max_bytes <= 0:
             return await compute({})
+        digest = _digest(function, request_body)
         batch = self._batches.get(batch_id)
         if batch is None or batch.digest != digest:
             if batch is not None:

@@ -28,7 +28,6 @@ from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, Unkn
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
 from ..scheduler import query_key
-from .batches import body_digest
 
 router = APIRouter()
 
@@ -114,15 +113,6 @@ def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[RowJob
     return jobs
 
 
-async def _run(job: RowJob | None | RowError) -> Any:
-    if job is None or isinstance(job, RowError):
-        return job
-    try:
-        return await job()
-    except SpcsLlmError as exc:
-        return exc
-
-
 def apply_policy(fn: SqlFunction, outcomes: list[Any]) -> list[Any]:
     """Row values from row outcomes: raise what fails the batch, NULL what TRY_/AI_ forgive."""
     failures = [o for o in outcomes if isinstance(o, SpcsLlmError)]
@@ -153,8 +143,13 @@ async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
     todo = [i for i in range(len(jobs)) if i not in done]
     with rt.scheduler.admit(len(todo)) as row_done:
 
-        async def run(i: int) -> None:
-            outcome = await _run(jobs[i])
+        async def run(i: int) -> None:  # one coroutine per row: this is the gateway's hot path
+            outcome: Any = jobs[i]
+            if outcome is not None and not isinstance(outcome, RowError):
+                try:
+                    outcome = await outcome()
+                except SpcsLlmError as exc:
+                    outcome = exc
             row_done()
             if _reusable(outcome):
                 done[i] = outcome
@@ -201,8 +196,8 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
                 content.update(rows_in=rows, values_out=values)
             return encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
 
-        digest = body_digest(fn.name, await request.body())
-        body = await app.state.batches.answer(request.headers.get(BATCH_ID_HEADER), digest, compute)
+        body = await app.state.batches.answer(request.headers.get(BATCH_ID_HEADER), fn.name, await request.body(),
+                                              compute)
         status = 200
         return Response(body, media_type="application/json")
     except SpcsLlmError as exc:
