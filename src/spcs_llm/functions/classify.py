@@ -166,10 +166,16 @@ register(SqlFunction("classify_text", (
     Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _classify_text, _NULLABLE),
     Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("options", "OBJECT")), "OBJECT", _classify_text,
              _NULLABLE),
-)))
+), doc=(
+    "`{\"label\": …}`, always one of the categories (constrained decoding). 2–100 unique categories, strings or "
+    "`{label, description, examples}`; `options.task_description`. Errors: `invalid number of categories: <n>`, "
+    "`invalid category input type`, `empty classification input` (also for a NULL input).")))
 register(SqlFunction("ai_classify", (
     Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _ai_classify, _NULLABLE),
     Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("config", "OBJECT")), "OBJECT", _ai_classify,
              _NULLABLE),
-), null_on_error=True))
-register(SqlFunction("ai_filter", (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),), null_on_error=True))
+), null_on_error=True, doc=(
+    "`{\"labels\": […]}`; config `task_description`, `output_mode: 'single'|'multi'`, `examples`; the same category "
+    "limits as `CLASSIFY_TEXT`.")))
+register(SqlFunction("ai_filter", (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),), null_on_error=True,
+                     doc="Constrained TRUE/FALSE. The `(predicate, file)` and `PROMPT()` forms are not available."))

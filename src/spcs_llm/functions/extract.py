@@ -48,4 +48,6 @@ def _extract(rt: Runtime, args: list[Any]) -> RowJob:
 
 register(SqlFunction("extract_answer", (
     Overload((("source_document", "VARCHAR"), ("question", "VARCHAR")), "VARIANT", _extract),
-)))
+), doc=(
+    "`[{\"answer\": \"…\", \"score\": 0..1}]`; the score is the geometric mean of the answer tokens' "
+    "probabilities, `null` when the engine gives no logprobs.")))

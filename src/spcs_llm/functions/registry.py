@@ -77,11 +77,13 @@ class Overload:
 @dataclass(frozen=True)
 class SqlFunction:
     """A Cortex-compatible SQL function. ``null_on_error``: a row error gives that row NULL (TRY_*, AI_*)
-    instead of failing the batch with the Cortex message (legacy names)."""
+    instead of failing the batch with the Cortex message (legacy names). ``doc``: what it does and how it differs
+    from Cortex, for the generated reference (``docs/reference/functions.md``)."""
 
     name: str
     overloads: tuple[Overload, ...]
     null_on_error: bool = False
+    doc: str = ""
     _by_arity: dict[int, Overload] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:  # looked up once per row: a dict, not a scan

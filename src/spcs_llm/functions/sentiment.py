@@ -87,10 +87,18 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),)))
+register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),), doc=(
+    "A FLOAT in [-1, 1]: P(positive) − P(negative) read from the model's own token probabilities at the label of a "
+    "constrained positive/negative/neutral answer, not a number the model writes. An engine that gives no logprobs "
+    "yields -1, 0 or 1.")))
 _ASPECT_OVERLOADS = (
     Overload((("text", "VARCHAR"),), "OBJECT", _aspects),
     Overload((("text", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _aspects, nullable=frozenset({"categories"})),
 )
-register(SqlFunction("ai_sentiment", _ASPECT_OVERLOADS, null_on_error=True))
-register(SqlFunction("entity_sentiment", _ASPECT_OVERLOADS))
+_ASPECT_DOC = (
+    "`{\"categories\":[{\"name\":\"overall\",\"sentiment\":…}, …]}` with sentiment one of positive, negative, "
+    "neutral, mixed, unknown; at most 10 entities of at most 30 characters each. `return_error_details` is not "
+    "supported."
+)
+register(SqlFunction("ai_sentiment", _ASPECT_OVERLOADS, null_on_error=True, doc=_ASPECT_DOC))
+register(SqlFunction("entity_sentiment", _ASPECT_OVERLOADS, doc=_ASPECT_DOC))

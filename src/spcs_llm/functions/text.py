@@ -110,7 +110,9 @@ register(SqlFunction("split_text_recursive_character", (
     Overload(_SPLIT_ARGS, "ARRAY", _split_text),
     Overload((*_SPLIT_ARGS, ("overlap", "NUMBER")), "ARRAY", _split_text),
     Overload((*_SPLIT_ARGS, ("overlap", "NUMBER"), ("separators", "ARRAY")), "ARRAY", _split_text),
-)))
+), doc=(
+    "The recursive character algorithm, checked against `langchain-text-splitters` on random text; the documented "
+    "example gives the documented output. No model call.")))
 
 
 def token_counter(rt: Runtime, model_or_function: object) -> Callable[[str], Awaitable[int]]:
@@ -139,8 +141,8 @@ def _count_tokens(rt: Runtime, args: list[Any]) -> RowJob:
 
 register(SqlFunction("count_tokens", (
     Overload((("model_or_function", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
-)))
+), doc="Tokens of `text` counted with the served model's own tokenizer (or the embedder's)."))
 register(SqlFunction("ai_count_tokens", (
     Overload((("function_name", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
     Overload((("function_name", "VARCHAR"), ("model", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
-), null_on_error=True))
+), null_on_error=True, doc="`COUNT_TOKENS` by function name; the category/options argument forms are not available."))

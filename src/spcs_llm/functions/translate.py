@@ -63,5 +63,8 @@ def _prepare(languages: dict[str, str]) -> Any:
 
 
 _ARGS = (("text", "VARCHAR"), ("source_language", "VARCHAR"), ("target_language", "VARCHAR"))
-register(SqlFunction("translate", (Overload(_ARGS, "VARCHAR", _prepare(LEGACY_LANGUAGES)),)))
-register(SqlFunction("ai_translate", (Overload(_ARGS, "VARCHAR", _prepare(AI_LANGUAGES)),), null_on_error=True))
+register(SqlFunction("translate", (Overload(_ARGS, "VARCHAR", _prepare(LEGACY_LANGUAGES)),), doc=(
+    "Cortex's 14 language codes; `''` as the source detects it; `invalid language \"<x>\"`. Long input is "
+    "translated piece by piece; the same source and target return the text unchanged.")))
+register(SqlFunction("ai_translate", (Overload(_ARGS, "VARCHAR", _prepare(AI_LANGUAGES)),), null_on_error=True,
+                     doc="`TRANSLATE` with `AI_TRANSLATE`'s 23 language codes."))
