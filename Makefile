@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test test-unit bench app clean
+.PHONY: serve test test-unit check docs bench app clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
-	$(BIN)/python -m pip install -e '.[test,bench]'
+	$(BIN)/python -m pip install -e '.[test,bench,docs,lint]'
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -18,6 +18,18 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/spcs-llm models fetch-default
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The habits CI keeps: lint, format, types, generated references up to date, the docs site builds with no broken link
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m spcs_llm.docgen --check
+	$(BIN)/mkdocs build --strict --quiet
+
+docs: $(STAMP)
+	$(BIN)/python -m spcs_llm.docgen
+	$(BIN)/mkdocs build --strict
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
