@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import sql_cli
+from .client import FunctionError
 from .config import ConfigError, Settings
 from .models import cli as models_cli
 from .models import packaged, packaged_embed
@@ -53,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     from .deploy import cli as deploy_cli  # deploy, image, status, logs, suspend, resume, teardown
 
     deploy_cli.add_commands(sub)
+    sql_cli.add_command(sub)
     return parser
 
 
@@ -100,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in deploy_cli.COMMANDS:
         return deploy_cli.run(args)
     try:
+        if args.command == "sql":
+            return sql_cli.run(args)
         return serve(args) if args.command == "serve" else models(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, FunctionError) as exc:
         print(f"spcs-llm: {exc}", file=sys.stderr)
         return 2
 
