@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ConfigError
-from . import docker, ops, render
+from . import check, docker, ops, render
 from .config import DeployConfig
 from .snowflake import Connection, DeployError, Executor, Session, connect
 
@@ -30,6 +30,14 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = _with_config(sub.add_parser("deploy", help="create or update everything in Snowflake from the config"))
     d.add_argument("--dry-run", action="store_true", help="print every statement and file; connect to nothing")
+    d.add_argument("--sql", action="store_true",
+                   help="with --dry-run: print only the runnable SQL script (e.g. > deploy.sql for SnowSQL)")
+    d.add_argument("--admin-sql", action="store_true",
+                   help="print the one-time admin script (roles, pool, integration, grants); connect to nothing")
+    d.add_argument("--check", action="store_true",
+                   help="pre-flight: check role, grants, instance family, image, warehouse, event table; "
+                        "create nothing")
+    d.add_argument("--admin-role", help="run the admin phase too, as this role (default: [roles] admin)")
     image = sub.add_parser("image", help="build the container image, or push it to the image repository")
     isub = image.add_subparsers(dest="image_command", required=True)
     b = _with_config(isub.add_parser("build", help="render the Dockerfile and run docker build"))
@@ -50,28 +58,86 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _with_config(sub.add_parser("resume", help="resume the compute pool, then the service"))
     t = _with_config(sub.add_parser("teardown", help="drop what deploy created (asks first)"))
     t.add_argument("--yes", action="store_true", help="do not ask")
-    t.add_argument("--purge", action="store_true", help="also drop the image repository and the model stage")
+    t.add_argument("--purge", action="store_true",
+                   help="also drop the image repository, the model stage and the deploy role")
+    t.add_argument("--admin-role", help="drop the account-level objects too, as this role (default: [roles] admin)")
     t.add_argument("--dry-run", action="store_true", help="print the DROP statements only")
 
 
-def _session(cfg: DeployConfig) -> Session:
+def _connect(cfg: DeployConfig) -> Session:
     return Session(CONNECT(cfg.connection))
 
 
-def _deploy(cfg: DeployConfig, args: argparse.Namespace) -> int:
-    if args.dry_run:
-        print(f"-- ===== {cfg.service.name}: service config ({render.SERVICE_CONFIG_PATH}) =====")
-        print(render.service_toml(cfg))
-        print("-- ===== service specification =====")
-        print(render.spec_yaml(cfg))
-        print("-- ===== Dockerfile (spcs-llm image build) =====")
-        print(docker.dockerfile(cfg))
-        print("-- ===== SQL =====")
-        print(render.script(cfg))
+def _session(cfg: DeployConfig) -> Session:
+    """A session acting as the deploy role, which owns the service and the functions."""
+    s = _connect(cfg)
+    try:
+        s.use_role(cfg.deployer)
+    except Exception as exc:
+        raise DeployError(f"cannot use the deploy role {cfg.deployer} ({str(exc).splitlines()[0]}): an admin runs "
+                          f"`spcs-llm deploy --admin-sql` and grants the role to you") from exc
+    return s
+
+
+def _dry_run(cfg: DeployConfig, args: argparse.Namespace) -> int:
+    if args.sql:
+        print(render.script(cfg), end="")
         return 0
-    actions = Executor(_session(cfg), cfg.access.role).apply(render.plan(cfg))
-    changed = sum(a.verb != "unchanged" for a in actions)
+    print(f"# ===== {cfg.service.name}: service config ({render.SERVICE_CONFIG_PATH}) =====")
+    print(render.service_toml(cfg))
+    print("# ===== service specification =====")
+    print(render.spec_yaml(cfg))
+    print("# ===== Dockerfile (spcs-llm image build) =====")
+    print(docker.dockerfile(cfg))
+    print("-- ===== SQL (alone, runnable: spcs-llm deploy --dry-run --sql) =====")
+    print(render.script(cfg))
+    return 0
+
+
+def _admin_phase(cfg: DeployConfig, s: Session, role: str) -> None:
+    """Run the admin phase as ``role``; the connecting user also receives the deploy role."""
+    s.use_role(role)
+    user = str(s.query("SELECT CURRENT_USER() AS u")[0]["u"]).upper()
+    steps = render.admin_steps(cfg)
+    if user not in cfg.roles.users:
+        steps.insert(2, render._role_grant(cfg.deployer, user, "USER"))
+    print(f"admin phase, as {role}:")
+    Executor(s).apply(steps)
+
+
+def _deploy(cfg: DeployConfig, args: argparse.Namespace) -> int:
+    if args.admin_sql:
+        print(render.admin_script(cfg), end="")
+        return 0
+    if args.dry_run:
+        return _dry_run(cfg, args)
+    for w in cfg.warnings():
+        print(f"spcs-llm deploy: note: {w}", file=sys.stderr)
+    s = _connect(cfg)
+    admin = args.admin_role or cfg.roles.admin
+    if args.check:
+        items = check.preflight(cfg, s, admin_pending=bool(admin))
+        check.checklist(cfg, items)
+        return 1 if any(it.blocks for it in items) else 0
+    if admin:
+        _admin_phase(cfg, s, admin)
+    items = check.preflight(cfg, s)
+    if any(it.blocks for it in items):
+        check.checklist(cfg, items)
+        print("spcs-llm deploy: stopped before creating anything (see the checklist above)", file=sys.stderr)
+        return 1
+    print(f"deploy phase, as {cfg.deployer}:")
+    ex = Executor(s)
+    actions = ex.apply(render.deploy_steps(cfg, render.registry()))
+    changed = sum(a.verb not in ("unchanged", "skipped", "refused") for a in actions)
     print(f"deploy: {changed} of {len(actions)} objects changed")
+    if ex.refused:
+        names = ", ".join(ex.refused)
+        example = next(iter(ex.refused))
+        print(f"spcs-llm deploy: Snowflake refused the function name(s) {names} ({next(iter(ex.refused.values()))});"
+              f" the rest is deployed. Rename them in spcs-llm.toml, e.g. [functions] rename = "
+              f"{{ {example} = \"SPCS_{example}\" }}, and deploy again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -91,8 +157,16 @@ def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:
         s = _session(cfg)
         if not url:
             rows = s.show("IMAGE REPOSITORIES", cfg.image.repository, f"SCHEMA {cfg.schema_fq}")
+            if not rows:  # the first push comes before the first deploy (the service needs the image)
+                repo = next(st for st in render.deploy_steps(cfg, {}) if st.kind == "image_repository")
+                if args.dry_run:
+                    print(f"$ (SQL) {repo.sql}")
+                else:
+                    s.query(repo.sql)
+                rows = s.show("IMAGE REPOSITORIES", cfg.image.repository, f"SCHEMA {cfg.schema_fq}")
             if not rows:
-                raise DeployError(f"image repository {cfg.fq(cfg.image.repository)} does not exist: run deploy first")
+                raise DeployError(f"image repository {cfg.fq(cfg.image.repository)} does not exist and could not "
+                                  "be created: run `spcs-llm deploy --check`")
             url = str(rows[0]["repository_url"])
         user = user or str(s.query("SELECT CURRENT_USER() AS u")[0]["u"])
     token = os.environ.get(cfg.image.pat_env)
@@ -105,17 +179,27 @@ def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:
 
 
 def _teardown(cfg: DeployConfig, args: argparse.Namespace) -> int:
-    stmts = ops.teardown_statements(cfg, render.registry(), purge=args.purge)
-    for sql in stmts:
-        print(sql + ";")
+    plan = ops.teardown_plan(cfg, render.registry(), purge=args.purge)
+    admin = args.admin_role or cfg.roles.admin
+    print(plan.script(cfg))
+    for w in plan.warnings:
+        print(f"-- warning: {w}")
     if args.dry_run:
         return 0
     if not args.yes:
-        answer = input(f"Drop these {len(stmts)} objects? Type 'yes' to go on: ")
+        n = len(plan.deploy) + (len(plan.admin) if admin else 0)
+        answer = input(f"Drop these {n} objects? Type 'yes' to go on: ")
         if answer.strip().lower() != "yes":
             print("teardown: nothing dropped")
             return 1
-    ops.teardown(_session(cfg), stmts)
+    s = _session(cfg)
+    ops.teardown(s, plan.deploy)
+    if admin:
+        s.use_role(admin)
+        ops.teardown(s, plan.admin)
+    else:
+        print(f"teardown: the account-level objects are left to an admin (or pass --admin-role):\n"
+              f"USE ROLE {render.admin_role(cfg)};\n" + "\n".join(f"{x};" for x in plan.admin))
     return 0
 
 

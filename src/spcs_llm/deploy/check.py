@@ -1,0 +1,185 @@
+"""``spcs-llm deploy --check``: a pre-flight that reads the account and changes nothing.
+
+It answers, before anything is created: can we act as the deploy role, and is that role not a privileged one; has
+the admin phase been run (every account-level object and grant the deploy role needs); does the instance family
+exist in this account's region; is the image in the repository (Snowflake resolves the image at CREATE SERVICE);
+is there a warehouse for the status test calls and an event table for the logs. ``deploy`` runs the same checks
+first and stops, having created nothing, when one blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import PRIVILEGED_ROLES, DeployConfig
+from .render import Step, admin_role, admin_script, admin_steps
+from .snowflake import DeployError, Executor, Session
+
+OK, MISSING, TODO, WARN, SKIP = "ok", "MISSING", "todo", "warn", "skip"
+
+
+@dataclass
+class Item:
+    """One line of the checklist. ``MISSING`` blocks the deploy; ``todo`` is something deploy itself will do."""
+
+    status: str
+    what: str
+    detail: str = ""
+    fix: list[str] = field(default_factory=list)
+
+    @property
+    def blocks(self) -> bool:
+        return self.status == MISSING
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_role(cfg: DeployConfig, s: Session, admin_pending: bool) -> list[Item]:
+    """Switch to the deploy role and make sure the session really runs as it."""
+    try:
+        s.use_role(cfg.deployer)
+    except Exception as exc:
+        status = TODO if admin_pending else MISSING
+        return [Item(status, f"deploy role {cfg.deployer}", f"cannot USE it: {_first_line(exc)}",
+                     [f"an admin runs `spcs-llm deploy --admin-sql` (it creates the role), then "
+                      f"GRANT ROLE {cfg.deployer} TO USER <you>"])]
+    role = s.current_role()
+    if role in PRIVILEGED_ROLES or role != cfg.deployer:
+        return [Item(MISSING, f"current role {role}",
+                     f"deploy must run as {cfg.deployer}; Snowflake refuses a service owned by "
+                     f"{'/'.join(PRIVILEGED_ROLES)}", [f"USE ROLE {cfg.deployer}"])]
+    return [Item(OK, f"deploy role {cfg.deployer}", "in use, not a privileged role")]
+
+
+def _admin_item(ex: Executor, step: Step, admin_pending: bool) -> Item:
+    if step.kind == "network_rule":  # owned by the admin; the deploy role cannot SHOW it
+        return Item(SKIP, step.label, "owned by the admin role and not visible to the deploy role; "
+                                      "`--admin-sql` keeps it in step with the mirrors")
+    try:
+        action = ex.compare_step(step)
+    except DeployError as exc:
+        action_verb, fix, detail = "missing", [step.sql], _first_line(exc)
+    else:
+        action_verb, fix, detail = action.verb, action.statements, ""
+    if action_verb == "unchanged":
+        return Item(OK, step.label)
+    status = TODO if admin_pending else MISSING
+    return Item(status, step.label, detail or f"would be {action_verb} by the admin phase", fix)
+
+
+def check_admin_phase(cfg: DeployConfig, s: Session, admin_pending: bool) -> list[Item]:
+    ex = Executor(s, report=lambda _: None)
+    return [_admin_item(ex, step, admin_pending) for step in admin_steps(cfg)]
+
+
+def check_family(cfg: DeployConfig, s: Session) -> list[Item]:
+    family = cfg.compute_pool.instance_family
+    try:
+        rows = instance_families(s)
+    except Exception as exc:
+        return [Item(WARN, f"instance family {family}", f"SHOW COMPUTE POOL INSTANCE FAMILIES failed: "
+                                                        f"{_first_line(exc)}")]
+    names = [str(r.get("name", "")).upper() for r in rows]
+    if family in names:
+        row = rows[names.index(family)]
+        gpus = f", {row.get('gpu_count')} x {row.get('gpu')}" if row.get("gpu") else ""
+        return [Item(OK, f"instance family {family}", f"{row.get('vcpu')} vCPU, {row.get('memory_gib')} GiB{gpus}")]
+    return [Item(MISSING, f"instance family {family}", "not available in this account's region",
+                 [f"set compute_pool.instance_family to one of: {', '.join(names) or '(none listed)'}"])]
+
+
+def instance_families(s: Session) -> list[dict[str, Any]]:
+    """SHOW COMPUTE POOL INSTANCE FAMILIES: name, vcpu, memory_gib, gpu, gpu_count, gpu_memory_gib, ... for the
+    account's region."""
+    return s.query("SHOW COMPUTE POOL INSTANCE FAMILIES")
+
+
+def image_present(cfg: DeployConfig, s: Session) -> bool:
+    rows = s.query(f"SHOW IMAGES IN IMAGE REPOSITORY {cfg.fq(cfg.image.repository)}")
+    want = f"{cfg.image.name}:{cfg.image.tag}"
+    for r in rows:
+        if str(r.get("image_path", "")).lower().endswith("/" + want.lower()):
+            return True
+        tags = re.findall(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(r.get("tags", "")))
+        if str(r.get("image_name", "")).lower() == cfg.image.name.lower() and cfg.image.tag in tags:
+            return True
+    return False
+
+
+def check_image(cfg: DeployConfig, s: Session) -> list[Item]:
+    repo = cfg.fq(cfg.image.repository)
+    what = f"image {cfg.image.name}:{cfg.image.tag} in {repo}"
+    fix = ["run `spcs-llm image push` first (it creates the repository if needed); Snowflake resolves the image "
+           "when the service is created"]
+    try:
+        present = image_present(cfg, s)
+    except Exception as exc:
+        return [Item(MISSING, what, f"cannot list the repository: {_first_line(exc)}", fix)]
+    return [Item(OK, what)] if present else [Item(MISSING, what, "not pushed yet", fix)]
+
+
+def check_warehouse(cfg: DeployConfig, s: Session) -> list[Item]:
+    """Deploying needs no warehouse; `spcs-llm status` test calls are SELECTs and do."""
+    try:
+        if cfg.warehouse:
+            found = s.show("WAREHOUSES", cfg.warehouse)
+            name = cfg.warehouse if found else ""
+        else:
+            rows = s.query("SELECT CURRENT_WAREHOUSE() AS w")
+            name = str(rows[0]["w"] or "") if rows else ""
+    except Exception as exc:
+        return [Item(WARN, "warehouse", f"cannot tell: {_first_line(exc)}")]
+    if name:
+        return [Item(OK, f"warehouse {name}", "for the test calls of `spcs-llm status`")]
+    return [Item(WARN, "warehouse", "none in use: `spcs-llm status` cannot make its test calls",
+                 ["set warehouse = \"<NAME>\" in spcs-llm.toml (the admin phase grants USAGE on it), or give the "
+                  "connection a default warehouse"])]
+
+
+def check_event_table(cfg: DeployConfig, s: Session) -> list[Item]:
+    """The spec's logExporters write to the account's event table; without one, no service logs are kept."""
+    try:
+        rows = s.query("SHOW PARAMETERS LIKE 'EVENT_TABLE' IN ACCOUNT")
+    except Exception as exc:
+        return [Item(WARN, "event table", f"cannot read the EVENT_TABLE parameter: {_first_line(exc)}")]
+    value = next((str(r.get("value") or "") for r in rows if str(r.get("key", "")).upper() == "EVENT_TABLE"), "")
+    if value:
+        return [Item(OK, f"event table {value}", "service logs are exported there")]
+    table = f"{cfg.schema_fq}.SPCS_LLM_EVENTS"
+    return [Item(WARN, "event table", "none set for the account: service logs are not kept (logs still work "
+                                      "through SYSTEM$GET_SERVICE_LOGS while a container runs)",
+                 [f"USE ROLE {admin_role(cfg)}", f"CREATE EVENT TABLE IF NOT EXISTS {table}",
+                  f"ALTER ACCOUNT SET EVENT_TABLE = {table}"])]
+
+
+def preflight(cfg: DeployConfig, s: Session, admin_pending: bool = False) -> list[Item]:
+    """Every check, in the order a first deploy meets them. ``admin_pending``: deploy will run the admin phase
+    itself (roles.admin is set), so what it would create is ``todo``, not ``MISSING``."""
+    items = check_role(cfg, s, admin_pending)
+    if items[0].status != OK:
+        return items  # nothing else can be checked as the deploy role
+    items += check_admin_phase(cfg, s, admin_pending)
+    for check in (check_family, check_image, check_warehouse, check_event_table):
+        items += check(cfg, s)
+    return items
+
+
+def checklist(cfg: DeployConfig, items: list[Item], out: Callable[[str], None] = print) -> None:
+    out(f"pre-flight for {cfg.fq(cfg.service.name)} (deploy role {cfg.deployer}):")
+    for it in items:
+        out(f"  {it.status:8} {it.what}" + (f": {it.detail}" if it.detail else ""))
+        for line in it.fix:
+            out(f"           fix: {line}")
+    blocking = sum(it.blocks for it in items)
+    if any(it.blocks and it.what.split()[0] in {"role", "grant", "database", "schema", "compute", "integration"}
+           for it in items):
+        out("  The admin phase is incomplete: an admin runs the output of `spcs-llm deploy --admin-sql`.")
+    out(f"{blocking} blocking" if blocking else "nothing blocks the deploy")
+
+
+__all__ = ["Item", "admin_script", "checklist", "image_present", "instance_families", "preflight"]
