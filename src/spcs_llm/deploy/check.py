@@ -36,7 +36,8 @@ class Item:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split())  # Snowflake's messages span lines: "002003 (02000): SQL compilation error:\n..."
+    return text[:300] if text else type(exc).__name__
 
 
 def check_role(cfg: DeployConfig, s: Session, admin_pending: bool) -> list[Item]:

@@ -8,13 +8,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..config import ConfigError
+from ..functions.registry import SqlFunction
 from . import check, docker, ops, render
 from .config import DeployConfig
 from .snowflake import Connection, DeployError, Executor, Session, connect
+
+Out = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
 
 COMMANDS = ("deploy", "image", "status", "logs", "suspend", "resume", "teardown")
 
@@ -94,15 +102,42 @@ def _dry_run(cfg: DeployConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_phase(cfg: DeployConfig, s: Session, role: str) -> None:
+def _admin_phase(cfg: DeployConfig, s: Session, role: str, out: Out) -> None:
     """Run the admin phase as ``role``; the connecting user also receives the deploy role."""
     s.use_role(role)
     user = str(s.query("SELECT CURRENT_USER() AS u")[0]["u"]).upper()
     steps = render.admin_steps(cfg)
     if user not in cfg.roles.users:
-        steps.insert(2, render._role_grant(cfg.deployer, user, "USER"))
-    print(f"admin phase, as {role}:")
-    Executor(s).apply(steps)
+        steps.insert(2, render.role_grant(cfg.deployer, user, "USER"))
+    out(f"admin phase, as {role}:")
+    Executor(s, out).apply(steps)
+
+
+def run_deploy(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], admin: str | None = None,
+               out: Out = print, err: Out = _stderr) -> int:
+    """deploy: [the admin phase as ``admin``], the pre-flight as the deploy role, then the deploy phase.
+    Nothing is created when the pre-flight finds something blocking. Returns the exit status."""
+    for w in cfg.warnings():
+        err(f"spcs-llm deploy: note: {w}")
+    if admin:
+        _admin_phase(cfg, s, admin, out)
+    items = check.preflight(cfg, s)
+    if any(it.blocks for it in items):
+        check.checklist(cfg, items, out)
+        err("spcs-llm deploy: stopped before creating anything (see the checklist above)")
+        return 1
+    out(f"deploy phase, as {cfg.deployer}:")
+    ex = Executor(s, out)
+    actions = ex.apply(render.deploy_steps(cfg, functions))
+    changed = sum(a.verb not in ("unchanged", "skipped", "refused") for a in actions)
+    out(f"deploy: {changed} of {len(actions)} objects changed")
+    if ex.refused:
+        first = next(iter(ex.refused))
+        err(f"spcs-llm deploy: Snowflake refused the function name(s) {', '.join(ex.refused)} "
+            f"({ex.refused[first]}); everything else is deployed. Rename them in spcs-llm.toml, e.g. "
+            f"[functions] rename = {{ {first} = \"SPCS_{first}\" }}, and deploy again")
+        return 1
+    return 0
 
 
 def _deploy(cfg: DeployConfig, args: argparse.Namespace) -> int:
@@ -111,34 +146,13 @@ def _deploy(cfg: DeployConfig, args: argparse.Namespace) -> int:
         return 0
     if args.dry_run:
         return _dry_run(cfg, args)
-    for w in cfg.warnings():
-        print(f"spcs-llm deploy: note: {w}", file=sys.stderr)
     s = _connect(cfg)
     admin = args.admin_role or cfg.roles.admin
     if args.check:
         items = check.preflight(cfg, s, admin_pending=bool(admin))
         check.checklist(cfg, items)
         return 1 if any(it.blocks for it in items) else 0
-    if admin:
-        _admin_phase(cfg, s, admin)
-    items = check.preflight(cfg, s)
-    if any(it.blocks for it in items):
-        check.checklist(cfg, items)
-        print("spcs-llm deploy: stopped before creating anything (see the checklist above)", file=sys.stderr)
-        return 1
-    print(f"deploy phase, as {cfg.deployer}:")
-    ex = Executor(s)
-    actions = ex.apply(render.deploy_steps(cfg, render.registry()))
-    changed = sum(a.verb not in ("unchanged", "skipped", "refused") for a in actions)
-    print(f"deploy: {changed} of {len(actions)} objects changed")
-    if ex.refused:
-        names = ", ".join(ex.refused)
-        example = next(iter(ex.refused))
-        print(f"spcs-llm deploy: Snowflake refused the function name(s) {names} ({next(iter(ex.refused.values()))});"
-              f" the rest is deployed. Rename them in spcs-llm.toml, e.g. [functions] rename = "
-              f"{{ {example} = \"SPCS_{example}\" }}, and deploy again", file=sys.stderr)
-        return 1
-    return 0
+    return run_deploy(cfg, s, render.registry(), admin)
 
 
 def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:

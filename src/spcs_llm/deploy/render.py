@@ -269,7 +269,7 @@ def _grant(privileges: tuple[str, ...], on: str, obj: str, grantee: str, phase: 
                 {"privileges": list(privileges), "on": on, "object": obj, "grantee": grantee}, phase)
 
 
-def _role_grant(role: str, to: str, kind: str = "ROLE") -> Step:
+def role_grant(role: str, to: str, kind: str = "ROLE") -> Step:
     return Step("role_grant", f"ROLE {role} TO {kind} {to}", f"GRANT ROLE {role} TO {kind} {to}",
                 {"role": role, "grantee": to, "granted_to": kind}, ADMIN)
 
@@ -288,8 +288,8 @@ def admin_steps(cfg: DeployConfig) -> list[Step]:
     steps = [
         Step("role", d, f"CREATE ROLE IF NOT EXISTS {d}", phase=ADMIN),
         # Custom roles roll up to SYSADMIN, so account admins can see and manage what the deploy role owns.
-        _role_grant(d, "SYSADMIN"),
-        *(_role_grant(d, u, "USER") for u in cfg.roles.users),
+        role_grant(d, "SYSADMIN"),
+        *(role_grant(d, u, "USER") for u in cfg.roles.users),
         Step("database", cfg.database, f"CREATE DATABASE IF NOT EXISTS {cfg.database}", phase=ADMIN),
         Step("schema", cfg.schema_fq, f"CREATE SCHEMA IF NOT EXISTS {cfg.schema_fq}", phase=ADMIN),
         _grant(("USAGE",), "DATABASE", cfg.database, d),
@@ -321,13 +321,13 @@ def admin_steps(cfg: DeployConfig) -> list[Step]:
     steps += [
         Step("role", caller, f"CREATE ROLE IF NOT EXISTS {caller}", phase=ADMIN),
         # The deploy role grants USAGE on the functions it owns to the caller role, and reads its grants.
-        _role_grant(caller, d),
+        role_grant(caller, d),
         _grant(("USAGE",), "DATABASE", cfg.database, caller),
         _grant(("USAGE",), "SCHEMA", cfg.schema_fq, caller),
     ]
     if cfg.warehouse:
         steps += [_grant(("USAGE",), "WAREHOUSE", cfg.warehouse, r) for r in (d, caller)]
-    steps += [_role_grant(caller, grantee) for grantee in cfg.access.grant_to]
+    steps += [role_grant(caller, grantee) for grantee in cfg.access.grant_to]
     return steps
 
 

@@ -368,7 +368,7 @@ class Executor:
                     self.s.query(sql)
                 except Exception as exc:
                     if name_refused(step, exc):
-                        self.refused[step.facts["sql_name"]] = str(exc).splitlines()[0]
+                        self.refused[step.facts["sql_name"]] = " ".join(str(exc).split())
                         action = Action(step, "refused")
                         break
                     first = sql.splitlines()[0]
