@@ -50,7 +50,8 @@ class FakeSnowflakeError(Exception):
 
 
 def _denied(what: str) -> FakeSnowflakeError:
-    return FakeSnowflakeError(f"003001 (42501): SQL access control error:\nInsufficient privileges to operate on {what}")
+    return FakeSnowflakeError("003001 (42501): SQL access control error:\n"
+                              f"Insufficient privileges to operate on {what}")
 
 
 def _missing(kind: str, name: str) -> FakeSnowflakeError:

@@ -193,7 +193,8 @@ def test_batch_settings_alter_functions_in_place_keeping_grants() -> None:
     n = sum(len(f.overloads) for f in GOLDEN_FUNCTIONS.values())
     # U4: CREATE OR ALTER without COMMENT (not in its list of alterations), then ALTER FUNCTION ... SET COMMENT
     assert [" ".join(s.split()[:2]) for s in stmts] == ["CREATE OR", "ALTER FUNCTION"] * n
-    assert all(a.split()[4].split("(")[0] == b.split()[2].split("(")[0] for a, b in zip(stmts[::2], stmts[1::2]))
+    pairs = zip(stmts[::2], stmts[1::2], strict=True)
+    assert all(a.split()[4].split("(")[0] == b.split()[2].split("(")[0] for a, b in pairs)
     assert all("MAX_BATCH_ROWS = 16" in s and "COMMENT" not in s for s in stmts[::2])
     assert db.grants == grants
     assert deploy(db, changed(cfg, functions={"max_batch_rows": 16}), admin=None)[1][-1].startswith("deploy: 0 of")
@@ -222,7 +223,8 @@ def test_mirrors_change_is_one_alter_network_rule() -> None:
     assert stmts == [f"ALTER NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS SET VALUE_LIST = ({hosts}) "
                      f"COMMENT = '{render.fingerprint(hosts.replace(chr(39), '').replace(' ', ''))}'"]
     db = FakeSnowflake()
-    with pytest.raises(FakeSnowflakeError, match="(?s)001003 .*syntax error"):  # W7: the bare form is not in the grammar
+    # W7: the bare form is not in the documented grammar
+    with pytest.raises(FakeSnowflakeError, match="(?s)001003 .*syntax error"):
         db.cursor().execute("ALTER NETWORK RULE X.Y.Z SET COMMENT = 'c'")
 
 
@@ -299,7 +301,8 @@ def test_pool_with_another_instance_family_says_how_to_change_it() -> None:
     cfg = load("single_gpu")
     db = account(cfg)
     deploy(db, cfg)
-    with pytest.raises(DeployError, match=r"suspend the pool .* SET INSTANCE_FAMILY = GPU_NV_M` as its owner, or `spcs-llm teardown`"):
+    with pytest.raises(DeployError, match=r"suspend the pool .* SET INSTANCE_FAMILY = GPU_NV_M` as its owner, "
+                                          r"or `spcs-llm teardown`"):
         deploy(db, changed(cfg, compute_pool={"instance_family": "GPU_NV_M"}))
 
 

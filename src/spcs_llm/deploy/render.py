@@ -237,7 +237,8 @@ def wrapper_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     )
     comment = fingerprint(call + str(dim))
     return Step("wrapper", f"{cfg.fq(name)}{f.arg_types}", sql, {
-        "sql_name": name, "calls": f.sql_name, "arg_types": [t for _, t in f.args], "returns": f"VECTOR(FLOAT, {dim})", "comment": comment,
+        "sql_name": name, "calls": f.sql_name, "arg_types": [t for _, t in f.args],
+        "returns": f"VECTOR(FLOAT, {dim})", "comment": comment,
     })
 
 
@@ -403,7 +404,8 @@ def admin_script(cfg: DeployConfig) -> str:
         "-- by that role, never by ACCOUNTADMIN (Snowflake refuses services owned by a privileged role).",
     ]
     if not cfg.roles.users:
-        head.append(f"-- Grant the deploy role to whoever runs `spcs-llm deploy`: GRANT ROLE {cfg.deployer} TO USER <you>;")
+        head.append("-- Grant the deploy role to whoever runs `spcs-llm deploy`: "
+                    f"GRANT ROLE {cfg.deployer} TO USER <you>;")
     return "\n".join(head) + "\n\n" + f"USE ROLE {admin_role(cfg)};\n\n" + "\n".join(_phase_sql(admin_steps(cfg)))
 
 
@@ -426,9 +428,9 @@ def script(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None
     image = f"{cfg.fq(cfg.image.repository)}: {cfg.image.name}:{cfg.image.tag}"
     before, after = deploy[:n], deploy[n:]
     body = [
-        f"-- ===== 1. admin phase (account-level; `spcs-llm deploy --admin-sql` prints it alone)\n",
+        "-- ===== 1. admin phase (account-level; `spcs-llm deploy --admin-sql` prints it alone)\n",
         f"USE ROLE {admin_role(cfg)};\n", *_phase_sql(admin_steps(cfg)),
-        f"-- ===== 2. deploy phase, owned by the deploy role (never a privileged role)\n",
+        "-- ===== 2. deploy phase, owned by the deploy role (never a privileged role)\n",
         f"USE ROLE {cfg.deployer};\n", *_phase_sql(before),
         f"-- The image must be in the repository before CREATE SERVICE ({image}):\n"
         f"-- run `spcs-llm image push` now if `SHOW IMAGES IN IMAGE REPOSITORY {cfg.fq(cfg.image.repository)}`"
