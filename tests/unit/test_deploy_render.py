@@ -161,6 +161,7 @@ def test_spec_validates_against_schema(name: str) -> None:
     parsed = yaml.safe_load(render.spec_yaml(cfg))
     assert parsed == render.spec(cfg)  # the hand-written YAML says what the dict says
     jsonschema.validate(parsed, _schema())
+    assert render.check_spec(parsed) == []
     container = parsed["spec"]["containers"][0]
     assert container["readinessProbe"] == {"port": cfg.service.port, "path": "/health"}
     res = container.get("resources", {})
@@ -179,6 +180,27 @@ def test_schema_rejects_what_spcs_rejects() -> None:
     typo["spec"]["containers"][0]["readinessprobe"] = typo["spec"]["containers"][0].pop("readinessProbe")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(typo, _schema())
+    # as strict as the docs (deploy-audit section 4): block sizes are whole Gi, uid/gid only on stage volumes,
+    # service-role names are letters, digits and _ (starting with a letter, ending with a letter or digit)
+    block = render.spec(load("tp4"))
+    jsonschema.validate(block, _schema())
+    for volume in ({"name": "models", "source": "block", "size": "300G"},
+                   {"name": "models", "source": "block", "size": "1.5Gi"},
+                   {"name": "models", "source": "block", "size": "300Gi", "uid": 1000}):
+        bad = render.spec(load("tp4"))
+        bad["spec"]["volumes"][0] = volume
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, _schema())
+    for role in ("_caller", "caller_", "call$er"):
+        bad = render.spec(cfg)
+        bad["serviceRoles"][0]["name"] = role
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, _schema())
+    unequal = render.spec(cfg)
+    unequal["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}
+    jsonschema.validate(unequal, _schema())  # the schema cannot compare the two ...
+    assert render.check_spec(unequal) == ["container server: nvidia.com/gpu requested 1, limited to 2; they must "
+                                          "be equal"]  # ... so check_spec does
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -145,6 +145,19 @@ def spec(cfg: DeployConfig) -> dict[str, Any]:
     }
 
 
+def check_spec(doc: dict[str, Any]) -> list[str]:
+    """What the JSON schema cannot say: "If GPUs are required, they must be requested, and there must also be a
+    limit specified for the same quantity" (specification-reference)."""
+    problems = []
+    for c in doc.get("spec", {}).get("containers", []):
+        res = c.get("resources", {})
+        want, cap = res.get("requests", {}).get("nvidia.com/gpu"), res.get("limits", {}).get("nvidia.com/gpu")
+        if want != cap:
+            problems.append(f"container {c.get('name')}: nvidia.com/gpu requested {want}, limited to {cap}; "
+                            "they must be equal")
+    return problems
+
+
 def spec_yaml(cfg: DeployConfig) -> str:
     return to_yaml(spec(cfg))
 
