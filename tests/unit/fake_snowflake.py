@@ -118,7 +118,7 @@ class FakeSnowflake:
 
     @property
     def mutations(self) -> list[str]:
-        return [s for s in self.statements if not s.startswith(("SHOW", "DESCRIBE", "SELECT", "USE ROLE"))]
+        return [s for s in self.statements if not s.startswith(("SHOW", "DESCRIBE", "SELECT", "USE "))]
 
     def push_image(self, repository: str, name: str = "spcs-llm", tag: str = "0.1.0", owner: str = "") -> None:
         """What `spcs-llm image push` leaves behind: the repository (created by ``owner`` if it was missing) and a
@@ -199,6 +199,7 @@ class FakeSnowflake:
     def _handlers(self) -> list[tuple[str, Any]]:
         return [
             (r"^USE ROLE (\S+)$", self._use_role),
+            (r"^USE WAREHOUSE (\S+)$", self._use_warehouse),
             (r"^SELECT CURRENT_ROLE\(\) AS r$", lambda m, s: [{"r": self.role}]),
             (r"^SELECT CURRENT_USER\(\) AS u$", lambda m, s: [{"u": self.user}]),
             (r"^SELECT CURRENT_WAREHOUSE\(\) AS w$", lambda m, s: [{"w": self.warehouse}]),
@@ -260,6 +261,12 @@ class FakeSnowflake:
         if role not in self.objects["ROLES"] or (role, "USER", self.user) not in self.role_grants:
             raise _missing("Role", role)
         self.role = role
+
+    def _use_warehouse(self, m: re.Match[str], sql: str) -> None:
+        self._get("WAREHOUSES", m[1])
+        if not self._has("USAGE", "WAREHOUSE", m[1]) and not self._owns("WAREHOUSES", m[1]):
+            raise _missing("Warehouse", m[1])
+        self.warehouse = m[1].upper()
 
     def _put(self, kind: str, name: str, row: dict[str, Any]) -> None:
         self.objects[kind].setdefault(name.upper(), {"name": name.split(".")[-1].upper(), "owner": self.role,

@@ -460,3 +460,38 @@ def test_missing_connector_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setitem(sys.modules, "snowflake.connector", None)  # as if not installed
     with pytest.raises(DeployError, match=r"pip install 'spcs-llm\[deploy\]'"):
         connect("dev")
+
+
+def test_models_recommend_asks_the_account_when_connected(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`models recommend --connection`: the families come from SHOW COMPUTE POOL INSTANCE FAMILIES."""
+    from spcs_llm.cli import main
+
+    db = FakeSnowflake()
+    monkeypatch.setattr(deploy_cli, "CONNECT", lambda name: db)
+    assert main(["models", "recommend", "qwen2.5-7b-instruct", "--connection"]) == 0
+    out = capsys.readouterr().out
+    assert "GPU_NV_M               4 x A10G (24 GiB each)" in out and "GPU_NV_S" not in out  # 32k x 8 needs 4
+    assert "GPU_GCP" not in out  # only what this region offers, not the built-in table
+    assert main(["models", "recommend", "qwen2.5-7b-instruct", "--context", "4096", "--connection"]) == 0
+    assert "GPU_NV_S               1 x A10G" in capsys.readouterr().out
+    assert db.statements == ["SHOW COMPUTE POOL INSTANCE FAMILIES"] * 2
+    db.families = [f for f in db.families if not f["gpu"]]  # a region without GPUs
+    assert main(["models", "recommend", "qwen2.5-7b-instruct", "--connection", "dev"]) == 1
+    assert "no GPU instance family of this account fits (GPU families here: none)" in capsys.readouterr().out
+
+
+def test_a_configured_warehouse_is_granted_and_used() -> None:
+    cfg = DeployConfig.parse({**load("single_gpu").model_dump(by_alias=True), "warehouse": "compute_wh"})
+    db = account(cfg)
+    db.warehouse = None
+    assert deploy(db, cfg)[0] == 0
+    assert {(cfg.deployer, "USAGE", "WAREHOUSE", "COMPUTE_WH"),
+            (cfg.caller_role, "USAGE", "WAREHOUSE", "COMPUTE_WH")} <= db.grants
+    db.role = "PUBLIC"
+    from unittest import mock
+
+    with mock.patch.object(deploy_cli, "CONNECT", lambda name: db):
+        deploy_cli._session(cfg)
+    assert db.role == cfg.deployer and db.warehouse == "COMPUTE_WH"
+    assert next(it for it in check.preflight(cfg, Session(db)) if it.what.startswith("warehouse")).status == "ok"

@@ -184,3 +184,29 @@ def checklist(cfg: DeployConfig, items: list[Item], out: Callable[[str], None] =
 
 
 __all__ = ["Item", "admin_script", "checklist", "image_present", "instance_families", "preflight"]
+
+
+# ---------------------------------------------------------------------------------------------- models recommend
+
+
+def account_gpu_families(s: Session) -> list[Any]:
+    """The GPU families this account's region offers, from SHOW COMPUTE POOL INSTANCE FAMILIES (gpu, gpu_count,
+    gpu_memory_gib per GPU), as sizing.GpuFamily; the built-in table is a transcription and may be stale."""
+    from ..models.sizing import GpuFamily
+
+    out = []
+    for r in instance_families(s):
+        count = int(r.get("gpu_count") or 0)
+        if count > 0:
+            out.append(GpuFamily(str(r["name"]).upper(), "account", str(r.get("gpu") or "GPU"), count,
+                                 float(r.get("gpu_memory_gib") or 0), bf16="T4" not in str(r.get("gpu") or "")))
+    return out
+
+
+def recommend_in_account(info: Any, families: list[Any], context: int, concurrency: int,
+                         utilization: float) -> list[Any]:
+    """Every family of the account that fits ``info``, smallest first (sizing.fit on each)."""
+    from ..models.sizing import fit
+
+    ranked = sorted(families, key=lambda f: (f.gpus * f.gib_per_gpu, f.name))
+    return [r for f in ranked if (r := fit(info, f, context, concurrency, utilization))]

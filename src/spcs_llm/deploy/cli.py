@@ -82,8 +82,10 @@ def _session(cfg: DeployConfig) -> Session:
     try:
         s.use_role(cfg.deployer)
     except Exception as exc:
-        raise DeployError(f"cannot use the deploy role {cfg.deployer} ({str(exc).splitlines()[0]}): an admin runs "
-                          f"`spcs-llm deploy --admin-sql` and grants the role to you") from exc
+        raise DeployError(f"cannot use the deploy role {cfg.deployer} ({' '.join(str(exc).split())}): an admin "
+                          f"runs `spcs-llm deploy --admin-sql` and grants the role to you") from exc
+    if cfg.warehouse:  # status test calls are SELECTs and need one
+        s.query(f"USE WAREHOUSE {cfg.warehouse}")
     return s
 
 
@@ -153,6 +155,30 @@ def _deploy(cfg: DeployConfig, args: argparse.Namespace) -> int:
         check.checklist(cfg, items)
         return 1 if any(it.blocks for it in items) else 0
     return run_deploy(cfg, s, render.registry(), admin)
+
+
+def recommend_connected(info: object, args: argparse.Namespace) -> int:
+    """``models recommend NAME --connection``: the fitting families among those the account's region offers."""
+    try:
+        s = Session(CONNECT(args.connection or None))
+        families = check.account_gpu_families(s)
+    except (DeployError, RuntimeError) as exc:
+        print(f"spcs-llm models recommend: {exc}", file=sys.stderr)
+        return 2
+    ctx = args.context or info.context_window  # type: ignore[attr-defined]
+    picks = check.recommend_in_account(info, families, ctx, args.concurrency, args.utilization)
+    print(f"{info.name}: context {ctx} x {args.concurrency} concurrent sequences "  # type: ignore[attr-defined]
+          f"(instance families of this account's region)")
+    for r in picks:
+        f, e = r.family, r.estimate
+        print(f"  {f.name:22} {f.gpus} x {f.gpu} ({f.gib_per_gpu:g} GiB each)")
+        print(f"        per GPU: {e.total_gib:.1f} GiB; KV room for {r.max_num_seqs} full-context sequences")
+        print(f"        vllm serve {info.hf_repo} " + " ".join(r.vllm_args()))  # type: ignore[attr-defined]
+    if not picks:
+        names = ", ".join(f.name for f in families) or "none"
+        print(f"  no GPU instance family of this account fits (GPU families here: {names})")
+        return 1
+    return 0
 
 
 def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:
