@@ -120,16 +120,18 @@ class FakeSnowflake:
     def mutations(self) -> list[str]:
         return [s for s in self.statements if not s.startswith(("SHOW", "DESCRIBE", "SELECT", "USE "))]
 
-    def push_image(self, repository: str, name: str = "spcs-llm", tag: str = "0.1.0", owner: str = "") -> None:
+    def push_image(self, repository: str, name: str = "spcs-llm", tag: str = "0.1.0", owner: str = "",
+                   digest: str = "sha256:" + "0" * 64) -> None:
         """What `spcs-llm image push` leaves behind: the repository (created by ``owner`` if it was missing) and a
         row of SHOW IMAGES IN IMAGE REPOSITORY."""
         db, sch, repo = repository.lower().split(".")
         self.objects["IMAGE REPOSITORIES"].setdefault(repository.upper(), {
             "name": repo.upper(), "owner": owner,
             "repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{repo}"})
-        self.images.setdefault(repository.upper(), []).append({
-            "created_on": "2026-11-29 12:00:00.000 -0800", "image_name": name, "tags": tag,
-            "digest": "sha256:" + "0" * 64, "image_path": f"{db}/{sch}/{repo}/{name}:{tag}"})
+        images = self.images.setdefault(repository.upper(), [])
+        images[:] = [i for i in images if not i["image_path"].endswith(f"/{name}:{tag}")]  # the tag moves
+        images.append({"created_on": "2026-11-29 12:00:00.000 -0800", "image_name": name, "tags": tag,
+                       "digest": digest, "image_path": f"{db}/{sch}/{repo}/{name}:{tag}"})
 
     def run(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         self.statements.append(sql)

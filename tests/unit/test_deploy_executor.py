@@ -47,7 +47,11 @@ def test_first_deploy_runs_each_phase_as_its_role_in_order() -> None:
     assert rc == 0, out + err
     admin, deploy_steps = render.admin_steps(cfg), render.deploy_steps(cfg, GOLDEN_FUNCTIONS)
     user_grant = f"GRANT ROLE {cfg.deployer} TO USER DEPLOYER"  # the connecting user gets the deploy role
-    # the image repository exists already: `spcs-llm image push` created it (as the deploy role) to push the image
+    # the image repository exists already: `spcs-llm image push` created it (as the deploy role) to push the image;
+    # the service's COMMENT carries the pushed image's digest (U2)
+    deploy_steps = [render.with_image_digest(s, "sha256:" + "0" * 64) if s.kind == "service" else s
+                    for s in deploy_steps]
+    assert "image=0000000000000000'" in deploy_steps[2].sql
     expected = [s.sql for s in admin[:2]] + [user_grant] + [s.sql for s in admin[2:] + deploy_steps[1:]]
     assert db.mutations == expected
     uses = [s for s in db.statements if s.startswith("USE ROLE")]
@@ -177,9 +181,25 @@ def test_new_model_alters_the_service_specification_only() -> None:
     cfg = load("single_gpu")
     new = changed(cfg, model={"name": "qwen3-8b"})
     stmts, _ = _second(account(cfg), cfg, new)
+    comment = render.with_image_digest(render.service_step(new), "sha256:" + "0" * 64).facts["comment"]
     assert [s.split("$$")[0].strip() for s in stmts] == [
         "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE FROM SPECIFICATION",
-        f"ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET COMMENT = '{render.service_step(new).facts['comment']}'"]
+        f"ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET COMMENT = '{comment}'"]
+
+
+def test_a_new_image_under_the_same_tag_rolls_out() -> None:
+    """U2: Snowflake keeps the image version it resolved at CREATE SERVICE; only ALTER SERVICE ... FROM
+    SPECIFICATION takes the newest. A re-pushed tag (new digest) makes deploy issue it."""
+    cfg = load("single_gpu")
+    db = account(cfg)
+    assert deploy(db, cfg)[0] == 0
+    mark = len(db.mutations)
+    db.push_image(cfg.fq(cfg.image.repository), digest="sha256:" + "ab" * 32)
+    assert deploy(db, cfg, admin=None)[0] == 0
+    stmts = db.mutations[mark:]
+    assert len(stmts) == 2 and stmts[0].startswith("ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE FROM SPECIFICATION")
+    assert stmts[1].startswith("ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET COMMENT = 'spcs-llm ")
+    assert db.mutations[-1].endswith("image=abababababababab'")
 
 
 def test_batch_settings_alter_functions_in_place_keeping_grants() -> None:

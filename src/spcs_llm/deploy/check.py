@@ -100,16 +100,27 @@ def instance_families(s: Session) -> list[dict[str, Any]]:
     return s.query("SHOW COMPUTE POOL INSTANCE FAMILIES")
 
 
-def image_present(cfg: DeployConfig, s: Session) -> bool:
+def image_row(cfg: DeployConfig, s: Session) -> dict[str, Any] | None:
+    """The SHOW IMAGES IN IMAGE REPOSITORY row of the configured image and tag (columns created_on, image_name,
+    tags, digest, image_path), or None."""
     rows = s.query(f"SHOW IMAGES IN IMAGE REPOSITORY {cfg.fq(cfg.image.repository)}")
     want = f"{cfg.image.name}:{cfg.image.tag}"
     for r in rows:
         if str(r.get("image_path", "")).lower().endswith("/" + want.lower()):
-            return True
+            return r
         tags = re.findall(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(r.get("tags", "")))
         if str(r.get("image_name", "")).lower() == cfg.image.name.lower() and cfg.image.tag in tags:
-            return True
-    return False
+            return r
+    return None
+
+
+def image_present(cfg: DeployConfig, s: Session) -> bool:
+    return image_row(cfg, s) is not None
+
+
+def image_digest(cfg: DeployConfig, s: Session) -> str:
+    row = image_row(cfg, s)
+    return str(row.get("digest") or "") if row else ""
 
 
 def check_image(cfg: DeployConfig, s: Session) -> list[Item]:
@@ -183,7 +194,7 @@ def checklist(cfg: DeployConfig, items: list[Item], out: Callable[[str], None] =
     out(f"{blocking} blocking" if blocking else "nothing blocks the deploy")
 
 
-__all__ = ["Item", "admin_script", "checklist", "image_present", "instance_families", "preflight"]
+__all__ = ["Item", "admin_script", "checklist", "image_digest", "image_present", "instance_families", "preflight"]
 
 
 # ---------------------------------------------------------------------------------------------- models recommend

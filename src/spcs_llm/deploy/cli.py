@@ -130,7 +130,10 @@ def run_deploy(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunctio
         return 1
     out(f"deploy phase, as {cfg.deployer}:")
     ex = Executor(s, out)
-    actions = ex.apply(render.deploy_steps(cfg, functions))
+    digest = check.image_digest(cfg, s)
+    steps = [render.with_image_digest(st, digest) if st.kind == "service" else st
+             for st in render.deploy_steps(cfg, functions)]
+    actions = ex.apply(steps)
     changed = sum(a.verb not in ("unchanged", "skipped", "refused") for a in actions)
     out(f"deploy: {changed} of {len(actions)} objects changed")
     if ex.refused:

@@ -365,6 +365,18 @@ def service_step(cfg: DeployConfig) -> Step:
         "external_access_integrations": eais, "image": f"{cfg.image.name}:{cfg.image.tag}"})
 
 
+def with_image_digest(step: Step, digest: str) -> Step:
+    """The service step with the pushed image's digest in its COMMENT (audit U2): Snowflake keeps the image
+    version it resolved at CREATE SERVICE, and takes the newest one only on ALTER SERVICE ... FROM SPECIFICATION;
+    a changed digest under the same tag changes the comment, so deploy issues that ALTER and the image rolls out."""
+    if not digest:
+        return step
+    short = digest.removeprefix("sha256:")[:16]
+    comment = f"{step.facts['comment']} image={short}"
+    sql = step.sql.replace(f"COMMENT = '{step.facts['comment']}'", f"COMMENT = '{comment}'")
+    return Step(step.kind, step.name, sql, {**step.facts, "comment": comment}, step.phase)
+
+
 def deploy_steps(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[Step]:
     """What the deploy role creates and owns: repository, stage, service, functions, and USAGE for callers."""
     steps = [Step("image_repository", cfg.fq(cfg.image.repository),
