@@ -223,9 +223,9 @@ class FakeSnowflake:
             (r"^CREATE SCHEMA IF NOT EXISTS (\S+)$", self._create_schema),
             (r"^CREATE COMPUTE POOL IF NOT EXISTS (\S+) MIN_NODES = (\d+) MAX_NODES = (\d+) INSTANCE_FAMILY = (\S+) "
              r"AUTO_RESUME = (\S+) AUTO_SUSPEND_SECS = (\d+)$", self._create_pool),
-            (r"^CREATE NETWORK RULE IF NOT EXISTS (\S+) MODE = EGRESS TYPE = HOST_PORT VALUE_LIST = \((.*)\) "
+            (r"^CREATE NETWORK RULE (?:IF NOT EXISTS )?(\S+) MODE = EGRESS TYPE = HOST_PORT VALUE_LIST = \((.*)\) "
              r"COMMENT = '([^']*)'$", self._create_rule),
-            (r"^CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS (\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
+            (r"^CREATE EXTERNAL ACCESS INTEGRATION (?:IF NOT EXISTS )?(\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
              r"ENABLED = TRUE$", self._create_eai),
             (r"^CREATE IMAGE REPOSITORY IF NOT EXISTS (\S+)$", self._create_repo),
             (r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) "

@@ -52,7 +52,13 @@ def test_first_deploy_runs_each_phase_as_its_role_in_order() -> None:
     deploy_steps = [render.with_image_digest(s, "sha256:" + "0" * 64) if s.kind == "service" else s
                     for s in deploy_steps]
     assert "image=0000000000000000'" in deploy_steps[2].sql
-    expected = [s.sql for s in admin[:2]] + [user_grant] + [s.sql for s in admin[2:] + deploy_steps[1:]]
+    expected = [s.sql for s in admin[:2]] + [user_grant] + [s.facts.get("create_sql", s.sql)
+                                                           for s in admin[2:] + deploy_steps[1:]]
+    # U5: the executor sends the documented CREATE (it creates only what SHOW does not find); the script keeps
+    # IF NOT EXISTS so that an admin can run it twice
+    assert any(m.startswith("CREATE NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS\n") for m in db.mutations)
+    assert any(m.startswith("CREATE EXTERNAL ACCESS INTEGRATION SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI\n")
+               for m in db.mutations)
     assert db.mutations == expected
     uses = [s for s in db.statements if s.startswith("USE ROLE")]
     assert uses[0] == "USE ROLE ACCOUNTADMIN" and uses[-1] == f"USE ROLE {cfg.deployer}"
@@ -515,3 +521,15 @@ def test_a_configured_warehouse_is_granted_and_used() -> None:
         deploy_cli._session(cfg)
     assert db.role == cfg.deployer and db.warehouse == "COMPUTE_WH"
     assert next(it for it in check.preflight(cfg, Session(db)) if it.what.startswith("warehouse")).status == "ok"
+
+
+def test_memory_that_leaves_no_room_on_the_node_is_a_warning() -> None:
+    """U9/U10: memory request + /dev/shm against the family's memory from SHOW COMPUTE POOL INSTANCE FAMILIES."""
+    cfg = load("tp4")
+    db = account(cfg)
+    assert deploy(db, cfg)[0] == 0
+    assert not [it for it in check.preflight(cfg, Session(db)) if it.what.startswith("memory")]
+    big = changed(cfg, service={"memory": "160Gi"})
+    item = next(it for it in check.preflight(big, Session(db)) if it.what.startswith("memory"))
+    assert item.status == "warn" and item.what == "memory 160Gi + /dev/shm 32Gi"
+    assert item.fix[0].startswith("lower service.memory to at most 144Gi")

@@ -89,9 +89,36 @@ def check_family(cfg: DeployConfig, s: Session) -> list[Item]:
     if family in names:
         row = rows[names.index(family)]
         gpus = f", {row.get('gpu_count')} x {row.get('gpu')}" if row.get("gpu") else ""
-        return [Item(OK, f"instance family {family}", f"{row.get('vcpu')} vCPU, {row.get('memory_gib')} GiB{gpus}")]
+        items = [Item(OK, f"instance family {family}", f"{row.get('vcpu')} vCPU, {row.get('memory_gib')} GiB{gpus}")]
+        return items + check_memory(cfg, float(row.get("memory_gib") or 0))
     return [Item(MISSING, f"instance family {family}", "not available in this account's region",
                  [f"set compute_pool.instance_family to one of: {', '.join(names) or '(none listed)'}"])]
+
+
+def gib(size: str) -> float:
+    """An SPCS memory quantity (M, Mi, G, Gi) in GiB."""
+    m = re.match(r"^([0-9.]+)(Mi|Gi|M|G)$", size)
+    if not m:
+        return 0.0
+    factor = {"Gi": 1.0, "Mi": 1 / 1024, "G": 1e9 / 2**30, "M": 1e6 / 2**30}[m[2]]
+    return float(m[1]) * factor
+
+
+def check_memory(cfg: DeployConfig, node_gib: float, headroom: float = 2.0) -> list[Item]:
+    """Audit U9/U10: the memory request, plus the /dev/shm memory volume on GPU pools (tmpfs pages count against
+    a container's limit under Kubernetes; unconfirmed for SPCS), must leave room for what Snowflake runs on the
+    node (not documented; its own example says a 28 GiB node "has 27 GB")."""
+    if not cfg.service.memory or not node_gib:
+        return []
+    shm = gib(cfg.volumes.shm_size) if cfg.service.gpus else 0.0
+    need = gib(cfg.service.memory) + shm
+    if need <= node_gib - headroom:
+        return []
+    most = max(node_gib - headroom - shm, 1)
+    return [Item(WARN, f"memory {cfg.service.memory}" + (f" + /dev/shm {cfg.volumes.shm_size}" if cfg.service.gpus
+                                                         else ""),
+                 f"{need:g} GiB of the node's {node_gib:g} GiB leaves under {headroom:g} GiB for the system",
+                 [f"lower service.memory to at most {most:g}Gi, or leave it unset (the limit is then the node's)"])]
 
 
 def instance_families(s: Session) -> list[dict[str, Any]]:

@@ -294,6 +294,13 @@ SCHEMA_PRIVILEGES = ("USAGE", "CREATE SERVICE", "CREATE FUNCTION", "CREATE STAGE
 POOL_PRIVILEGES = ("USAGE", "MONITOR", "OPERATE", "MODIFY")
 
 
+def _documented(sql: str) -> str:
+    """CREATE NETWORK RULE and CREATE EXTERNAL ACCESS INTEGRATION document no IF NOT EXISTS (audit U5), although
+    public setup scripts use it. The script keeps it (so an admin can run it twice); the executor, which creates
+    them only when SHOW finds nothing, sends the documented form."""
+    return sql.replace(" IF NOT EXISTS ", " ", 1)
+
+
 def admin_steps(cfg: DeployConfig) -> list[Step]:
     """The one-time, account-level part: the roles, the database and schema, the compute pool, the egress rule and
     integration, and the grants that let the deploy role do the rest (audit W1). An admin runs it, once and again
@@ -320,16 +327,14 @@ def admin_steps(cfg: DeployConfig) -> list[Step]:
     if cfg.mirrors:
         hosts = cfg.egress_hosts
         comment = fingerprint(",".join(hosts))
+        rule = (f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
+                f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(hosts)}\n  COMMENT = '{comment}'")
+        integration = (f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
+                       f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE")
         steps += [
-            Step("network_rule", cfg.fq(cfg.network_rule), (
-                f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
-                f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(hosts)}\n"
-                f"  COMMENT = '{comment}'"
-            ), {"value_list": hosts, "comment": comment}, ADMIN),
-            Step("integration", cfg.integration, (
-                f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
-                f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE"
-            ), phase=ADMIN),
+            Step("network_rule", cfg.fq(cfg.network_rule), rule,
+                 {"value_list": hosts, "comment": comment, "create_sql": _documented(rule)}, ADMIN),
+            Step("integration", cfg.integration, integration, {"create_sql": _documented(integration)}, ADMIN),
             _grant(("USAGE",), "INTEGRATION", cfg.integration, d),
         ]
     steps += [

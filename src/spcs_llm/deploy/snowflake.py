@@ -121,7 +121,7 @@ def _exists(s: Session, step: Step) -> Action:
         found = s.show(what[step.kind], _last(step.name), _scope(step.name))
     else:
         found = s.show(what[step.kind], step.name)
-    return Action(step, "unchanged") if found else Action(step, "created", [step.sql])
+    return Action(step, "unchanged") if found else Action(step, "created", [step.facts.get("create_sql", step.sql)])
 
 
 def _truthy(v: Any) -> bool:
@@ -153,7 +153,7 @@ def _compute_pool(s: Session, step: Step) -> Action:
 def _network_rule(s: Session, step: Step) -> Action:
     rows = s.show("NETWORK RULES", _last(step.name), _scope(step.name))
     if not rows:
-        return Action(step, "created", [step.sql])
+        return Action(step, "created", [step.facts.get("create_sql", step.sql)])
     if rows[0].get("comment") == step.facts["comment"]:
         return Action(step, "unchanged")
     values = ", ".join(f"'{v}'" for v in step.facts["value_list"])

@@ -125,10 +125,10 @@ spec:
       resources:
         requests:
           nvidia.com/gpu: 4
-          memory: 160Gi
+          memory: 140Gi
         limits:
           nvidia.com/gpu: 4
-          memory: 160Gi
+          memory: 140Gi
   endpoints:
     - name: api
       port: 8001
@@ -153,7 +153,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (AI_CORTEX_SELF_SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm e1f871c834f330fa volume=block:300Gi';
+  COMMENT = 'spcs-llm 31fedcb84261a193 volume=block:300Gi';
 
 -- function AI.CORTEX_SELF.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION AI.CORTEX_SELF.AI_AGG(texts ARRAY, instruction VARCHAR)
