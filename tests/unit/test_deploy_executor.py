@@ -90,7 +90,7 @@ def test_deploy_without_the_admin_phase_creates_nothing_and_says_what_to_run() -
     rc, out, err = deploy(db, cfg, admin=None)
     assert rc == 1 and not db.mutations
     text = "\n".join(out)
-    assert f"MISSING  deploy role {cfg.deployer}: cannot USE it: 002003 (02000)" in text
+    assert f"MISSING  deploy role {cfg.deployer}: USE ROLE {cfg.deployer} failed (002003 (02000)" in text
     assert "spcs-llm deploy --admin-sql" in text and "stopped before creating anything" in err[-1]
 
 
@@ -533,3 +533,17 @@ def test_memory_that_leaves_no_room_on_the_node_is_a_warning() -> None:
     item = next(it for it in check.preflight(big, Session(db)) if it.what.startswith("memory"))
     assert item.status == "warn" and item.what == "memory 160Gi + /dev/shm 32Gi"
     assert item.fix[0].startswith("lower service.memory to at most 144Gi")
+
+
+def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from spcs_llm.cli import main
+
+    db = FakeSnowflake()
+    monkeypatch.setattr(deploy_cli, "CONNECT", lambda name: db)
+    config = str(GOLDEN / "single_gpu" / "spcs-llm.toml")
+    assert main(["status", "--config", config]) == 2  # no deploy role yet
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spcs-llm status: cannot use the deploy role SPCS_LLM_LLM_DEPLOYER: USE ROLE")
+    assert "--admin-sql" in err and "\n" not in err
+    assert main(["deploy", "--admin-role", "NOPE", "--config", config]) == 2
+    assert capsys.readouterr().err.strip().startswith("spcs-llm deploy: USE ROLE NOPE failed (002003 (02000)")

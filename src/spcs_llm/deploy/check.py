@@ -46,7 +46,7 @@ def check_role(cfg: DeployConfig, s: Session, admin_pending: bool) -> list[Item]
         s.use_role(cfg.deployer)
     except Exception as exc:
         status = TODO if admin_pending else MISSING
-        return [Item(status, f"deploy role {cfg.deployer}", f"cannot USE it: {_first_line(exc)}",
+        return [Item(status, f"deploy role {cfg.deployer}", _first_line(exc),
                      [f"an admin runs `spcs-llm deploy --admin-sql` (it creates the role), then "
                       f"GRANT ROLE {cfg.deployer} TO USER <you>"])]
     role = s.current_role()

@@ -78,7 +78,11 @@ class Session:
             cur.close()
 
     def use_role(self, role: str) -> None:
-        self.query(f"USE ROLE {role}")
+        try:
+            self.query(f"USE ROLE {role}")
+        except Exception as exc:
+            raise DeployError(f"USE ROLE {role} failed ({' '.join(str(exc).split())}): the role must exist and be "
+                              "granted to your user") from exc
 
     def current_role(self) -> str:
         rows = self.query("SELECT CURRENT_ROLE() AS r")
