@@ -470,6 +470,12 @@ def test_image_push_creates_the_repository_before_the_first_deploy(monkeypatch: 
     db = account(cfg, image=False)
     deploy_cli._admin_phase(cfg, Session(db), "ACCOUNTADMIN", lambda _: None)
     monkeypatch.setattr(deploy_cli, "CONNECT", lambda name: db)
+    config = str(GOLDEN / "single_gpu" / "spcs-llm.toml")
+    assert main(["image", "push", "--dry-run", "--config", config]) == 0  # says what it would create, creates nothing
+    out = capsys.readouterr().out
+    assert "$ (SQL) CREATE IMAGE REPOSITORY IF NOT EXISTS SPCS_LLM.LLM.SPCS_LLM_REPO" in out
+    assert "docker push ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo/spcs-llm:0.1.0" in out
+    assert "SPCS_LLM.LLM.SPCS_LLM_REPO" not in db.objects["IMAGE REPOSITORIES"]
     monkeypatch.setenv("SNOWFLAKE_PAT", "t")
     ran: list[list[str]] = []
     monkeypatch.setattr("spcs_llm.deploy.docker.Docker.run", lambda self, argv, stdin="": ran.append(argv))

@@ -204,9 +204,11 @@ def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:
                 repo = next(st for st in render.deploy_steps(cfg, {}) if st.kind == "image_repository")
                 if args.dry_run:
                     print(f"$ (SQL) {repo.sql}")
+                    rows = [{"repository_url": "ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/"
+                                               + "/".join(cfg.fq(cfg.image.repository).lower().split("."))}]
                 else:
                     s.query(repo.sql)
-                rows = s.show("IMAGE REPOSITORIES", cfg.image.repository, f"SCHEMA {cfg.schema_fq}")
+                    rows = s.show("IMAGE REPOSITORIES", cfg.image.repository, f"SCHEMA {cfg.schema_fq}")
             if not rows:
                 raise DeployError(f"image repository {cfg.fq(cfg.image.repository)} does not exist and could not "
                                   "be created: run `spcs-llm deploy --check`")
