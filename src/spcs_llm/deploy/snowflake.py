@@ -5,7 +5,10 @@ changed: ``CREATE`` for a missing object, ``ALTER`` for a changed property, ``CR
 changed service function, ``CREATE OR REPLACE`` only where Snowflake cannot alter (a changed return type). Objects
 whose definition may change carry a fingerprint in their COMMENT (see ``render.fingerprint``), so the comparison
 does not depend on how Snowflake formats DESCRIBE output. The first failing statement stops the run with a
-message naming the step.
+message naming the step, except a function name that Snowflake refuses (reported, skipped, the rest goes on).
+Which role runs which steps is the caller's business (``deploy.cli.run_deploy``: the admin phase, the pre-flight
+of ``deploy.check``, then the deploy phase as the deploy role); the executor refuses ``CREATE SERVICE`` under a
+privileged role.
 
 Any DB-API connection works; :func:`connect` makes one with ``snowflake-connector-python`` (the ``deploy``
 extra) from ``connections.toml``, as the Snowflake CLI does.
