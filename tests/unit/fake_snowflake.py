@@ -95,6 +95,7 @@ class FakeSnowflake:
         self.fail_on: str | None = None  # a regex: the first statement matching it raises
         self.user, self.role = user, role
         self.warehouse: str | None = "COMPUTE_WH"
+        self.region = "AWS_US_WEST_2"  # CURRENT_REGION(): <CLOUD>_<REGION>
         self.event_table: str = ""
         self.families = list(AWS_FAMILIES)
         self.refuse_names: set[str] = set()  # function names Snowflake refuses (W2)
@@ -205,6 +206,7 @@ class FakeSnowflake:
             (r"^SELECT CURRENT_ROLE\(\) AS r$", lambda m, s: [{"r": self.role}]),
             (r"^SELECT CURRENT_USER\(\) AS u$", lambda m, s: [{"u": self.user}]),
             (r"^SELECT CURRENT_WAREHOUSE\(\) AS w$", lambda m, s: [{"w": self.warehouse}]),
+            (r"^SELECT CURRENT_REGION\(\) AS r$", lambda m, s: [{"r": self.region}]),
             (r"^SHOW COMPUTE POOL INSTANCE FAMILIES$", lambda m, s: [dict(f) for f in self.families]),
             (r"^SHOW PARAMETERS LIKE 'EVENT_TABLE' IN ACCOUNT$", lambda m, s: [
                 {"key": "EVENT_TABLE", "value": self.event_table, "default": "", "level": "ACCOUNT" if

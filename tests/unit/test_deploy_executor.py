@@ -474,7 +474,8 @@ def test_image_push_creates_the_repository_before_the_first_deploy(monkeypatch: 
     assert main(["image", "push", "--dry-run", "--config", config]) == 0  # says what it would create, creates nothing
     out = capsys.readouterr().out
     assert "$ (SQL) CREATE IMAGE REPOSITORY IF NOT EXISTS SPCS_LLM.LLM.SPCS_LLM_REPO" in out
-    assert "docker push ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo/spcs-llm:0.1.0" in out
+    assert ("docker push ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo/"
+            "spcs-llm:0.1.0") in out
     assert "SPCS_LLM.LLM.SPCS_LLM_REPO" not in db.objects["IMAGE REPOSITORIES"]
     monkeypatch.setenv("SNOWFLAKE_PAT", "t")
     ran: list[list[str]] = []
@@ -553,3 +554,15 @@ def test_cli_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert "--admin-sql" in err and "\n" not in err
     assert main(["deploy", "--admin-role", "NOPE", "--config", config]) == 2
     assert capsys.readouterr().err.strip().startswith("spcs-llm deploy: USE ROLE NOPE failed (002003 (02000)")
+
+
+def test_a_google_cloud_region_blocks_a_stage_volume() -> None:
+    """W9e: the region names the cloud; stage volumes do not exist on Google Cloud."""
+    cfg = load("cpu")  # a CPU family: the config cannot tell the cloud
+    db = account(cfg)
+    db.region = "GCP_US_CENTRAL1"
+    rc, out, _ = deploy(db, cfg)
+    assert rc == 1 and not any(s.startswith("CREATE SERVICE") for s in db.statements)
+    assert "MISSING  region GCP_US_CENTRAL1: stage volumes are not available on Google Cloud" in "\n".join(out)
+    gcp = changed(cfg, volumes={"model_cache": "block"})
+    assert deploy(db, gcp, admin=None)[0] == 0

@@ -78,6 +78,23 @@ def check_admin_phase(cfg: DeployConfig, s: Session, admin_pending: bool) -> lis
     return [_admin_item(ex, step, admin_pending) for step in admin_steps(cfg)]
 
 
+def check_cloud(cfg: DeployConfig, s: Session) -> list[Item]:
+    """CURRENT_REGION() names the cloud (AWS_US_WEST_2, AZURE_EASTUS2, GCP_US_CENTRAL1): stage volumes are not
+    available on Google Cloud, which the config can only guess from a GPU family's name."""
+    try:
+        rows = s.query("SELECT CURRENT_REGION() AS r")
+        region = str(rows[0]["r"] or "").upper() if rows else ""
+    except Exception as exc:
+        return [Item(WARN, "region", f"cannot tell: {_first_line(exc)}")]
+    cloud = next((c for c in ("aws", "azure", "gcp") if region.split(".")[-1].startswith(c.upper() + "_")), None)
+    if cloud == "gcp" and cfg.volumes.model_cache == "stage":
+        return [Item(MISSING, f"region {region}", "stage volumes are not available on Google Cloud",
+                     ['set volumes.model_cache = "block" (or cloud = "gcp", which makes it the default)'])]
+    if cloud and cfg.cloud and cloud != cfg.cloud:
+        return [Item(WARN, f"region {region}", f"the config says cloud = {cfg.cloud!r}")]
+    return [Item(OK, f"region {region}", f"model cache: {cfg.volumes.model_cache} volume")]
+
+
 def check_family(cfg: DeployConfig, s: Session) -> list[Item]:
     family = cfg.compute_pool.instance_family
     try:
@@ -203,7 +220,7 @@ def preflight(cfg: DeployConfig, s: Session, admin_pending: bool = False) -> lis
     if items[0].status != OK:
         return items  # nothing else can be checked as the deploy role
     items += check_admin_phase(cfg, s, admin_pending)
-    for check in (check_family, check_image, check_warehouse, check_event_table):
+    for check in (check_cloud, check_family, check_image, check_warehouse, check_event_table):
         items += check(cfg, s)
     return items
 
