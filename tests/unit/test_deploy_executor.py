@@ -566,3 +566,16 @@ def test_a_google_cloud_region_blocks_a_stage_volume() -> None:
     assert "MISSING  region GCP_US_CENTRAL1: stage volumes are not available on Google Cloud" in "\n".join(out)
     gcp = changed(cfg, volumes={"model_cache": "block"})
     assert deploy(db, gcp, admin=None)[0] == 0
+
+
+def test_status_calls_renamed_functions_by_their_new_names() -> None:
+    cfg = changed(load("single_gpu"), functions={"rename": {"AI_AGG": "SPCS_AI_AGG", "EMBED_TEXT_768": "EMB768"}})
+    db = account(cfg)
+    assert deploy(db, cfg)[0] == 0
+    s = Session(db)
+    s.use_role(cfg.deployer)
+    out: list[str] = []
+    assert ops.status(cfg, s, GOLDEN_FUNCTIONS, out.append)
+    text = "\n".join(out)
+    assert "ok    SPCS_AI_AGG(ARRAY, VARCHAR)" in text and "ok    EMB768(VARCHAR, VARCHAR)" in text
+    assert "ok    EMBED_TEXT_768_ARRAY(VARCHAR, VARCHAR)" in text  # the service function keeps its name

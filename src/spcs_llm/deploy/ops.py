@@ -8,7 +8,7 @@ from typing import Any
 
 from ..functions.registry import SqlFunction
 from .config import DeployConfig
-from .render import admin_role, callable_functions, service_functions
+from .render import admin_role, callable_functions, callable_overloads
 from .snowflake import DeployError, Session
 
 Out = Callable[[str], None]
@@ -79,10 +79,9 @@ def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], 
 
 def _test_calls(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], out: Out) -> bool:
     ok = True
-    args_of = {f.sql_name: list(f.args) for f in service_functions(cfg, functions)}
-    for name, types in callable_functions(cfg, functions):
-        args = args_of.get(name) or args_of[name + "_ARRAY"]
-        sql = f"SELECT {cfg.fq(name)}({sample_args(cfg, args)}) AS v"
+    for name, args in callable_overloads(cfg, functions):
+        types = [t for _, t in args]
+        sql = f"SELECT {cfg.fq(name)}({sample_args(cfg, list(args))}) AS v"
         try:
             value = s.query(sql)[0]["v"]
             out(f"  ok    {name}({', '.join(types)}) -> {str(value)[:60]!r}")

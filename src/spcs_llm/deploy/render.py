@@ -259,14 +259,21 @@ def _wrapped(f: ServiceFunction) -> bool:
     return f.function in VECTOR_WRAPPERS and f.returns == "ARRAY"
 
 
-def callable_functions(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[tuple[str, list[str]]]:
-    """(SQL name, argument types) of every function users call: service functions and the VECTOR wrappers."""
+def callable_overloads(cfg: DeployConfig, functions: Mapping[str, SqlFunction]
+                       ) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """(SQL name, (argument name, type) pairs) of every function users call: service functions and the VECTOR
+    wrappers (which take the same arguments as the service function they call)."""
     out = []
     for f in service_functions(cfg, functions):
-        out.append((f.sql_name, [t for _, t in f.args]))
+        out.append((f.sql_name, f.args))
         if _wrapped(f):
-            out.append((sql_name(cfg, f.function), [t for _, t in f.args]))
+            out.append((sql_name(cfg, f.function), f.args))
     return out
+
+
+def callable_functions(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[tuple[str, list[str]]]:
+    """(SQL name, argument types) of every function users call: service functions and the VECTOR wrappers."""
+    return [(name, [t for _, t in args]) for name, args in callable_overloads(cfg, functions)]
 
 
 # ---------------------------------------------------------------------------------------------- the plan
