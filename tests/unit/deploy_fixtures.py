@@ -38,3 +38,18 @@ GOLDEN_FUNCTIONS: dict[str, SqlFunction] = {f.name: f for f in (
 
 def load(name: str) -> DeployConfig:
     return DeployConfig.load(GOLDEN / name / "spcs-llm.toml")
+
+
+def split_statements(script: str) -> list[str]:
+    """A SQL script as SnowSQL runs it: statements end with ';' outside $$...$$ bodies; '--' comments dropped."""
+    out, cur, dollar = [], [], False
+    for line in script.splitlines():
+        if not dollar and line.lstrip().startswith("--"):
+            continue
+        dollar ^= line.count("$$") % 2 == 1
+        cur.append(line)
+        if not dollar and line.rstrip().endswith(";"):
+            out.append("\n".join(cur).strip().removesuffix(";"))
+            cur = []
+    assert not "\n".join(cur).strip(), f"unterminated statement: {cur[:3]}"
+    return out

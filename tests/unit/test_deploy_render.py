@@ -21,7 +21,7 @@ from spcs_llm.deploy import docker, render
 from spcs_llm.deploy.config import DeployConfig
 from spcs_llm.functions import FUNCTIONS
 
-from .deploy_fixtures import CONFIGS, GOLDEN_FUNCTIONS, load
+from .deploy_fixtures import CONFIGS, GOLDEN_FUNCTIONS, load, split_statements
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +35,13 @@ NOT_PARSEABLE = {
     "CREATE IMAGE REPOSITORY": "no SPCS image-repository grammar",
     "CREATE SERVICE": "no SPCS service grammar (IN COMPUTE POOL ... FROM SPECIFICATION $$...$$)",
     "CREATE ROLE": "no role DDL",
-    "GRANT SERVICE ROLE": "no service-role grants",
     "GRANT ROLE": "no role-to-role grants",
+    "GRANT USAGE, MONITOR, OPERATE, MODIFY ON COMPUTE POOL": "no compute-pool privileges",
 }
 
 
 def statements(sql: str) -> list[str]:
-    """Split the dry-run script on the ';' that ends each statement (no statement holds ';' inside)."""
-    body = "\n".join(line for line in sql.splitlines() if not line.startswith("--"))
-    return [s.strip() for s in body.split(";\n") if s.strip().rstrip(";")]
+    return split_statements(sql)
 
 
 def _kind(stmt: str) -> str | None:
@@ -53,8 +51,11 @@ def _kind(stmt: str) -> str | None:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_statement_parses_or_is_listed_as_unparseable(name: str) -> None:
     cfg = load(name)
-    stmts = [s.rstrip(";") for s in statements(render.script(cfg, GOLDEN_FUNCTIONS))]
-    assert len(stmts) == len(render.plan(cfg, GOLDEN_FUNCTIONS))
+    stmts = statements(render.script(cfg, GOLDEN_FUNCTIONS))
+    steps = render.plan(cfg, GOLDEN_FUNCTIONS)
+    # the script is the plan, with one USE ROLE before each phase (audit W1: the plan says which role runs what)
+    assert stmts == [f"USE ROLE {render.admin_role(cfg)}"] + [s.sql for s in steps if s.phase == render.ADMIN] + [
+        f"USE ROLE {cfg.deployer}"] + [s.sql for s in steps if s.phase == render.DEPLOY]
     for stmt in stmts:
         tree = sqlglot.parse_one(stmt, read="snowflake")
         if _kind(stmt):
@@ -102,8 +103,9 @@ def test_create_or_alter_is_not_understood_by_sqlglot() -> None:
     REPLACE: the ALTER is lost. So only its body is checked by parsing; the verb is checked on the text."""
     cfg = load("single_gpu")
     step = next(s for s in render.plan(cfg, GOLDEN_FUNCTIONS) if s.kind == "function")
-    alter = step.facts["alter_sql"]
-    assert alter.startswith("CREATE OR ALTER FUNCTION ")
+    alter, comment = step.facts["alter_sql"]
+    assert alter.startswith("CREATE OR ALTER FUNCTION ") and "COMMENT" not in alter  # U4
+    assert comment == f"ALTER FUNCTION {step.name} SET COMMENT = '{step.facts['comment']}'"
     tree = sqlglot.parse_one(alter, read="snowflake")
     assert tree.sql("snowflake").startswith("CREATE OR REPLACE FUNCTION")  # the known loss
     assert tree.args["replace"] is True
@@ -159,6 +161,7 @@ def test_spec_validates_against_schema(name: str) -> None:
     parsed = yaml.safe_load(render.spec_yaml(cfg))
     assert parsed == render.spec(cfg)  # the hand-written YAML says what the dict says
     jsonschema.validate(parsed, _schema())
+    assert render.check_spec(parsed) == []
     container = parsed["spec"]["containers"][0]
     assert container["readinessProbe"] == {"port": cfg.service.port, "path": "/health"}
     res = container.get("resources", {})
@@ -177,6 +180,27 @@ def test_schema_rejects_what_spcs_rejects() -> None:
     typo["spec"]["containers"][0]["readinessprobe"] = typo["spec"]["containers"][0].pop("readinessProbe")
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(typo, _schema())
+    # as strict as the docs (deploy-audit section 4): block sizes are whole Gi, uid/gid only on stage volumes,
+    # service-role names are letters, digits and _ (starting with a letter, ending with a letter or digit)
+    block = render.spec(load("tp4"))
+    jsonschema.validate(block, _schema())
+    for volume in ({"name": "models", "source": "block", "size": "300G"},
+                   {"name": "models", "source": "block", "size": "1.5Gi"},
+                   {"name": "models", "source": "block", "size": "300Gi", "uid": 1000}):
+        bad = render.spec(load("tp4"))
+        bad["spec"]["volumes"][0] = volume
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, _schema())
+    for role in ("_caller", "caller_", "call$er"):
+        bad = render.spec(cfg)
+        bad["serviceRoles"][0]["name"] = role
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, _schema())
+    unequal = render.spec(cfg)
+    unequal["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}
+    jsonschema.validate(unequal, _schema())  # the schema cannot compare the two ...
+    assert render.check_spec(unequal) == ["container server: nvidia.com/gpu requested 1, limited to 2; they must "
+                                          "be equal"]  # ... so check_spec does
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -203,12 +227,38 @@ def test_example_config_renders() -> None:
 @pytest.mark.parametrize(("data", "key"), [
     ({"model": {"name": "m"}, "compute_pool": {"max_nodes": 0}}, "compute_pool.max_nodes"),
     ({"model": {"name": "m"}, "service": {"gpus": 0}}, "model.engine = 'vllm' needs service.gpus"),
-    ({"model": {"name": "m"}, "service": {"max_instances": 3}}, "compute_pool.max_nodes >= it"),
+    ({"model": {"name": "m"}, "service": {"max_instances": 3, "cpu": 2}}, "compute_pool.max_nodes >= it"),
     ({"model": {"name": "m"}, "mirrors": ["https://hf-mirror.com"]}, "mirrors"),
     ({"model": {"name": "m"}, "volumes": {"shm_size": "8GB"}}, "volumes.shm_size"),
     ({"model": {"name": "m"}, "database": "my-db"}, "database"),
     ({"model": {"name": "m"}, "servce": {}}, "servce: Extra inputs are not permitted"),
     ({}, "model: Field required"),
+    # W9 (a) no wildcards, SPCS egress ports only
+    ({"model": {"name": "m"}, "mirrors": ["*.hf-mirror.com"]}, "no wildcards"),
+    ({"model": {"name": "m"}, "mirrors": ["hf-mirror.com:25"]}, "ports 22, 80, 443 and 1024-65535: hf-mirror.com:25"),
+    # (b) block sizes are whole Gi
+    ({"model": {"name": "m"}, "volumes": {"block_size": "200G"}}, "volumes.block_size"),
+    ({"model": {"name": "m"}, "volumes": {"block_size": "1.5Gi"}}, "whole number of Gi"),
+    ({"model": {"name": "m"}, "volumes": {"block_size": "70000Gi"}}, "65536Gi"),
+    # (c) service auto-suspend 0 or >= 300
+    ({"model": {"name": "m"}, "service": {"auto_suspend_secs": 60}}, "0 (never) or at least 300"),
+    # (d) the endpoint is an unquoted identifier in CREATE FUNCTION
+    ({"model": {"name": "m"}, "service": {"endpoint": "my-ep"}}, "service.endpoint"),
+    # (e) no stage volumes on Google Cloud
+    ({"model": {"name": "m"}, "compute_pool": {"instance_family": "GPU_GCP_NV_L4_1_24G"},
+      "volumes": {"model_cache": "stage"}}, "stage volumes are not available on Google Cloud"),
+    ({"model": {"name": "m"}, "cloud": "gcp", "volumes": {"model_cache": "stage"}}, "Google Cloud"),
+    # W8: block volumes need min == max instances; U11: scale-out needs a cpu request
+    ({"model": {"name": "m"}, "volumes": {"model_cache": "block"}, "compute_pool": {"max_nodes": 2},
+      "service": {"max_instances": 2, "cpu": 2}}, "needs service.min_instances = max_instances"),
+    ({"model": {"name": "m"}, "compute_pool": {"max_nodes": 2}, "service": {"max_instances": 2}},
+     "set service.cpu"),
+    # W1: the deploy role is never privileged, and never the callers' role
+    ({"model": {"name": "m"}, "roles": {"deployer": "SECURITYADMIN"}}, "Snowflake refuses a service owned by"),
+    ({"model": {"name": "m"}, "roles": {"deployer": "X"}, "access": {"role": "X"}}, "must differ"),
+    # W2: renames are identifiers, each used once
+    ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "a-b"}}}, "functions.rename"),
+    ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "X", "translate": "x"}}}, "same name"),
 ])
 def test_config_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
@@ -218,7 +268,12 @@ def test_config_errors_name_the_key(data: dict, key: str) -> None:
 def test_network_rule_holds_exactly_the_mirrors() -> None:
     cfg = load("single_gpu")
     rule = next(s for s in render.plan(cfg, GOLDEN_FUNCTIONS) if s.kind == "network_rule")
-    assert "VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443')" in rule.sql
+    # the mirrors, then the hosts they redirect downloads to (U12)
+    assert ("VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', "
+            "'modelscope.oss-cn-beijing.aliyuncs.com:443')") in rule.sql
+    plain = DeployConfig.parse({**cfg.model_dump(by_alias=True), "mirror_redirects": False})
+    assert plain.egress_hosts == ["hf-mirror.com:443", "www.modelscope.cn:443"]
+    assert render.spec(cfg)["spec"]["containers"][0]["env"]["HF_HUB_DISABLE_XET"] == "1"
     no_egress = load("scaleout")
     kinds = {s.kind for s in render.plan(no_egress, GOLDEN_FUNCTIONS)}
     assert not kinds & {"network_rule", "integration"}
@@ -282,3 +337,62 @@ def test_packaged_models_are_baked_into_the_image_not_fetched_at_run_time(tmp_pa
     done = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == [f"serve --engine llamacpp --config {tmp_path / 's.toml'}"]
+
+
+def test_defaults_per_cloud_and_derived_account_level_names() -> None:
+    """W9e: the model cache defaults to a block volume on Google Cloud (no stage volumes there). U15: account-level
+    names are derived from database and schema, so two deployments in one account do not share them."""
+    gcp = DeployConfig.parse({"model": {"name": "m"}, "compute_pool": {"instance_family": "GPU_GCP_NV_L4_1_24G"}})
+    assert gcp.cloud == "gcp" and gcp.volumes.model_cache == "block"
+    assert DeployConfig.parse({"model": {"name": "m"}}).volumes.model_cache == "stage"  # AWS (GPU_NV_S)
+    a = DeployConfig.parse({"model": {"name": "m"}, "schema": "TEAM_A"})
+    b = DeployConfig.parse({"model": {"name": "m"}, "schema": "TEAM_B"})
+    for attr in ("pool", "integration", "caller_role", "deployer"):
+        assert getattr(a, attr) != getattr(b, attr), attr
+    assert (a.pool, a.integration, a.caller_role, a.deployer) == (
+        "SPCS_LLM_TEAM_A_POOL", "SPCS_LLM_TEAM_A_SPCS_LLM_SERVICE_EAI", "SPCS_LLM_TEAM_A_USER",
+        "SPCS_LLM_TEAM_A_DEPLOYER")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_function_properties_follow_the_documented_order(name: str) -> None:
+    """U3: COMMENT straight after ENDPOINT, as in the CREATE FUNCTION (SPCS) syntax block."""
+    order = ["RETURNS", "SERVICE", "ENDPOINT", "COMMENT", "CONTEXT_HEADERS", "MAX_BATCH_ROWS", "MAX_BATCH_RETRIES",
+             "ON_BATCH_FAILURE", "BATCH_TIMEOUT_SECS", "AS"]
+    for step in (s for s in render.plan(load(name), GOLDEN_FUNCTIONS) if s.kind == "function"):
+        keys = [line.split()[0] for line in step.sql.splitlines()[1:]]
+        assert keys == order, step.sql
+
+
+def test_no_service_role_is_granted_to_callers() -> None:
+    """W12: callers need USAGE on database, schema and function; the function's owner owns the service."""
+    for name in CONFIGS:
+        assert "SERVICE ROLE" not in render.script(load(name), GOLDEN_FUNCTIONS)
+
+
+def test_the_sql_script_is_only_sql(capsys: pytest.CaptureFixture[str]) -> None:
+    """`deploy --dry-run --sql > deploy.sql`: every line is SQL, a `--` comment or inside a $$ body; nothing of
+    the Dockerfile or the service config outside the spec."""
+    from spcs_llm.cli import main
+
+    assert main(["deploy", "--dry-run", "--sql", "--config", str(ROOT / "tests/golden/tp4/spcs-llm.toml")]) == 0
+    text = capsys.readouterr().out
+    assert text == render.script(load("tp4"))
+    assert "FROM vllm" not in text and "ENTRYPOINT" not in text and "# =====" not in text
+    stmts = split_statements(text)
+    assert stmts[0] == "USE ROLE ACCOUNTADMIN" and any(s.startswith("CREATE SERVICE") for s in stmts)
+    for stmt in stmts:
+        sqlglot.parse_one(stmt, read="snowflake")  # each parses (some as an opaque Command; see NOT_PARSEABLE)
+
+
+def test_admin_sql_is_the_admin_phase_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    from spcs_llm.cli import main
+
+    cfg = load("single_gpu")
+    assert main(["deploy", "--admin-sql", "--config", str(ROOT / "tests/golden/single_gpu/spcs-llm.toml")]) == 0
+    stmts = split_statements(capsys.readouterr().out)
+    assert stmts == ["USE ROLE ACCOUNTADMIN"] + [s.sql for s in render.admin_steps(cfg)]
+    kinds = {s.kind for s in render.admin_steps(cfg)}
+    assert {"compute_pool", "integration", "network_rule", "role", "database"} <= kinds
+    assert not kinds & {"service", "function", "wrapper", "image_repository", "stage"}
+    assert all(s.phase == render.DEPLOY for s in render.deploy_steps(cfg, GOLDEN_FUNCTIONS))

@@ -16,8 +16,42 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..config import ConfigError
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")  # unquoted Snowflake identifier
-HOST = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?$")
+# SPCS egress takes full host names only: "Wildcards (for example, *.googleapis.com) are not supported."
+HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?$")
 SIZE = re.compile(r"^\d+(\.\d+)?(Mi|Gi|M|G)$")  # SPCS memory units
+BLOCK_SIZE = re.compile(r"^(\d+)Gi$")  # block volumes: "an integer, specified using the Gi unit suffix"
+# "The service's owner role cannot be any of the privileged roles, such as ACCOUNTADMIN, SECURITYADMIN, and ORGADMIN."
+PRIVILEGED_ROLES = ("ACCOUNTADMIN", "SECURITYADMIN", "ORGADMIN")
+EGRESS_PORTS = (22, 80, 443)  # "supports only the network rules that allow ports 22, 80, 443, and 1024+"
+
+
+# Hosts that the known hubs send large-file downloads to (HTTP redirects); SPCS egress needs each host by its full
+# name. huggingface.co: the hosts Hugging Face's "downloading behind a proxy or firewall" page lists (LFS CDN and Xet
+# storage). hf-mirror.com: with Xet on, huggingface_hub goes straight to the Xet hosts (public reports: 401 there),
+# so the spec sets HF_HUB_DISABLE_XET=1 and the mirror's own CDN host is listed. ModelScope: its object store host.
+# NOT VERIFIED from here (no network): docs/deploy.md says to check them with `curl -sI -L` before the first deploy.
+REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
+    "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co", "us.aws.cdn.hf.co",
+                       "cas-bridge.xethub.hf.co", "cas-server.xethub.hf.co", "transfer.xethub.hf.co"),
+    "hf-mirror.com": ("cdn-lfs.hf-mirror.com",),
+    "www.modelscope.cn": ("modelscope.oss-cn-beijing.aliyuncs.com",),
+    "modelscope.cn": ("www.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
+}
+REDIRECT_HOSTS = {k: tuple(f"{h}:443" for h in v) for k, v in REDIRECT_HOSTS.items()}
+
+
+def family_cloud(family: str) -> Literal["aws", "azure", "gcp"] | None:
+    """The cloud an instance family exists on, from the sizing table; None for CPU families (every cloud)."""
+    from ..models.sizing import FAMILIES
+
+    for f in FAMILIES:
+        if f.name == family:
+            return f.cloud  # type: ignore[return-value]
+    return "gcp" if "_GCP_" in family else None
+
+
+def _egress_port(port: int) -> bool:
+    return port in EGRESS_PORTS or 1024 <= port <= 65535
 
 
 def _ident(value: str) -> str:
@@ -31,14 +65,17 @@ class _Section(BaseModel):
 
 
 class ComputePool(_Section):
-    name: str = Field("SPCS_LLM_POOL", description="Compute pool name (account-level object)")
+    name: str | None = Field(None, description="Compute pool name (account-level; default <DATABASE>_<SCHEMA>_POOL)")
     instance_family: str = Field("GPU_NV_S", description="SPCS instance family, e.g. GPU_NV_S, GPU_NV_M, CPU_X64_M")
     min_nodes: int = Field(1, ge=1, description="MIN_NODES")
     max_nodes: int = Field(1, ge=1, description="MAX_NODES (>= the service's max_instances for scale-out)")
     auto_suspend_secs: int = Field(3600, ge=0, description="AUTO_SUSPEND_SECS of the pool (0 = never)")
     auto_resume: bool = Field(True, description="AUTO_RESUME: a call to the service resumes the pool")
 
-    _name = field_validator("name", "instance_family")(_ident)
+    @field_validator("name", "instance_family")
+    @classmethod
+    def _names(cls, v: str | None) -> str | None:
+        return None if v is None else _ident(v)
 
     @model_validator(mode="after")
     def _nodes(self) -> ComputePool:
@@ -69,7 +106,9 @@ class Model(_Section):
 
 
 class Volumes(_Section):
-    model_cache: Literal["stage", "block"] = Field("stage", description="Where downloaded weights persist")
+    model_cache: Literal["stage", "block"] | None = Field(
+        None, description="Where downloaded weights persist (default: stage; block on Google Cloud, which has no "
+                          "stage volumes)")
     stage: str = Field("SPCS_LLM_MODELS", description="Stage name for a stage volume (in database.schema)")
     block_size: str = Field("200Gi", description="Size of the block volume (model_cache = block)")
     mount: str = Field("/models", pattern=r"^/", description="Where the model cache is mounted")
@@ -77,24 +116,34 @@ class Volumes(_Section):
 
     _stage = field_validator("stage")(_ident)
 
-    @field_validator("block_size", "shm_size")
+    @field_validator("shm_size")
     @classmethod
     def _size(cls, v: str) -> str:
         if not SIZE.match(v):
             raise ValueError(f"{v!r} is not a size such as 8Gi or 500Mi")
         return v
 
+    @field_validator("block_size")
+    @classmethod
+    def _block(cls, v: str) -> str:
+        m = BLOCK_SIZE.match(v)
+        if not m or not 1 <= int(m[1]) <= 65536:
+            raise ValueError(f"{v!r}: a block volume size is a whole number of Gi from 1Gi to 65536Gi, e.g. 200Gi")
+        return v
+
 
 class Service(_Section):
     name: str = Field("SPCS_LLM_SERVICE", description="Service name (in database.schema)")
-    endpoint: str = Field("api", pattern=r"^[a-z][a-z0-9-]{0,62}$", description="Endpoint the functions call")
+    endpoint: str = Field("api", pattern=r"^[a-z][a-z0-9]{0,62}$",
+                          description="Endpoint the functions call (lower-case letters and digits: it is an "
+                                      "unquoted identifier in CREATE FUNCTION ... ENDPOINT = <name>)")
     port: int = Field(8001, ge=1024, le=65535, description="Port spcs-llm serve listens on in the container")
     min_instances: int = Field(1, ge=1, description="MIN_INSTANCES")
     max_instances: int = Field(1, ge=1, description="MAX_INSTANCES (Snowflake's load balancer spreads batches)")
     gpus: int = Field(1, ge=0, le=8, description="GPUs per instance; requests == limits; 0 on CPU pools")
     memory: str | None = Field(None, description="Memory request and limit, e.g. 24Gi (default: the node's)")
     cpu: float | None = Field(None, gt=0, description="CPU request (needed for CPU autoscaling)")
-    auto_suspend_secs: int = Field(0, ge=0, description="AUTO_SUSPEND_SECS of the service (0 = never)")
+    auto_suspend_secs: int = Field(0, ge=0, description="AUTO_SUSPEND_SECS of the service (0 = never, else >= 300)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")
     env: dict[str, str] = Field(default_factory=dict, description="Extra container environment (e.g. HF_ENDPOINT)")
 
@@ -106,6 +155,13 @@ class Service(_Section):
             raise ValueError("max_instances must be >= min_instances")
         if self.memory is not None and not SIZE.match(self.memory):
             raise ValueError(f"memory {self.memory!r} is not a size such as 24Gi")
+        if 0 < self.auto_suspend_secs < 300:
+            raise ValueError("auto_suspend_secs must be 0 (never) or at least 300: Snowflake suspends services "
+                             "only after 300 seconds or more")
+        if self.max_instances > self.min_instances and not self.cpu:
+            raise ValueError("max_instances > min_instances scales out only on CPU load (80% of the requested cpu), "
+                             "and without a cpu request no autoscaling happens: set service.cpu, or make "
+                             "min_instances = max_instances")
         return self
 
 
@@ -117,6 +173,17 @@ class Functions(_Section):
     max_batch_retries: int = Field(3, ge=0, description="MAX_BATCH_RETRIES")
     batch_timeout_secs: int = Field(3600, ge=1, le=604800, description="BATCH_TIMEOUT_SECS (includes retries)")
     on_batch_failure: Literal["ABORT", "RETURN_NULL"] = Field("ABORT", description="ON_BATCH_FAILURE")
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        description="SQL names for functions whose Cortex name Snowflake refuses, e.g. { AI_AGG = \"SPCS_AI_AGG\" }")
+
+    @field_validator("rename")
+    @classmethod
+    def _rename(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {k.upper(): _ident(n) for k, n in v.items()}
+        if len(set(out.values())) != len(out):
+            raise ValueError("two functions renamed to the same name")
+        return out
 
     @field_validator("max_batch_rows_for")
     @classmethod
@@ -127,15 +194,40 @@ class Functions(_Section):
 
 
 class Access(_Section):
-    role: str = Field("SPCS_LLM_USER", description="Role that plays CORTEX_USER: USAGE on the functions")
+    role: str | None = Field(None, description="Role that plays CORTEX_USER: USAGE on the functions "
+                                               "(account-level; default <DATABASE>_<SCHEMA>_USER)")
     grant_to: list[str] = Field(default_factory=list, description="Existing roles that receive that role")
 
-    _role = field_validator("role")(_ident)
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        return None if v is None else _ident(v)
 
     @field_validator("grant_to")
     @classmethod
     def _roles(cls, v: list[str]) -> list[str]:
         return [_ident(r) for r in v]
+
+
+class Roles(_Section):
+    """Who runs what (see docs/deploy.md, "Roles"). The admin phase (account-level objects and grants) runs once as
+    an admin role; everything else runs as ``deployer``, which owns the service and the functions."""
+
+    deployer: str | None = Field(None, description="Dedicated deploy role that owns the service and functions "
+                                                    "(default <DATABASE>_<SCHEMA>_DEPLOYER); never a privileged role")
+    admin: str | None = Field(None, description="When set, `deploy` runs the admin phase itself as this role "
+                                                "(e.g. ACCOUNTADMIN); otherwise an admin runs `deploy --admin-sql`")
+    users: list[str] = Field(default_factory=list, description="Users who receive the deploy role")
+
+    @field_validator("deployer", "admin")
+    @classmethod
+    def _names(cls, v: str | None) -> str | None:
+        return None if v is None else _ident(v)
+
+    @field_validator("users")
+    @classmethod
+    def _users(cls, v: list[str]) -> list[str]:
+        return [_ident(u) for u in v]
 
 
 class DeployConfig(_Section):
@@ -158,21 +250,69 @@ class DeployConfig(_Section):
     service: Service = Field(default_factory=Service)
     functions: Functions = Field(default_factory=Functions)
     access: Access = Field(default_factory=Access)
+    roles: Roles = Field(default_factory=Roles)
+    cloud: Literal["aws", "azure", "gcp"] | None = Field(
+        None, description="Cloud of the account (default: from a GPU instance family's name, else unknown)")
+    warehouse: str | None = Field(None, description="Warehouse for status test calls (default: the connection's)")
+    mirror_redirects: bool = Field(True, description="Add the hosts the known mirrors redirect downloads to "
+                                                     "(deploy.config.REDIRECT_HOSTS) to the network rule")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     _db = field_validator("database", "schema_")(_ident)
+
+    @field_validator("warehouse")
+    @classmethod
+    def _wh(cls, v: str | None) -> str | None:
+        return None if v is None else _ident(v)
 
     @field_validator("mirrors")
     @classmethod
     def _hosts(cls, v: list[str]) -> list[str]:
         bad = [h for h in v if not HOST.match(h)]
         if bad:
-            raise ValueError(f"not a host[:port]: {', '.join(map(repr, bad))}")
+            raise ValueError(f"not a full host[:port] (SPCS egress takes no wildcards): {', '.join(map(repr, bad))}")
         out = [h if ":" in h else f"{h}:443" for h in v]
+        ports = [h for h in out if not _egress_port(int(h.rsplit(":", 1)[1]))]
+        if ports:
+            raise ValueError(f"SPCS allows egress only to ports 22, 80, 443 and 1024-65535: {', '.join(ports)}")
         if len(set(out)) != len(out):
             raise ValueError("a host is listed twice")
         return out
+
+    @model_validator(mode="after")
+    def _derive(self) -> DeployConfig:
+        """Account-level names default to ones derived from database and schema, so two deployments in one
+        account never share a pool, an integration or a role by accident (audit U15)."""
+        base = f"{self.database}_{self.schema_}"
+        self.compute_pool.name = self.compute_pool.name or f"{base}_POOL"
+        self.access.role = self.access.role or f"{base}_USER"
+        self.roles.deployer = self.roles.deployer or f"{base}_DEPLOYER"
+        if self.cloud is None:
+            self.cloud = family_cloud(self.compute_pool.instance_family)
+        if self.volumes.model_cache is None:
+            self.volumes.model_cache = "block" if self.cloud == "gcp" else "stage"
+        return self
+
+    @model_validator(mode="after")
+    def _roles(self) -> DeployConfig:
+        if self.roles.deployer in PRIVILEGED_ROLES:
+            raise ValueError(f"roles.deployer = {self.roles.deployer!r}: Snowflake refuses a service owned by "
+                             f"{'/'.join(PRIVILEGED_ROLES)}; use a dedicated role (the default is "
+                             f"{self.database}_{self.schema_}_DEPLOYER)")
+        if self.roles.deployer == self.access.role:
+            raise ValueError("roles.deployer and access.role must differ: callers get USAGE only")
+        return self
+
+    @model_validator(mode="after")
+    def _volumes(self) -> DeployConfig:
+        if self.volumes.model_cache == "stage" and self.cloud == "gcp":
+            raise ValueError("volumes.model_cache = 'stage': stage volumes are not available on Google Cloud; "
+                             "use 'block'")
+        if self.volumes.model_cache == "block" and self.service.min_instances != self.service.max_instances:
+            raise ValueError("volumes.model_cache = 'block' needs service.min_instances = max_instances: Snowflake "
+                             "requires it of services with block volumes")
+        return self
 
     @model_validator(mode="after")
     def _fits(self) -> DeployConfig:
@@ -199,7 +339,41 @@ class DeployConfig(_Section):
 
     @property
     def integration(self) -> str:
-        return f"{self.service.name}_EAI"
+        return f"{self.database}_{self.schema_}_{self.service.name}_EAI"  # account-level: qualified by db and schema
+
+    @property
+    def deployer(self) -> str:
+        assert self.roles.deployer
+        return self.roles.deployer
+
+    @property
+    def caller_role(self) -> str:
+        assert self.access.role
+        return self.access.role
+
+    @property
+    def pool(self) -> str:
+        assert self.compute_pool.name
+        return self.compute_pool.name
+
+    @property
+    def egress_hosts(self) -> list[str]:
+        """The network rule's VALUE_LIST: the mirrors, then the hosts they are known to redirect downloads to."""
+        out = list(self.mirrors)
+        if self.mirror_redirects:
+            for host in self.mirrors:
+                out += [h for h in REDIRECT_HOSTS.get(host.rsplit(":", 1)[0], ()) if h not in out]
+        return out
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what the user wants."""
+        out = []
+        if self.service.max_instances > self.service.min_instances and self.service.gpus:
+            out.append(
+                "scale-out follows CPU load only (80% of service.cpu over 5 minutes); a GPU-bound vLLM instance may "
+                "never reach it. Set service.cpu low enough that a busy instance crosses it, or set "
+                "min_instances = max_instances for fixed capacity")
+        return out
 
     @property
     def service_role(self) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..functions.registry import SqlFunction
 from .config import DeployConfig
-from .render import callable_functions, service_functions
+from .render import admin_role, callable_functions, callable_overloads
 from .snowflake import DeployError, Session
 
 Out = Callable[[str], None]
@@ -52,8 +53,8 @@ def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], 
     Returns False when something is not running or a test call failed."""
     ok = True
     svc = cfg.fq(cfg.service.name)
-    out(f"compute pool {cfg.compute_pool.name}:")
-    pools = s.show("COMPUTE POOLS", cfg.compute_pool.name)
+    out(f"compute pool {cfg.pool}:")
+    pools = s.show("COMPUTE POOLS", cfg.pool)
     _table(out, pools, ("state", "instance_family", "min_nodes", "max_nodes", "active_nodes", "idle_nodes"))
     ok &= bool(pools) and str(pools[0].get("state", "")).upper() in {"ACTIVE", "IDLE"}
     out(f"service {svc}:")
@@ -78,10 +79,9 @@ def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], 
 
 def _test_calls(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], out: Out) -> bool:
     ok = True
-    args_of = {f.sql_name: list(f.args) for f in service_functions(cfg, functions)}
-    for name, types in callable_functions(cfg, functions):
-        args = args_of.get(name) or args_of[name + "_ARRAY"]
-        sql = f"SELECT {cfg.fq(name)}({sample_args(cfg, args)}) AS v"
+    for name, args in callable_overloads(cfg, functions):
+        types = [t for _, t in args]
+        sql = f"SELECT {cfg.fq(name)}({sample_args(cfg, list(args))}) AS v"
         try:
             value = s.query(sql)[0]["v"]
             out(f"  ok    {name}({', '.join(types)}) -> {str(value)[:60]!r}")
@@ -108,38 +108,74 @@ def suspend(cfg: DeployConfig, s: Session, pool: bool = True, out: Out = print) 
                                                                                                   "MISSING"}:
         s.query(f"ALTER SERVICE {svc} SUSPEND")
         out(f"service {svc}: suspended")
-    if pool and _state(s.show("COMPUTE POOLS", cfg.compute_pool.name), "state") not in {"SUSPENDED", "MISSING"}:
-        s.query(f"ALTER COMPUTE POOL {cfg.compute_pool.name} SUSPEND")
-        out(f"compute pool {cfg.compute_pool.name}: suspended")
+    if pool and _state(s.show("COMPUTE POOLS", cfg.pool), "state") not in {"SUSPENDED", "MISSING"}:
+        s.query(f"ALTER COMPUTE POOL {cfg.pool} SUSPEND")
+        out(f"compute pool {cfg.pool}: suspended")
 
 
 def resume(cfg: DeployConfig, s: Session, out: Out = print) -> None:
     """Pool first, then the service; only what is suspended."""
     svc = cfg.fq(cfg.service.name)
-    if _state(s.show("COMPUTE POOLS", cfg.compute_pool.name), "state") == "SUSPENDED":
-        s.query(f"ALTER COMPUTE POOL {cfg.compute_pool.name} RESUME")
-        out(f"compute pool {cfg.compute_pool.name}: resumed")
+    if _state(s.show("COMPUTE POOLS", cfg.pool), "state") == "SUSPENDED":
+        s.query(f"ALTER COMPUTE POOL {cfg.pool} RESUME")
+        out(f"compute pool {cfg.pool}: resumed")
     if _state(s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}"), "status") == "SUSPENDED":
         s.query(f"ALTER SERVICE {svc} RESUME")
         out(f"service {svc}: resumed")
 
 
-def teardown_statements(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge: bool = False) -> list[str]:
+@dataclass
+class Teardown:
+    """What teardown drops: ``deploy`` as the deploy role (it owns them), then ``admin`` as an admin role."""
+
+    deploy: list[str]
+    admin: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def statements(self) -> list[str]:
+        return self.deploy + self.admin
+
+    def script(self, cfg: DeployConfig) -> str:
+        out = [f"USE ROLE {cfg.deployer};", *(s + ";" for s in self.deploy)]
+        if self.admin:
+            out += [f"USE ROLE {admin_role(cfg)};", *(s + ";" for s in self.admin)]
+        return "\n".join(out)
+
+
+def teardown_plan(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge: bool = False) -> Teardown:
     """Everything deploy created, in reverse order. The database and schema stay (they may hold other data);
-    the image repository and the model stage go only with ``purge`` (they hold pushed images and weights)."""
-    stmts = [f"DROP FUNCTION IF EXISTS {cfg.fq(name)}({', '.join(types)})"
-             for name, types in reversed(callable_functions(cfg, functions))]
-    stmts.append(f"DROP SERVICE IF EXISTS {cfg.fq(cfg.service.name)}")
-    if cfg.mirrors:
-        stmts += [f"DROP EXTERNAL ACCESS INTEGRATION IF EXISTS {cfg.integration}",
-                  f"DROP NETWORK RULE IF EXISTS {cfg.fq(cfg.network_rule)}"]
-    stmts.append(f"DROP COMPUTE POOL IF EXISTS {cfg.compute_pool.name}")
-    stmts.append(f"DROP ROLE IF EXISTS {cfg.access.role}")
+    the image repository, the model stage and the deploy role go only with ``purge``."""
+    svc = cfg.fq(cfg.service.name)
+    deploy = [f"DROP FUNCTION IF EXISTS {cfg.fq(name)}({', '.join(types)})"
+              for name, types in reversed(callable_functions(cfg, functions))]
+    warnings = []
+    if cfg.volumes.model_cache == "block":
+        # "If FORCE is not specified and the service uses a block storage volume an error is returned."
+        deploy.append(f"DROP SERVICE IF EXISTS {svc} FORCE")
+        warnings.append(f"the service's block volume ({cfg.volumes.block_size}, the downloaded weights) is deleted "
+                        "with it; Snowflake keeps a snapshot of it (snapshotOnDelete defaults to true), which is "
+                        "billed until it expires")
+    else:
+        deploy.append(f"DROP SERVICE IF EXISTS {svc}")
     if purge:
         if cfg.volumes.model_cache == "stage":
-            stmts.append(f"DROP STAGE IF EXISTS {cfg.fq(cfg.volumes.stage)}")
-        stmts.append(f"DROP IMAGE REPOSITORY IF EXISTS {cfg.fq(cfg.image.repository)}")
-    return stmts
+            deploy.append(f"DROP STAGE IF EXISTS {cfg.fq(cfg.volumes.stage)}")
+            warnings.append(f"--purge: the model stage {cfg.fq(cfg.volumes.stage)} and its weights are deleted")
+        deploy.append(f"DROP IMAGE REPOSITORY IF EXISTS {cfg.fq(cfg.image.repository)}")
+        warnings.append(f"--purge: the image repository {cfg.fq(cfg.image.repository)} and its images are deleted")
+    admin = []
+    if cfg.mirrors:
+        admin += [f"DROP EXTERNAL ACCESS INTEGRATION IF EXISTS {cfg.integration}",
+                  f"DROP NETWORK RULE IF EXISTS {cfg.fq(cfg.network_rule)}"]
+    admin += [f"DROP COMPUTE POOL IF EXISTS {cfg.pool}", f"DROP ROLE IF EXISTS {cfg.caller_role}"]
+    if purge:
+        admin.append(f"DROP ROLE IF EXISTS {cfg.deployer}")
+    return Teardown(deploy, admin, warnings)
+
+
+def teardown_statements(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge: bool = False) -> list[str]:
+    return teardown_plan(cfg, functions, purge).statements
 
 
 def teardown(s: Session, statements: list[str], out: Out = print) -> None:

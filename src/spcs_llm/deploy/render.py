@@ -19,6 +19,8 @@ from .docker import PACKAGED_DIR
 from .textfmt import to_toml, to_yaml
 
 SERVICE_CONFIG_PATH = "/etc/spcs-llm/service.toml"
+ADMIN, DEPLOY = "admin", "deploy"  # the two phases of a plan (see Step.phase)
+DEFAULT_ADMIN_ROLE = "ACCOUNTADMIN"  # the role the printed admin script uses when roles.admin is not set
 CONTEXT_HEADERS = ("CURRENT_USER", "CURRENT_ROLE")  # for audit: who called, under which role
 
 # Functions whose service function returns ARRAY but whose Cortex type is VECTOR(FLOAT, n). VECTOR cannot cross the
@@ -47,6 +49,7 @@ class Step:
     name: str
     sql: str
     facts: dict[str, Any] = field(default_factory=dict)
+    phase: str = DEPLOY  # ADMIN: account-level, run once by an admin; DEPLOY: run as the dedicated deploy role
 
     @property
     def label(self) -> str:
@@ -95,6 +98,12 @@ def _resources(cfg: DeployConfig) -> dict[str, Any]:
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
+def _mirror_env(cfg: DeployConfig) -> dict[str, str]:
+    """Through hf-mirror.com, huggingface_hub's Xet transfers go to Hugging Face's own Xet hosts (which the mirror
+    does not proxy); plain HTTP downloads stay on the mirror's hosts, which the network rule lists."""
+    return {"HF_HUB_DISABLE_XET": "1"} if any(h.startswith("hf-mirror.com:") for h in cfg.mirrors) else {}
+
+
 def spec(cfg: DeployConfig) -> dict[str, Any]:
     """The service specification (specification-reference; checked against deploy/spec.schema.json)."""
     svc, vol = cfg.service, cfg.volumes
@@ -103,6 +112,7 @@ def spec(cfg: DeployConfig) -> dict[str, Any]:
         "SPCS_LLM_ENGINE": cfg.model.engine,
         "SPCS_LLM_CACHE": vol.mount,
         "SPCS_LLM_SERVICE_TOML": service_toml(cfg),
+        **_mirror_env(cfg),
         **svc.env,
     }
     mounts = [{"name": "models", "mountPath": vol.mount}]
@@ -135,6 +145,19 @@ def spec(cfg: DeployConfig) -> dict[str, Any]:
     }
 
 
+def check_spec(doc: dict[str, Any]) -> list[str]:
+    """What the JSON schema cannot say: "If GPUs are required, they must be requested, and there must also be a
+    limit specified for the same quantity" (specification-reference)."""
+    problems = []
+    for c in doc.get("spec", {}).get("containers", []):
+        res = c.get("resources", {})
+        want, cap = res.get("requests", {}).get("nvidia.com/gpu"), res.get("limits", {}).get("nvidia.com/gpu")
+        if want != cap:
+            problems.append(f"container {c.get('name')}: nvidia.com/gpu requested {want}, limited to {cap}; "
+                            "they must be equal")
+    return problems
+
+
 def spec_yaml(cfg: DeployConfig) -> str:
     return to_yaml(spec(cfg))
 
@@ -165,45 +188,59 @@ class ServiceFunction:
         return "(" + ", ".join(f"{n} {t}" for n, t in self.args) + ")"
 
 
+def sql_name(cfg: DeployConfig, name: str) -> str:
+    """The SQL name of a function: its Cortex name unless ``[functions] rename`` gives another (for a name that
+    Snowflake refuses, e.g. one of its system functions)."""
+    return cfg.functions.rename.get(name.upper(), name.upper())
+
+
 def service_functions(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[ServiceFunction]:
     out = []
     for name in sorted(functions):
         for ov in sorted(functions[name].overloads, key=lambda o: o.arity):
             wrapped = name in VECTOR_WRAPPERS and ov.returns.upper() == "ARRAY"
-            sql_name = name.upper() + (WRAPPED_SUFFIX if wrapped else "")
+            sql = sql_name(cfg, name + WRAPPED_SUFFIX if wrapped else name)
             rows = cfg.functions.max_batch_rows_for.get(name, cfg.functions.max_batch_rows)
-            out.append(ServiceFunction(name, sql_name, ov.args, ov.returns.upper(), rows))
+            out.append(ServiceFunction(name, sql, ov.args, ov.returns.upper(), rows))
     return out
 
 
-def _function_sql(cfg: DeployConfig, f: ServiceFunction, verb: str = "CREATE") -> str:
-    body = (
-        f"{verb} FUNCTION {cfg.fq(f.sql_name)}{f.arg_decl}\n"
+def _function_sql(cfg: DeployConfig, f: ServiceFunction, verb: str = "CREATE", comment: bool = True) -> str:
+    """Properties in the order of the CREATE FUNCTION (SPCS) syntax block: SERVICE, ENDPOINT, COMMENT,
+    CONTEXT_HEADERS, MAX_BATCH_ROWS, MAX_BATCH_RETRIES, ON_BATCH_FAILURE, BATCH_TIMEOUT_SECS, AS (audit U3)."""
+    head = (
+        f"FUNCTION {cfg.fq(f.sql_name)}{f.arg_decl}\n"
         f"  RETURNS {f.returns}\n"
         f"  SERVICE = {cfg.fq(cfg.service.name)}\n"
         f"  ENDPOINT = {cfg.service.endpoint}\n"
+    )
+    tail = (
         f"  CONTEXT_HEADERS = ({', '.join(CONTEXT_HEADERS)})\n"
         f"  MAX_BATCH_ROWS = {f.max_batch_rows}\n"
         f"  MAX_BATCH_RETRIES = {cfg.functions.max_batch_retries}\n"
         f"  ON_BATCH_FAILURE = {cfg.functions.on_batch_failure}\n"
         f"  BATCH_TIMEOUT_SECS = {cfg.functions.batch_timeout_secs}\n"
     )
-    return body + f"  COMMENT = '{fingerprint(body.removeprefix(verb))}'\n  AS '{f.path}'"
+    note = f"  COMMENT = '{fingerprint(head + tail)}'\n" if comment else ""
+    return f"{verb} {head}{note}{tail}  AS '{f.path}'"
 
 
 def function_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     sql = _function_sql(cfg, f)
     comment = sql.split("COMMENT = '")[1].split("'")[0]
+    # CREATE OR ALTER's list of supported alterations omits COMMENT (audit U4), so the changed definition goes
+    # without one and the fingerprint follows in ALTER FUNCTION ... SET COMMENT, both documented forms.
+    alter = [_function_sql(cfg, f, "CREATE OR ALTER", comment=False),
+             f"ALTER FUNCTION {cfg.fq(f.sql_name)}{f.arg_types} SET COMMENT = '{comment}'"]
     return Step("function", f"{cfg.fq(f.sql_name)}{f.arg_types}", sql, {
-        "sql_name": f.sql_name, "arg_types": [t for _, t in f.args], "returns": f.returns, "comment": comment,
-        "alter_sql": _function_sql(cfg, f, "CREATE OR ALTER"),
-        "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
+        "sql_name": f.sql_name, "function": f.function, "arg_types": [t for _, t in f.args], "returns": f.returns,
+        "comment": comment, "alter_sql": alter, "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
     })
 
 
 def wrapper_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     dim = VECTOR_WRAPPERS[f.function]
-    name = f.function.upper()
+    name = sql_name(cfg, f.function)
     call = f"{cfg.fq(f.sql_name)}({', '.join(n for n, _ in f.args)})"
     sql = (
         f"CREATE OR REPLACE FUNCTION {cfg.fq(name)}{f.arg_decl}\n"
@@ -213,18 +250,30 @@ def wrapper_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     )
     comment = fingerprint(call + str(dim))
     return Step("wrapper", f"{cfg.fq(name)}{f.arg_types}", sql, {
-        "sql_name": name, "arg_types": [t for _, t in f.args], "returns": f"VECTOR(FLOAT, {dim})", "comment": comment,
+        "sql_name": name, "calls": f.sql_name, "arg_types": [t for _, t in f.args],
+        "returns": f"VECTOR(FLOAT, {dim})", "comment": comment,
     })
+
+
+def _wrapped(f: ServiceFunction) -> bool:
+    return f.function in VECTOR_WRAPPERS and f.returns == "ARRAY"
+
+
+def callable_overloads(cfg: DeployConfig, functions: Mapping[str, SqlFunction]
+                       ) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """(SQL name, (argument name, type) pairs) of every function users call: service functions and the VECTOR
+    wrappers (which take the same arguments as the service function they call)."""
+    out = []
+    for f in service_functions(cfg, functions):
+        out.append((f.sql_name, f.args))
+        if _wrapped(f):
+            out.append((sql_name(cfg, f.function), f.args))
+    return out
 
 
 def callable_functions(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[tuple[str, list[str]]]:
     """(SQL name, argument types) of every function users call: service functions and the VECTOR wrappers."""
-    out = []
-    for f in service_functions(cfg, functions):
-        out.append((f.sql_name, [t for _, t in f.args]))
-        if f.sql_name.endswith(WRAPPED_SUFFIX) and f.function in VECTOR_WRAPPERS:
-            out.append((f.function.upper(), [t for _, t in f.args]))
-    return out
+    return [(name, [t for _, t in args]) for name, args in callable_overloads(cfg, functions)]
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -234,85 +283,139 @@ def _quote_list(items: list[str]) -> str:
     return "(" + ", ".join(f"'{i}'" for i in items) + ")"
 
 
-def infrastructure_steps(cfg: DeployConfig) -> list[Step]:
-    pool, svc = cfg.compute_pool, cfg.service
+def _grant(privileges: tuple[str, ...], on: str, obj: str, grantee: str, phase: str = ADMIN) -> Step:
+    """GRANT <privileges> ON <on> <obj> TO ROLE <grantee>; the executor checks each privilege in SHOW GRANTS."""
+    sql = f"GRANT {', '.join(privileges)} ON {on} {obj} TO ROLE {grantee}"
+    return Step("grant", f"{', '.join(privileges)} ON {on} {obj} TO {grantee}", sql,
+                {"privileges": list(privileges), "on": on, "object": obj, "grantee": grantee}, phase)
+
+
+def role_grant(role: str, to: str, kind: str = "ROLE") -> Step:
+    return Step("role_grant", f"ROLE {role} TO {kind} {to}", f"GRANT ROLE {role} TO {kind} {to}",
+                {"role": role, "grantee": to, "granted_to": kind}, ADMIN)
+
+
+# What the deploy role needs, and nothing more: it owns what it creates in the schema (repository, stage, service,
+# functions), uses the pool and the integration, and may operate the pool (suspend/resume/alter node counts).
+SCHEMA_PRIVILEGES = ("USAGE", "CREATE SERVICE", "CREATE FUNCTION", "CREATE STAGE", "CREATE IMAGE REPOSITORY")
+POOL_PRIVILEGES = ("USAGE", "MONITOR", "OPERATE", "MODIFY")
+
+
+def _documented(sql: str) -> str:
+    """CREATE NETWORK RULE and CREATE EXTERNAL ACCESS INTEGRATION document no IF NOT EXISTS (audit U5), although
+    public setup scripts use it. The script keeps it (so an admin can run it twice); the executor, which creates
+    them only when SHOW finds nothing, sends the documented form."""
+    return sql.replace(" IF NOT EXISTS ", " ", 1)
+
+
+def admin_steps(cfg: DeployConfig) -> list[Step]:
+    """The one-time, account-level part: the roles, the database and schema, the compute pool, the egress rule and
+    integration, and the grants that let the deploy role do the rest (audit W1). An admin runs it, once and again
+    after changing the pool, the mirrors or the roles."""
+    pool, d, caller = cfg.compute_pool, cfg.deployer, cfg.caller_role
     steps = [
-        Step("database", cfg.database, f"CREATE DATABASE IF NOT EXISTS {cfg.database}"),
-        Step("schema", cfg.schema_fq, f"CREATE SCHEMA IF NOT EXISTS {cfg.schema_fq}"),
-        Step("compute_pool", pool.name, (
-            f"CREATE COMPUTE POOL IF NOT EXISTS {pool.name}\n"
+        Step("role", d, f"CREATE ROLE IF NOT EXISTS {d}", phase=ADMIN),
+        # Custom roles roll up to SYSADMIN, so account admins can see and manage what the deploy role owns.
+        role_grant(d, "SYSADMIN"),
+        *(role_grant(d, u, "USER") for u in cfg.roles.users),
+        Step("database", cfg.database, f"CREATE DATABASE IF NOT EXISTS {cfg.database}", phase=ADMIN),
+        Step("schema", cfg.schema_fq, f"CREATE SCHEMA IF NOT EXISTS {cfg.schema_fq}", phase=ADMIN),
+        _grant(("USAGE",), "DATABASE", cfg.database, d),
+        _grant(SCHEMA_PRIVILEGES, "SCHEMA", cfg.schema_fq, d),
+        Step("compute_pool", cfg.pool, (
+            f"CREATE COMPUTE POOL IF NOT EXISTS {cfg.pool}\n"
             f"  MIN_NODES = {pool.min_nodes}\n  MAX_NODES = {pool.max_nodes}\n"
             f"  INSTANCE_FAMILY = {pool.instance_family}\n"
             f"  AUTO_RESUME = {str(pool.auto_resume).upper()}\n  AUTO_SUSPEND_SECS = {pool.auto_suspend_secs}"
         ), {"min_nodes": pool.min_nodes, "max_nodes": pool.max_nodes, "instance_family": pool.instance_family,
-            "auto_suspend_secs": pool.auto_suspend_secs, "auto_resume": pool.auto_resume}),
+            "auto_suspend_secs": pool.auto_suspend_secs, "auto_resume": pool.auto_resume}, ADMIN),
+        _grant(POOL_PRIVILEGES, "COMPUTE POOL", cfg.pool, d),
     ]
     if cfg.mirrors:
-        comment = fingerprint(",".join(cfg.mirrors))
+        hosts = cfg.egress_hosts
+        comment = fingerprint(",".join(hosts))
+        rule = (f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
+                f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(hosts)}\n  COMMENT = '{comment}'")
+        integration = (f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
+                       f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE")
         steps += [
-            Step("network_rule", cfg.fq(cfg.network_rule), (
-                f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
-                f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(cfg.mirrors)}\n"
-                f"  COMMENT = '{comment}'"
-            ), {"value_list": cfg.mirrors, "comment": comment}),
-            Step("integration", cfg.integration, (
-                f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
-                f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE"
-            )),
+            Step("network_rule", cfg.fq(cfg.network_rule), rule,
+                 {"value_list": hosts, "comment": comment, "create_sql": _documented(rule)}, ADMIN),
+            Step("integration", cfg.integration, integration, {"create_sql": _documented(integration)}, ADMIN),
+            _grant(("USAGE",), "INTEGRATION", cfg.integration, d),
         ]
-    steps.append(Step("image_repository", cfg.fq(cfg.image.repository),
-                      f"CREATE IMAGE REPOSITORY IF NOT EXISTS {cfg.fq(cfg.image.repository)}"))
+    steps += [
+        Step("role", caller, f"CREATE ROLE IF NOT EXISTS {caller}", phase=ADMIN),
+        # The deploy role grants USAGE on the functions it owns to the caller role, and reads its grants.
+        role_grant(caller, d),
+        _grant(("USAGE",), "DATABASE", cfg.database, caller),
+        _grant(("USAGE",), "SCHEMA", cfg.schema_fq, caller),
+    ]
+    if cfg.warehouse:
+        steps += [_grant(("USAGE",), "WAREHOUSE", cfg.warehouse, r) for r in (d, caller)]
+    steps += [role_grant(caller, grantee) for grantee in cfg.access.grant_to]
+    return steps
+
+
+def service_step(cfg: DeployConfig) -> Step:
+    svc = cfg.service
+    text = spec_yaml(cfg)
+    eais = [cfg.integration] if cfg.mirrors else []
+    volume = f"block:{cfg.volumes.block_size}" if cfg.volumes.model_cache == "block" else "stage"
+    # The volume goes into the COMMENT beside the spec fingerprint: Snowflake refuses to add, remove or resize a
+    # block volume on an existing service, so the executor must know the old one without parsing DESCRIBE.
+    comment = f"{fingerprint(text)} volume={volume}"
+    tail = [f"  MIN_INSTANCES = {svc.min_instances}", f"  MAX_INSTANCES = {svc.max_instances}",
+            f"  AUTO_SUSPEND_SECS = {svc.auto_suspend_secs}"]
+    if eais:
+        tail.append(f"  EXTERNAL_ACCESS_INTEGRATIONS = ({', '.join(eais)})")
+    return Step("service", cfg.fq(svc.name), (
+        f"CREATE SERVICE IF NOT EXISTS {cfg.fq(svc.name)}\n  IN COMPUTE POOL {cfg.pool}\n"
+        f"  FROM SPECIFICATION $$\n{text}$$\n" + "\n".join(tail) + f"\n  COMMENT = '{comment}'"
+    ), {"spec": text, "comment": comment, "volume": volume, "min_instances": svc.min_instances,
+        "max_instances": svc.max_instances, "auto_suspend_secs": svc.auto_suspend_secs,
+        "external_access_integrations": eais, "image": f"{cfg.image.name}:{cfg.image.tag}"})
+
+
+def with_image_digest(step: Step, digest: str) -> Step:
+    """The service step with the pushed image's digest in its COMMENT (audit U2): Snowflake keeps the image
+    version it resolved at CREATE SERVICE, and takes the newest one only on ALTER SERVICE ... FROM SPECIFICATION;
+    a changed digest under the same tag changes the comment, so deploy issues that ALTER and the image rolls out."""
+    if not digest:
+        return step
+    short = digest.removeprefix("sha256:")[:16]
+    comment = f"{step.facts['comment']} image={short}"
+    sql = step.sql.replace(f"COMMENT = '{step.facts['comment']}'", f"COMMENT = '{comment}'")
+    return Step(step.kind, step.name, sql, {**step.facts, "comment": comment}, step.phase)
+
+
+def deploy_steps(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[Step]:
+    """What the deploy role creates and owns: repository, stage, service, functions, and USAGE for callers."""
+    steps = [Step("image_repository", cfg.fq(cfg.image.repository),
+                  f"CREATE IMAGE REPOSITORY IF NOT EXISTS {cfg.fq(cfg.image.repository)}")]
     if cfg.volumes.model_cache == "stage":  # stage volumes need server-side encryption
         steps.append(Step("stage", cfg.fq(cfg.volumes.stage), (
             f"CREATE STAGE IF NOT EXISTS {cfg.fq(cfg.volumes.stage)}\n"
             f"  ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')\n  DIRECTORY = (ENABLE = TRUE)"
         )))
-    text = spec_yaml(cfg)
-    eais = [cfg.integration] if cfg.mirrors else []
-    comment = fingerprint(text)
-    tail = [f"  MIN_INSTANCES = {svc.min_instances}", f"  MAX_INSTANCES = {svc.max_instances}",
-            f"  AUTO_SUSPEND_SECS = {svc.auto_suspend_secs}"]
-    if eais:
-        tail.append(f"  EXTERNAL_ACCESS_INTEGRATIONS = ({', '.join(eais)})")
-    steps.append(Step("service", cfg.fq(svc.name), (
-        f"CREATE SERVICE IF NOT EXISTS {cfg.fq(svc.name)}\n  IN COMPUTE POOL {pool.name}\n"
-        f"  FROM SPECIFICATION $$\n{text}$$\n" + "\n".join(tail) + f"\n  COMMENT = '{comment}'"
-    ), {"spec": text, "comment": comment, "min_instances": svc.min_instances, "max_instances": svc.max_instances,
-        "auto_suspend_secs": svc.auto_suspend_secs, "external_access_integrations": eais}))
-    return steps
-
-
-def access_steps(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[Step]:
-    role = cfg.access.role
-    steps = [
-        Step("role", role, f"CREATE ROLE IF NOT EXISTS {role}"),
-        Step("grant", f"USAGE ON DATABASE {cfg.database}", f"GRANT USAGE ON DATABASE {cfg.database} TO ROLE {role}",
-             {"privilege": "USAGE", "on": "DATABASE", "object": cfg.database}),
-        Step("grant", f"USAGE ON SCHEMA {cfg.schema_fq}", f"GRANT USAGE ON SCHEMA {cfg.schema_fq} TO ROLE {role}",
-             {"privilege": "USAGE", "on": "SCHEMA", "object": cfg.schema_fq}),
-    ]
+    steps.append(service_step(cfg))
+    fns = service_functions(cfg, functions)
+    steps += [function_step(cfg, f) for f in fns]
+    steps += [wrapper_step(cfg, f) for f in fns if _wrapped(f)]
+    # Callers need USAGE on the database, schema and function only. The function's owner (the deploy role) owns
+    # the service and so reaches its endpoint; no service role is granted to callers (audit W12).
     for name, types in callable_functions(cfg, functions):
         obj = f"{cfg.fq(name)}({', '.join(types)})"
-        steps.append(Step("grant", f"USAGE ON FUNCTION {obj}", f"GRANT USAGE ON FUNCTION {obj} TO ROLE {role}",
-                          {"privilege": "USAGE", "on": "FUNCTION", "object": obj}))
-    service_role = f"{cfg.fq(cfg.service.name)}!{cfg.service_role}"
-    steps.append(Step("grant", f"SERVICE ROLE {service_role}", f"GRANT SERVICE ROLE {service_role} TO ROLE {role}",
-                      {"privilege": "USAGE", "on": "SERVICE_ROLE", "object": service_role}))
-    for grantee in cfg.access.grant_to:
-        steps.append(Step("role_grant", f"ROLE {role} TO ROLE {grantee}", f"GRANT ROLE {role} TO ROLE {grantee}",
-                          {"role": role, "grantee": grantee}))
+        step = _grant(("USAGE",), "FUNCTION", obj, cfg.caller_role, DEPLOY)
+        steps.append(Step(step.kind, step.name, step.sql, {**step.facts, "sql_name": name}, DEPLOY))
     return steps
 
 
 def plan(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None) -> list[Step]:
-    """Every object in apply order. ``functions`` defaults to the server's registry."""
+    """Every object in apply order: the admin phase, then the deploy phase. ``functions`` defaults to the
+    server's registry."""
     functions = registry() if functions is None else functions
-    fns = service_functions(cfg, functions)
-    steps = infrastructure_steps(cfg)
-    steps += [function_step(cfg, f) for f in fns]
-    steps += [wrapper_step(cfg, f) for f in fns
-              if f.sql_name.endswith(WRAPPED_SUFFIX) and f.function in VECTOR_WRAPPERS]
-    return steps + access_steps(cfg, functions)
+    return admin_steps(cfg) + deploy_steps(cfg, functions)
 
 
 def registry() -> Mapping[str, SqlFunction]:
@@ -321,19 +424,54 @@ def registry() -> Mapping[str, SqlFunction]:
     return FUNCTIONS
 
 
+def admin_role(cfg: DeployConfig) -> str:
+    return cfg.roles.admin or DEFAULT_ADMIN_ROLE
+
+
+def _phase_sql(steps: list[Step]) -> list[str]:
+    return [f"-- {step.label}\n{step.sql};\n" for step in steps]
+
+
+def admin_script(cfg: DeployConfig) -> str:
+    """``deploy --admin-sql``: the admin phase as a script an account admin runs once (SnowSQL, a worksheet)."""
+    head = [
+        f"-- spcs-llm admin setup for {cfg.fq(cfg.service.name)}: run once as an account admin, and again after",
+        "-- changing the compute pool, the mirrors or the roles. It creates the account-level objects and grants the",
+        f"-- deploy role {cfg.deployer} what `spcs-llm deploy` needs; the service and functions are then created",
+        "-- by that role, never by ACCOUNTADMIN (Snowflake refuses services owned by a privileged role).",
+    ]
+    if not cfg.roles.users:
+        head.append("-- Grant the deploy role to whoever runs `spcs-llm deploy`: "
+                    f"GRANT ROLE {cfg.deployer} TO USER <you>;")
+    return "\n".join(head) + "\n\n" + f"USE ROLE {admin_role(cfg)};\n\n" + "\n".join(_phase_sql(admin_steps(cfg)))
+
+
 def script(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None) -> str:
-    """The whole plan as one SQL script, as ``deploy --dry-run`` prints it."""
+    """The whole plan as one runnable SQL script (``deploy --dry-run --sql``): the admin phase under an admin
+    role, then the rest under the deploy role. Only SQL and ``--`` comments."""
     functions = registry() if functions is None else functions
     head = [
-        "-- Rendered by `spcs-llm deploy --dry-run`. `spcs-llm deploy` applies the same statements, skipping what",
-        "-- already exists unchanged. Users keep their Cortex SQL and change only the prefix, e.g.",
+        "-- Rendered by `spcs-llm deploy --dry-run --sql`. `spcs-llm deploy` applies the same statements, skipping",
+        "-- what already exists unchanged. Users keep their Cortex SQL and change only the prefix, e.g.",
         f"--   SNOWFLAKE.CORTEX.COMPLETE('llama3.1-8b', txt)  ->  {cfg.schema_fq}.COMPLETE('llama3.1-8b', txt)",
     ]
     for name, usage in AGGREGATE_USAGE.items():
         if name in functions:
             head.append(f"-- {name.upper()} is an aggregate in Cortex; a service function is scalar: call "
-                        f"{cfg.schema_fq}.{usage}")
-    body = []
-    for step in plan(cfg, functions):
-        body.append(f"-- {step.label}\n{step.sql};\n")
+                        f"{cfg.schema_fq}.{usage.replace(name.upper(), sql_name(cfg, name), 1)}")
+    head += [f"-- Note: {w}" for w in cfg.warnings()]
+    deploy = deploy_steps(cfg, functions)
+    n = next(i for i, s in enumerate(deploy) if s.kind == "service")
+    image = f"{cfg.fq(cfg.image.repository)}: {cfg.image.name}:{cfg.image.tag}"
+    before, after = deploy[:n], deploy[n:]
+    body = [
+        "-- ===== 1. admin phase (account-level; `spcs-llm deploy --admin-sql` prints it alone)\n",
+        f"USE ROLE {admin_role(cfg)};\n", *_phase_sql(admin_steps(cfg)),
+        "-- ===== 2. deploy phase, owned by the deploy role (never a privileged role)\n",
+        f"USE ROLE {cfg.deployer};\n", *_phase_sql(before),
+        f"-- The image must be in the repository before CREATE SERVICE ({image}):\n"
+        f"-- run `spcs-llm image push` now if `SHOW IMAGES IN IMAGE REPOSITORY {cfg.fq(cfg.image.repository)}`"
+        f" does not list it.\n",
+        *_phase_sql(after),
+    ]
     return "\n".join(head) + "\n\n" + "\n".join(body)

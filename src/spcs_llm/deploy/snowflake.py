@@ -5,7 +5,10 @@ changed: ``CREATE`` for a missing object, ``ALTER`` for a changed property, ``CR
 changed service function, ``CREATE OR REPLACE`` only where Snowflake cannot alter (a changed return type). Objects
 whose definition may change carry a fingerprint in their COMMENT (see ``render.fingerprint``), so the comparison
 does not depend on how Snowflake formats DESCRIBE output. The first failing statement stops the run with a
-message naming the step.
+message naming the step, except a function name that Snowflake refuses (reported, skipped, the rest goes on).
+Which role runs which steps is the caller's business (``deploy.cli.run_deploy``: the admin phase, the pre-flight
+of ``deploy.check``, then the deploy phase as the deploy role); the executor refuses ``CREATE SERVICE`` under a
+privileged role.
 
 Any DB-API connection works; :func:`connect` makes one with ``snowflake-connector-python`` (the ``deploy``
 extra) from ``connections.toml``, as the Snowflake CLI does.
@@ -18,7 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .config import PRIVILEGED_ROLES
 from .render import Step
+
+# Snowflake system functions that the registry's Cortex names shadow. "Snowflake does not allow creating functions
+# with the same name as any of the system-defined functions" (udf-stored-procedure-naming-conventions); whether that
+# is enforced for a schema-qualified service function is unconfirmed (deploy-audit W2), so a refusal of one of these
+# names is reported and the deploy goes on (rename it in [functions] rename).
+SYSTEM_FUNCTION_NAMES = frozenset({
+    "AI_AGG", "AI_CLASSIFY", "AI_COMPLETE", "AI_COUNT_TOKENS", "AI_EMBED", "AI_EXTRACT", "AI_FILTER",
+    "AI_PARSE_DOCUMENT", "AI_REDACT", "AI_SENTIMENT", "AI_SIMILARITY", "AI_SUMMARIZE_AGG", "AI_TRANSCRIBE",
+    "AI_TRANSLATE", "TRANSLATE",
+})
+_NAME_REFUSAL = re.compile(r"system|built-?in|reserved", re.I)
+_PRIVILEGE_ERROR = re.compile(r"insufficient privileges|access control|not authorized", re.I)
 
 
 class DeployError(RuntimeError):
@@ -64,6 +80,17 @@ class Session:
         finally:
             cur.close()
 
+    def use_role(self, role: str) -> None:
+        try:
+            self.query(f"USE ROLE {role}")
+        except Exception as exc:
+            raise DeployError(f"USE ROLE {role} failed ({' '.join(str(exc).split())}): the role must exist and be "
+                              "granted to your user") from exc
+
+    def current_role(self) -> str:
+        rows = self.query("SELECT CURRENT_ROLE() AS r")
+        return str(rows[0]["r"] if rows else "").upper()
+
     def show(self, what: str, name: str, scope: str = "") -> list[dict[str, Any]]:
         """``SHOW <what> LIKE '<name>' [IN ...]``, keeping only exact (case-insensitive) name matches."""
         rows = self.query(f"SHOW {what} LIKE '{name}'" + (f" IN {scope}" if scope else ""))
@@ -101,7 +128,7 @@ def _exists(s: Session, step: Step) -> Action:
         found = s.show(what[step.kind], _last(step.name), _scope(step.name))
     else:
         found = s.show(what[step.kind], step.name)
-    return Action(step, "unchanged") if found else Action(step, "created", [step.sql])
+    return Action(step, "unchanged") if found else Action(step, "created", [step.facts.get("create_sql", step.sql)])
 
 
 def _truthy(v: Any) -> bool:
@@ -116,7 +143,9 @@ def _compute_pool(s: Session, step: Step) -> Action:
     if str(row.get("instance_family", "")).upper() != f["instance_family"]:
         raise DeployError(
             f"compute pool {step.name} exists with instance family {row.get('instance_family')}, not "
-            f"{f['instance_family']}; Snowflake cannot change it: run `spcs-llm teardown` or rename the pool"
+            f"{f['instance_family']}: Snowflake changes it only on a suspended pool, so suspend the pool "
+            f"(`spcs-llm suspend`) and run `ALTER COMPUTE POOL {step.name} SET INSTANCE_FAMILY = "
+            f"{f['instance_family']}` as its owner, or `spcs-llm teardown`, or rename the pool"
         )
     sets = [f"{k.upper()} = {f[k]}" for k in ("min_nodes", "max_nodes", "auto_suspend_secs")
             if str(row.get(k)) != str(f[k])]
@@ -131,13 +160,13 @@ def _compute_pool(s: Session, step: Step) -> Action:
 def _network_rule(s: Session, step: Step) -> Action:
     rows = s.show("NETWORK RULES", _last(step.name), _scope(step.name))
     if not rows:
-        return Action(step, "created", [step.sql])
+        return Action(step, "created", [step.facts.get("create_sql", step.sql)])
     if rows[0].get("comment") == step.facts["comment"]:
         return Action(step, "unchanged")
     values = ", ".join(f"'{v}'" for v in step.facts["value_list"])
+    # One statement: the grammar is SET VALUE_LIST = (...) [ COMMENT = '...' ]; a bare SET COMMENT is not in it.
     return Action(step, "altered", [
-        f"ALTER NETWORK RULE {step.name} SET VALUE_LIST = ({values})",
-        f"ALTER NETWORK RULE {step.name} SET COMMENT = '{step.facts['comment']}'",
+        f"ALTER NETWORK RULE {step.name} SET VALUE_LIST = ({values}) COMMENT = '{step.facts['comment']}'",
     ])
 
 
@@ -145,11 +174,36 @@ def _names(value: Any) -> set[str]:
     return {n.upper() for n in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", str(value or ""))}
 
 
+def _old_volume(comment: Any) -> str | None:
+    m = re.search(r"\bvolume=(\S+)", str(comment or ""))
+    return m[1] if m else None
+
+
+def _block_refusal(step: Step, row: dict[str, Any]) -> str | None:
+    """Snowflake refuses, on a service with block volumes, to change the instance counts with ALTER SERVICE ... SET
+    and to add, remove or resize a block volume (block-storage-volume). Say so instead of sending the ALTER."""
+    f, old = step.facts, _old_volume(row.get("comment"))
+    blocky = f["volume"].startswith("block") or (old or "").startswith("block")
+    if not blocky:
+        return None
+    if old is not None and old != f["volume"]:
+        return f"its model cache volume changes from {old} to {f['volume']}"
+    counts = [k for k in ("min_instances", "max_instances") if str(row.get(k)) != str(f[k])]
+    if counts and (old or f["volume"]).startswith("block"):
+        return f"its {' and '.join(counts)} change"
+    return None
+
+
 def _service(s: Session, step: Step) -> Action:
     rows = s.show("SERVICES", _last(step.name), _scope(step.name))
     if not rows:
         return Action(step, "created", [step.sql])
     row, f, out = rows[0], step.facts, []
+    if why := _block_refusal(step, row):
+        raise DeployError(
+            f"service {step.name} uses a block volume and {why}, which Snowflake does not allow on an existing "
+            "service: run `spcs-llm teardown` (it drops the service and its block volume; Snowflake keeps a "
+            "snapshot) and deploy again, or keep the old setting")
     if row.get("comment") != f["comment"]:
         out += [f"ALTER SERVICE {step.name} FROM SPECIFICATION $$\n{f['spec']}$$",
                 f"ALTER SERVICE {step.name} SET COMMENT = '{f['comment']}'"]
@@ -158,8 +212,11 @@ def _service(s: Session, step: Step) -> Action:
     if sets:
         out.append(f"ALTER SERVICE {step.name} SET " + " ".join(sets))
     if _names(row.get("external_access_integrations")) != set(f["external_access_integrations"]):
-        eais = ", ".join(f["external_access_integrations"])
-        out.append(f"ALTER SERVICE {step.name} SET EXTERNAL_ACCESS_INTEGRATIONS = ({eais})")
+        if f["external_access_integrations"]:
+            eais = ", ".join(f["external_access_integrations"])
+            out.append(f"ALTER SERVICE {step.name} SET EXTERNAL_ACCESS_INTEGRATIONS = ({eais})")
+        else:  # SET needs at least one name; removing them all is UNSET (alter-service grammar)
+            out.append(f"ALTER SERVICE {step.name} UNSET EXTERNAL_ACCESS_INTEGRATIONS")
     return Action(step, "altered", out) if out else Action(step, "unchanged")
 
 
@@ -211,7 +268,7 @@ def _function(s: Session, step: Step) -> Action:
         return Action(step, "unchanged")
     if row["_returns"] != _norm_type(step.facts["returns"]):  # CREATE OR ALTER cannot change RETURNS
         return Action(step, "replaced", [step.facts["replace_sql"]])
-    return Action(step, "altered", [step.facts["alter_sql"]])
+    return Action(step, "altered", list(step.facts["alter_sql"]))
 
 
 def _wrapper(s: Session, step: Step) -> Action:
@@ -251,12 +308,23 @@ class _Grants:
 Report = Callable[[str], None]
 
 
-class Executor:
-    """Apply steps in order. ``report`` receives one line per step (``[3/20] compute pool X: created``)."""
+def name_refused(step: Step, exc: Exception) -> bool:
+    """Whether a failed CREATE FUNCTION was refused for its name (and not, say, for a missing privilege)."""
+    if step.kind not in ("function", "wrapper") or _PRIVILEGE_ERROR.search(str(exc)):
+        return False
+    return step.facts["sql_name"] in SYSTEM_FUNCTION_NAMES or bool(_NAME_REFUSAL.search(str(exc)))
 
-    def __init__(self, session: Session, role: str, report: Report = print) -> None:
-        self.s, self.role, self.report = session, role, report
+
+class Executor:
+    """Apply steps in order. ``report`` receives one line per step (``[3/20] compute pool X: created``).
+
+    A function whose name Snowflake refuses does not stop the run: it is reported, its wrapper and grant are
+    skipped, and ``refused`` maps its SQL name to Snowflake's message (rename it with ``[functions] rename``)."""
+
+    def __init__(self, session: Session, report: Report = print) -> None:
+        self.s, self.report = session, report
         self.grants = _Grants()
+        self.refused: dict[str, str] = {}
         self.compare: dict[str, Callable[[Session, Step], Action]] = {
             "database": _exists, "schema": _exists, "image_repository": _exists, "stage": _exists,
             "integration": _exists, "role": _exists, "compute_pool": _compute_pool,
@@ -266,16 +334,19 @@ class Executor:
 
     def _grant(self, s: Session, step: Step) -> Action:
         f = step.facts
-        if self.grants.has(s, self.role, grant_key(f["privilege"], f["on"], f["object"])):
+        if all(self.grants.has(s, f["grantee"], grant_key(p, f["on"], f["object"])) for p in f["privileges"]):
             return Action(step, "unchanged")
         return Action(step, "granted", [step.sql])
 
     def _role_grant(self, s: Session, step: Step) -> Action:
-        rows = s.query(f"SHOW GRANTS OF ROLE {step.facts['role']}")
-        held = {str(r.get("grantee_name", "")).upper() for r in rows if str(r.get("granted_to", "")).upper() == "ROLE"}
-        return Action(step, "unchanged") if step.facts["grantee"] in held else Action(step, "granted", [step.sql])
+        f = step.facts
+        rows = s.query(f"SHOW GRANTS OF ROLE {f['role']}")
+        held = {str(r.get("grantee_name", "")).upper() for r in rows
+                if str(r.get("granted_to", "")).upper() == f.get("granted_to", "ROLE")}
+        return Action(step, "unchanged") if f["grantee"] in held else Action(step, "granted", [step.sql])
 
-    def _compare(self, step: Step) -> Action:
+    def compare_step(self, step: Step) -> Action:
+        """What applying ``step`` would do, from SHOW output only (``deploy --check`` uses this too)."""
         try:
             return self.compare[step.kind](self.s, step)
         except DeployError:
@@ -283,16 +354,42 @@ class Executor:
         except Exception as exc:
             raise DeployError(f"step '{step.label}' failed while comparing with the account: {exc}") from exc
 
+    def _skip(self, step: Step) -> str | None:
+        """The refused function a step depends on, if any."""
+        for key in ("sql_name", "calls"):
+            name = step.facts.get(key)
+            if name in self.refused and step.kind != "function":
+                return name
+        return None
+
     def apply(self, steps: list[Step]) -> list[Action]:
         done = []
         for i, step in enumerate(steps, 1):
-            action = self._compare(step)
+            if refused := self._skip(step):
+                self.report(f"[{i}/{len(steps)}] {step.label}: skipped ({refused} was refused)")
+                done.append(Action(step, "skipped"))
+                continue
+            action = self._compare_or_refuse(step)
             for sql in action.statements:
                 try:
                     self.s.query(sql)
                 except Exception as exc:
+                    if name_refused(step, exc):
+                        self.refused[step.facts["sql_name"]] = " ".join(str(exc).split())
+                        action = Action(step, "refused")
+                        break
                     first = sql.splitlines()[0]
                     raise DeployError(f"step {i}/{len(steps)} '{step.label}' failed on `{first}`: {exc}") from exc
             self.report(f"[{i}/{len(steps)}] {step.label}: {action.verb}")
             done.append(action)
         return done
+
+    def _compare_or_refuse(self, step: Step) -> Action:
+        if step.kind == "service":
+            role = self.s.current_role()
+            if role in PRIVILEGED_ROLES:  # Snowflake refuses it anyway; say what to do instead
+                raise DeployError(
+                    f"refusing to create the service as {role}: Snowflake does not let a privileged role own a "
+                    "service. Run `spcs-llm deploy` as the deploy role ([roles] deployer); an admin sets it up "
+                    "with `spcs-llm deploy --admin-sql`")
+        return self.compare_step(step)

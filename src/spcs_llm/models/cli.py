@@ -31,6 +31,9 @@ def add_subcommands(msub: argparse._SubParsersAction) -> None:  # type: ignore[t
     rec.add_argument("--cloud", choices=CLOUDS, help="only this cloud's families")
     rec.add_argument("--family", choices=[f.name for f in FAMILIES], help="only this instance family")
     rec.add_argument("--utilization", type=float, default=0.90, help="vLLM --gpu-memory-utilization (0.90)")
+    rec.add_argument("--connection", nargs="?", const="", metavar="NAME",
+                     help="ask the account (SHOW COMPUTE POOL INSTANCE FAMILIES) instead of the built-in table; "
+                          "NAME from connections.toml (default: its default)")
     pull = msub.add_parser("pull", help="download a model into the cache (HF-Mirror, then ModelScope)")
     pull.add_argument("name", help="catalogue name or org/repo id")
     pull.add_argument("--cache-dir", type=Path, help="default: $SPCS_LLM_CACHE or ~/.cache/spcs-llm")
@@ -98,6 +101,10 @@ def describe(m: ModelInfo) -> str:
 
 def _recommend(args: argparse.Namespace) -> int:
     m = find_model(args.name)
+    if args.connection is not None:
+        from ..deploy.cli import recommend_connected
+
+        return recommend_connected(m, args)
     picks = recommend(m, context=args.context, concurrency=args.concurrency, cloud=args.cloud, family=args.family,
                       utilization=args.utilization)
     ctx = args.context or m.context_window
