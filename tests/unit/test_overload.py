@@ -259,3 +259,16 @@ async def test_the_batch_log_line_says_how_long_it_waited(caplog: pytest.LogCapt
         for name in ("spcs_llm_queue_wait_seconds_bucket", "spcs_llm_queue_depth", "spcs_llm_queue_bytes",
                      "spcs_llm_async_held"):
             assert name in text
+
+
+# -- MAX_BATCH_RETRIES ----------------------------------------------------------------------------------------------
+
+
+def test_max_batch_retries_follow_from_the_batch_timeout() -> None:
+    from spcs_llm.overload import backoff_seconds, max_batch_retries_for
+
+    assert max_batch_retries_for(3600) == 10  # what the deploy renders by default
+    shortest, longest = backoff_seconds(10)
+    assert (shortest, longest) == (511.5, 1023.0)
+    assert longest + 3600 / 2 <= 3600 < backoff_seconds(11)[1] + 3600 / 2  # the largest count that still fits
+    assert max_batch_retries_for(60) >= 3  # never below Snowflake's default

@@ -16,6 +16,7 @@ from ..errors import EngineUnavailable, SpcsLlmError
 from ..functions import Runtime
 from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
+from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
 from . import health, openai, snowflake
 from .async_batches import AsyncBatches
@@ -52,9 +53,6 @@ def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
                           cache_bytes=server.result_cache_mb * 2**20)
     return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
                    EmbedderResolver(_embedder_names(settings, embedders or [])))
-
-
-HOLD_SHARE = 0.5  # admission = hold: a batch is held while its expected wait fits this share of BATCH_TIMEOUT_SECS
 
 
 def _queue_seconds(settings: Settings) -> float | None:
