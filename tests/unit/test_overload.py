@@ -272,3 +272,23 @@ def test_max_batch_retries_follow_from_the_batch_timeout() -> None:
     assert (shortest, longest) == (511.5, 1023.0)
     assert longest + 3600 / 2 <= 3600 < backoff_seconds(11)[1] + 3600 / 2  # the largest count that still fits
     assert max_batch_retries_for(60) >= 3  # never below Snowflake's default
+
+
+def test_answers_a_polling_get_still_needs_are_evicted_last() -> None:
+    from spcs_llm.server.batches import BatchMemory
+
+    memory = BatchMemory(Metrics(), max_bytes=1000, max_batches=100)
+
+    async def fill() -> None:
+        for i in range(3):
+            await memory.answer(f"b-{i}", "complete", b"{}", lambda done, i=i: _body(i, 300))
+        memory.get("b-0").awaiting_get = True  # answered 202: its GET has not come yet
+        await memory.answer("b-3", "complete", b"{}", lambda done: _body(3, 300))
+        await memory.answer("b-4", "complete", b"{}", lambda done: _body(4, 300))
+
+    asyncio.run(fill())
+    assert sorted(k for k, _ in memory.items()) == ["b-0", "b-3", "b-4"] and memory.bytes <= 1000
+
+
+async def _body(i: int, size: int) -> bytes:
+    return str(i).encode() * size

@@ -131,6 +131,8 @@ class BatchMemory:
                 if self.bytes <= self.max_bytes and len(self._batches) <= self.max_batches:
                     return
                 old = self._batches[key]
+                if old is batch and not spare_awaited:
+                    continue  # the newest answer stays, even alone over the bound: its GET is coming
                 if old.running is None and not (spare_awaited and old.awaiting_get):
                     self._forget(key)
 
