@@ -17,7 +17,9 @@
   drain at the measured row rate, so an accepted batch is never dropped half-way. The server sets the time limit
   to half the functions' BATCH_TIMEOUT_SECS (admission = hold: admitted rows wait their turn, held by memory, not
   by a short time limit), or to the old short limit with ``cold_limit`` (admission = refuse: before any row has
-  finished, at most four times ``max_concurrency`` rows). See docs/overload.md.
+  finished, at most four times ``max_concurrency`` rows). Starvation at the memory bound: a query refused for
+  room is owed it, and until its batch comes back no other query is admitted beyond an even share of
+  ``max_queue_rows``. See docs/overload.md.
 - **Queue wait.** A batch's :class:`BatchTicket` (set in :data:`batch_ticket` by the server) records when it was
   admitted and when its first row got an engine place; the wait goes to a histogram and the batch's log line.
 """
@@ -64,6 +66,11 @@ class BatchTicket:
         if self.started_at is None:
             self.started_at = time.monotonic()
 
+
+# A query refused for room (rows or bytes) is owed room for this long: meanwhile no other query takes more than
+# its fair share, so the room that frees up is there when the refused batch comes back (Snowflake's longest
+# back-off sleep at MAX_BATCH_RETRIES = 10 is 512 s).
+OWED_S = 600.0
 
 # The ticket of the batch whose rows run in this context (None: not a Snowflake batch).
 batch_ticket: contextvars.ContextVar[BatchTicket | None] = contextvars.ContextVar("batch_ticket", default=None)
@@ -197,6 +204,8 @@ class Scheduler:
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
         self.queued_bytes = 0
+        self._held: dict[Hashable | None, int] = {}  # rows admitted per query (until their batch ends)
+        self._owed: dict[Hashable | None, float] = {}  # queries refused for room, and since when
         self.engine_in_flight = 0
         self._unaccounted_rows = 0  # finished since the rate was last fed
         self._busy_since = 0.0
@@ -216,12 +225,15 @@ class Scheduler:
         rate = self.rate.per_second
         return None if rate is None else (self.queued_rows + extra_rows) / rate
 
-    def refusal(self, rows: int, nbytes: int = 0) -> str | None:
-        """Why a batch of ``rows`` rows and ``nbytes`` request bytes cannot be admitted now (None: it can)."""
+    def refusal(self, rows: int, nbytes: int = 0, key: Hashable | None = None) -> str | None:
+        """Why a batch of ``rows`` rows and ``nbytes`` request bytes of query ``key`` cannot be admitted now
+        (None: it can)."""
         if self.queued_rows + rows > self.max_queue_rows:
             return "rows"
         if self.max_queue_bytes is not None and self.queued_bytes + nbytes > self.max_queue_bytes:
             return "bytes"
+        if self._owed_to_others(key) and self._held.get(key, 0) + rows > self._fair_share(key):
+            return "share"
         if self.max_queue_seconds is None:
             return None
         drain = self.drain_seconds(rows)
@@ -231,6 +243,20 @@ class Scheduler:
             cold = self.cold_queue_rows
             return "wait" if cold is not None and self.queued_rows + rows > cold else None
         return "wait" if drain > self.max_queue_seconds else None
+
+    def _owed_to_others(self, key: Hashable | None) -> bool:
+        """Whether another query was refused for room recently (its retry is due): then no query takes more
+        than its share of the room, so the room that frees up waits for the refused one."""
+        if not self._owed:
+            return False
+        now = self._clock()
+        for k in [k for k, t in self._owed.items() if now - t > OWED_S]:
+            del self._owed[k]
+        return any(k != key for k in self._owed)
+
+    def _fair_share(self, key: Hashable | None) -> float:
+        """``max_queue_rows`` split evenly across the queries holding rows or owed room, and ``key``."""
+        return self.max_queue_rows / len(self._held.keys() | self._owed.keys() | {key})
 
     @contextmanager
     def admit(self, rows: int, nbytes: int = 0) -> Iterator[Callable[[], None]]:
@@ -242,13 +268,18 @@ class Scheduler:
         ticket = batch_ticket.get()
         if ticket is not None:
             nbytes += ticket.nbytes
+        key = query_key.get()
         # An empty queue admits any batch, however large: it could never be admitted later either.
         if self.queued_rows > 0:
-            reason = self.refusal(rows, nbytes)
+            reason = self.refusal(rows, nbytes, key)
             if reason is not None:
                 self.metrics.rejected_rows.inc(rows)
                 self.metrics.refused_batches.labels(reason).inc()
+                if reason in ("rows", "bytes") and len(self._owed) < 10_000:
+                    self._owed.setdefault(key, self._clock())
                 raise Overloaded()
+        self._owed.pop(key, None)
+        self._held[key] = self._held.get(key, 0) + rows
         self._feed_rate()
         self.queued_rows += rows
         self.queued_bytes += nbytes
@@ -270,6 +301,11 @@ class Scheduler:
             self._feed_rate()
             self.queued_rows -= remaining
             self.queued_bytes -= nbytes
+            held = self._held[key] - rows
+            if held:
+                self._held[key] = held
+            else:
+                del self._held[key]
             if ticket is not None:
                 self.metrics.queue_wait.observe(ticket.wait_s or 0.0)
 

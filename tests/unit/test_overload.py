@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,7 +19,7 @@ from spcs_llm.engines import ChatRequest, FakeEngine
 from spcs_llm.engines.base import ChatResult
 from spcs_llm.errors import Overloaded
 from spcs_llm.metrics import Metrics
-from spcs_llm.scheduler import Scheduler
+from spcs_llm.scheduler import Scheduler, query_key
 from spcs_llm.server import create_app
 
 from ..conftest import batch, in_process, sf_headers, wait_ready
@@ -130,6 +131,33 @@ def test_the_byte_bound_and_the_batch_timeout_bound_admission() -> None:
         assert sched.refusal(1000) is None  # 1,800 s: still fits
         assert sched.refusal(1001) == "wait"  # beyond half the batch timeout: it could not finish in time
     assert sched.metrics.refused_batches.labels("wait")._value.get() == 0  # refusal() only asks
+
+
+def test_a_query_refused_for_room_gets_the_room_that_frees_up() -> None:
+    """Starvation at the memory bound: while a refused query's retry is due, others keep to an even share."""
+    sched = Scheduler(FakeEngine(), Metrics(), max_queue_rows=10, cold_limit=False)
+
+    def admit(query: str, rows: int) -> contextlib.AbstractContextManager[Any]:
+        query_key.set(query)
+        return sched.admit(rows)
+
+    def scenario() -> None:  # in a context of its own: query_key must not leak into other tests
+        with admit("big", 5):
+            with admit("big", 5):
+                with pytest.raises(Overloaded):
+                    with admit("small", 4):  # no room: "small" is owed room
+                        pass
+            with pytest.raises(Overloaded):
+                with admit("big", 5):  # room for it, but "big" already holds its share while "small" waits
+                    pass
+            with admit("small", 4):  # the retry finds the room
+                with admit("big", 1):  # nobody is owed room now
+                    assert sched.queued_rows == 10
+
+    contextvars.copy_context().run(scenario)
+    assert sched.metrics.refused_batches.labels("rows")._value.get() == 1
+    assert sched.metrics.refused_batches.labels("share")._value.get() == 1
+    assert sched._held == {} and sched._owed == {}
 
 
 # -- the asynchronous protocol --------------------------------------------------------------------------------------
