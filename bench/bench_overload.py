@@ -24,7 +24,8 @@ polling GET). The **stream** line is the starvation check: one big query while s
 for as long as it runs.
 
 Reported per line: failed queries; rows lost (rows of failed queries) and rows wrong (in 200 answers: missing,
-misordered, wrong number or value); 429, 202 and 404 answers; time to finish per query (min/median/max, in
+misordered, wrong number or value); 429, 202 and 404 answers, and connections dropped without an answer
+(retried like a 5xx); time to finish per query (min/median/max, in
 Snowflake seconds, i.e. divided by ``--scale``) against the ideal (all rows at the engine's rate, shared
 evenly); spread = (max - min) / max of the finish times. The script exits 1 unless every "after" line has 0
 failed queries and 0 rows lost or wrong.
@@ -58,7 +59,8 @@ from spcs_llm.config import Settings
 from spcs_llm.server import create_app
 from spcs_llm.server.health import wait_healthy
 
-RETRIED = {404, 429, 500, 502, 503, 504}  # what Snowflake retries for a service function (bcr-1938)
+DROPPED = 599  # stands for a connection that broke without an answer; Snowflake retries it like a 5xx
+RETRIED = {404, 429, 500, 502, 503, 504, DROPPED}  # what Snowflake retries for a service function (bcr-1938)
 OLD_WINDOW_S = 120.0  # the old default max_queue_seconds: what "capacity" is measured against
 
 
@@ -113,6 +115,8 @@ async def send_batch(client: httpx.AsyncClient, q: Query, prompts: list[str], po
             return await client.get("/functions/complete", headers=headers, timeout=left)
         except httpx.TimeoutException as exc:
             raise Abort("BATCH_TIMEOUT_SECS passed") from exc
+        except httpx.TransportError as exc:  # e.g. a keep-alive connection closed under the request
+            return httpx.Response(DROPPED, text=f"connection dropped: {type(exc).__name__}")
 
     while True:
         r = await request("POST")
@@ -238,7 +242,7 @@ class Line:
         failed = sum(q.failed is not None for q in self.queries)
         lost = sum(q.rows for q in self.queries if q.failed is not None)
         wrong = sum(q.rows_wrong for q in self.queries)
-        status = {s: sum(q.statuses.get(s, 0) for q in self.queries) for s in (429, 202, 404)}
+        status = {s: sum(q.statuses.get(s, 0) for q in self.queries) for s in (429, 202, 404, DROPPED)}
         gets = sum(q.statuses.get(202, 0) for q in self.queries)  # each 202 is followed by one GET
         times = self.finish_times()
         if times:
@@ -247,7 +251,8 @@ class Line:
         else:
             finish, spread = "-", "-"
         return [self.load, self.variant, str(len(self.queries)), str(self.rows), str(failed), str(lost), str(wrong),
-                str(status[429]), str(status[202]), str(gets), str(status[404]), finish, f"{self.ideal:.0f}", spread]
+                str(status[429]), str(status[202]), str(gets), str(status[404]), str(status[DROPPED]), finish,
+                f"{self.ideal:.0f}", spread]
 
     @property
     def clean(self) -> bool:
@@ -349,7 +354,7 @@ def main() -> None:
             print("  done: " + " | ".join(lines[-1].cells()), flush=True)
 
     header = ["load", "admission", "queries", "rows", "failed queries", "rows lost", "rows wrong", "429", "202",
-              "GETs", "404", "finish s min / median / max", "ideal s", "spread"]
+              "GETs", "404", "dropped", "finish s min / median / max", "ideal s", "spread"]
     print()
     print("| " + " | ".join(header) + " |")
     print("|---|---|" + "---:|" * (len(header) - 2))
