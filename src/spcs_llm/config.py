@@ -41,8 +41,35 @@ class ServerSettings(_Section):
         20_000, ge=1, description="Rows admitted but not finished; a batch beyond this gets 429 at once"
     )
     max_queue_seconds: float = Field(
-        120.0, ge=0, description="A batch gets 429 at once when the admitted rows would take longer than this to "
-        "finish at the measured row rate (0: off, only max_queue_rows applies)"
+        120.0, ge=0, description="admission = refuse only: a batch gets 429 at once when the admitted rows would "
+        "take longer than this to finish at the measured row rate (0: off, only max_queue_rows applies)"
+    )
+    admission: Literal["hold", "refuse"] = Field(
+        "hold", description='"hold": admit a batch while the rows and bytes held fit max_queue_rows and '
+        "max_queue_mb and its expected wait fits half of batch_timeout_secs (429 only beyond that); "
+        '"refuse": the old rule, 429 once the queue takes longer than max_queue_seconds (docs/overload.md)'
+    )
+    batch_timeout_secs: int = Field(
+        3600, ge=1, le=604800, description="The service functions' BATCH_TIMEOUT_SECS (the deploy renders it); "
+        "admission = hold holds a batch while its expected wait is under half of it"
+    )
+    max_queue_mb: int = Field(
+        256, ge=1, description="Request bytes of admitted batches not yet answered; a batch beyond this gets 429"
+    )
+    async_responses: bool = Field(
+        True, description="Answer 202 to a batch still waiting after async_after_secs and give its answer on "
+        "Snowflake's polling GET (snowflake-contract.md 1.5); off: hold the POST open until the answer"
+    )
+    async_after_secs: float = Field(
+        10.0, ge=0, description="How long a batch's POST (or a polling GET) is held open before it answers 202"
+    )
+    async_keep_secs: float = Field(
+        600.0, gt=0, description="An answer no GET has fetched is kept this long; a batch answered 202 that no "
+        "GET or retry asks about for this long is abandoned (its work cancelled, its memory freed)"
+    )
+    async_unknown_status: Literal[404, 500, 503] = Field(
+        404, description="Status of a polling GET for a batch id this instance does not hold (unknown, expired, "
+        "or held by another instance): one Snowflake retries, so it re-sends the batch"
     )
     result_cache_mb: int = Field(
         256, ge=0, description="Memory for the cache of temperature-0 answers and embedding vectors (0: off)"

@@ -37,6 +37,24 @@ class Metrics:
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900),
         )
         self.queue_depth = Gauge("spcs_llm_queue_depth", "Rows admitted and not yet answered", registry=r)
+        # -- overload: holding, refusing, the asynchronous protocol (docs/overload.md) --
+        self.queue_bytes = Gauge("spcs_llm_queue_bytes", "Request bytes of admitted batches not yet answered",
+                                 registry=r)
+        self.refused_batches = Counter("spcs_llm_refused_batches", "Batches refused with 429 at admission, by the "
+                                       "limit they hit (rows, bytes, wait)", ["reason"], registry=r)
+        self.queue_wait = Histogram(
+            "spcs_llm_queue_wait_seconds", "Time a batch waited from admission until its first row got an engine "
+            "place (per batch; the log line carries the query id)", registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+        )
+        self.async_accepted = Counter("spcs_llm_async_accepted", "Batch POSTs answered 202 (answer on a later GET)",
+                                      registry=r)
+        self.async_polls = Counter("spcs_llm_async_polls", "Polling GETs, by outcome (ready, pending, failed, "
+                                   "unknown)", ["outcome"], registry=r)
+        self.async_abandoned = Counter("spcs_llm_async_abandoned", "Batches answered 202 that no GET asked about "
+                                       "in time: their work was cancelled and their memory freed", registry=r)
+        self.async_held = Gauge("spcs_llm_async_held", "Batches answered 202 whose answer no GET has fetched yet",
+                                registry=r)
         self.in_flight = Gauge("spcs_llm_engine_in_flight", "Engine requests in flight", registry=r)
 
     def render(self) -> bytes:

@@ -13,9 +13,15 @@
 - **Embeddings.** Texts that rows ask for while the embedder is busy are sent together as one call, so a batch
   costs one forward pass per ``embed_batch`` texts, not one per row; vectors are cached like chat results.
 - **Admission.** A batch is refused with 429 before any of its rows starts when the queue would hold more than
-  ``max_queue_rows`` rows or take longer than ``max_queue_seconds`` to drain at the measured row rate (before
-  any row has finished: more than four times ``max_concurrency`` rows), so an accepted batch is never dropped
-  half-way and a refused one is retried by Snowflake after a back-off.
+  ``max_queue_rows`` rows or ``max_queue_bytes`` request bytes, or take longer than ``max_queue_seconds`` to
+  drain at the measured row rate, so an accepted batch is never dropped half-way. The server sets the time limit
+  to half the functions' BATCH_TIMEOUT_SECS (admission = hold: admitted rows wait their turn, held by memory, not
+  by a short time limit), or to the old short limit with ``cold_limit`` (admission = refuse: before any row has
+  finished, at most four times ``max_concurrency`` rows). Starvation at the memory bound: a query refused for
+  room is owed it, and until its batch comes back no other query is admitted beyond an even share of
+  ``max_queue_rows``. See docs/overload.md.
+- **Queue wait.** A batch's :class:`BatchTicket` (set in :data:`batch_ticket` by the server) records when it was
+  admitted and when its first row got an engine place; the wait goes to a histogram and the batch's log line.
 """
 
 from __future__ import annotations
@@ -36,6 +42,38 @@ from .metrics import Metrics
 # Whose turn a request waits in: set to the Snowflake query id for the rows of a batch. Unset (OpenAI calls,
 # direct use), every call is a query of its own.
 query_key: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar("query_key", default=None)
+
+
+class BatchTicket:
+    """A batch's request bytes (counted against ``max_queue_bytes``), when it was admitted and when its first
+    row got an engine place (``time.monotonic``)."""
+
+    __slots__ = ("admitted_at", "nbytes", "started_at")
+
+    def __init__(self, nbytes: int = 0) -> None:
+        self.nbytes = nbytes
+        self.admitted_at: float | None = None
+        self.started_at: float | None = None
+
+    @property
+    def wait_s(self) -> float | None:
+        """Seconds from admission to the first row's start (or until now); None before admission."""
+        if self.admitted_at is None:
+            return None
+        return (self.started_at if self.started_at is not None else time.monotonic()) - self.admitted_at
+
+    def start(self) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+
+# A query refused for room (rows or bytes) is owed room for this long: meanwhile no other query takes more than
+# its fair share, so the room that frees up is there when the refused batch comes back (Snowflake's longest
+# back-off sleep at MAX_BATCH_RETRIES = 10 is 512 s).
+OWED_S = 600.0
+
+# The ticket of the batch whose rows run in this context (None: not a Snowflake batch).
+batch_ticket: contextvars.ContextVar[BatchTicket | None] = contextvars.ContextVar("batch_ticket", default=None)
 
 
 class FairSlots:
@@ -148,13 +186,16 @@ class RowRate:
 class Scheduler:
     def __init__(self, engine: Engine, metrics: Metrics, *, max_concurrency: int | None = None,
                  max_queue_rows: int = 20_000, max_queue_seconds: float | None = None,
+                 max_queue_bytes: int | None = None, cold_limit: bool = True,
                  cache_bytes: int = 256 * 2**20, clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_concurrency = max_concurrency or engine.max_concurrency
         self.max_queue_rows = max_queue_rows
         self.max_queue_seconds = max_queue_seconds
-        self.cold_queue_rows = 4 * self.max_concurrency  # the time limit's stand-in until a rate is measured
+        self.max_queue_bytes = max_queue_bytes
+        # the time limit's stand-in until a rate is measured (None: none, only rows and bytes bound the queue)
+        self.cold_queue_rows: int | None = 4 * self.max_concurrency if cold_limit else None
         self.cache = ResultCache(cache_bytes)
         self.rate = RowRate()
         self._clock = clock
@@ -162,11 +203,15 @@ class Scheduler:
         self._in_flight: dict[ChatRequest, asyncio.Future[ChatResult]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
+        self.queued_bytes = 0
+        self._held: dict[Hashable | None, int] = {}  # rows admitted per query (until their batch ends)
+        self._owed: dict[Hashable | None, float] = {}  # queries refused for room, and since when
         self.engine_in_flight = 0
         self._unaccounted_rows = 0  # finished since the rate was last fed
         self._busy_since = 0.0
         # Gauges read these plain numbers when /metrics is scraped instead of being set on every row.
         metrics.queue_depth.set_function(lambda: self.queued_rows)
+        metrics.queue_bytes.set_function(lambda: self.queued_bytes)
         metrics.in_flight.set_function(lambda: self.engine_in_flight)
         metrics.cache_bytes.set_function(lambda: self.cache.bytes)
         self._tokens_in, self._tokens_out = metrics.tokens.labels("in"), metrics.tokens.labels("out")
@@ -180,26 +225,66 @@ class Scheduler:
         rate = self.rate.per_second
         return None if rate is None else (self.queued_rows + extra_rows) / rate
 
+    def refusal(self, rows: int, nbytes: int = 0, key: Hashable | None = None) -> str | None:
+        """Why a batch of ``rows`` rows and ``nbytes`` request bytes of query ``key`` cannot be admitted now
+        (None: it can)."""
+        if self.queued_rows + rows > self.max_queue_rows:
+            return "rows"
+        if self.max_queue_bytes is not None and self.queued_bytes + nbytes > self.max_queue_bytes:
+            return "bytes"
+        if self._owed_to_others(key) and self._held.get(key, 0) + rows > self._fair_share(key):
+            return "share"
+        if self.max_queue_seconds is None:
+            return None
+        drain = self.drain_seconds(rows)
+        if drain is None:
+            # No rate yet (admission = refuse): hold a few engine-fulls, not a flood that could never finish in
+            # time (every batch of a query's first burst arrives at once).
+            cold = self.cold_queue_rows
+            return "wait" if cold is not None and self.queued_rows + rows > cold else None
+        return "wait" if drain > self.max_queue_seconds else None
+
+    def _owed_to_others(self, key: Hashable | None) -> bool:
+        """Whether another query was refused for room recently (its retry is due): then no query takes more
+        than its share of the room, so the room that frees up waits for the refused one."""
+        if not self._owed:
+            return False
+        now = self._clock()
+        for k in [k for k, t in self._owed.items() if now - t > OWED_S]:
+            del self._owed[k]
+        return any(k != key for k in self._owed)
+
+    def _fair_share(self, key: Hashable | None) -> float:
+        """``max_queue_rows`` split evenly across the queries holding rows or owed room, and ``key``."""
+        return self.max_queue_rows / len(self._held.keys() | self._owed.keys() | {key})
+
     @contextmanager
-    def admit(self, rows: int) -> Iterator[Callable[[], None]]:
-        """Reserve room for ``rows`` rows for the duration of the block, or raise Overloaded (429) now.
+    def admit(self, rows: int, nbytes: int = 0) -> Iterator[Callable[[], None]]:
+        """Reserve room for ``rows`` rows (``nbytes`` request bytes) for the duration of the block, or raise
+        Overloaded (429) now.
 
         The block gets a function to call as each row finishes, so the queue and the measured rate follow rows
         as they finish; rows not reported are counted as finished when the block ends."""
+        ticket = batch_ticket.get()
+        if ticket is not None:
+            nbytes += ticket.nbytes
+        key = query_key.get()
         # An empty queue admits any batch, however large: it could never be admitted later either.
         if self.queued_rows > 0:
-            too_slow = False
-            if self.max_queue_seconds is not None:
-                drain = self.drain_seconds(rows)
-                # Before any row has finished there is no rate: hold a few engine-fulls, not a flood that could
-                # never finish in time (every batch of a query's first burst arrives at once).
-                too_slow = (self.queued_rows + rows > self.cold_queue_rows if drain is None
-                            else drain > self.max_queue_seconds)
-            if self.queued_rows + rows > self.max_queue_rows or too_slow:
+            reason = self.refusal(rows, nbytes, key)
+            if reason is not None:
                 self.metrics.rejected_rows.inc(rows)
+                self.metrics.refused_batches.labels(reason).inc()
+                if reason in ("rows", "bytes") and len(self._owed) < 10_000:
+                    self._owed.setdefault(key, self._clock())
                 raise Overloaded()
+        self._owed.pop(key, None)
+        self._held[key] = self._held.get(key, 0) + rows
         self._feed_rate()
         self.queued_rows += rows
+        self.queued_bytes += nbytes
+        if ticket is not None:
+            ticket.admitted_at = time.monotonic()
         remaining = rows
 
         def row_done() -> None:  # once per row: keep it to a few additions
@@ -215,6 +300,14 @@ class Scheduler:
             self._unaccounted_rows += remaining
             self._feed_rate()
             self.queued_rows -= remaining
+            self.queued_bytes -= nbytes
+            held = self._held[key] - rows
+            if held:
+                self._held[key] = held
+            else:
+                del self._held[key]
+            if ticket is not None:
+                self.metrics.queue_wait.observe(ticket.wait_s or 0.0)
 
     def _feed_rate(self) -> None:
         """Give the rate the rows finished since the last call and the time since then, if the queue was busy
@@ -272,6 +365,9 @@ class Scheduler:
 
     async def _run(self, request: ChatRequest) -> ChatResult:
         await self._slots.acquire(query_key.get())
+        ticket = batch_ticket.get()
+        if ticket is not None and ticket.started_at is None:
+            ticket.start()
         self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         start = time.perf_counter()

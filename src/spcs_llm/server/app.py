@@ -16,8 +16,10 @@ from ..errors import EngineUnavailable, SpcsLlmError
 from ..functions import Runtime
 from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
+from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
 from . import health, openai, snowflake
+from .async_batches import AsyncBatches
 from .batches import BatchMemory
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -46,10 +48,19 @@ def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
     cap = settings.engine.max_output_tokens or (entry.max_output_tokens if entry else DEFAULT_MAX_OUTPUT_TOKENS)
     server = settings.server
     scheduler = Scheduler(engine, metrics, max_concurrency=server.max_concurrency,
-                          max_queue_rows=server.max_queue_rows, max_queue_seconds=server.max_queue_seconds or None,
+                          max_queue_rows=server.max_queue_rows, max_queue_seconds=_queue_seconds(settings),
+                          max_queue_bytes=server.max_queue_mb * 2**20, cold_limit=server.admission == "refuse",
                           cache_bytes=server.result_cache_mb * 2**20)
     return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
                    EmbedderResolver(_embedder_names(settings, embedders or [])))
+
+
+def _queue_seconds(settings: Settings) -> float | None:
+    """The longest expected wait a batch is admitted with (docs/overload.md)."""
+    server = settings.server
+    if server.admission == "hold":
+        return HOLD_SHARE * server.batch_timeout_secs
+    return server.max_queue_seconds or None
 
 
 async def _start_engine(app: FastAPI) -> None:
@@ -78,18 +89,26 @@ def create_app(settings: Settings, engine: Engine | None = None,
         state.embedders = embedders if embedders is not None else [
             await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         starting = asyncio.create_task(_start_engine(app))
+        sweeping = asyncio.create_task(state.async_batches.run_sweeper())
         try:
             yield
         finally:
             starting.cancel()
+            sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeping
             await asyncio.gather(state.engine.aclose(), *(e.aclose() for e in state.embedders))
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
+    server = settings.server
+    app.state.async_batches = AsyncBatches(
+        app.state.batches, app.state.metrics, enabled=server.async_responses, after_s=server.async_after_secs,
+        keep_s=server.async_keep_secs, unknown_status=server.async_unknown_status)
     app.state.runtime = None
     app.state.startup_error = None
     app.state.started_at = time.time()

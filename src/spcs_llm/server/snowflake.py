@@ -7,7 +7,9 @@ The error rule, written once:
 - a malformed envelope (not JSON, no ``data``, a row that is not ``[int, ...]``, wrong arity) → 400 naming it;
 - a row error (unknown model, invalid options, too long, ...): legacy names fail the whole batch with 400 and
   the Cortex message of the first failing row; TRY_/AI_ names answer that row with NULL;
-- overload → 429 ``too many requests``; engine failure → 503; both fail the batch so Snowflake retries it;
+- overload → 429 ``too many requests`` (only what cannot be held: see docs/overload.md); engine failure → 503;
+  both fail the batch so Snowflake retries it;
+- a batch still waiting after ``async_after_secs`` → 202, its answer on the polling GET (``async_batches.py``);
 - a NULL argument gives a NULL row without calling the model.
 Error bodies are the plain message, which Snowflake shows in the SQL error.
 """
@@ -27,7 +29,7 @@ from .. import logs
 from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
-from ..scheduler import query_key
+from ..scheduler import BatchTicket, batch_ticket, query_key
 
 router = APIRouter()
 
@@ -185,6 +187,7 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
     start = time.perf_counter()
     status, content = 500, {}  # content: filled only when log_content is on
+    ticket: BatchTicket | None = None
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
@@ -196,10 +199,15 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
                 content.update(rows_in=rows, values_out=values)
             return encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
 
-        body = await app.state.batches.answer(request.headers.get(BATCH_ID_HEADER), fn.name, await request.body(),
-                                              compute)
-        status = 200
-        return Response(body, media_type="application/json")
+        request_body = await request.body()
+        ticket = BatchTicket(len(request_body))
+        batch_ticket.set(ticket)  # the computation's queue wait and bytes
+        body, batch = await app.state.async_batches.post(request.headers.get(BATCH_ID_HEADER), fn.name,
+                                                         request_body, compute)
+        if batch is not None and batch.ticket is not None:
+            ticket = batch.ticket  # a retry joined an earlier computation
+        status = 200 if body is not None else 202
+        return Response(body, media_type="application/json") if body is not None else Response(status_code=202)
     except SpcsLlmError as exc:
         status = exc.status
         raise
@@ -207,4 +215,38 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         elapsed = time.perf_counter() - start
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
-        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1), **content)
+        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1),
+                   **_waited(ticket), **content)
+
+
+def _waited(ticket: BatchTicket | None) -> dict[str, float]:
+    """The log fields of a batch's queue wait: ``wait_ms`` from admission to its first engine place (so far)."""
+    wait = ticket.wait_s if ticket is not None else None
+    return {} if wait is None else {"wait_ms": round(wait * 1000, 1)}
+
+
+@router.get("/functions/{name}")
+async def function_poll(name: str, request: Request) -> Response:
+    """Snowflake's polling GET for a batch answered 202 (same headers, no body): 200 + the answer, 202 while it
+    is still being computed, or a status Snowflake retries for a batch this instance does not hold."""
+    request.state.wire = "snowflake"
+    fn = FUNCTIONS.get(name.lower())
+    if fn is None:
+        raise UnknownFunction(name)
+    app = request.app
+    logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
+    logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
+    start = time.perf_counter()
+    status, ticket = 500, None
+    try:
+        body, batch = await app.state.async_batches.poll(request.headers.get(BATCH_ID_HEADER), fn.name)
+        ticket = batch.ticket
+        status = 200 if body is not None else 202
+        return Response(body, media_type="application/json") if body is not None else Response(status_code=202)
+    except SpcsLlmError as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - start
+        app.state.metrics.batches.labels(fn.name, str(status)).inc()
+        logs.event("batch_poll", function=fn.name, status=status, ms=round(elapsed * 1000, 1), **_waited(ticket))
