@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import ConfigError
+from ..overload import max_batch_retries_for
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")  # unquoted Snowflake identifier
 # SPCS egress takes full host names only: "Wildcards (for example, *.googleapis.com) are not supported."
@@ -170,12 +171,21 @@ class Functions(_Section):
     max_batch_rows_for: dict[str, int] = Field(
         default_factory=dict, description="Per-function MAX_BATCH_ROWS, keyed by function name (lower case)"
     )
-    max_batch_retries: int = Field(3, ge=0, description="MAX_BATCH_RETRIES")
+    max_batch_retries: int = Field(
+        None, ge=0, validate_default=False,
+        description="MAX_BATCH_RETRIES (default: as many as Snowflake's doubling back-off can spend within the part "
+        "of batch_timeout_secs that holding leaves over: 10 for 3600 s; see the overload docs)")
     batch_timeout_secs: int = Field(3600, ge=1, le=604800, description="BATCH_TIMEOUT_SECS (includes retries)")
     on_batch_failure: Literal["ABORT", "RETURN_NULL"] = Field("ABORT", description="ON_BATCH_FAILURE")
     rename: dict[str, str] = Field(
         default_factory=dict,
         description="SQL names for functions whose Cortex name Snowflake refuses, e.g. { AI_AGG = \"SPCS_AI_AGG\" }")
+
+    @model_validator(mode="after")
+    def _retries(self) -> Functions:
+        if self.max_batch_retries is None:
+            self.max_batch_retries = max_batch_retries_for(self.batch_timeout_secs)
+        return self
 
     @field_validator("rename")
     @classmethod

@@ -65,10 +65,13 @@ def service_config(cfg: DeployConfig) -> dict[str, Any]:
     engine: dict[str, Any] = {"kind": cfg.model.engine, "model": cfg.model.name,
                               "cache_dir": PACKAGED_DIR if packaged else cfg.volumes.mount}
     engine.update(cfg.model.engine_options)
-    doc: dict[str, Any] = {
-        "server": {"host": "0.0.0.0", "port": cfg.service.port, "log_level": cfg.service.log_level},
-        "engine": engine,
-    }
+    # the service holds a batch only as long as the function's timeout allows (docs/overload.md); whether a polling
+    # GET reaches the instance that took the POST is unconfirmed, so the 202 protocol is off with several instances
+    server: dict[str, Any] = {"host": "0.0.0.0", "port": cfg.service.port, "log_level": cfg.service.log_level,
+                              "batch_timeout_secs": cfg.functions.batch_timeout_secs}
+    if cfg.service.max_instances > 1:
+        server["async_responses"] = False
+    doc: dict[str, Any] = {"server": server, "engine": engine}
     if cfg.aliases:
         doc["aliases"] = dict(cfg.aliases)
     # Without configured embedding models, the packaged 768-d one baked into the image serves EMBED_TEXT_768.
