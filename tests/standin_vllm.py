@@ -20,7 +20,8 @@
   0.11.0:vllm/entrypoints/openai/serving_engine.py:674-688, with the `` None`` that serving_chat.py:261-264 appends)
   up to vLLM 0.31; from 0.32 the output budget is clamped instead (``STANDIN_VLLM_VERSION=0.32.0`` or later).
 - **Engine death**: a message containing "die" kills the engine: streamed, two chunks then vLLM 0.11.0's error event
-  (``EngineCore encountered an issue...``, ``code: 400``; 0.32+ classifies it as 500 ``InternalServerError``) and
+  (``EngineCore encountered an issue...``, ``code: 400``; 0.33.0 sends 500 ``InternalServerError`` ``The server had
+  an error while processing your request.``, serve/exception_handling/error_response.py:68-72) and
   ``[DONE]``; not streamed, HTTP 500 with an empty body (0.11.0:vllm/entrypoints/launcher.py:156-166). Then
   ``/health`` answers 503 and the process exits (``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH`` is off by default).
 - **Embeddings**: a text over ``max_model_len`` tokens is refused with 400 and the whole call fails
@@ -53,7 +54,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 ARGS_FILE = Path(__file__).resolve().parent / "fixtures" / "vllm_0_11_0_serve_args.json"
 SUBCOMMANDS = ("chat", "complete", "serve", "bench", "collect-env", "run-batch")  # vllm/entrypoints/cli/main.py
-ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."  # 0.11.0
+ENGINE_DEAD_CLIENT = "The server had an error while processing your request."  # 0.33.0 EngineDeadError.CLIENT_MESSAGE
 TYPES: dict[str, Any] = {"--port": int, "--tensor-parallel-size": int, "--max-num-seqs": int,
                          "--gpu-memory-utilization": float, "--api-server-count": int}
 
@@ -167,10 +169,11 @@ class Engine:
         return sum(len(str(m.get("content") or "").split()) + 4 for m in messages)
 
     def too_long(self, prompt: int) -> str | None:
-        """vLLM's refusal of a prompt that alone fills the context (0.11.0 serving_engine.py:674-678)."""
-        if prompt < self.window:
+        """vLLM's refusal of a prompt that alone fills the context (0.11.0 serving_engine.py:674-678: prompt >=
+        max_model_len; 0.33.0 vllm/renderers/params.py:535-551: prompt > max_model_len)."""
+        if prompt < self.window or (clamps() and prompt == self.window):
             return None
-        if clamps():  # 0.32+: vllm/renderers/params.py
+        if clamps():
             return (f"This model's maximum context length is {self.window} tokens. However, your prompt contains "
                     f"{prompt} input tokens, which exceeds this limit even without any output tokens. Please reduce "
                     f"the length of the input prompt. (parameter=input_tokens, value={prompt})")
@@ -259,8 +262,9 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
         for i, word in enumerate(words):
             if "die" in text and i == min(2, len(words) - 1):  # 0.11.0 serving_chat.py:1143-1149; 0.32+ classifies
                 engine.die()
-                code, kind = (500, "InternalServerError") if clamps() else (400, "BadRequestError")
-                yield event({"error": {"message": ENGINE_DEAD, "type": kind, "param": None, "code": code}})
+                code, kind, said = ((500, "InternalServerError", ENGINE_DEAD_CLIENT) if clamps()
+                                    else (400, "BadRequestError", ENGINE_DEAD))
+                yield event({"error": {"message": said, "type": kind, "param": None, "code": code}})
                 yield "data: [DONE]\n\n"
                 return
             yield delta(word if i == 0 else f" {word}")

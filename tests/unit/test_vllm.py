@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from spcs_llm.config import DownloadSettings, EngineSettings, Settings
@@ -403,3 +404,33 @@ def test_cli_flags_reach_the_engine_settings() -> None:
     args = _parser().parse_args(["serve", "--engine", "openai", "--upstream", "http://h:8000/v1", "--model", "m"])
     e = Settings.load(overrides=_overrides(args)).engine
     assert (e.kind, e.upstream, e.model) == ("openai", "http://h:8000/v1", "m")
+
+
+async def test_health_names_the_child_that_is_not_ready() -> None:
+    """/health (the SPCS readiness probe) says which of vLLM's children is down, while loading and after."""
+    from asgi_lifespan import LifespanManager
+
+    from spcs_llm.engines.fake import FakeEngine
+    from spcs_llm.server import create_app
+
+    from ..conftest import fake_settings, wait_ready
+
+    class TwoChildren(FakeEngine):
+        down: list[str] = []
+
+        async def health(self) -> bool:
+            return not self.down
+
+        def unready(self) -> list[str]:
+            return list(self.down)
+
+    engine = TwoChildren("m", context_window=512)
+    app = create_app(fake_settings(), engine=engine, embedders=[])
+    async with LifespanManager(app):
+        await wait_ready(app)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
+        assert (await client.get("/health")).json() == {"status": "ok", "model": "m", "engine": "fake"}
+        engine.down = ["vllm-embed"]
+        r = await client.get("/health")
+        assert r.status_code == 503 and r.json()["not_ready"] == ["vllm-embed"]
+        await client.aclose()
