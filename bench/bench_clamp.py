@@ -115,8 +115,8 @@ async def measure(base_old: str, base_new: str, rows: int, concurrency: int) -> 
 
 def report(results: list[tuple[str, int, float]], rows: int, concurrency: int) -> None:
     base = results[0][2]
-    print(f"\nclamp cost per row (median of {ROUNDS} rounds of {rows} rows), {concurrency} in flight, stand-in vLLM over loopback HTTP; "
-          f"{benchlib.machine()}")
+    print(f"\nclamp cost per row (median of {ROUNDS} rounds of {rows} rows), {concurrency} in flight, "
+          f"stand-in vLLM over loopback HTTP; {benchlib.machine()}")
     print(f"{'variant':<26}{'requests/row':>13}{'ms/row':>9}{'x fits':>8}{'extra ms/row':>14}")
     for name, requests, seconds in results:
         print(f"{name:<26}{requests:>13}{seconds * 1000:>9.3f}{seconds / base:>8.2f}{(seconds - base) * 1000:>14.3f}")
