@@ -26,7 +26,8 @@
   ``/health`` answers 503 and the process exits (``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH`` is off by default).
 - **Embeddings**: a text over ``max_model_len`` tokens is refused with 400 and the whole call fails
   (0.11.0:vllm/entrypoints/renderer.py:376-388) unless the request says ``truncate_prompt_tokens`` (-1: the model's
-  length; renderer.py:268-288), which keeps the first tokens. The vector is ``[tokens embedded, 1, 0, 0]``.
+  length; renderer.py:268-288), which keeps the first tokens. The vector is ``[tokens embedded, 1, 0, ...]``, of
+  ``$STANDIN_EMBED_DIM`` floats (default 4).
 - ``GET /version`` answers ``{"version": $STANDIN_VLLM_VERSION}`` (default 0.11.0); ``/v1/models`` lists the model
   ``owned_by: "vllm"`` with its ``max_model_len``; ``/tokenize`` counts a ``prompt`` or chat ``messages``.
 
@@ -284,6 +285,7 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
         if truncate is not None and truncate > engine.window:
             return error(f"truncate_prompt_tokens ({truncate}) cannot be greater than max_length "
                          f"({engine.window}). Please select a smaller truncation size.")
+        dim = int(os.environ.get("STANDIN_EMBED_DIM", "4"))
         counts = []
         for t in texts:
             n = len(str(t).split()) + 2
@@ -294,7 +296,7 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
             counts.append(n)
         return JSONResponse({
             "id": "embd-standin", "object": "list", "created": int(time.time()), "model": engine.name,
-            "data": [{"index": i, "object": "embedding", "embedding": [float(n), 1.0, 0.0, 0.0]}
+            "data": [{"index": i, "object": "embedding", "embedding": [float(n), 1.0] + [0.0] * (dim - 2)}
                      for i, n in enumerate(counts)],
             "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}})
 
