@@ -434,3 +434,25 @@ async def test_health_names_the_child_that_is_not_ready() -> None:
         r = await client.get("/health")
         assert r.status_code == 503 and r.json()["not_ready"] == ["vllm-embed"]
         await client.aclose()
+
+
+async def test_a_model_whose_weights_cannot_fit_the_gpus_is_a_clear_start_up_error(tmp_path: Path) -> None:
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\ncase \"$1\" in -L) echo 'GPU 0: NVIDIA A10G (UUID: GPU-1)';;\n"
+                   "*) echo 23028;; esac\n")  # an A10G: 22.5 GiB
+    smi.chmod(0o755)
+    qwen3 = hf_dir(tmp_path, "Qwen3-32B", num_attention_heads=64, num_key_value_heads=8)
+    env = {**standin_env(tmp_path, gpus=1), "PATH": f"{smi.parent}:{os.environ['PATH']}"}
+    engine = VllmEngine(vllm_settings(qwen3), env=env)
+    with pytest.raises(EngineUnavailable, match=r"qwen3-32b's weights take about 61\.1 GiB per GPU at tensor-parallel "
+                                                r"size 1, more than the 20\.2 GiB .* of a 22 GiB GPU"):
+        await engine.start()
+    assert launches(tmp_path / "launches.jsonl") == []  # refused before vLLM is launched
+    from spcs_llm.engines.vllm import weights_do_not_fit
+
+    assert weights_do_not_fit("qwen3-32b", 8, 22.5, 0.9) is None  # 7.6 GiB a GPU over eight
+    assert weights_do_not_fit("my-own-model", 1, 22.5, 0.9) is None  # not in the catalogue: vLLM will say
+    engine = VllmEngine(vllm_settings(qwen3, gpus=4), env=env)
+    with pytest.raises(EngineUnavailable, match=r"engine.gpus = 4, but this process sees only 1 GPU"):
+        await engine.start()

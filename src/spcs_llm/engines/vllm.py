@@ -52,6 +52,41 @@ def visible_gpus(env: dict[str, str] | None = None) -> int:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+def gpu_memory_gib(env: dict[str, str] | None = None) -> float | None:
+    """The smallest GPU's memory in GiB, from ``nvidia-smi --query-gpu=memory.total``; None when unknown."""
+    if shutil.which("nvidia-smi", path=(os.environ if env is None else env).get("PATH")) is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True, env=env).stdout
+        sizes = [float(line) for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(sizes) / 1024 if sizes else None
+
+
+def weights_do_not_fit(served_name: str, tensor_parallel: int, gpu_gib: float | None,
+                       utilization: float) -> str | None:
+    """Why the model's weights alone cannot fit its share of the GPUs, or None (fits, or unknown). Only the weights
+    are compared, so this never refuses a model vLLM could run; the KV cache comes on top."""
+    from ..models.sizing import estimate_memory
+
+    entry = catalog_entry(served_name)
+    if entry is None or gpu_gib is None or entry.params_b <= 0:
+        return None
+    try:
+        weights = estimate_memory(entry, 1, tensor_parallel=tensor_parallel).weights_gib
+    except ValueError:
+        return None
+    budget = gpu_gib * utilization
+    if weights <= budget:
+        return None
+    return (f"{served_name}'s weights take about {weights:.1f} GiB per GPU at tensor-parallel size "
+            f"{tensor_parallel}, more than the {budget:.1f} GiB that gpu_memory_utilization = {utilization} leaves "
+            f"of a {gpu_gib:.0f} GiB GPU; use more GPUs, a quantised model, or see `spcs-llm models recommend "
+            f"{served_name}`")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -175,8 +210,14 @@ class VllmEngine(Engine):
                 "nvidia-smi lists no GPU); set engine.gpus, or use engine.kind = \"llamacpp\" on CPU")
         path, name = await asyncio.to_thread(resolve_model, s.model, s.cache_dir, self.downloads)
         self.model_name = s.model_name or name
+        visible = visible_gpus(self.env)
+        if s.gpus and 0 < visible < s.gpus:
+            raise EngineUnavailable(f"engine.gpus = {s.gpus}, but this process sees only {visible} GPU(s)")
         chat_args = serve_args(path, self.model_name, self.port, s, self.gpus)
         self.tensor_parallel = int(chat_args[chat_args.index("--tensor-parallel-size") + 1])
+        memory = await asyncio.to_thread(gpu_memory_gib, self.env)
+        if why := weights_do_not_fit(self.model_name, self.tensor_parallel, memory, s.gpu_memory_utilization):
+            raise EngineUnavailable(why)
         if self.tensor_parallel < self.gpus:
             logs.event("vllm_tensor_parallel", model=self.model_name, gpus=self.gpus,
                        tensor_parallel=self.tensor_parallel,
