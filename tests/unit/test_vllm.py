@@ -268,7 +268,7 @@ async def test_eight_gpus_start_chat_at_a_valid_size_then_embeddings_at_one(
                               startup_timeout_s=60)
     try:
         starting = asyncio.ensure_future(engine.start())
-        await wait_for(lambda: asyncio.sleep(0, bool(engine.children)))
+        await wait_for(lambda: asyncio.sleep(0, len(engine.children) == 2))
         assert engine.unready() == ["vllm", "vllm-embed"]  # what /health names while they start
         await asyncio.gather(starting, embedder.start())
         chat, embed = launches(record)
