@@ -125,7 +125,8 @@ class EngineSettings(_Section):
     vllm_command: list[str] = Field(["vllm"], description="Command that runs vLLM's CLI (before `serve`)")
     vllm_extra_args: list[str] = Field([], description="More arguments appended to `vllm serve`")
     gpus: int | None = Field(
-        None, ge=1, description="Tensor-parallel size (default: GPUs visible via CUDA_VISIBLE_DEVICES or nvidia-smi)"
+        None, ge=1, description="GPUs vLLM may use (default: those visible via CUDA_VISIBLE_DEVICES or nvidia-smi); "
+        "the tensor-parallel size is the largest power of two up to this that splits the model's heads evenly"
     )
     gpu_memory_utilization: float = Field(0.90, gt=0, le=1, description="vLLM --gpu-memory-utilization")
     vllm_port: int | None = Field(None, ge=1, le=65535, description="Loopback port of the child (default: a free one)")

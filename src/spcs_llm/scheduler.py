@@ -453,7 +453,9 @@ class _EmbedBatcher:
             self.scheduler.engine_in_flight += 1
             start = time.perf_counter()
             try:
-                vectors = await self.embedder.embed(texts)
+                # an embedder that can fail one text alone (embed_rows) keeps that text's neighbours answered
+                rows = getattr(self.embedder, "embed_rows", None)
+                vectors = await (rows(texts) if rows is not None else self.embedder.embed(texts))
                 if len(vectors) != len(texts):
                     raise EngineUnavailable(f"{self.embedder.model_name} returned {len(vectors)} vectors "
                                             f"for {len(texts)} texts")
@@ -467,4 +469,4 @@ class _EmbedBatcher:
                 self.scheduler.engine_in_flight -= 1
             for f, vector in zip(futures, vectors, strict=True):
                 if not f.done():
-                    f.set_result(vector)
+                    f.set_exception(vector) if isinstance(vector, BaseException) else f.set_result(vector)

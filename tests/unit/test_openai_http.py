@@ -78,10 +78,21 @@ def raising(exc: Exception) -> Handler:
     return handle
 
 
-VLLM_CTX = ("This model's maximum context length is 2048 tokens. However, you requested 3000 tokens "
-            "(2000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.")
+# OpenAI's own older wording (no vLLM release emits it)
+OPENAI_CTX = ("This model's maximum context length is 2048 tokens. However, you requested 3000 tokens "
+              "(2000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.")
+# vLLM's texts, verbatim (vllm-audit.md §2.3): 0.11.0:vllm/entrypoints/openai/serving_engine.py:674-688 (the
+# trailing " None" is serving_chat.py:261-264's f"{e} {e.__cause__}"), 0.18.0 and 0.33.0:vllm/renderers/params.py
 VLLM_CTX_NEW = ("'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context length is "
-                "4096 tokens and your request has 3500 input tokens (1000 > 4096 - 3500).")
+                "4096 tokens and your request has 3500 input tokens (1000 > 4096 - 3500). None")
+VLLM_011_PROMPT = ("This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens. "
+                   "Please reduce the length of the input messages. None")
+VLLM_018_OUTPUT = ("This model's maximum context length is 4096 tokens. However, you requested 4096 output tokens and "
+                   "your prompt contains 100 input tokens, for a total of 4196 tokens. Please reduce the length of "
+                   "the input prompt or the number of requested output tokens. (parameter=input_tokens, value=100)")
+VLLM_033_PROMPT = ("This model's maximum context length is 2048 tokens. However, your prompt contains 3000 input "
+                   "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
+                   "input prompt. (parameter=input_tokens, value=3000)")
 VLLM_PROMPT = "The decoder prompt (length 9000) is longer than the maximum model length of 8192."
 
 # (what the upstream does, the error we must raise, its HTTP status, a detail it must carry)
@@ -101,8 +112,12 @@ FAILURES: list[tuple[str, Handler, type[SpcsLlmError], int, Any]] = [
      EngineUnavailable, 503, "does not serve"),
     ("spcs-llm unknown model", status(400, {"error": {"message": 'unknown model "x"', "type": "unknown_model"}}),
      EngineUnavailable, 503, "does not serve"),
-    ("vLLM context", status(400, {"error": {"message": VLLM_CTX, "type": "BadRequestError", "code": 400}}),
+    ("OpenAI context", status(400, {"error": {"message": OPENAI_CTX, "type": "BadRequestError", "code": 400}}),
      MaxTokensExceeded, 400, 2048),
+    ("vLLM 0.11 prompt alone", status(400, {"error": {"message": VLLM_011_PROMPT, "type": "BadRequestError",
+                                                      "param": None, "code": 400}}), MaxTokensExceeded, 400, 2048),
+    ("vLLM 0.33 prompt alone", status(400, {"error": {"message": VLLM_033_PROMPT, "type": "BadRequestError",
+                                                      "param": None, "code": 400}}), MaxTokensExceeded, 400, 2048),
     ("vLLM context, new wording", status(400, {"error": {"message": VLLM_CTX_NEW, "type": "BadRequestError"}}),
      MaxTokensExceeded, 400, 4096),
     ("vLLM prompt too long, flat shape", status(400, {"object": "error", "message": VLLM_PROMPT, "code": 400}),
@@ -141,14 +156,99 @@ async def test_every_upstream_failure_is_translated(case: str, handler: Handler,
     await engine.aclose()
 
 
-async def test_schema_rejection_is_schema_validation_failed_only_with_a_schema() -> None:
-    bad = status(400, {"error": {"message": "Invalid JSON schema: unsupported keyword", "type": "BadRequestError"}})
+# vLLM 0.11.0's structured-output refusals (M8): backend "auto" tries xgrammar, then llguidance, whose text is last
+# (v1/engine/processor.py:273-289, v1/structured_output/backend_guidance.py:243-245, backend_xgrammar.py:284-293).
+GRAMMAR_ERRORS = [
+    "Grammar error: Unimplemented keys: [\"if\"]",
+    "Failed to transform json schema into a grammar: Unsupported keyword",
+    "The provided JSON schema contains features not supported by xgrammar.",
+]
+
+
+@pytest.mark.parametrize("message", GRAMMAR_ERRORS)
+async def test_schema_rejection_is_schema_validation_failed_only_with_a_schema(message: str) -> None:
+    bad = status(400, {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}})
     engine = await started(upstream(bad))
     with pytest.raises(SchemaValidationFailed):
         await engine.chat(req(json_schema='{"type": "object"}'))
     with pytest.raises(InvalidInput):
         await engine.chat(req())
     await engine.aclose()
+
+
+def refusing_vllm_011(window: int, prompt_tokens: int, seen: list[dict[str, Any]]) -> Handler:
+    """Chat as vLLM 0.11.0 answers it: 400 when prompt + max_tokens is over the window, else the budget used up."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        asked = body["max_tokens"]
+        if prompt_tokens >= window:
+            text = (f"This model's maximum context length is {window} tokens. However, your request has "
+                    f"{prompt_tokens} input tokens. Please reduce the length of the input messages. None")
+            return httpx.Response(400, json={"error": {"message": text, "type": "BadRequestError", "param": None,
+                                                       "code": 400}})
+        if prompt_tokens + asked > window:
+            text = (f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum context "
+                    f"length is {window} tokens and your request has {prompt_tokens} input tokens ({asked} > "
+                    f"{window} - {prompt_tokens}). None")
+            return httpx.Response(400, json={"error": {"message": text, "type": "BadRequestError", "param": None,
+                                                       "code": 400}})
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": asked}
+        if body.get("stream"):
+            return sse(chunk("x" * 3), chunk(finish="length"), {"choices": [], "usage": usage}, "[DONE]")(request)
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"content": "x" * 3},
+                                                      "finish_reason": "length"}], "usage": usage})
+    return handle
+
+
+async def test_output_that_does_not_fit_is_clamped_to_what_the_context_leaves() -> None:
+    """M1: COMPLETE's 4096 output tokens on a 4096-token model, as vLLM 0.10-0.31 see it."""
+    seen: list[dict[str, Any]] = []
+    engine = await started(upstream(refusing_vllm_011(4096, 100, seen)))
+    result = await engine.chat(req(max_tokens=4096))
+    assert [b["max_tokens"] for b in seen] == [4096, 3996]  # refused once, then what fits
+    assert result.finish_reason == "length" and result.usage.completion_tokens == 3996
+    seen.clear()
+    deltas = [d async for d in engine.chat_stream(req(max_tokens=4096))]
+    assert [b["max_tokens"] for b in seen] == [4096, 3996] and all(b["stream"] for b in seen)
+    assert [d.finish_reason for d in deltas if d.finish_reason] == ["length"]
+    seen.clear()
+    await engine.chat(req(max_tokens=100))
+    assert [b["max_tokens"] for b in seen] == [100]  # a row that fits costs one request
+    await engine.aclose()
+
+
+async def test_only_a_prompt_that_alone_fills_the_context_is_max_tokens_exceeded() -> None:
+    seen: list[dict[str, Any]] = []
+    engine = await started(upstream(refusing_vllm_011(4096, 4096, seen)))
+    for call in (engine.chat(req(max_tokens=4096)), _drain(engine.chat_stream(req(max_tokens=4096)))):
+        with pytest.raises(MaxTokensExceeded) as caught:
+            await call
+        assert type(caught.value) is MaxTokensExceeded and caught.value.message == "max tokens of 4096 exceeded"
+    assert len(seen) == 2  # no second try: nothing fits
+    await engine.aclose()
+
+
+async def test_newer_vllm_wording_is_clamped_too() -> None:
+    """vLLM 0.18-0.31 word the refusal differently; the prompt count is still read from it."""
+    bodies: list[dict[str, Any]] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        if bodies[-1]["max_tokens"] > 3996:
+            return httpx.Response(400, json={"error": {"message": VLLM_018_OUTPUT, "type": "BadRequestError",
+                                                       "param": "input_tokens", "code": 400}})
+        return httpx.Response(200, json=answer("ok", finish_reason="length"))
+
+    engine = await started(upstream(handle))
+    assert (await engine.chat(req(max_tokens=4096))).finish_reason == "length"
+    assert [b["max_tokens"] for b in bodies] == [4096, 3996]
+    await engine.aclose()
+
+
+async def _drain(stream: Any) -> None:
+    async for _ in stream:
+        pass
 
 
 def test_every_exception_httpx_raises_is_translated() -> None:
@@ -230,6 +330,51 @@ async def test_error_inside_a_stream_is_translated() -> None:
         async for d in engine.chat_stream(req()):
             got.append(d.text)
     assert got == ["par"]
+    await engine.aclose()
+
+
+# (the event vLLM sends inside a 200 stream, what it must become): 0.11.0 labels everything code 400
+STREAM_EVENTS = [
+    ({"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                "type": "BadRequestError", "param": None, "code": 400}}, EngineUnavailable),
+    ({"error": {"message": "The server had an error while processing your request.", "type": "InternalServerError",
+                "param": None, "code": 500}}, EngineUnavailable),  # 0.33.0
+    ({"error": {"message": "", "type": "BadRequestError", "param": None, "code": 400}}, EngineUnavailable),
+    ({"error": {"message": "Grammar error: bad", "type": "BadRequestError", "param": None, "code": 400}},
+     InvalidInput),
+]
+
+
+@pytest.mark.parametrize(("event", "error"), STREAM_EVENTS)
+async def test_engine_death_inside_a_stream_is_503_other_errors_stay_row_errors(event: dict[str, Any],
+                                                                                error: type[Exception]) -> None:
+    engine = await started(upstream(sse(chunk("par"), event, "[DONE]")))
+    with pytest.raises(error) as caught:
+        await _drain(engine.chat_stream(req()))
+    assert type(caught.value) is error
+    await engine.aclose()
+
+
+@pytest.mark.parametrize(("version", "structured", "refused"), [
+    ("0.10.2", "structured_outputs", True), ("0.11.0", "structured_outputs", False),
+    ("0.12.0rc1.dev5+g1234", "structured_outputs", False), ("0.10.2", "response_format", False)])
+async def test_vllm_older_than_0_11_is_refused_when_structured_outputs_is_sent(version: str, structured: str,
+                                                                               refused: bool) -> None:
+    models = {"data": [{"id": "qwen", "owned_by": "vllm", "max_model_len": 2048}]}
+    routes = {"/v1/models": status(200, models), "/version": status(200, {"version": version})}
+    if refused:
+        with pytest.raises(EngineUnavailable, match=f"runs vLLM {version}; spcs-llm needs vLLM 0.11.0 or later"):
+            await started(upstream(answer(), **routes), structured_output=structured)
+        return
+    engine = await started(upstream(answer(), **routes), structured_output=structured)
+    assert engine.vllm_version == version
+    await engine.aclose()
+
+
+async def test_a_server_that_is_not_vllm_is_not_asked_its_version() -> None:
+    seen: list[httpx.Request] = []
+    engine = await started(upstream(answer(), seen), structured_output="structured_outputs")
+    assert engine.vllm_version is None and not any(r.url.path == "/version" for r in seen)
     await engine.aclose()
 
 
@@ -374,6 +519,59 @@ async def test_embedder_probes_dimension_normalises_and_keeps_order() -> None:
     assert len(vectors) == 150 and [len(c) for c in seen[1:]] == [64, 64, 22]
     assert all(math.isclose(sum(x * x for x in v), 1.0) for v in vectors)
     assert vectors[0][:2] == pytest.approx([0.6, 0.8])
+    await embedder.aclose()
+
+
+def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> httpx.MockTransport:
+    """vLLM's /v1/embeddings: a text over 512 "tokens" (words) fails the whole call unless truncation is asked."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "e5", "owned_by": owner, "max_model_len": 512}]})
+        body = json.loads(request.content)
+        seen.append(body)
+        lengths = [len(t.split()) for t in body["input"]]
+        if body.get("truncate_prompt_tokens") == -1:
+            lengths = [min(n, 512) for n in lengths]
+        if too_long := [n for n in lengths if n > 512]:
+            message = (f"This model's maximum context length is 512 tokens. However, your request has {too_long[0]} "
+                       "input tokens. Please reduce the length of the input messages.")
+            return httpx.Response(400, json={"error": {"message": message, "type": "BadRequestError",
+                                                       "param": None, "code": 400}})
+        return httpx.Response(200, json={"data": [{"index": i, "embedding": [float(n), 1.0]}
+                                                  for i, n in enumerate(lengths)]})
+    return httpx.MockTransport(handle)
+
+
+async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:
+    seen: list[dict[str, Any]] = []
+    texts = ["w " * 3000, *(f"short {i}" for i in range(63))]
+    vllm = OpenAIEmbedder("http://up/v1", "e5", transport=refusing_embeddings(seen), startup_timeout_s=1)
+    await vllm.start()
+    vectors = await vllm.embed(texts)
+    assert all(b["truncate_prompt_tokens"] == -1 for b in seen) and len(seen) == 2  # the probe, then one call
+    assert vectors[0][0] / vectors[0][1] == pytest.approx(512) and len(vectors) == 64
+    seen.clear()
+    other = OpenAIEmbedder("http://up/v1", "e5", transport=refusing_embeddings(seen, owner="someone"),
+                           startup_timeout_s=1)
+    await other.start()
+    assert other.truncate is False and "truncate_prompt_tokens" not in seen[-1]
+    for e in (vllm, other):
+        await e.aclose()
+
+
+async def test_a_text_the_upstream_refuses_fails_only_its_own_row() -> None:
+    seen: list[dict[str, Any]] = []
+    embedder = OpenAIEmbedder("http://up/v1", "e5", transport=refusing_embeddings(seen), startup_timeout_s=1,
+                              truncate=False)
+    await embedder.start()
+    texts = [f"short {i}" for i in range(64)]
+    texts[40] = "w " * 3000
+    rows = await embedder.embed_rows(texts)
+    assert isinstance(rows[40], MaxTokensExceeded) and rows[40].message == "max tokens of 512 exceeded"
+    assert all(isinstance(r, list) for i, r in enumerate(rows) if i != 40)
+    assert len(seen) <= 1 + 1 + 2 * 6  # the probe, the refused call, then halves down to the one text
+    with pytest.raises(MaxTokensExceeded):  # embed() (the /v1/embeddings route) fails as a whole
+        await embedder.embed(texts)
     await embedder.aclose()
 
 

@@ -5,6 +5,13 @@ One pooled ``httpx.AsyncClient`` per engine, requests bounded by ``max_concurren
 :func:`upstream_error`, that turns every upstream failure into the project's error tree: a refused connection
 or a 5xx is 503 (Snowflake retries), a timeout is 503 too, 429 stays 429, a context-length 400 is
 ``max tokens of <n> exceeded``, any other 400 is a row error naming the upstream's message.
+
+Output that does not fit is clamped, on every upstream (vLLM 0.10-0.31 answer 400 when prompt + ``max_tokens``
+is over ``max_model_len`` instead of stopping where the context is full): the request is sent as asked; when the
+upstream refuses it with a context error that names the prompt's token count, it is sent once more with
+``max_tokens = context - prompt`` and the answer ends with ``finish_reason = "length"`` where the output ran out.
+Only a prompt that alone fills the context is ``max tokens of <n> exceeded``. Rows that fit pay nothing; a row
+that does not pays one refused round trip (``bench/bench_clamp.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from ..errors import (
     InvalidInput,
     MaxTokensExceeded,
     Overloaded,
+    RowError,
     SchemaValidationFailed,
     SpcsLlmError,
 )
@@ -45,6 +53,41 @@ _CONTEXT_LIMIT = re.compile(
     re.IGNORECASE,
 )
 _CONTEXT_WORDS = ("context length", "context size", "context window", "maximum model length", "max tokens of")
+# The prompt's token count in a context error: vLLM 0.10-0.17 "your request has M input tokens"
+# (0.11.0:vllm/entrypoints/openai/serving_engine.py:674-688), 0.18-0.31 "your prompt contains [at least] M input
+# tokens" (0.18.0:vllm/renderers/params.py:412-430), OpenAI's older "(M in the messages, X in the completion)".
+_PROMPT_TOKENS = re.compile(
+    r"your request has (\d+) input tokens|your prompt contains (?:at least )?(\d+) input tokens"
+    r"|\((\d+) in the messages",
+    re.IGNORECASE,
+)
+# vLLM's structured-output refusals (0.11.0:vllm/v1/structured_output/backend_guidance.py:243-245,
+# backend_xgrammar.py:284-293): "Grammar error: ...", "Failed to transform json schema into a grammar: ...".
+_SCHEMA_WORDS = ("schema", "grammar")
+# What vLLM 0.11.0 sends as a stream event when its engine core dies mid-stream, with "code": 400
+# (0.11.0:vllm/v1/engine/exceptions.py:12, serving_chat.py:1143-1149).
+ENGINE_DEAD_MESSAGE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+MIN_VLLM = (0, 11, 0)
+
+
+class OutputDoesNotFit(MaxTokensExceeded):
+    """A context error that names the prompt's size: the output budget can be clamped to ``room`` tokens."""
+
+    def __init__(self, limit: int, prompt_tokens: int) -> None:
+        super().__init__(limit)
+        self.prompt_tokens = prompt_tokens
+
+    @property
+    def room(self) -> int:
+        return self.limit - self.prompt_tokens
+
+
+def clamped(body: Mapping[str, Any], exc: OutputDoesNotFit) -> dict[str, Any]:
+    """``body`` with ``max_tokens`` cut to what the context leaves after the prompt; ``max tokens of <n>
+    exceeded`` when the prompt alone fills it (or the upstream refused a budget that already fitted)."""
+    if exc.room < 1 or exc.room >= int(body.get("max_tokens") or 0):
+        raise MaxTokensExceeded(exc.limit) from exc
+    return {**body, "max_tokens": exc.room}
 
 
 def _error_object(body: Any) -> tuple[str, str, dict[str, Any]]:
@@ -99,8 +142,11 @@ def upstream_error(
         return EngineUnavailable(f"upstream does not serve the configured model (HTTP {status}): {message}")
     limit = _context_limit(message, err, context_window)
     if limit is not None:
+        prompt = _PROMPT_TOKENS.search(message)
+        if prompt is not None:
+            return OutputDoesNotFit(limit, int(next(g for g in prompt.groups() if g)))
         return MaxTokensExceeded(limit)
-    if had_schema and (kind == "schema_validation_failed" or "schema" in message.lower()):
+    if had_schema and (kind == "schema_validation_failed" or any(w in message.lower() for w in _SCHEMA_WORDS)):
         return SchemaValidationFailed()
     return InvalidInput(f"upstream rejected the request: {message}")
 
@@ -112,6 +158,17 @@ def transport_errors() -> Iterator[None]:
         yield
     except httpx.HTTPError as exc:
         raise upstream_error(exc=exc) from exc
+
+
+def stream_error(chunk: Mapping[str, Any], **translate: Any) -> SpcsLlmError:
+    """An error event inside a stream. vLLM 0.11.0 labels every one ``code: 400``, its engine's death included
+    (``serving_chat.py:1143-1149``): that one, or an event without a message, is a retryable 503."""
+    raw = chunk.get("error")
+    said = str((raw.get("message") if isinstance(raw, Mapping) else raw) or "").strip()
+    if not said or ENGINE_DEAD_MESSAGE.split(".")[0] in said:
+        return EngineUnavailable(f"upstream engine failed mid-stream: {said or 'no message'}")
+    code = raw.get("code") if isinstance(raw, Mapping) else None
+    return upstream_error(status=code if isinstance(code, int) else 500, body=chunk, **translate)
 
 
 def parse_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...]:
@@ -227,6 +284,18 @@ class _Upstream:
         out = _json_or_raise(response)
         return int(out["count"]) if "count" in out else len(out.get("tokens") or ())
 
+    async def vllm_version(self, models: Sequence[Mapping[str, Any]]) -> str | None:
+        """The version of a vLLM upstream (its /v1/models entries say ``owned_by: "vllm"``, and ``GET /version``
+        answers ``{"version": ...}``: 0.11.0:vllm/entrypoints/openai/api_server.py:475-478); None for others."""
+        if not any(m.get("owned_by") == "vllm" for m in models):
+            return None
+        try:
+            response = await self.client.get(f"{self.root}/version", timeout=5.0)
+            version = response.json().get("version") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return str(version) if version else None
+
     async def healthy(self) -> bool:
         """/health at the root (vLLM, llama-server, spcs-llm); where there is none (Ollama), /v1/models."""
         try:
@@ -236,6 +305,22 @@ class _Upstream:
             return response.status_code == 200
         except httpx.HTTPError:
             return False
+
+
+def version_tuple(version: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) from a version string such as ``0.11.1rc2.dev3+g1234``; None if it has none."""
+    match = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", version.strip())
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+def check_vllm_version(version: str | None, where: str) -> None:
+    """Refuse vLLM older than 0.11.0: before it, ``structured_outputs`` is silently ignored (HTTP 200 with
+    unconstrained output; 0.10.2:vllm/entrypoints/openai/protocol.py:57-59 ``extra="allow"``)."""
+    parsed = version_tuple(version) if version else None
+    if parsed is not None and parsed < MIN_VLLM:
+        raise EngineUnavailable(
+            f"{where} runs vLLM {version}; spcs-llm needs vLLM 0.11.0 or later (older versions silently ignore "
+            f"structured_outputs, so COMPLETE with a response_format would return unconstrained text)")
 
 
 def _json_or_raise(response: httpx.Response, **translate: Any) -> Any:
@@ -282,6 +367,7 @@ class OpenAIHttpEngine(Engine):
         self.max_concurrency = max_concurrency
         self.structured_output = structured_output
         self.startup_timeout_s = startup_timeout_s
+        self.vllm_version: str | None = None  # set by start() when the upstream is vLLM
         self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
                              connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
 
@@ -302,6 +388,9 @@ class OpenAIHttpEngine(Engine):
                                     f"{', '.join(ids) or 'nothing'}")
         listed = next(m for m in models if m.get("id") == self.upstream_model)
         self.context_window = self._configured_context or await self._discover_context(listed)
+        self.vllm_version = await self._up.vllm_version(models)
+        if self.structured_output == "structured_outputs":
+            check_vllm_version(self.vllm_version, f"the upstream {self.upstream}")
 
     async def _discover_context(self, listed: Mapping[str, Any]) -> int:
         if isinstance(listed.get("max_model_len"), int):  # vLLM, spcs-llm
@@ -325,7 +414,10 @@ class OpenAIHttpEngine(Engine):
 
     async def chat(self, request: ChatRequest) -> ChatResult:
         body = chat_body(request, self.upstream_model, self.structured_output)
-        out = await self._up.post("chat/completions", body, **self._translate(request))
+        try:
+            out = await self._up.post("chat/completions", body, **self._translate(request))
+        except OutputDoesNotFit as exc:  # vLLM <= 0.31: ask again for what fits
+            out = await self._up.post("chat/completions", clamped(body, exc), **self._translate(request))
         try:
             choice = out["choices"][0]
             text = (choice.get("message") or {}).get("content") or ""
@@ -336,19 +428,32 @@ class OpenAIHttpEngine(Engine):
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         body = chat_body(request, self.upstream_model, self.structured_output, stream=True)
-        async with self._stream(body, request) as lines:
-            async for line in lines:
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    return
-                try:
-                    chunk = json.loads(data)
-                except ValueError as exc:
-                    raise EngineUnavailable("upstream sent a stream event that is not JSON") from exc
-                for delta in self._deltas(chunk, request):
+        started = False
+        try:
+            async with self._stream(body, request) as lines:
+                started = True
+                async for delta in self._events(lines, request):
                     yield delta
+        except OutputDoesNotFit as exc:
+            if started:
+                raise
+            async with self._stream(clamped(body, exc), request) as lines:  # refused before it began: ask again
+                async for delta in self._events(lines, request):
+                    yield delta
+
+    async def _events(self, lines: AsyncIterator[str], request: ChatRequest) -> AsyncIterator[StreamDelta]:
+        async for line in lines:
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                chunk = json.loads(data)
+            except ValueError as exc:
+                raise EngineUnavailable("upstream sent a stream event that is not JSON") from exc
+            for delta in self._deltas(chunk, request):
+                yield delta
 
     @asynccontextmanager
     async def _stream(self, body: dict[str, Any], request: ChatRequest) -> AsyncIterator[AsyncIterator[str]]:
@@ -362,9 +467,7 @@ class OpenAIHttpEngine(Engine):
 
     def _deltas(self, chunk: Mapping[str, Any], request: ChatRequest) -> Iterator[StreamDelta]:
         if "error" in chunk:  # vLLM and spcs-llm report a failure after the status line inside the stream
-            code = (chunk["error"] or {}).get("code") if isinstance(chunk["error"], dict) else None
-            raise upstream_error(status=code if isinstance(code, int) else 500, body=chunk,
-                                 **self._translate(request))
+            raise stream_error(chunk, **self._translate(request))
         for choice in chunk.get("choices") or ():
             text = (choice.get("delta") or {}).get("content") or ""
             if text or choice.get("finish_reason"):
@@ -380,7 +483,14 @@ class OpenAIHttpEngine(Engine):
 class OpenAIEmbedder(Embedder):
     """An embedding model behind an OpenAI-compatible ``/v1/embeddings``. ``start`` embeds one probe text and
     adopts the real dimension (the app refuses to start when it is not the configured one); every later vector
-    of another length is an engine error. Vectors are L2-normalised here, whatever the upstream does."""
+    of another length is an engine error. Vectors are L2-normalised here, whatever the upstream does.
+
+    Texts longer than the model are truncated, as Cortex's embedding functions do, where the upstream can be told
+    to: vLLM (``truncate_prompt_tokens: -1``, 0.11.0:vllm/entrypoints/openai/protocol.py:1396, renderer.py:268-288;
+    without it vLLM refuses the whole call with 400). ``truncate`` None means: on when the upstream is vLLM, off
+    for other servers, which may reject the unknown field. A text the upstream still refuses fails only its own
+    row: :meth:`embed_rows` splits a refused call until the refused texts stand alone.
+    """
 
     kind = "openai"
     batch_size = 64
@@ -388,10 +498,11 @@ class OpenAIEmbedder(Embedder):
     def __init__(self, upstream: str, model: str, *, model_name: str | None = None, dimension: int = 768,
                  max_concurrency: int = 4, request_timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
                  startup_timeout_s: float = 900.0, api_key: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, truncate: bool | None = None) -> None:
         self.upstream_model = model
         self.model_name = model_name or model
         self.dimension = dimension
+        self.truncate = truncate
         self.max_concurrency = max_concurrency
         self.startup_timeout_s = startup_timeout_s
         self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
@@ -404,7 +515,9 @@ class OpenAIEmbedder(Embedder):
         return cls(settings.upstream, settings.model, model_name=settings.model_name, dimension=settings.dimension)
 
     async def start(self) -> None:
-        await self._up.wait_ready(self.startup_timeout_s, "the embedding upstream")
+        models = await self._up.wait_ready(self.startup_timeout_s, "the embedding upstream")
+        if self.truncate is None:
+            self.truncate = any(m.get("owned_by") == "vllm" for m in models)
         probe = await self._request(["dimension probe"])
         self.dimension = len(probe[0])
 
@@ -415,16 +528,37 @@ class OpenAIEmbedder(Embedder):
         return await self._up.healthy()
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        rows = await self.embed_rows(texts)
+        for row in rows:
+            if isinstance(row, RowError):
+                raise row
+        return rows  # type: ignore[return-value]
+
+    async def embed_rows(self, texts: Sequence[str]) -> list[list[float] | RowError]:
+        """One vector per text, or the row error of a text the upstream refuses; its neighbours still embed."""
         chunks = [list(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        parts = await asyncio.gather(*(self._request(c) for c in chunks))
-        vectors = [v for part in parts for v in part]
-        for v in vectors:
-            if len(v) != self.dimension:
+        parts = await asyncio.gather(*(self._isolating(c) for c in chunks))
+        rows = [v for part in parts for v in part]
+        for v in rows:
+            if not isinstance(v, RowError) and len(v) != self.dimension:
                 raise EngineError(f"{self.model_name} returned a {len(v)}-d vector; {self.dimension} expected")
-        return vectors
+        return rows
+
+    async def _isolating(self, texts: list[str]) -> list[list[float] | RowError]:
+        try:
+            return list(await self._request(texts))
+        except RowError as exc:
+            if len(texts) == 1:
+                return [exc]
+            half = len(texts) // 2
+            left, right = await asyncio.gather(self._isolating(texts[:half]), self._isolating(texts[half:]))
+            return left + right
 
     async def _request(self, texts: list[str]) -> list[list[float]]:
-        out = await self._up.post("embeddings", {"model": self.upstream_model, "input": texts})
+        body: dict[str, Any] = {"model": self.upstream_model, "input": texts}
+        if self.truncate:
+            body["truncate_prompt_tokens"] = -1
+        out = await self._up.post("embeddings", body)
         rows = sorted(out.get("data") or [], key=lambda d: d.get("index", 0))
         if len(rows) != len(texts):
             raise EngineError(f"{self.model_name} returned {len(rows)} vectors for {len(texts)} texts")

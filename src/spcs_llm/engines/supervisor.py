@@ -49,6 +49,7 @@ class Supervisor:
         self.stop_grace_s = stop_grace_s
         self.env = env
         self.ready = False
+        self.ready_at: float | None = None  # time.time() when the child last became ready
         self.restarts = 0
         self.proc: asyncio.subprocess.Process | None = None
         self.tail: deque[str] = deque(maxlen=30)
@@ -95,7 +96,7 @@ class Supervisor:
                     raise EngineUnavailable(f"{self.name} exited with code {self.returncode} before it was ready; "
                                             f"last output:\n" + "\n".join(self.tail))
                 if await self._answers(client):
-                    self.ready = True
+                    self.ready, self.ready_at = True, time.time()
                     logs.event("child_ready", child=self.name, pid=self.proc.pid)
                     return
                 await asyncio.sleep(0.25)

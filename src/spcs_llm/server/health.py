@@ -18,11 +18,20 @@ async def health(request: Request) -> Response:
     state = request.app.state
     if state.runtime is None:
         status = "failed" if state.startup_error else "loading"
-        body = {"status": status, "error": state.startup_error}
+        body = {"status": status, "error": state.startup_error, **_unready(getattr(state, "engine", None))}
         return Response(orjson.dumps(body), status_code=503, media_type="application/json")
     ok = await state.engine.health()
-    body = {"status": "ok" if ok else "unhealthy", "model": state.engine.model_name, "engine": state.engine.kind}
+    body = {"status": "ok" if ok else "unhealthy", "model": state.engine.model_name, "engine": state.engine.kind,
+            **({} if ok else _unready(state.engine))}
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
+
+
+def _unready(engine: object) -> dict[str, list[str]]:
+    """``{"not_ready": [...]}``: the parts of an engine made of several processes (vLLM's chat and embedding
+    children) that are starting or restarting; empty for other engines."""
+    unready = getattr(engine, "unready", None)
+    names = unready() if callable(unready) else []
+    return {"not_ready": names} if names else {}
 
 
 @router.get("/metrics")
