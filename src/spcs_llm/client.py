@@ -184,8 +184,10 @@ class BatchClient:
         for attempt in itertools.count():
             try:
                 response = await self._http.post(path, content=body, headers=headers)
+                delay = 0.1
                 while response.status_code == 202:  # the asynchronous protocol: poll with the same batch id
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 1.5, 2.0)
                     response = await self._http.get(path, headers=headers)
             except httpx.TransportError as exc:
                 raise _unreachable(self.where, exc) from exc
