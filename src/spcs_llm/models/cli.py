@@ -38,6 +38,9 @@ def add_subcommands(msub: argparse._SubParsersAction) -> None:  # type: ignore[t
     pull.add_argument("--gguf", action="store_true", help="the catalogue's GGUF file (llama.cpp) instead")
     pull.add_argument("--sources", help='source order, e.g. "modelscope,hf" or "hf=https://mirror"')
     pull.add_argument("--revision", help="branch, tag or commit (default main / master)")
+    pull.add_argument("--cache-mode", choices=("posix", "stage", "readonly"),
+                      help="how the cache may be written (default $SPCS_LLM_CACHE_MODE, else posix; stage: an SPCS "
+                      "stage volume, downloaded on local disk and copied in)")
     pull.add_argument("--config", type=Path, help="TOML config; its [downloads] table applies")
 
 
@@ -122,7 +125,8 @@ def _pull(args: argparse.Namespace) -> int:
                               modelscope_endpoint=dl.modelscope_endpoint if dl else None)
     offline = args.offline or bool(dl and dl.offline)
     path = ensure_model(args.name, cache_dir=args.cache_dir, offline=offline, sources=sources,
-                        fmt="gguf" if args.gguf else "safetensors", revision=args.revision)
+                        fmt="gguf" if args.gguf else "safetensors", revision=args.revision,
+                        cache_mode=args.cache_mode or (dl.cache_mode if dl else None))
     config = path / "config.json"
     if config.is_file():
         try:

@@ -27,6 +27,18 @@ A directory in ``hub/`` exists only once every file was verified: the download g
 is written last, and the directory is renamed into place. A crash at any point leaves either nothing in ``hub/`` or
 a complete model. A complete model is used without any network request; the next download resumes from the
 ``.part`` files with an HTTP ``Range`` request.
+
+Cache modes (``cache_mode=`` or ``$SPCS_LLM_CACHE_MODE``), for the file system the cache lives on:
+
+* ``posix`` (default): local disk or an SPCS block volume. Everything above happens in the cache itself.
+* ``stage``: an SPCS stage volume, which refuses appends and random writes and has no locking and no atomic
+  rename. The download (with its ``.part`` appends, lock and renames) happens on container-local disk
+  (``$SPCS_LLM_STAGING_DIR``, default ``{tmp}/spcs-llm-staging``); each finished, verified file is then copied into
+  the stage once, sequentially, by plain create-and-write, and the marker is copied last. Nothing on the stage is
+  ever appended to, locked, renamed or rewritten. With several instances, one writer is chosen through
+  write-once claim files (``hub/.writers/{name}/{host}``); the others serve their local copy.
+* ``readonly``: pre-staged weights (a stage filled with ``PUT`` or ``snow stage copy``). Nothing is ever written or
+  downloaded; a model that is not there is an error naming what is missing (like ``offline``).
 """
 
 from __future__ import annotations
@@ -37,7 +49,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +70,10 @@ COMPLETE_MARKER = ".spcs-llm-complete.json"
 DEFAULT_HF_ENDPOINT = "https://hf-mirror.com"
 DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 CHUNK = 1 << 20
+CACHE_MODES = ("posix", "stage", "readonly")
+CacheMode = Literal["posix", "stage", "readonly"]
+CLAIM_WAIT_S = 5.0  # stage mode: how long a writer waits for other instances' claims to show before comparing
+CLAIM_STALE_S = 2 * 3600.0  # a claim older than this (a writer that died) no longer blocks others
 
 # What an engine needs from a transformers-layout repository (top-level files), plus sentence-transformers'
 # pooling config. Weights: safetensors; pytorch *.bin only when a repository has no safetensors.
@@ -155,39 +173,127 @@ def resolve_target(name: str, fmt: Literal["safetensors", "gguf"] = "safetensors
     return Target(info.name, info.hf_repo, info.ms_repo or info.hf_repo)
 
 
+def resolve_cache_mode(mode: str | None = None) -> CacheMode:
+    """``mode``, else ``$SPCS_LLM_CACHE_MODE``, else ``posix``; anything else is a ValueError naming the choices."""
+    value = (mode or os.environ.get("SPCS_LLM_CACHE_MODE") or "posix").strip().lower()
+    if value not in CACHE_MODES:
+        raise ValueError(f"cache mode {value!r} is not one of {', '.join(CACHE_MODES)} (SPCS_LLM_CACHE_MODE)")
+    return value  # type: ignore[return-value]
+
+
+def staging_dir() -> Path:
+    """Container-local disk where stage mode downloads before copying into the stage."""
+    return Path(os.environ.get("SPCS_LLM_STAGING_DIR") or Path(tempfile.gettempdir()) / "spcs-llm-staging")
+
+
 def ensure_model(name_or_path: str, *, cache_dir: Path | None = None, offline: bool = False,
                  sources: list[Source] | None = None, fmt: Literal["safetensors", "gguf"] = "safetensors",
                  gguf_file: str = "", revision: str | None = None, progress: bool = True,
-                 retries: int = 3) -> Path:
+                 retries: int = 3, cache_mode: str | None = None) -> Path:
     """A local directory holding the model's files (for ``fmt="gguf"``: the path of the one GGUF file).
 
     ``name_or_path`` is a local path (used as it is), a catalogue name or an ``org/repo`` id. A model already
     complete in the cache, or pre-staged under ``{cache}/models/{name}``, is returned without any network request.
-    Otherwise it is downloaded from ``sources`` (default: ``default_sources()``) in order. ``offline=True`` never
-    touches the network and raises ModelNotAvailable, naming what is missing, when the model is not there.
+    Otherwise it is downloaded from ``sources`` (default: ``default_sources()``) in order. ``offline=True`` (and
+    ``cache_mode="readonly"``) never touches the network and raises ModelNotAvailable, naming what is missing,
+    when the model is not there. ``cache_mode`` (see the module doc) says how the cache may be written.
     """
     local = Path(name_or_path).expanduser()
     if local.exists():
         return local
+    mode = resolve_cache_mode(cache_mode)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = resolve_target(name_or_path, fmt, gguf_file)
     final = cache_dir / "hub" / target.dir_name
     found = _cached(final, target) or _prestaged(cache_dir, target)
     if found is not None:
         return found
-    if offline:
-        raise ModelNotAvailable(_missing_message(cache_dir, final, target))
+    if offline or mode == "readonly":
+        raise ModelNotAvailable(_missing_message(cache_dir, final, target, mode))
     sources = default_sources() if sources is None else sources
     if not sources:
-        raise ModelNotAvailable(f"{target.label}: not cached and no download source is configured")
-    with _lock(cache_dir / "hub" / f".{target.dir_name}.lock"):
-        found = _cached(final, target)  # another process may have finished it while we waited
-        if found is not None:
-            return found
-        _download(target, final, sources, revision=revision, progress=progress, retries=retries)
+        raise ModelNotAvailable(f"{target.label}: not cached in {cache_dir} and no download source is configured")
+    work = staging_dir() if mode == "stage" else cache_dir  # where appends, the lock and renames happen
+    local_final = work / "hub" / target.dir_name
+    with _lock(work / "hub" / f".{target.dir_name}.lock"):
+        found = _cached(local_final, target)  # another process may have finished it while we waited
+        if found is None:
+            _download(target, local_final, sources, revision=revision, progress=progress, retries=retries)
+    if mode == "stage":
+        return _copy_into_stage(local_final, final, target)
     found = _cached(final, target)
     assert found is not None, "a completed download must be in the cache"
     return found
+
+
+def _copy_into_stage(local_final: Path, final: Path, target: Target) -> Path:
+    """Copy a complete, verified download from local disk into the stage: each file created and written once, in
+    order, the marker last; no append, lock, rename or rewrite on the stage. Returns the stage copy, or the local
+    one when another instance is the writer or the stage refused a write (the service still starts)."""
+    local = _cached(local_final, target)
+    assert local is not None, "a completed download must be on local disk"
+    found = _cached(final, target)
+    if found is not None:  # another instance finished the copy meanwhile
+        return found
+    if not _claim_writer(final):
+        print(f"spcs-llm: {target.label}: another instance is copying it into {final.parent}; serving the local "
+              f"copy {local}", file=sys.stderr)
+        return local
+    try:
+        files = sorted(p for p in local_final.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
+        for src in [*files, local_final / COMPLETE_MARKER]:  # the marker last: it says the copy is complete
+            _write_once(src, final / src.relative_to(local_final))
+    except OSError as exc:
+        print(f"spcs-llm: {target.label}: could not copy it into the stage {final} ({exc}); serving the local "
+              f"copy {local}; the next start tries again", file=sys.stderr)
+        return local
+    shutil.rmtree(local_final, ignore_errors=True)  # container disk is small; the stage holds it now
+    found = _cached(final, target)
+    assert found is not None, "the marker was copied last"
+    return found
+
+
+def _write_once(src: Path, dest: Path) -> None:
+    """Create ``dest`` and write it sequentially. A same-size file left by an interrupted copy is kept when its
+    bytes match; a different one is deleted first (never opened for update)."""
+    size = src.stat().st_size
+    if dest.is_file():
+        if dest.stat().st_size == size and _hash(dest, hashlib.sha256()) == _hash(src, hashlib.sha256()):
+            return
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+
+
+def _claim_writer(final: Path) -> bool:
+    """Stage mode with several instances: pick one writer without locks or renames. Each instance writes only its
+    own claim file (named after its host name), waits for the others' claims to show, and the lowest live name
+    writes. An instance that sees a live claim of someone else before claiming stays a reader."""
+    claims = final.parent / ".writers" / final.name
+    me = socket.gethostname() or "instance"
+    claims.mkdir(parents=True, exist_ok=True)
+    if [c for c in _live_claims(claims) if c != me]:
+        return False
+    if me not in _live_claims(claims):
+        with open(claims / me, "xb") as fh:
+            fh.write(json.dumps({"host": me, "time": time.time()}).encode())
+    time.sleep(CLAIM_WAIT_S)
+    live = _live_claims(claims)
+    return not live or live[0] == me
+
+
+def _live_claims(claims: Path) -> list[str]:
+    now, live = time.time(), []
+    for path in claims.iterdir():
+        try:
+            stamp = float(json.loads(path.read_text(encoding="utf-8"))["time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable or half-written: not a claim
+        if now - stamp < CLAIM_STALE_S:
+            live.append(path.name)
+    return sorted(live)
 
 
 def _cached(final: Path, target: Target) -> Path | None:
@@ -206,10 +312,11 @@ def _prestaged(cache_dir: Path, target: Target) -> Path | None:
     return staged if (staged / "config.json").is_file() else None
 
 
-def _missing_message(cache_dir: Path, final: Path, target: Target) -> str:
+def _missing_message(cache_dir: Path, final: Path, target: Target, mode: str = "posix") -> str:
     partial = cache_dir / "hub" / ".partial" / target.dir_name
     what = f"{target.label} ({target.gguf_file or target.hf_repo})"
-    msg = (f"{what} is not available offline: no complete download in {final} and nothing pre-staged in "
+    how = "in the read-only cache (cache mode readonly)" if mode == "readonly" else "offline"
+    msg = (f"{what} is not available {how}: no complete download in {final} and nothing pre-staged in "
            f"{cache_dir / 'models' / target.label}")
     if partial.is_dir():
         have = sorted(p.name for p in partial.iterdir())
@@ -250,7 +357,7 @@ def _download(target: Target, final: Path, sources: list[Source], *, revision: s
                 continue
             _complete(partial, final, source, files)
             return
-    raise DownloadError(f"could not download {target.label} from any source:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not download {target.label} from any source: " + "; ".join(failures))
 
 
 def _describe(exc: Exception) -> str:
