@@ -119,12 +119,14 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    dl = Settings.load(args.config).downloads if args.config else None
+    settings = Settings.load(args.config) if args.config else None
+    dl = settings.downloads if settings else None
+    cache_dir = args.cache_dir or (settings.engine.cache_dir if settings else None)  # where serve will look
     sources = default_sources(args.sources if args.sources is not None else (dl.sources if dl else None),
                               hf_endpoint=dl.hf_endpoint if dl else None,
                               modelscope_endpoint=dl.modelscope_endpoint if dl else None)
     offline = args.offline or bool(dl and dl.offline)
-    path = ensure_model(args.name, cache_dir=args.cache_dir, offline=offline, sources=sources,
+    path = ensure_model(args.name, cache_dir=cache_dir, offline=offline, sources=sources,
                         fmt="gguf" if args.gguf else "safetensors", revision=args.revision,
                         cache_mode=args.cache_mode or (dl.cache_mode if dl else None))
     config = path / "config.json"
