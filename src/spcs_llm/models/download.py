@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -56,7 +57,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 import httpx
@@ -360,10 +361,13 @@ def _download(target: Target, final: Path, sources: list[Source], *, revision: s
     raise DownloadError(f"could not download {target.label} from any source: " + "; ".join(failures))
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, *, named: bool = False) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         return f"HTTP {exc.response.status_code} for {exc.request.url}"
-    if isinstance(exc, httpx.HTTPError):
+    response = getattr(exc, "response", None)  # huggingface_hub's HfHubHTTPError
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} for {getattr(response, 'url', '')}"
+    if isinstance(exc, httpx.HTTPError) or named:
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return str(exc)
 
@@ -396,19 +400,53 @@ def select_files(files: list[RemoteFile], gguf_file: str = "") -> list[RemoteFil
     return top
 
 
+def _hf_client() -> Any:
+    """``huggingface_hub`` (the official client, kept in step with the Hub and mirrors), or None without it."""
+    if os.environ.get("SPCS_LLM_HF_CLIENT") == "builtin":
+        return None
+    try:
+        import huggingface_hub
+        from huggingface_hub.file_download import http_get
+    except ImportError:
+        return None
+    wanted = {"resume_size", "headers", "expected_size", "displayed_filename", "tqdm_class"}
+    if not wanted <= set(inspect.signature(http_get).parameters):  # a version whose transfer we do not know
+        return None
+    return huggingface_hub
+
+
 class _Hub:
-    """One source's HTTP layout: list files, build a file's URL."""
+    """One source's HTTP layout: list files, build a file's URL, stream a file.
+
+    Hugging Face files are transferred by ``huggingface_hub`` when it is installed (``hf_hub_url`` and
+    ``http_get``: the official client's redirect, rate-limit (429), Range and resume handling), into our own
+    ``.part`` file, verified and placed by us. Listings, ModelScope, and Hugging Face without the library use our
+    own client."""
 
     def __init__(self, client: httpx.Client, source: Source, target: Target, revision: str | None) -> None:
         self.client, self.source = client, source
         self.repo = target.hf_repo if source.kind == "hf" else target.ms_repo
         self.revision = revision or ("main" if source.kind == "hf" else "master")
-        token = os.environ.get("HF_TOKEN") if source.kind == "hf" else None
-        # only to Hugging Face sources; httpx drops it on the cross-origin redirect to the CDN
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.token = os.environ.get("HF_TOKEN") if source.kind == "hf" else None
+        # only to Hugging Face sources; dropped on the cross-origin redirect to the CDN
+        self.headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        self.hf = _hf_client() if source.kind == "hf" else None
 
     def list_files(self) -> list[RemoteFile]:
+        # Our own listing (one request per page) even with huggingface_hub installed: its HfApi retries an
+        # unreachable endpoint five times with backoff (~23 s) before the next source may be tried.
         return self._list_hf() if self.source.kind == "hf" else self._list_modelscope()
+
+    def stream_hf_hub(self, f: RemoteFile, out: BinaryIO, have: int, progress: bool) -> None:
+        """Append the rest of ``f`` (from byte ``have``) to ``out`` with huggingface_hub's transfer."""
+        from huggingface_hub.file_download import http_get
+
+        url = self.hf.hf_hub_url(self.repo, f.path, revision=self.revision, endpoint=self.source.endpoint)
+        try:
+            http_get(url, out, resume_size=have, headers=self.headers | {"user-agent": "spcs-llm"},
+                     expected_size=f.size, displayed_filename=f.path, tqdm_class=None if progress else _QuietBar)
+        except Exception as exc:  # the library's own errors (HTTP, connection, size): reported per source
+            raise DownloadError(f"{f.path}: {_describe(exc, named=True)}") from exc
 
     def file_url(self, path: str) -> str:
         if self.source.kind == "hf":
@@ -464,18 +502,43 @@ def _fetch_file(hub: _Hub, f: RemoteFile, partial: Path, *, progress: bool, retr
     os.replace(part, dest)
 
 
+MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After of a rate-limited (429) answer we wait out
+
+
 def _stream_with_retries(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool, retries: int) -> None:
     for attempt in range(retries + 1):
         try:
             return _stream(hub, f, part, progress=progress)
-        except (httpx.TransportError, _ShortRead) as exc:  # a cut connection: resume with Range
+        except (httpx.TransportError, _ShortRead, _RateLimited) as exc:  # a cut connection: resume with Range
             if attempt == retries:
                 raise DownloadError(f"{f.path}: gave up after {retries + 1} attempts ({_describe(exc)})") from exc
-            time.sleep(min(2.0**attempt * 0.1, 5.0))
+            wait = exc.seconds if isinstance(exc, _RateLimited) else min(2.0**attempt * 0.1, 5.0)
+            time.sleep(wait)
+
+
+class _RateLimited(Exception):
+    """HTTP 429: wait ``seconds`` (the server's Retry-After, capped) and try again."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"HTTP 429, retry after {seconds:g} s")
+        self.seconds = seconds
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value or 1), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:  # an HTTP date: not worth parsing, wait a little
+        return 1.0
 
 
 class _ShortRead(Exception):
     """The server closed the body before Content-Length bytes arrived."""
+
+
+class _QuietBar(tqdm):  # type: ignore[type-arg]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
 
 
 def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
@@ -485,11 +548,17 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
         have = 0
     if f.size is not None and have == f.size:
         return
+    if hub.hf is not None:
+        with open(part, "ab") as out:  # local disk only (posix cache, or the staging dir in stage mode)
+            hub.stream_hf_hub(f, out, have, progress)
+        return
     # identity: byte offsets for Range must be offsets in the file, not in a compressed stream
     headers = hub.headers | {"accept-encoding": "identity"} | ({"range": f"bytes={have}-"} if have else {})
     with hub.client.stream("GET", hub.file_url(f.path), headers=headers) as resp:
         if resp.status_code == 416:  # our part already holds the whole file (size unknown to us)
             return
+        if resp.status_code == 429:
+            raise _RateLimited(_retry_after(resp.headers.get("retry-after")))
         resp.raise_for_status()
         if have and resp.status_code != 206:  # the server ignored Range: start over
             have = 0
