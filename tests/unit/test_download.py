@@ -247,11 +247,19 @@ def test_hugging_face_transfers_use_huggingface_hub(tmp_path: Path, repo: dict[s
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """With huggingface_hub installed, its http_get moves the bytes (redirect to the CDN, 429, resume); without
     it (SPCS_LLM_HF_CLIENT=builtin stands for that) our own client does, with the same result."""
+    import functools
+
     from huggingface_hub import file_download
 
     calls: list[str] = []
     real = file_download.http_get
-    monkeypatch.setattr(file_download, "http_get", lambda url, *a, **kw: calls.append(url) or real(url, *a, **kw))
+
+    @functools.wraps(real)
+    def recording(url: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(file_download, "http_get", recording)
     with HubServer(Hub({REPO: repo})) as url:
         assert_model(ensure_model(REPO, cache_dir=tmp_path / "a", sources=[Source("hf", url)], progress=False), repo)
         assert len(calls) == len(WANTED) and all("/resolve/main/" in c for c in calls)
