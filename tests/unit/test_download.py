@@ -266,3 +266,25 @@ def test_hugging_face_transfers_use_huggingface_hub(tmp_path: Path, repo: dict[s
         monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
         assert_model(ensure_model(REPO, cache_dir=tmp_path / "b", sources=[Source("hf", url)], progress=False), repo)
     assert len(calls) == len(WANTED)
+
+
+def test_egress_hosts_list_each_endpoint_and_its_redirect_hosts() -> None:
+    from spcs_llm.models.download import egress_hosts
+
+    assert egress_hosts([Source("hf", "https://hf-mirror.com"), Source("modelscope", "https://www.modelscope.cn")]) == [
+        "hf-mirror.com:443", "cdn-lfs.hf-mirror.com:443", "cdn-lfs-us-1.hf-mirror.com:443",
+        "www.modelscope.cn:443", "cdn-lfs-cn-1.modelscope.cn:443"]
+    assert egress_hosts([Source("hf", "http://mirror.internal:8080")]) == ["mirror.internal:8080"]
+
+
+@pytest.mark.parametrize("client", ["builtin", "huggingface_hub"])
+def test_a_blocked_cdn_host_is_named(tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch,
+                                     client: str) -> None:
+    """The listing works, the redirect target is unreachable (as when the network rule lacks the CDN host)."""
+    if client == "builtin":
+        monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
+    hub = Hub({REPO: repo})
+    with HubServer(hub) as url:
+        hub.url = closed_port_url().replace("127.0.0.1", "localhost")  # where the 302s now point
+        with pytest.raises(DownloadError, match="ConnectError for localhost"):
+            ensure_model(REPO, cache_dir=tmp_path, sources=[Source("hf", url)], progress=False, retries=0)

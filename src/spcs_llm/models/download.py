@@ -87,6 +87,33 @@ WANTED_NESTED = ("1_Pooling/config.json",)
 FALLBACK_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 
 
+# Hosts each endpoint's downloads redirect to (large files go to a CDN). SPCS network rules take exact host names,
+# no wildcards, so a rule must list these as well as the endpoint. Sources (docs/models.md, "Mirrors and the hosts
+# they redirect to"): HF-Mirror's LFS redirects to cdn-lfs.hf-mirror.com / cdn-lfs-us-1.hf-mirror.com and
+# ModelScope's to cdn-lfs-cn-1.modelscope.cn, as recorded in public download URLs and notes; huggingface.co's to
+# its LFS CDNs and, for Xet-stored files, cas-bridge.xethub.hf.co. Observed by others, not verified from here.
+REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
+    "hf-mirror.com": ("cdn-lfs.hf-mirror.com", "cdn-lfs-us-1.hf-mirror.com"),
+    "www.modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
+    "modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
+    "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co",
+                       "cdn-lfs-us-1.hf.co", "cas-bridge.xethub.hf.co"),
+}
+
+
+def egress_hosts(sources: list[Source] | None = None) -> list[str]:
+    """``host:443`` (or the URL's port) for every source endpoint and the CDN hosts it redirects to, in order: what
+    an SPCS network rule's VALUE_LIST must hold for downloads from ``sources`` (default: ``default_sources()``)."""
+    hosts: list[str] = []
+    for source in default_sources() if sources is None else sources:
+        url = httpx.URL(source.endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        for host in (url.host, *REDIRECT_HOSTS.get(url.host, ())):
+            if f"{host}:{port}" not in hosts:
+                hosts.append(f"{host}:{port}")
+    return hosts
+
+
 class DownloadError(RuntimeError):
     """A model could not be downloaded; the message says from where and why."""
 
@@ -367,9 +394,21 @@ def _describe(exc: Exception, *, named: bool = False) -> str:
     response = getattr(exc, "response", None)  # huggingface_hub's HfHubHTTPError
     if response is not None and getattr(response, "status_code", None):
         return f"HTTP {response.status_code} for {getattr(response, 'url', '')}"
-    if isinstance(exc, httpx.HTTPError) or named:
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return str(exc)
+    if not (isinstance(exc, httpx.HTTPError) or named):
+        return str(exc)
+    name = type(exc).__name__
+    host = _request_host(exc)  # a CDN host missing from the network rule shows up here
+    where = f" for {host}" if host else ""
+    return f"{name}{where}: {exc}" if str(exc) else f"{name}{where}"
+
+
+def _request_host(exc: Exception) -> str:
+    """The host of the request that failed (httpx and huggingface_hub's transport errors carry it), else ''."""
+    try:
+        request = getattr(exc, "request", None)
+    except RuntimeError:  # httpx: no request attached
+        return ""
+    return str(getattr(getattr(request, "url", None), "host", "") or "")
 
 
 def _complete(partial: Path, final: Path, source: Source, files: list[RemoteFile]) -> None:
