@@ -122,3 +122,19 @@ def test_neither_a_file_nor_a_name(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_a_catalogue_name_without_gguf_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelNotAvailable, match="qwen3-8b.*names no GGUF file"):
         resolve_model("qwen3-8b", fmt="gguf", cache_dir=tmp_path, downloads=None)
+
+
+def test_docs_models_page_has_the_current_catalogue_and_hosts() -> None:
+    from spcs_llm.models.cli import catalogue_table
+    from spcs_llm.models.download import egress_hosts
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text(encoding="utf-8")
+    assert catalogue_table(markdown=True) in page, "docs/models.md: paste spcs_llm.models.cli.catalogue_table()"
+    defaults = egress_hosts(default_sources_for_docs())
+    assert all(f"`{h}`" in page for h in defaults), defaults
+
+
+def default_sources_for_docs() -> list:
+    from spcs_llm.models.download import Source
+
+    return [Source("hf", "https://hf-mirror.com"), Source("modelscope", "https://www.modelscope.cn")]
