@@ -168,6 +168,20 @@ def test_a_stale_claim_does_not_block_the_copy(stage: StageRules) -> None:
     assert path.parent == stage.root / "hub" and stage.refused == []
 
 
+def test_our_own_stale_claim_is_replaced_not_updated(stage: StageRules) -> None:
+    import json
+    import socket
+
+    claims = stage.root / "hub" / ".writers" / "acme--tiny-model"
+    claims.mkdir(parents=True)
+    (claims / socket.gethostname()).write_text(json.dumps({"host": "me", "time": 0}))  # a start hours ago
+    with HubServer(Hub({REPO: make_repo()})) as url:
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
+                            cache_mode="stage")
+    assert path.parent == stage.root / "hub" and stage.refused == []
+    assert json.loads((claims / socket.gethostname()).read_text())["time"] > 0
+
+
 def test_gguf_in_stage_mode_via_the_environment(stage: StageRules, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SPCS_LLM_CACHE_MODE", "stage")
     repo = make_repo()

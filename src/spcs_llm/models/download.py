@@ -263,7 +263,13 @@ def _copy_into_stage(local_final: Path, final: Path, target: Target) -> Path:
     found = _cached(final, target)
     if found is not None:  # another instance finished the copy meanwhile
         return found
-    if not _claim_writer(final):
+    try:
+        writer = _claim_writer(final)
+    except OSError as exc:
+        print(f"spcs-llm: {target.label}: could not claim the copy into the stage {final} ({exc}); serving the "
+              f"local copy {local}", file=sys.stderr)
+        return local
+    if not writer:
         print(f"spcs-llm: {target.label}: another instance is copying it into {final.parent}; serving the local "
               f"copy {local}", file=sys.stderr)
         return local
@@ -305,6 +311,7 @@ def _claim_writer(final: Path) -> bool:
     if [c for c in _live_claims(claims) if c != me]:
         return False
     if me not in _live_claims(claims):
+        (claims / me).unlink(missing_ok=True)  # our own claim from an earlier start, gone stale: a new file, no update
         with open(claims / me, "xb") as fh:
             fh.write(json.dumps({"host": me, "time": time.time()}).encode())
     time.sleep(CLAIM_WAIT_S)
