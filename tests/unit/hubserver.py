@@ -3,6 +3,13 @@
 It serves files the test made. It records every request (path, Range header), so a test can count them, and it
 can fail on purpose: every request with one status, one file cut off mid-body once, or one file served corrupt
 while the listing keeps the true hash.
+
+Like huggingface.co (and HF-Mirror, which proxies it), a Hugging Face ``resolve`` URL of an LFS file (weights,
+GGUF) answers ``302`` to a CDN URL (here ``/cdn-lfs/repos/...`` on the same server; on the real hub another host,
+see docs/models.md) with ``X-Repo-Commit``, ``X-Linked-Etag`` and ``X-Linked-Size``; small files are served
+directly with their git blob ``ETag``. ``HEAD`` answers the same headers without a body. A redirect and a
+``HEAD`` are recorded with `` (302)`` / `` (HEAD)`` after the path, so ``ranges_for`` sees only the requests that
+carried bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # X-Repo-Commit of every repository
 
 
 @dataclass
@@ -26,6 +34,7 @@ class Hub:
     fail_status: int | None = None
     cut_once: dict[str, int] = field(default_factory=dict)  # file path -> bytes sent before the connection drops
     corrupt: set[str] = field(default_factory=set)
+    rate_limit_once: dict[str, int] = field(default_factory=dict)  # file path -> Retry-After seconds of one 429
     page_size: int = 1000  # HF tree listing page size; smaller exercises the Link: rel="next" pagination
     url: str = ""
 
@@ -51,25 +60,60 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:
-            hub.requests.append((self.path, self.headers.get("Range")))
+        def do_HEAD(self) -> None:
+            hub.requests.append((self.path + " (HEAD)", self.headers.get("Range")))
             hub.auth.append(self.headers.get("Authorization"))
             if hub.fail_status:
-                return self._send(hub.fail_status, b"mirror is down", "text/plain")
+                return self._send(hub.fail_status, b"", "text/plain", head=True)
+            parts = unquote(urlsplit(self.path).path).strip("/").split("/")
+            if "resolve" not in parts:
+                return self._send(404, b"", "text/plain", head=True)
+            i = parts.index("resolve")
+            return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2:]), head=True)
+
+        def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             parts = unquote(url.path).strip("/").split("/")
+            lfs_resolve = "resolve" in parts and parts[-1].endswith(LFS_SUFFIXES)
+            hub.requests.append((self.path + (" (302)" if lfs_resolve else ""), self.headers.get("Range")))
+            hub.auth.append(self.headers.get("Authorization"))
+            if hub.fail_status:
+                return self._send(hub.fail_status, b"mirror is down", "text/plain")
             if parts[:2] == ["api", "models"] and "tree" in parts:
                 i = parts.index("tree")
                 return self._hf_tree("/".join(parts[2:i]), int(query.get("cursor", 0)))
+            if parts[:2] == ["cdn-lfs", "repos"]:  # /cdn-lfs/repos/{org}/{repo}/{sha256}/{path}
+                return self._file("/".join(parts[2:4]), "/".join(parts[5:]))
             if "resolve" in parts:
                 i = parts.index("resolve")
-                return self._file("/".join(parts[:i]), "/".join(parts[i + 2:]))
+                return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2:]), head=False)
             if parts[:3] == ["api", "v1", "models"] and parts[-2:] == ["repo", "files"]:
                 return self._ms_files("/".join(parts[3:-2]))
             if parts[:3] == ["api", "v1", "models"] and parts[-1] == "repo":
                 return self._file("/".join(parts[3:-1]), query.get("FilePath", ""))
             return self._send(404, b"no such route", "text/plain")
+
+        def _resolve(self, repo: str, path: str, *, head: bool) -> None:
+            """The Hub's resolve endpoint: LFS files redirect to the CDN, small files are served here."""
+            if repo not in hub.repos:
+                return self._send(404, b"Repository not found", "text/plain", {"X-Error-Code": "RepoNotFound"},
+                                  head=head)
+            data = hub.repos[repo].get(path)
+            if data is None:
+                return self._send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"},
+                                  head=head)
+            entry = hf_entry(path, data)
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{entry["oid"]}"'}
+            if "lfs" in entry:
+                sha = entry["lfs"]["oid"]
+                headers |= {"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
+                            "Location": f"{hub.url}/cdn-lfs/repos/{repo}/{sha}/{path}"}
+                return self._send(302, b"", "text/plain", headers, head=head)
+            if head:
+                return self._send(200, b"", "application/octet-stream", headers | {"X-Size": str(len(data))},
+                                  head=True, length=len(data))
+            return self._file(repo, path, headers)
 
         def _hf_tree(self, repo: str, cursor: int) -> None:
             if repo not in hub.repos:
@@ -92,10 +136,15 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             body = {"Code": 200, "Data": {"Files": files}, "Success": True}
             self._send(200, json.dumps(body).encode(), "application/json")
 
-        def _file(self, repo: str, path: str) -> None:
+        def _file(self, repo: str, path: str, headers: dict[str, str] | None = None) -> None:
             data = hub.repos.get(repo, {}).get(path)
             if data is None:
                 return self._send(404, b"not found", "text/plain")
+            if path in hub.rate_limit_once:  # as the Hub answers over its quota: 429 with both headers
+                wait = hub.rate_limit_once.pop(path)
+                return self._send(429, b"Too Many Requests", "text/plain",
+                                  {"Retry-After": str(wait), "RateLimit": f'"resolvers";r=0;t={wait}',
+                                   "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'})
             if path in hub.corrupt:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             start = 0
@@ -104,6 +153,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             body = data[start:]
             status = 206 if start else 200
             extra = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"} if start else {}
+            extra |= headers or {}
             if path in hub.cut_once:
                 cut = hub.cut_once.pop(path)
                 self.send_response(status)
@@ -116,14 +166,16 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 return None
             self._send(status, body, "application/octet-stream", extra)
 
-        def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None, *,
+                  head: bool = False, length: int | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(body) if length is None else length))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
 
     return Handler
 

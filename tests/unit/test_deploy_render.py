@@ -311,7 +311,7 @@ def test_entrypoint_writes_config_pulls_model_and_execs_server(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert cfg_path.read_text() == toml
     assert log.read_text().splitlines() == [
-        "models pull qwen2.5-7b-instruct", f"serve --engine vllm --config {cfg_path}"]
+        f"models pull --config {cfg_path} qwen2.5-7b-instruct", f"serve --engine vllm --config {cfg_path}"]
     env.pop("MODEL")
     failed = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert failed.returncode == 2 and "MODEL is not set" in failed.stderr

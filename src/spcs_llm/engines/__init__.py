@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import DownloadSettings, EmbeddingSettings, EngineSettings
 from ..models import packaged
-from ..models.catalog import catalog_entry
+from ..models.resolve import resolve_model
 from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelta, Usage
 from .fake import FakeEmbedder, FakeEngine
 
@@ -16,16 +16,14 @@ __all__ = [
 ]
 
 
-def resolve_model_file(settings: EngineSettings) -> tuple[Path, str]:
-    """The GGUF to load and the name to serve it under; fetches the packaged model once if needed."""
+def resolve_model_file(settings: EngineSettings, downloads: DownloadSettings | None = None) -> tuple[Path, str]:
+    """The GGUF to load and the name to serve it under. ``model`` is "default" (the packaged model, fetched once),
+    a GGUF path, or a catalogue name / org/repo id resolved to its GGUF (the cache first, then the mirrors)."""
     if settings.model == "default":
         path = packaged.ensure_packaged_model(settings.cache_dir)
         return path, settings.model_name or packaged.MODEL_NAME
-    path = Path(settings.model).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"engine.model: no such GGUF file: {path}")
-    entry = catalog_entry(path.name)
-    return path, settings.model_name or (entry.name if entry else path.stem.lower())
+    path, name = resolve_model(settings.model, fmt="gguf", cache_dir=settings.cache_dir, downloads=downloads)
+    return path, settings.model_name or name
 
 
 def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
@@ -42,7 +40,7 @@ def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = 
         return VllmEngine.from_settings(settings, downloads)
     from .llamacpp import LlamaCppEngine
 
-    path, name = resolve_model_file(settings)
+    path, name = resolve_model_file(settings, downloads)
     return LlamaCppEngine(path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot,
                           threads=settings.threads)
 

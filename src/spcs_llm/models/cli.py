@@ -41,6 +41,9 @@ def add_subcommands(msub: argparse._SubParsersAction) -> None:  # type: ignore[t
     pull.add_argument("--gguf", action="store_true", help="the catalogue's GGUF file (llama.cpp) instead")
     pull.add_argument("--sources", help='source order, e.g. "modelscope,hf" or "hf=https://mirror"')
     pull.add_argument("--revision", help="branch, tag or commit (default main / master)")
+    pull.add_argument("--cache-mode", choices=("posix", "stage", "readonly"),
+                      help="how the cache may be written (default $SPCS_LLM_CACHE_MODE, else posix; stage: an SPCS "
+                      "stage volume, downloaded on local disk and copied in)")
     pull.add_argument("--config", type=Path, help="TOML config; its [downloads] table applies")
 
 
@@ -123,13 +126,16 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    dl = Settings.load(args.config).downloads if args.config else None
+    settings = Settings.load(args.config) if args.config else None
+    dl = settings.downloads if settings else None
+    cache_dir = args.cache_dir or (settings.engine.cache_dir if settings else None)  # where serve will look
     sources = default_sources(args.sources if args.sources is not None else (dl.sources if dl else None),
                               hf_endpoint=dl.hf_endpoint if dl else None,
                               modelscope_endpoint=dl.modelscope_endpoint if dl else None)
     offline = args.offline or bool(dl and dl.offline)
-    path = ensure_model(args.name, cache_dir=args.cache_dir, offline=offline, sources=sources,
-                        fmt="gguf" if args.gguf else "safetensors", revision=args.revision)
+    path = ensure_model(args.name, cache_dir=cache_dir, offline=offline, sources=sources,
+                        fmt="gguf" if args.gguf else "safetensors", revision=args.revision,
+                        cache_mode=args.cache_mode or (dl.cache_mode if dl else None))
     config = path / "config.json"
     if config.is_file():
         try:

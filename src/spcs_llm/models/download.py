@@ -27,6 +27,18 @@ A directory in ``hub/`` exists only once every file was verified: the download g
 is written last, and the directory is renamed into place. A crash at any point leaves either nothing in ``hub/`` or
 a complete model. A complete model is used without any network request; the next download resumes from the
 ``.part`` files with an HTTP ``Range`` request.
+
+Cache modes (``cache_mode=`` or ``$SPCS_LLM_CACHE_MODE``), for the file system the cache lives on:
+
+* ``posix`` (default): local disk or an SPCS block volume. Everything above happens in the cache itself.
+* ``stage``: an SPCS stage volume, which refuses appends and random writes and has no locking and no atomic
+  rename. The download (with its ``.part`` appends, lock and renames) happens on container-local disk
+  (``$SPCS_LLM_STAGING_DIR``, default ``{tmp}/spcs-llm-staging``); each finished, verified file is then copied into
+  the stage once, sequentially, by plain create-and-write, and the marker is copied last. Nothing on the stage is
+  ever appended to, locked, renamed or rewritten. With several instances, one writer is chosen through
+  write-once claim files (``hub/.writers/{name}/{host}``); the others serve their local copy.
+* ``readonly``: pre-staged weights (a stage filled with ``PUT`` or ``snow stage copy``). Nothing is ever written or
+  downloaded; a model that is not there is an error naming what is missing (like ``offline``).
 """
 
 from __future__ import annotations
@@ -34,15 +46,18 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
+import inspect
 import json
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
 
 import httpx
@@ -56,6 +71,10 @@ COMPLETE_MARKER = ".spcs-llm-complete.json"
 DEFAULT_HF_ENDPOINT = "https://hf-mirror.com"
 DEFAULT_MODELSCOPE_ENDPOINT = "https://www.modelscope.cn"
 CHUNK = 1 << 20
+CACHE_MODES = ("posix", "stage", "readonly")
+CacheMode = Literal["posix", "stage", "readonly"]
+CLAIM_WAIT_S = 5.0  # stage mode: how long a writer waits for other instances' claims to show before comparing
+CLAIM_STALE_S = 2 * 3600.0  # a claim older than this (a writer that died) no longer blocks others
 
 # What an engine needs from a transformers-layout repository (top-level files), plus sentence-transformers'
 # pooling config. Weights: safetensors; pytorch *.bin only when a repository has no safetensors.
@@ -66,6 +85,33 @@ WANTED = ("*.safetensors", "*.safetensors.index.json", "config.json", "generatio
           "config_sentence_transformers.json", "configuration_*.py", "modeling_*.py", "tokenization_*.py")
 WANTED_NESTED = ("1_Pooling/config.json",)
 FALLBACK_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+# Hosts each endpoint's downloads redirect to (large files go to a CDN). SPCS network rules take exact host names,
+# no wildcards, so a rule must list these as well as the endpoint. Sources (docs/models.md, "Mirrors and the hosts
+# they redirect to"): HF-Mirror's LFS redirects to cdn-lfs.hf-mirror.com / cdn-lfs-us-1.hf-mirror.com and
+# ModelScope's to cdn-lfs-cn-1.modelscope.cn, as recorded in public download URLs and notes; huggingface.co's to
+# its LFS CDNs and, for Xet-stored files, cas-bridge.xethub.hf.co. Observed by others, not verified from here.
+REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
+    "hf-mirror.com": ("cdn-lfs.hf-mirror.com", "cdn-lfs-us-1.hf-mirror.com"),
+    "www.modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
+    "modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
+    "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co",
+                       "cdn-lfs-us-1.hf.co", "cas-bridge.xethub.hf.co"),
+}
+
+
+def egress_hosts(sources: list[Source] | None = None) -> list[str]:
+    """``host:443`` (or the URL's port) for every source endpoint and the CDN hosts it redirects to, in order: what
+    an SPCS network rule's VALUE_LIST must hold for downloads from ``sources`` (default: ``default_sources()``)."""
+    hosts: list[str] = []
+    for source in default_sources() if sources is None else sources:
+        url = httpx.URL(source.endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        for host in (url.host, *REDIRECT_HOSTS.get(url.host, ())):
+            if f"{host}:{port}" not in hosts:
+                hosts.append(f"{host}:{port}")
+    return hosts
 
 
 class DownloadError(RuntimeError):
@@ -155,39 +201,134 @@ def resolve_target(name: str, fmt: Literal["safetensors", "gguf"] = "safetensors
     return Target(info.name, info.hf_repo, info.ms_repo or info.hf_repo)
 
 
+def resolve_cache_mode(mode: str | None = None) -> CacheMode:
+    """``mode``, else ``$SPCS_LLM_CACHE_MODE``, else ``posix``; anything else is a ValueError naming the choices."""
+    value = (mode or os.environ.get("SPCS_LLM_CACHE_MODE") or "posix").strip().lower()
+    if value not in CACHE_MODES:
+        raise ValueError(f"cache mode {value!r} is not one of {', '.join(CACHE_MODES)} (SPCS_LLM_CACHE_MODE)")
+    return value  # type: ignore[return-value]
+
+
+def staging_dir() -> Path:
+    """Container-local disk where stage mode downloads before copying into the stage."""
+    return Path(os.environ.get("SPCS_LLM_STAGING_DIR") or Path(tempfile.gettempdir()) / "spcs-llm-staging")
+
+
 def ensure_model(name_or_path: str, *, cache_dir: Path | None = None, offline: bool = False,
                  sources: list[Source] | None = None, fmt: Literal["safetensors", "gguf"] = "safetensors",
                  gguf_file: str = "", revision: str | None = None, progress: bool = True,
-                 retries: int = 3) -> Path:
+                 retries: int = 3, cache_mode: str | None = None) -> Path:
     """A local directory holding the model's files (for ``fmt="gguf"``: the path of the one GGUF file).
 
     ``name_or_path`` is a local path (used as it is), a catalogue name or an ``org/repo`` id. A model already
     complete in the cache, or pre-staged under ``{cache}/models/{name}``, is returned without any network request.
-    Otherwise it is downloaded from ``sources`` (default: ``default_sources()``) in order. ``offline=True`` never
-    touches the network and raises ModelNotAvailable, naming what is missing, when the model is not there.
+    Otherwise it is downloaded from ``sources`` (default: ``default_sources()``) in order. ``offline=True`` (and
+    ``cache_mode="readonly"``) never touches the network and raises ModelNotAvailable, naming what is missing,
+    when the model is not there. ``cache_mode`` (see the module doc) says how the cache may be written.
     """
     local = Path(name_or_path).expanduser()
     if local.exists():
         return local
+    mode = resolve_cache_mode(cache_mode)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = resolve_target(name_or_path, fmt, gguf_file)
     final = cache_dir / "hub" / target.dir_name
     found = _cached(final, target) or _prestaged(cache_dir, target)
     if found is not None:
         return found
-    if offline:
-        raise ModelNotAvailable(_missing_message(cache_dir, final, target))
+    if offline or mode == "readonly":
+        raise ModelNotAvailable(_missing_message(cache_dir, final, target, mode))
     sources = default_sources() if sources is None else sources
     if not sources:
-        raise ModelNotAvailable(f"{target.label}: not cached and no download source is configured")
-    with _lock(cache_dir / "hub" / f".{target.dir_name}.lock"):
-        found = _cached(final, target)  # another process may have finished it while we waited
-        if found is not None:
-            return found
-        _download(target, final, sources, revision=revision, progress=progress, retries=retries)
+        raise ModelNotAvailable(f"{target.label}: not cached in {cache_dir} and no download source is configured")
+    work = staging_dir() if mode == "stage" else cache_dir  # where appends, the lock and renames happen
+    local_final = work / "hub" / target.dir_name
+    with _lock(work / "hub" / f".{target.dir_name}.lock"):
+        found = _cached(local_final, target)  # another process may have finished it while we waited
+        if found is None:
+            _download(target, local_final, sources, revision=revision, progress=progress, retries=retries)
+    if mode == "stage":
+        return _copy_into_stage(local_final, final, target)
     found = _cached(final, target)
     assert found is not None, "a completed download must be in the cache"
     return found
+
+
+def _copy_into_stage(local_final: Path, final: Path, target: Target) -> Path:
+    """Copy a complete, verified download from local disk into the stage: each file created and written once, in
+    order, the marker last; no append, lock, rename or rewrite on the stage. Returns the stage copy, or the local
+    one when another instance is the writer or the stage refused a write (the service still starts)."""
+    local = _cached(local_final, target)
+    assert local is not None, "a completed download must be on local disk"
+    found = _cached(final, target)
+    if found is not None:  # another instance finished the copy meanwhile
+        return found
+    try:
+        writer = _claim_writer(final)
+    except OSError as exc:
+        print(f"spcs-llm: {target.label}: could not claim the copy into the stage {final} ({exc}); serving the "
+              f"local copy {local}", file=sys.stderr)
+        return local
+    if not writer:
+        print(f"spcs-llm: {target.label}: another instance is copying it into {final.parent}; serving the local "
+              f"copy {local}", file=sys.stderr)
+        return local
+    try:
+        files = sorted(p for p in local_final.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
+        for src in [*files, local_final / COMPLETE_MARKER]:  # the marker last: it says the copy is complete
+            _write_once(src, final / src.relative_to(local_final))
+    except OSError as exc:
+        print(f"spcs-llm: {target.label}: could not copy it into the stage {final} ({exc}); serving the local "
+              f"copy {local}; the next start tries again", file=sys.stderr)
+        return local
+    shutil.rmtree(local_final, ignore_errors=True)  # container disk is small; the stage holds it now
+    found = _cached(final, target)
+    assert found is not None, "the marker was copied last"
+    return found
+
+
+def _write_once(src: Path, dest: Path) -> None:
+    """Create ``dest`` and write it sequentially. A same-size file left by an interrupted copy is kept when its
+    bytes match; a different one is deleted first (never opened for update)."""
+    size = src.stat().st_size
+    if dest.is_file():
+        if dest.stat().st_size == size and _hash(dest, hashlib.sha256()) == _hash(src, hashlib.sha256()):
+            return
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, open(dest, "xb") as fout:
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+
+
+def _claim_writer(final: Path) -> bool:
+    """Stage mode with several instances: pick one writer without locks or renames. Each instance writes only its
+    own claim file (named after its host name), waits for the others' claims to show, and the lowest live name
+    writes. An instance that sees a live claim of someone else before claiming stays a reader."""
+    claims = final.parent / ".writers" / final.name
+    me = socket.gethostname() or "instance"
+    claims.mkdir(parents=True, exist_ok=True)
+    if [c for c in _live_claims(claims) if c != me]:
+        return False
+    if me not in _live_claims(claims):
+        (claims / me).unlink(missing_ok=True)  # our own claim from an earlier start, gone stale: a new file, no update
+        with open(claims / me, "xb") as fh:
+            fh.write(json.dumps({"host": me, "time": time.time()}).encode())
+    time.sleep(CLAIM_WAIT_S)
+    live = _live_claims(claims)
+    return not live or live[0] == me
+
+
+def _live_claims(claims: Path) -> list[str]:
+    now, live = time.time(), []
+    for path in claims.iterdir():
+        try:
+            stamp = float(json.loads(path.read_text(encoding="utf-8"))["time"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable or half-written: not a claim
+        if now - stamp < CLAIM_STALE_S:
+            live.append(path.name)
+    return sorted(live)
 
 
 def _cached(final: Path, target: Target) -> Path | None:
@@ -206,10 +347,11 @@ def _prestaged(cache_dir: Path, target: Target) -> Path | None:
     return staged if (staged / "config.json").is_file() else None
 
 
-def _missing_message(cache_dir: Path, final: Path, target: Target) -> str:
+def _missing_message(cache_dir: Path, final: Path, target: Target, mode: str = "posix") -> str:
     partial = cache_dir / "hub" / ".partial" / target.dir_name
     what = f"{target.label} ({target.gguf_file or target.hf_repo})"
-    msg = (f"{what} is not available offline: no complete download in {final} and nothing pre-staged in "
+    how = "in the read-only cache (cache mode readonly)" if mode == "readonly" else "offline"
+    msg = (f"{what} is not available {how}: no complete download in {final} and nothing pre-staged in "
            f"{cache_dir / 'models' / target.label}")
     if partial.is_dir():
         have = sorted(p.name for p in partial.iterdir())
@@ -250,15 +392,30 @@ def _download(target: Target, final: Path, sources: list[Source], *, revision: s
                 continue
             _complete(partial, final, source, files)
             return
-    raise DownloadError(f"could not download {target.label} from any source:\n  " + "\n  ".join(failures))
+    raise DownloadError(f"could not download {target.label} from any source: " + "; ".join(failures))
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, *, named: bool = False) -> str:
     if isinstance(exc, httpx.HTTPStatusError):
         return f"HTTP {exc.response.status_code} for {exc.request.url}"
-    if isinstance(exc, httpx.HTTPError):
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return str(exc)
+    response = getattr(exc, "response", None)  # huggingface_hub's HfHubHTTPError
+    if response is not None and getattr(response, "status_code", None):
+        return f"HTTP {response.status_code} for {getattr(response, 'url', '')}"
+    if not (isinstance(exc, httpx.HTTPError) or named):
+        return str(exc)
+    name = type(exc).__name__
+    host = _request_host(exc)  # a CDN host missing from the network rule shows up here
+    where = f" for {host}" if host else ""
+    return f"{name}{where}: {exc}" if str(exc) else f"{name}{where}"
+
+
+def _request_host(exc: Exception) -> str:
+    """The host of the request that failed (httpx and huggingface_hub's transport errors carry it), else ''."""
+    try:
+        request = getattr(exc, "request", None)
+    except RuntimeError:  # httpx: no request attached
+        return ""
+    return str(getattr(getattr(request, "url", None), "host", "") or "")
 
 
 def _complete(partial: Path, final: Path, source: Source, files: list[RemoteFile]) -> None:
@@ -289,19 +446,53 @@ def select_files(files: list[RemoteFile], gguf_file: str = "") -> list[RemoteFil
     return top
 
 
+def _hf_client() -> Any:
+    """``huggingface_hub`` (the official client, kept in step with the Hub and mirrors), or None without it."""
+    if os.environ.get("SPCS_LLM_HF_CLIENT") == "builtin":
+        return None
+    try:
+        import huggingface_hub
+        from huggingface_hub.file_download import http_get
+    except ImportError:
+        return None
+    wanted = {"resume_size", "headers", "expected_size", "displayed_filename", "tqdm_class"}
+    if not wanted <= set(inspect.signature(http_get).parameters):  # a version whose transfer we do not know
+        return None
+    return huggingface_hub
+
+
 class _Hub:
-    """One source's HTTP layout: list files, build a file's URL."""
+    """One source's HTTP layout: list files, build a file's URL, stream a file.
+
+    Hugging Face files are transferred by ``huggingface_hub`` when it is installed (``hf_hub_url`` and
+    ``http_get``: the official client's redirect, rate-limit (429), Range and resume handling), into our own
+    ``.part`` file, verified and placed by us. Listings, ModelScope, and Hugging Face without the library use our
+    own client."""
 
     def __init__(self, client: httpx.Client, source: Source, target: Target, revision: str | None) -> None:
         self.client, self.source = client, source
         self.repo = target.hf_repo if source.kind == "hf" else target.ms_repo
         self.revision = revision or ("main" if source.kind == "hf" else "master")
-        token = os.environ.get("HF_TOKEN") if source.kind == "hf" else None
-        # only to Hugging Face sources; httpx drops it on the cross-origin redirect to the CDN
-        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.token = os.environ.get("HF_TOKEN") if source.kind == "hf" else None
+        # only to Hugging Face sources; dropped on the cross-origin redirect to the CDN
+        self.headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        self.hf = _hf_client() if source.kind == "hf" else None
 
     def list_files(self) -> list[RemoteFile]:
+        # Our own listing (one request per page) even with huggingface_hub installed: its HfApi retries an
+        # unreachable endpoint five times with backoff (~23 s) before the next source may be tried.
         return self._list_hf() if self.source.kind == "hf" else self._list_modelscope()
+
+    def stream_hf_hub(self, f: RemoteFile, out: BinaryIO, have: int, progress: bool) -> None:
+        """Append the rest of ``f`` (from byte ``have``) to ``out`` with huggingface_hub's transfer."""
+        from huggingface_hub.file_download import http_get
+
+        url = self.hf.hf_hub_url(self.repo, f.path, revision=self.revision, endpoint=self.source.endpoint)
+        try:
+            http_get(url, out, resume_size=have, headers=self.headers | {"user-agent": "spcs-llm"},
+                     expected_size=f.size, displayed_filename=f.path, tqdm_class=None if progress else _QuietBar)
+        except Exception as exc:  # the library's own errors (HTTP, connection, size): reported per source
+            raise DownloadError(f"{f.path}: {_describe(exc, named=True)}") from exc
 
     def file_url(self, path: str) -> str:
         if self.source.kind == "hf":
@@ -357,18 +548,43 @@ def _fetch_file(hub: _Hub, f: RemoteFile, partial: Path, *, progress: bool, retr
     os.replace(part, dest)
 
 
+MAX_RETRY_AFTER_S = 60.0  # the longest Retry-After of a rate-limited (429) answer we wait out
+
+
 def _stream_with_retries(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool, retries: int) -> None:
     for attempt in range(retries + 1):
         try:
             return _stream(hub, f, part, progress=progress)
-        except (httpx.TransportError, _ShortRead) as exc:  # a cut connection: resume with Range
+        except (httpx.TransportError, _ShortRead, _RateLimited) as exc:  # a cut connection: resume with Range
             if attempt == retries:
                 raise DownloadError(f"{f.path}: gave up after {retries + 1} attempts ({_describe(exc)})") from exc
-            time.sleep(min(2.0**attempt * 0.1, 5.0))
+            wait = exc.seconds if isinstance(exc, _RateLimited) else min(2.0**attempt * 0.1, 5.0)
+            time.sleep(wait)
+
+
+class _RateLimited(Exception):
+    """HTTP 429: wait ``seconds`` (the server's Retry-After, capped) and try again."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"HTTP 429, retry after {seconds:g} s")
+        self.seconds = seconds
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value or 1), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:  # an HTTP date: not worth parsing, wait a little
+        return 1.0
 
 
 class _ShortRead(Exception):
     """The server closed the body before Content-Length bytes arrived."""
+
+
+class _QuietBar(tqdm):  # type: ignore[type-arg]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
 
 
 def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
@@ -378,11 +594,17 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
         have = 0
     if f.size is not None and have == f.size:
         return
+    if hub.hf is not None:
+        with open(part, "ab") as out:  # local disk only (posix cache, or the staging dir in stage mode)
+            hub.stream_hf_hub(f, out, have, progress)
+        return
     # identity: byte offsets for Range must be offsets in the file, not in a compressed stream
     headers = hub.headers | {"accept-encoding": "identity"} | ({"range": f"bytes={have}-"} if have else {})
     with hub.client.stream("GET", hub.file_url(f.path), headers=headers) as resp:
         if resp.status_code == 416:  # our part already holds the whole file (size unknown to us)
             return
+        if resp.status_code == 429:
+            raise _RateLimited(_retry_after(resp.headers.get("retry-after")))
         resp.raise_for_status()
         if have and resp.status_code != 206:  # the server ignored Range: start over
             have = 0
