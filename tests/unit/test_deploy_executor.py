@@ -245,7 +245,7 @@ def test_mirrors_change_is_one_alter_network_rule() -> None:
     cfg = load("single_gpu")
     new = DeployConfig.parse({**cfg.model_dump(by_alias=True), "mirrors": ["hf-mirror.com"]})
     stmts, _ = _second(account(cfg), cfg, new)
-    hosts = "'hf-mirror.com:443', 'cdn-lfs.hf-mirror.com:443'"
+    hosts = "'hf-mirror.com:443', 'cdn-lfs.hf-mirror.com:443', 'cdn-lfs-us-1.hf-mirror.com:443'"
     assert stmts == [f"ALTER NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS SET VALUE_LIST = ({hosts}) "
                      f"COMMENT = '{render.fingerprint(hosts.replace(chr(39), '').replace(' ', ''))}'"]
     db = FakeSnowflake()

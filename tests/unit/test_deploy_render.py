@@ -220,7 +220,7 @@ def test_service_config_is_valid_toml_that_the_server_reads(name: str) -> None:
 
 def test_example_config_renders() -> None:
     cfg = DeployConfig.load(ROOT / "examples" / "spcs-llm.toml")
-    assert cfg.mirrors == ["hf-mirror.com:443", "cdn-lfs.hf-mirror.com:443", "www.modelscope.cn:443"]
+    assert cfg.mirrors == ["hf-mirror.com:443", "www.modelscope.cn:443"]  # their CDN hosts are added by the deploy
     jsonschema.validate(yaml.safe_load(render.spec_yaml(cfg)), _schema())
 
 
@@ -270,6 +270,7 @@ def test_network_rule_holds_exactly_the_mirrors() -> None:
     rule = next(s for s in render.plan(cfg, GOLDEN_FUNCTIONS) if s.kind == "network_rule")
     # the mirrors, then the hosts they redirect downloads to (U12)
     assert ("VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', "
+            "'cdn-lfs-us-1.hf-mirror.com:443', 'cdn-lfs-cn-1.modelscope.cn:443', "
             "'modelscope.oss-cn-beijing.aliyuncs.com:443')") in rule.sql
     plain = DeployConfig.parse({**cfg.model_dump(by_alias=True), "mirror_redirects": False})
     assert plain.egress_hosts == ["hf-mirror.com:443", "www.modelscope.cn:443"]

@@ -273,7 +273,7 @@ def test_egress_hosts_list_each_endpoint_and_its_redirect_hosts() -> None:
 
     assert egress_hosts([Source("hf", "https://hf-mirror.com"), Source("modelscope", "https://www.modelscope.cn")]) == [
         "hf-mirror.com:443", "cdn-lfs.hf-mirror.com:443", "cdn-lfs-us-1.hf-mirror.com:443",
-        "www.modelscope.cn:443", "cdn-lfs-cn-1.modelscope.cn:443"]
+        "www.modelscope.cn:443", "cdn-lfs-cn-1.modelscope.cn:443", "modelscope.oss-cn-beijing.aliyuncs.com:443"]
     assert egress_hosts([Source("hf", "http://mirror.internal:8080")]) == ["mirror.internal:8080"]
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import ConfigError
+from ..models.download import REDIRECT_HOSTS
 from ..overload import max_batch_retries_for
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")  # unquoted Snowflake identifier
@@ -26,18 +27,6 @@ PRIVILEGED_ROLES = ("ACCOUNTADMIN", "SECURITYADMIN", "ORGADMIN")
 EGRESS_PORTS = (22, 80, 443)  # "supports only the network rules that allow ports 22, 80, 443, and 1024+"
 
 
-# Hosts that the known hubs send large-file downloads to (HTTP redirects); SPCS egress needs each host by its full
-# name. huggingface.co: the hosts Hugging Face's "downloading behind a proxy or firewall" page lists (LFS CDN and Xet
-# storage). hf-mirror.com: with Xet on, huggingface_hub goes straight to the Xet hosts (public reports: 401 there),
-# so the spec sets HF_HUB_DISABLE_XET=1 and the mirror's own CDN host is listed. ModelScope: its object store host.
-# NOT VERIFIED from here (no network): docs/deploy.md says to check them with `curl -sI -L` before the first deploy.
-REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
-    "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co", "us.aws.cdn.hf.co",
-                       "cas-bridge.xethub.hf.co", "cas-server.xethub.hf.co", "transfer.xethub.hf.co"),
-    "hf-mirror.com": ("cdn-lfs.hf-mirror.com",),
-    "www.modelscope.cn": ("modelscope.oss-cn-beijing.aliyuncs.com",),
-    "modelscope.cn": ("www.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
-}
 REDIRECT_HOSTS = {k: tuple(f"{h}:443" for h in v) for k, v in REDIRECT_HOSTS.items()}
 
 

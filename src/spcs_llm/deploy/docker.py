@@ -67,7 +67,8 @@ def smoke_command(base: str) -> str:
 def entrypoint_comment(base: str) -> str:
     """What the ENTRYPOINT line replaces depends on the base image."""
     if is_vllm_base(base):
-        return "# The base image's ENTRYPOINT is `vllm serve`; spcs-llm starts and supervises vLLM itself."
+        return ("# Whatever the base image's ENTRYPOINT is (python3 -m vllm.entrypoints.openai.api_server up to\n"
+                "# v0.11.0, vllm serve later), spcs-llm replaces it: it starts and supervises vLLM itself.")
     name = base.split("/")[-1]
     if name.startswith("python:"):
         return (f"# {name} declares no ENTRYPOINT (only CMD python3). This one writes the config, gets the model\n"

@@ -107,6 +107,15 @@ def _mirror_env(cfg: DeployConfig) -> dict[str, str]:
     return {"HF_HUB_DISABLE_XET": "1"} if any(h.startswith("hf-mirror.com:") for h in cfg.mirrors) else {}
 
 
+def _cache_mode(cfg: DeployConfig) -> dict[str, str]:
+    """A stage volume refuses appends, locks and renames (W3): downloads land on container disk and finished files
+    are copied in once; with no mirrors the stage holds pre-staged weights and is only read. A block volume is a
+    POSIX file system (the default mode)."""
+    if cfg.volumes.model_cache != "stage":
+        return {}
+    return {"SPCS_LLM_CACHE_MODE": "stage" if cfg.mirrors else "readonly"}
+
+
 def spec(cfg: DeployConfig) -> dict[str, Any]:
     """The service specification (specification-reference; checked against deploy/spec.schema.json)."""
     svc, vol = cfg.service, cfg.volumes
@@ -114,6 +123,7 @@ def spec(cfg: DeployConfig) -> dict[str, Any]:
         "MODEL": cfg.model.name,
         "SPCS_LLM_ENGINE": cfg.model.engine,
         "SPCS_LLM_CACHE": vol.mount,
+        **_cache_mode(cfg),
         "SPCS_LLM_SERVICE_TOML": service_toml(cfg),
         **_mirror_env(cfg),
         **svc.env,

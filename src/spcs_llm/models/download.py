@@ -91,13 +91,16 @@ FALLBACK_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # no wildcards, so a rule must list these as well as the endpoint. Sources (docs/models.md, "Mirrors and the hosts
 # they redirect to"): HF-Mirror's LFS redirects to cdn-lfs.hf-mirror.com / cdn-lfs-us-1.hf-mirror.com and
 # ModelScope's to cdn-lfs-cn-1.modelscope.cn, as recorded in public download URLs and notes; huggingface.co's to
-# its LFS CDNs and, for Xet-stored files, cas-bridge.xethub.hf.co. Observed by others, not verified from here.
+# its LFS CDNs and Xet hosts (Hugging Face's "downloading behind a proxy or firewall" page); ModelScope's object
+# store host too. Observed by others, not verified from here: docs/deploy.md says to check them with `curl -sI -L`
+# before the first deploy. The deploy's network rule lists them (deploy/config.py egress_hosts).
 REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
     "hf-mirror.com": ("cdn-lfs.hf-mirror.com", "cdn-lfs-us-1.hf-mirror.com"),
-    "www.modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
-    "modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn",),
+    "www.modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
+    "modelscope.cn": ("www.modelscope.cn", "cdn-lfs-cn-1.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
     "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co",
-                       "cdn-lfs-us-1.hf.co", "cas-bridge.xethub.hf.co"),
+                       "cdn-lfs-us-1.hf.co", "us.aws.cdn.hf.co", "cas-bridge.xethub.hf.co",
+                       "cas-server.xethub.hf.co", "transfer.xethub.hf.co"),
 }
 
 

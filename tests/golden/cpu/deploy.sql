@@ -75,6 +75,7 @@ spec:
         MODEL: default
         SPCS_LLM_ENGINE: llamacpp
         SPCS_LLM_CACHE: /models
+        SPCS_LLM_CACHE_MODE: readonly
         SPCS_LLM_SERVICE_TOML: |
           [server]
           host = "0.0.0.0"
@@ -126,7 +127,7 @@ $$
   MIN_INSTANCES = 1
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
-  COMMENT = 'spcs-llm ea95abc4387c83f5 volume=stage';
+  COMMENT = 'spcs-llm ff35f6d767b38d7e volume=stage';
 
 -- function SPCS_LLM.LLM_CPU.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM_CPU.AI_AGG(texts ARRAY, instruction VARCHAR)

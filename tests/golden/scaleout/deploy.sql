@@ -76,6 +76,7 @@ spec:
         MODEL: llama-3.1-8b-instruct
         SPCS_LLM_ENGINE: vllm
         SPCS_LLM_CACHE: /models
+        SPCS_LLM_CACHE_MODE: readonly
         SPCS_LLM_SERVICE_TOML: |
           [server]
           host = "0.0.0.0"
@@ -130,7 +131,7 @@ $$
   MIN_INSTANCES = 1
   MAX_INSTANCES = 3
   AUTO_SUSPEND_SECS = 0
-  COMMENT = 'spcs-llm 1c33f82da73d5c22 volume=stage';
+  COMMENT = 'spcs-llm 860a5e99d48b4391 volume=stage';
 
 -- function SPCS_LLM.LLM.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM.AI_AGG(texts ARRAY, instruction VARCHAR)

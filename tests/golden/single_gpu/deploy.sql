@@ -40,8 +40,8 @@ GRANT USAGE, MONITOR, OPERATE, MODIFY ON COMPUTE POOL LLM_GPU_S TO ROLE SPCS_LLM
 CREATE NETWORK RULE IF NOT EXISTS SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS
   MODE = EGRESS
   TYPE = HOST_PORT
-  VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', 'modelscope.oss-cn-beijing.aliyuncs.com:443')
-  COMMENT = 'spcs-llm d24b0fce1526d2ea';
+  VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', 'cdn-lfs-us-1.hf-mirror.com:443', 'cdn-lfs-cn-1.modelscope.cn:443', 'modelscope.oss-cn-beijing.aliyuncs.com:443')
+  COMMENT = 'spcs-llm a357255c6827516f';
 
 -- integration SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI
 CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI
@@ -93,6 +93,7 @@ spec:
         MODEL: qwen2.5-7b-instruct
         SPCS_LLM_ENGINE: vllm
         SPCS_LLM_CACHE: /models
+        SPCS_LLM_CACHE_MODE: stage
         SPCS_LLM_SERVICE_TOML: |
           [server]
           host = "0.0.0.0"
@@ -153,7 +154,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm 4d50c106cf3d3ce9 volume=stage';
+  COMMENT = 'spcs-llm d0aba4fcaafc97ff volume=stage';
 
 -- function SPCS_LLM.LLM.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM.AI_AGG(texts ARRAY, instruction VARCHAR)
