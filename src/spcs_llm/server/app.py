@@ -17,6 +17,8 @@ from ..functions import Runtime
 from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..scheduler import Scheduler
+from ..usage import routes as usage_routes
+from ..usage.build import build_usage
 from . import health, openai, snowflake
 from .batches import BatchMemory
 
@@ -57,6 +59,8 @@ async def _start_engine(app: FastAPI) -> None:
     try:
         await asyncio.gather(state.engine.start(), *(e.start() for e in state.embedders))
         state.runtime = build_runtime(state.settings, state.engine, state.metrics, state.embedders)
+        if state.usage is not None:
+            state.runtime.scheduler.meter = state.usage.meter
         logs.event("engine_ready", engine=state.engine.kind, model=state.engine.model_name,
                    context_window=state.engine.context_window,
                    max_concurrency=state.runtime.scheduler.max_concurrency,
@@ -78,6 +82,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
         state.embedders = embedders if embedders is not None else [
             await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         starting = asyncio.create_task(_start_engine(app))
+        if state.usage is not None:
+            state.usage.start()
         try:
             yield
         finally:
@@ -85,12 +91,15 @@ def create_app(settings: Settings, engine: Engine | None = None,
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
             await asyncio.gather(state.engine.aclose(), *(e.aclose() for e in state.embedders))
+            if state.usage is not None:
+                await state.usage.stop()  # the last interval is written before the process ends
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
     app.state.runtime = None
+    app.state.usage = build_usage(settings.usage, settings.budgets, app.state.metrics.registry)
     app.state.startup_error = None
     app.state.started_at = time.time()
 
@@ -103,6 +112,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(snowflake.router)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(usage_routes.router)
     app.add_exception_handler(SpcsLlmError, _handle_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _handle_unexpected)
     return app

@@ -28,6 +28,7 @@ from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, Unkn
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
 from ..scheduler import query_key
+from ..usage import meter as usage
 
 router = APIRouter()
 
@@ -160,9 +161,14 @@ async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
         await asyncio.gather(*(run(i) for i in todo))
     outcomes = [failed[i] if i in failed else done[i] for i in range(len(jobs))]
     values = apply_policy(fn, outcomes)
+    row_errors = 0
     for o in outcomes:  # errors that failed the batch are counted by the app's error handler
         if isinstance(o, RowError):
             rt.scheduler.metrics.errors.labels(o.kind).inc()
+            row_errors += 1
+    attribution = usage.current.get()
+    if attribution is not None:
+        attribution.errors += row_errors
     return values
 
 
@@ -183,11 +189,16 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     metrics = app.state.metrics
     logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
     logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
+    meter = app.state.usage.meter if app.state.usage is not None else None
+    attribution = usage.from_snowflake(request.headers, fn.name)
+    usage.current.set(attribution)  # whom this batch's engine calls are counted against
     start = time.perf_counter()
     status, content = 500, {}  # content: filled only when log_content is on
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
+        if meter is not None and not fn.null_on_error:  # a spent budget fails a legacy batch before any work
+            meter.check(rt.scheduler.engine.model_name)
         query_key.set(request.headers.get(QUERY_ID_HEADER))  # the rows of one query wait their turn together
 
         async def compute(done: dict[int, Any]) -> bytes:
@@ -205,6 +216,9 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         raise
     finally:
         elapsed = time.perf_counter() - start
+        if meter is not None:  # rows answered, or all of them as errors when the batch failed
+            meter.rows(attribution, len(rows) if status == 200 else 0,
+                       attribution.errors if status == 200 else len(rows))
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
         logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1), **content)

@@ -1,0 +1,25 @@
+"""Building the usage service from the settings."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from ..config import ConfigError
+from .export import Exporter, in_spcs, spcs_connector, spcs_table
+from .service import UsageService
+from .settings import BudgetSettings, UsageSettings
+
+
+
+def build_usage(settings: UsageSettings, budgets: list[BudgetSettings],
+                registry: CollectorRegistry) -> UsageService | None:
+    """The usage service the settings ask for (None when metering is off). Export is on inside SPCS
+    (``export = "auto"``), or always with ``export = "on"``."""
+    if not settings.enabled:
+        if budgets:
+            raise ConfigError("[[budgets]] need usage metering: remove them or set [usage] enabled = true")
+        return None
+    exporter = None
+    if settings.export == "on" or (settings.export == "auto" and in_spcs()):
+        exporter = Exporter(spcs_connector(settings), spcs_table(settings))
+    return UsageService(settings, budgets, registry, exporter=exporter)
