@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     from .deploy import cli as deploy_cli  # deploy, image, status, logs, suspend, resume, teardown
 
     deploy_cli.add_commands(sub)
+    from .usage import cli as usage_cli
+
+    usage_cli.add_command(sub)
     return parser
 
 
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in deploy_cli.COMMANDS:
         return deploy_cli.run(args)
+    if args.command == "usage":
+        from .usage import cli as usage_cli
+
+        return usage_cli.run(args)
     try:
         return serve(args) if args.command == "serve" else models(args)
     except (ConfigError, FileNotFoundError) as exc:

@@ -10,7 +10,6 @@ from .service import UsageService
 from .settings import BudgetSettings, UsageSettings
 
 
-
 def build_usage(settings: UsageSettings, budgets: list[BudgetSettings],
                 registry: CollectorRegistry) -> UsageService | None:
     """The usage service the settings ask for (None when metering is off). Export is on inside SPCS
@@ -20,6 +19,9 @@ def build_usage(settings: UsageSettings, budgets: list[BudgetSettings],
             raise ConfigError("[[budgets]] need usage metering: remove them or set [usage] enabled = true")
         return None
     exporter = None
+    if settings.export == "on" and not in_spcs():
+        raise ConfigError('[usage] export = "on" needs the SPCS session: /snowflake/session/token and '
+                          "SNOWFLAKE_HOST / SNOWFLAKE_DATABASE / SNOWFLAKE_SCHEMA")
     if settings.export == "on" or (settings.export == "auto" and in_spcs()):
         exporter = Exporter(spcs_connector(settings), spcs_table(settings))
     return UsageService(settings, budgets, registry, exporter=exporter)

@@ -50,7 +50,7 @@ def iso(t: float | None) -> str | None:
 
 
 def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Integers as integers, times rounded, unknown credits as None."""
+    """Integers as integers, seconds rounded to microseconds, unknown credits as None."""
     out = []
     for r in rows:
         row = dict(r)
@@ -59,7 +59,7 @@ def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for k in ("busy_seconds", "node_seconds"):
             row[k] = round(float(row.get(k) or 0), 6)
         if row.get("credits") is not None:
-            row["credits"] = round(float(row["credits"]), 9)
+            row["credits"] = float(row["credits"])
         out.append(row)
     return out
 

@@ -45,10 +45,10 @@ class StoreError(RuntimeError):
     """The usage store cannot be opened where it was asked to be."""
 
 
-def _mount_of(path: Path) -> tuple[str, str] | None:
+def _mount_of(path: Path, mounts: str | None = None) -> tuple[str, str] | None:
     """(mount point, filesystem type) of the mount holding ``path``, from /proc/mounts (Linux only)."""
     try:
-        lines = Path("/proc/mounts").read_text().splitlines()
+        lines = (Path("/proc/mounts").read_text() if mounts is None else mounts).splitlines()
     except OSError:
         return None
     best: tuple[str, str] | None = None
@@ -64,9 +64,9 @@ def _mount_of(path: Path) -> tuple[str, str] | None:
     return best
 
 
-def check_location(path: Path) -> None:
+def check_location(path: Path, mounts: str | None = None) -> None:
     """Refuse a FUSE mount (SPCS stage volumes are FUSE): SQLite's locks do not work there."""
-    mount = _mount_of(path.parent)
+    mount = _mount_of(path.parent, mounts)
     if mount is not None and mount[1].startswith("fuse"):
         raise StoreError(f"usage db_path {path} is on {mount[0]} ({mount[1]}), which looks like a stage volume; "
                          "SQLite cannot lock files there. Put it on local disk or a block volume")
