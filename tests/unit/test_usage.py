@@ -255,7 +255,6 @@ async def test_overshoot_under_concurrent_batches_stays_within_the_calls_in_flig
     values = [v for a in answers for _, v in a.json()["data"]]
     (total,) = body["rows"]
     spent = total["input_tokens"] + total["output_tokens"]
-    print(f"budget={budget} spent={spent} per_call={per_call} calls={len(engine.calls)} rows={len(values)}")
     assert engine.peak_in_flight <= concurrency
     assert {sum(await engine_tokens(p)) for ps in prompts for p in ps} == {per_call}
     assert spent >= budget  # the budget was reached ...
