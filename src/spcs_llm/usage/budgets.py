@@ -78,17 +78,18 @@ class Budgets:
             found = self._covering[short] = [b for b in self.items if b.covers(key)]
         return found
 
-    def check(self, key: Key) -> None:
+    def check(self, key: Key, covering: list[Budget] | None = None) -> None:
+        """Raise BudgetExceeded if a budget covering ``key`` is spent (``covering``: the budgets, if known)."""
         now = self.clock()
-        for b in self.covering(key):
-            b.roll(now)
+        for b in self.covering(key) if covering is None else covering:
+            if now >= b.period_end:
+                b.roll(now)
             if b.spent >= b.limit:
                 raise BudgetExceeded()
 
-    def spend(self, key: Key, tokens: int) -> None:
-        now = self.clock()
-        for b in self.covering(key):
-            b.roll(now)
+    def spend(self, key: Key, tokens: int, covering: list[Budget] | None = None) -> None:
+        """Count ``tokens`` against the budgets covering ``key`` (rolled over by the check before the call)."""
+        for b in self.covering(key) if covering is None else covering:
             b.spent += tokens
 
     def preload(self, spent_since: Callable[[BudgetSettings, float], int]) -> None:

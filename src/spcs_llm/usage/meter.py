@@ -43,6 +43,7 @@ class Attribution:
     function: str
     model: str = ""
     errors: int = 0
+    budgets: Any = None  # (model, the budgets covering this request with it): looked up once per request
 
 
 current: contextvars.ContextVar[Attribution | None] = contextvars.ContextVar("usage_attribution", default=None)
@@ -106,7 +107,7 @@ class Meter:
             slot[OUTPUT] += usage.completion_tokens
             slot[CACHED] += usage.cached_tokens
             if self.budgets is not None:
-                self.budgets.spend(key, usage.prompt_tokens + usage.completion_tokens)
+                self.budgets.spend(key, usage.prompt_tokens + usage.completion_tokens, self._covering(attr, key))
 
     def seen_model(self, model: str) -> None:
         """The current request used ``model`` without an engine call (a cached answer)."""
@@ -128,10 +129,20 @@ class Meter:
         key: Key = (ANONYMOUS, "", "", "", model) if attr is None else (
             attr.user, attr.role, attr.query_id, attr.function, model)
         try:
-            self.budgets.check(key)
+            self.budgets.check(key, self._covering(attr, key))
         except Exception:
             self.refusals[key[3]] = self.refusals.get(key[3], 0) + 1
             raise
+
+    def _covering(self, attr: Attribution | None, key: Key) -> list[Any] | None:
+        """The budgets covering this request and model, kept on the request's attribution after the first call."""
+        if attr is None:
+            return None
+        cached = attr.budgets
+        if cached is None or cached[0] != key[4]:
+            assert self.budgets is not None
+            cached = attr.budgets = (key[4], self.budgets.covering(key))
+        return cached[1]
 
     def take(self) -> dict[Key, list[float]]:
         """What was counted since the last call, handed over whole (the next count starts a new table)."""
