@@ -358,7 +358,10 @@ class Scheduler:
             batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self)
         vector, busy_share = await batcher.embed(text)
         if meter is not None:  # embedders report no token counts: the row's share of the pass's time only
-            meter.engine_call(embedder.model_name, None, busy_share)
+            if busy_share is None:  # joined an identical text's embedding: no engine work of its own
+                meter.seen_model(embedder.model_name)
+            else:
+                meter.engine_call(embedder.model_name, None, busy_share)
         # a list of Python floats costs ~32 bytes a value (the float and its pointer)
         self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
         return vector
@@ -374,11 +377,11 @@ class _EmbedBatcher:
     def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
         self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
         self.metrics = scheduler.metrics
-        self._pending: dict[str, asyncio.Future[tuple[list[float], float]]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[list[float], float | None]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def embed(self, text: str) -> tuple[list[float], float]:
-        """``text``'s vector and its share of the pass's engine time (0 for a caller that joined another's)."""
+    async def embed(self, text: str) -> tuple[list[float], float | None]:
+        """``text``'s vector and its share of the pass's engine time (None for a caller that joined another's)."""
         future = self._pending.get(text)
         if future is None:
             future = self._pending[text] = asyncio.get_running_loop().create_future()
@@ -386,7 +389,7 @@ class _EmbedBatcher:
                 self._runner = asyncio.ensure_future(self._run())
             return await asyncio.shield(future)
         self.metrics.dedup_hits.inc()
-        return (await asyncio.shield(future))[0], 0.0
+        return (await asyncio.shield(future))[0], None
 
     async def _run(self) -> None:
         while self._pending:

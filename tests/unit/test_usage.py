@@ -290,3 +290,19 @@ def test_sqlite_file_holds_one_row_per_interval_and_key(tmp_path: Path) -> None:
 
 def test_budget_error_message_matches_cortex() -> None:
     assert orjson.loads(openai_wire.error_response(BudgetExceeded()).body)["error"]["message"] == "budget exceeded"
+
+
+async def test_embedding_rows_count_against_the_embedding_model(tmp_path: Path) -> None:
+    from spcs_llm.engines import FakeEmbedder
+
+    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[FakeEmbedder("fake-embed-768", 768)])
+    async with in_process(app) as c:
+        await wait_ready(app)
+        r = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "one"], ["e5-base-v2", "two"],
+                                                                 ["e5-base-v2", "one"]))
+        assert r.status_code == 200
+        rows = await usage_rows(c, "function,model")
+    (row,) = rows
+    assert (row["function"], row["model"], row["rows"]) == ("embed_text_768", "fake-embed-768", 3)
+    assert row["engine_calls"] == 2  # the repeated text joined the first one's embedding
+    assert row["input_tokens"] == 0  # embedders report no token counts (docs/usage.md: a known gap)
