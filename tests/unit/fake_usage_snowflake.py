@@ -38,6 +38,7 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
             (r"^CREATE TABLE IF NOT EXISTS (\S+) \(", self._create_table),
             (r"^CREATE OR REPLACE VIEW (\S+)\s", self._create_view),
             (r"^MERGE INTO (\S+) AS t", self._merge),
+            (r"^SELECT COALESCE\(SUM\(INPUT_TOKENS \+ OUTPUT_TOKENS\), 0\) AS SPENT FROM (\S+) WHERE ", self._spent),
             *super()._handlers(),
         ]
 
@@ -97,6 +98,28 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
             table["rows"].append(new)
             inserted += 1
         return [{"number of rows inserted": inserted}]
+
+
+    def _spent(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
+        """The budgets' read: a sum over the rows that satisfy every condition of the WHERE (AND only)."""
+        table = self.tables.get(m[1].upper())
+        if table is None:
+            raise FakeSnowflakeError(f"002003 (42S02): SQL compilation error: Object '{m[1].upper()}' does not "
+                                     "exist or not authorized.")
+        where = sqlglot.parse_one(sql, read="snowflake").args["where"].this
+        conditions = list(where.flatten()) if isinstance(where, exp.And) else [where]
+        rows = [r for r in table["rows"] if all(_holds(c, r) for c in conditions)]
+        return [{"SPENT": sum(r["INPUT_TOKENS"] + r["OUTPUT_TOKENS"] for r in rows)}]
+
+
+def _holds(cond: exp.Expression, row: dict[str, Any]) -> bool:
+    if isinstance(cond, exp.GTE) and isinstance(cond.this, exp.Column):
+        return row[cond.this.name.upper()] >= _value(cond.expression)
+    if isinstance(cond, exp.Not) and isinstance(cond.this, exp.StartsWith):
+        return not str(row[cond.this.this.name.upper()]).startswith(_value(cond.this.expression))
+    if isinstance(cond, exp.EQ) and isinstance(cond.this, exp.Lower):
+        return str(row[cond.this.this.name.upper()]).lower() == _value(cond.expression)
+    raise AssertionError(f"fake Snowflake cannot evaluate {cond.sql('snowflake')!r}")
 
 
 def _value(node: exp.Expression) -> Any:

@@ -295,7 +295,8 @@ def test_budget_error_message_matches_cortex() -> None:
 async def test_embedding_rows_count_against_the_embedding_model(tmp_path: Path) -> None:
     from spcs_llm.engines import FakeEmbedder
 
-    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[FakeEmbedder("fake-embed-768", 768)])
+    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(),
+                     embedders=[FakeEmbedder("fake-embed-768", 768)])
     async with in_process(app) as c:
         await wait_ready(app)
         r = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "one"], ["e5-base-v2", "two"],

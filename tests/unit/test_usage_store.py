@@ -246,3 +246,53 @@ def test_cli_prints_a_table_and_one_line_errors(tmp_path: Path, capsys: pytest.C
     assert err.count("\n") == 1 and "cannot group by colour" in err
     assert main(["usage", "--db", str(tmp_path / "missing.db")]) == 2
     assert "no usage history" in capsys.readouterr().err
+
+
+def _spend(service: UsageService, attr: Attribution, tokens: int) -> None:
+    token = current.set(attr)
+    try:
+        service.meter.check("fake-model")
+        service.meter.engine_call("fake-model", Usage(tokens, 0, 0), 0.1)
+    finally:
+        current.reset(token)
+
+
+def test_instances_share_budgets_through_the_exported_table(tmp_path: Path) -> None:
+    """Two instances (and a restarted one with an empty local disk) see each other's spending through the
+    Snowflake table: each counts its own tokens at once and the others' as of the last sync."""
+    fake = _deployed()
+    budgets = [BudgetSettings(role="ANALYST", tokens=100)]
+
+    def instance(name: str) -> UsageService:
+        return UsageService(UsageSettings(db_path=tmp_path / name / "u.db", budget_instances=4), budgets,
+                            CollectorRegistry(), exporter=Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE"))
+
+    a, b = instance("a"), instance("b")
+    assert [x.limit for x in a.budgets.items] == [100]  # shared through the table: the whole allowance
+    analyst = Attribution("ALICE", "ANALYST", "q", "complete")
+    _spend(a, analyst, 60)
+    a.flush()
+    a.export_and_sync()
+    _spend(b, analyst, 30)
+    b.flush()
+    b.export_and_sync()  # b now knows a's 60
+    assert b.budgets.status()[0]["spent"] == 90
+    _spend(b, analyst, 15)  # 90 < 100: allowed, and now 105
+    with pytest.raises(BudgetExceeded):
+        _spend(b, analyst, 1)
+    _spend(b, Attribution("BOB", "OPS", "q", "complete"), 5)  # not covered
+    a.export_and_sync()  # a learns b's 30 (b's last 15 is not flushed yet): 90 < 100, still allowed
+    _spend(a, analyst, 1)
+    b.flush()
+    b.export_and_sync()
+    a.flush()
+    a.export_and_sync()
+    with pytest.raises(BudgetExceeded):
+        _spend(a, analyst, 1)
+    restarted = instance("c")  # a new process on a fresh disk
+    restarted.export_and_sync()
+    with pytest.raises(BudgetExceeded):
+        _spend(restarted, analyst, 1)
+    assert restarted.budgets.status()[0]["spent"] == 60 + 30 + 15 + 1
+    for s in (a, b, restarted):
+        s.store.close()

@@ -42,7 +42,8 @@ def _norm(value: str | None) -> str | None:
 class Budget:
     spec: BudgetSettings
     limit: int  # this instance's share of spec.tokens
-    spent: int = 0
+    spent: int = 0  # counted here this period
+    others: int = 0  # spent this period by other instances (and earlier runs), read from the Snowflake table
     period_start: float = 0.0
     period_end: float = 0.0
 
@@ -56,7 +57,7 @@ class Budget:
     def roll(self, now: float) -> None:
         if now >= self.period_end:
             self.period_start, self.period_end = period_bounds(self.spec.period, now)
-            self.spent = 0
+            self.spent = self.others = 0
 
 
 class Budgets:
@@ -84,7 +85,7 @@ class Budgets:
         for b in self.covering(key) if covering is None else covering:
             if now >= b.period_end:
                 b.roll(now)
-            if b.spent >= b.limit:
+            if b.spent + b.others >= b.limit:
                 raise BudgetExceeded()
 
     def spend(self, key: Key, tokens: int, covering: list[Budget] | None = None) -> None:
@@ -97,11 +98,19 @@ class Budgets:
         for b in self.items:
             b.spent += spent_since(b.spec, b.period_start)
 
+    def set_others(self, totals: list[tuple[float, int]]) -> None:
+        """What other instances spent, one (period start, tokens) per budget, as read from the shared table; a
+        total read for a period that has ended since is ignored."""
+        for b, (period_start, tokens) in zip(self.items, totals, strict=True):
+            if period_start == b.period_start:
+                b.others = tokens
+
     def status(self) -> list[dict[str, object]]:
         now = self.clock()
         out = []
         for b in self.items:
             b.roll(now)
-            out.append({"budget": b.spec.describe(), "period": b.spec.period, "tokens": b.limit, "spent": b.spent,
+            out.append({"budget": b.spec.describe(), "period": b.spec.period, "tokens": b.limit,
+                        "spent": b.spent + b.others, "spent_here": b.spent,
                         "resets_at": datetime.fromtimestamp(b.period_end, UTC).isoformat()})
         return out

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from .budgets import Budgets
 from .settings import UsageSettings
-from .sql import merge_sql, qualified
+from .sql import budget_spent_sql, merge_sql, qualified
 from .store import UsageStore
 
 TOKEN_PATH = Path("/snowflake/session/token")
@@ -83,3 +84,23 @@ class Exporter:
         finally:
             conn.close()
         return sent
+
+    def sync_budgets(self, budgets: Budgets, process: str) -> None:
+        """Read what every other process (other instances, earlier runs) spent in each budget's period."""
+        if not budgets.items:
+            return
+        conn = self.connect()
+        try:
+            totals = []
+            for b in budgets.items:
+                start, spec = b.period_start, b.spec
+                cur = conn.cursor()
+                try:
+                    cur.execute(budget_spent_sql(self.table, start, process, user=spec.user, role=spec.role,
+                                                 function=spec.function, model=spec.model))
+                    totals.append((start, int(cur.fetchall()[0][0] or 0)))
+                finally:
+                    cur.close()
+        finally:
+            conn.close()
+        budgets.set_others(totals)

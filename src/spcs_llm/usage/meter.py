@@ -43,7 +43,7 @@ class Attribution:
     function: str
     model: str = ""
     errors: int = 0
-    budgets: Any = None  # (model, the budgets covering this request with it): looked up once per request
+    budgets: Any = None  # (meter, model, the budgets covering this request with it): looked up once per request
 
 
 current: contextvars.ContextVar[Attribution | None] = contextvars.ContextVar("usage_attribution", default=None)
@@ -139,10 +139,10 @@ class Meter:
         if attr is None:
             return None
         cached = attr.budgets
-        if cached is None or cached[0] != key[4]:
+        if cached is None or cached[0] is not self or cached[1] != key[4]:
             assert self.budgets is not None
-            cached = attr.budgets = (key[4], self.budgets.covering(key))
-        return cached[1]
+            cached = attr.budgets = (self, key[4], self.budgets.covering(key))
+        return cached[2]
 
     def take(self) -> dict[Key, list[float]]:
         """What was counted since the last call, handed over whole (the next count starts a new table)."""

@@ -86,13 +86,16 @@ class UsageService:
         self.settings = settings
         self.clock = clock
         self.store = UsageStore(settings.db_path or default_db_path())
-        self.budgets = Budgets(budgets, settings.budget_instances, clock)
-        self.budgets.preload(lambda spec, since: self.store.tokens_since(since, spec.user, spec.role,
-                                                                         spec.function, spec.model))
-        self.meter = Meter(self.budgets)
-        self.metrics = UsageMetrics(registry)
         self.exporter = exporter
         self._process = uuid.uuid4().hex[:12]
+        # Exporting: the shared table holds every instance's usage, so each budget is the whole allowance and
+        # what others spent is read from there (sync_budgets). Not exporting: this instance alone, its share.
+        self.budgets = Budgets(budgets, 1 if exporter is not None else settings.budget_instances, clock)
+        if exporter is None:  # what earlier runs spent this period, from the local history
+            self.budgets.preload(lambda spec, since: self.store.tokens_since(since, spec.user, spec.role,
+                                                                             spec.function, spec.model))
+        self.meter = Meter(self.budgets)
+        self.metrics = UsageMetrics(registry)
         self._seq = 0
         self._last = clock()
         self._unwritten: list[Interval] = []  # intervals whose write failed: retried with the same flush id
@@ -152,13 +155,19 @@ class UsageService:
                 logs.event("usage_flush_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def run_export(self) -> None:
+        """Read the budgets' shared totals at once, then every export_seconds export and read them again."""
         assert self.exporter is not None
         while True:
-            await asyncio.sleep(self.settings.export_seconds)
             try:
-                await asyncio.to_thread(self.exporter.export_pending, self.store)
+                await asyncio.to_thread(self.export_and_sync)
             except Exception as exc:  # retried next time; the MERGE is idempotent
                 logs.event("usage_export_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.settings.export_seconds)
+
+    def export_and_sync(self) -> None:
+        assert self.exporter is not None
+        self.exporter.export_pending(self.store)
+        self.exporter.sync_budgets(self.budgets, self._process)
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self.run()))

@@ -125,3 +125,17 @@ def merge_sql(table_fqn: str, rows: Sequence[dict[str, Any]]) -> str:
     return (f"MERGE INTO {table_fqn} AS t\nUSING (SELECT {select} FROM VALUES\n    {values}) AS s\n"
             f"ON {on}\nWHEN NOT MATCHED THEN INSERT ({', '.join(names)})\n"
             f"VALUES ({', '.join('s.' + n for n in names)})")
+
+
+def budget_spent_sql(table_fqn: str, since: float, exclude_process: str, *, user: str | None = None,
+                     role: str | None = None, function: str | None = None, model: str | None = None) -> str:
+    """Tokens spent since ``since`` by rows a budget covers, written by any process but ``exclude_process``
+    (this one: it counts its own tokens as they happen)."""
+    where = [f"END_TIME >= TO_TIMESTAMP_LTZ({int(since * 1000)}, 3)",
+             f"NOT STARTSWITH(FLUSH_ID, {literal(exclude_process + '-')})"]
+    for column, value in (("USER_NAME", user), ("ROLE_NAME", role), ("FUNCTION_NAME", function),
+                          ("MODEL_NAME", model)):
+        if value is not None:
+            where.append(f"LOWER({column}) = {literal(value.lower())}")
+    return (f"SELECT COALESCE(SUM(INPUT_TOKENS + OUTPUT_TOKENS), 0) AS SPENT FROM {table_fqn} WHERE "
+            + " AND ".join(where))
