@@ -236,21 +236,22 @@ class Scheduler:
     async def chat(self, request: ChatRequest) -> ChatResult:
         """The engine's answer to ``request``. Deterministic requests come from the cache, or share a call
         with an identical request in flight, before they cost a new engine call."""
-        meter = self.meter
-        if meter is not None:
-            meter.check(self.engine.model_name)  # a cached answer is refused too once the budget is spent
+        meter = self.meter  # budgets: _run checks before an engine call; a cached or shared answer, here
         if not request.deterministic:
             return await self._run(request)
         while True:
             cached = self.cache.get(request)
             if cached is not None:
-                self._chat_hits.inc()
                 if meter is not None:
+                    meter.check(self.engine.model_name)
                     meter.seen_model(self.engine.model_name)
+                self._chat_hits.inc()
                 return cached
             shared = self._in_flight.get(request)
             if shared is None:
                 return await self._run_shared(request)
+            if meter is not None:
+                meter.check(self.engine.model_name)
             self.metrics.dedup_hits.inc()
             try:
                 # shield: this waiter giving up (a cancelled batch) must not cancel the call others wait on

@@ -44,6 +44,7 @@ class Attribution:
     model: str = ""
     errors: int = 0
     budgets: Any = None  # (meter, model, the budgets covering this request with it): looked up once per request
+    slot: Any = None  # (the meter's table, model, this request's row in it, its key)
 
 
 current: contextvars.ContextVar[Attribution | None] = contextvars.ContextVar("usage_attribution", default=None)
@@ -94,12 +95,19 @@ class Meter:
     def engine_call(self, model: str, usage: Usage | None, busy_seconds: float) -> None:
         """One engine call (or one text's share of an embedding pass) made for the current request."""
         attr = current.get()
+        pending = self.pending
         if attr is None:
             key: Key = (ANONYMOUS, "", "", "", model)
+            slot = self._slot(key)
         else:
             attr.model = model
-            key = (attr.user, attr.role, attr.query_id, attr.function, model)
-        slot = self._slot(key)
+            cached = attr.slot  # the request's row of the table, valid until the table is taken at a flush
+            if cached is not None and cached[0] is pending and cached[1] == model:
+                slot, key = cached[2], cached[3]
+            else:
+                key = (attr.user, attr.role, attr.query_id, attr.function, model)
+                slot = self._slot(key)
+                attr.slot = (pending, model, slot, key)
         slot[BUSY] += busy_seconds
         slot[CALLS] += 1
         if usage is not None:
@@ -123,24 +131,35 @@ class Meter:
 
     def check(self, model: str) -> None:
         """Raise BudgetExceeded if a budget covering the current request and ``model`` is spent."""
-        if self.budgets is None:
+        budgets = self.budgets
+        if budgets is None:
             return
         attr = current.get()
-        key: Key = (ANONYMOUS, "", "", "", model) if attr is None else (
-            attr.user, attr.role, attr.query_id, attr.function, model)
+        cached = attr.budgets if attr is not None else None
+        if cached is not None and cached[0] is self and cached[1] == model:
+            covering = cached[2]  # the common case: the request's budgets were looked up by its first call
+        else:
+            covering = self._covering(attr, self._key(attr, model))
         try:
-            self.budgets.check(key, self._covering(attr, key))
+            budgets.check(("", "", "", "", ""), covering)
         except Exception:
-            self.refusals[key[3]] = self.refusals.get(key[3], 0) + 1
+            function = attr.function if attr is not None else ""
+            self.refusals[function] = self.refusals.get(function, 0) + 1
             raise
 
-    def _covering(self, attr: Attribution | None, key: Key) -> list[Any] | None:
-        """The budgets covering this request and model, kept on the request's attribution after the first call."""
+    @staticmethod
+    def _key(attr: Attribution | None, model: str) -> Key:
         if attr is None:
-            return None
+            return (ANONYMOUS, "", "", "", model)
+        return (attr.user, attr.role, attr.query_id, attr.function, model)
+
+    def _covering(self, attr: Attribution | None, key: Key) -> list[Any]:
+        """The budgets covering this request and model, kept on the request's attribution after the first call."""
+        assert self.budgets is not None
+        if attr is None:
+            return self.budgets.covering(key)
         cached = attr.budgets
         if cached is None or cached[0] is not self or cached[1] != key[4]:
-            assert self.budgets is not None
             cached = attr.budgets = (self, key[4], self.budgets.covering(key))
         return cached[2]
 
