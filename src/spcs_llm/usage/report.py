@@ -46,7 +46,9 @@ def parse_by(text: str | Sequence[str] | None) -> list[str]:
 
 
 def iso(t: float | None) -> str | None:
-    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -82,7 +84,7 @@ def table(rows: list[dict[str, Any]], by: Sequence[str]) -> str:
         if c == "busy_seconds":
             return f"{float(v or 0):.1f}"
         if c == "credits":
-            return "-" if v is None else f"{float(v):.4f}"
+            return "-" if v is None else f"{float(v):.4g}"
         if isinstance(v, int):
             return f"{v:,}"
         return str(v) if v not in (None, "") else "-"
