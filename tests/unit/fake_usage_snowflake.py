@@ -37,6 +37,7 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
         return [
             (r"^CREATE TABLE IF NOT EXISTS (\S+) \(", self._create_table),
             (r"^CREATE OR REPLACE VIEW (\S+)\s", self._create_view),
+            (r"^CREATE VIEW IF NOT EXISTS (\S+)\s", self._create_view_if_missing),
             (r"^MERGE INTO (\S+) AS t", self._merge),
             (r"^SELECT COALESCE\(SUM\(INPUT_TOKENS \+ OUTPUT_TOKENS\), 0\) AS SPENT FROM (\S+) WHERE ", self._spent),
             *super()._handlers(),
@@ -64,6 +65,10 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
                 raise FakeSnowflakeError(f"002003 (42S02): SQL compilation error: Object '{name}' does not exist "
                                          "or not authorized.")
         self.views[m[1].upper()] = sql
+
+    def _create_view_if_missing(self, m: re.Match[str], sql: str) -> None:
+        if m[1].upper() not in self.views:
+            self._create_view(m, sql)
 
     def _merge(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
         name = m[1].upper()

@@ -24,7 +24,7 @@ from spcs_llm.engines.base import Usage
 from spcs_llm.errors import BudgetExceeded
 from spcs_llm.usage import sql
 from spcs_llm.usage.budgets import Budgets, period_bounds
-from spcs_llm.usage.export import Exporter, in_spcs, spcs_table
+from spcs_llm.usage.export import Exporter, in_spcs, spcs_setup, spcs_table
 from spcs_llm.usage.meter import Attribution, current
 from spcs_llm.usage.service import IDLE_USER, UsageService, interval_rows
 from spcs_llm.usage.settings import BudgetSettings, UsageSettings
@@ -157,6 +157,23 @@ def test_the_service_exports_what_it_flushes_when_it_stops(tmp_path: Path) -> No
 
     asyncio.run(service.stop())
     assert [r["ROW_COUNT"] for r in fake.rows_of("DB.SCH.SPCS_LLM_USAGE") if r["USER_NAME"] == "ALICE"] == [4]
+
+
+def test_the_service_creates_its_table_when_deploy_did_not(tmp_path: Path) -> None:
+    env = {"SNOWFLAKE_DATABASE": "DB", "SNOWFLAKE_SCHEMA": "SCH"}
+    service = _store_with_history(tmp_path, intervals=1)
+    fake = FakeSnowflakeWithUsage()
+    exporter = Exporter(lambda: fake, spcs_table(UsageSettings(), env), setup=spcs_setup(UsageSettings(), env))
+    assert exporter.export_pending(service.store) == 2
+    assert len(fake.rows_of("DB.SCH.SPCS_LLM_USAGE")) == 2 and "DB.SCH.USAGE_HISTORY" in fake.views
+    fake.views["DB.SCH.USAGE_HISTORY"] = "kept"
+    again = Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE", setup=spcs_setup(UsageSettings(), env))
+    service.meter.rows(Attribution("X", "", "", "f", "m"), 1, 0)
+    service.flush()
+    assert again.export_pending(service.store) == 2  # a row and its interval's idle row
+    assert fake.views["DB.SCH.USAGE_HISTORY"] == "kept"  # IF NOT EXISTS: an existing view is left alone
+    assert len(fake.rows_of("DB.SCH.SPCS_LLM_USAGE")) == 4
+    service.store.close()
 
 
 def test_spcs_detection_and_table_name(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from ..config import ConfigError
-from .export import Exporter, in_spcs, spcs_connector, spcs_table
+from .export import Exporter, in_spcs, spcs_connector, spcs_setup, spcs_table
 from .service import UsageService
 from .settings import BudgetSettings, UsageSettings
 
@@ -23,5 +23,5 @@ def build_usage(settings: UsageSettings, budgets: list[BudgetSettings],
         raise ConfigError('[usage] export = "on" needs the SPCS session: /snowflake/session/token and '
                           "SNOWFLAKE_HOST / SNOWFLAKE_DATABASE / SNOWFLAKE_SCHEMA")
     if settings.export == "on" or (settings.export == "auto" and in_spcs()):
-        exporter = Exporter(spcs_connector(settings), spcs_table(settings))
+        exporter = Exporter(spcs_connector(settings), spcs_table(settings), setup=spcs_setup(settings))
     return UsageService(settings, budgets, registry, exporter=exporter)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from .budgets import Budgets
 from .settings import UsageSettings
-from .sql import budget_spent_sql, merge_sql, qualified
+from .sql import TABLE, VIEW, budget_spent_sql, merge_sql, qualified, table_ddl, view_ddl
 from .store import UsageStore
 
 TOKEN_PATH = Path("/snowflake/session/token")
@@ -58,11 +58,32 @@ def spcs_table(settings: UsageSettings, env: dict[str, str] | None = None) -> st
     return qualified(env["SNOWFLAKE_DATABASE"], env["SNOWFLAKE_SCHEMA"], settings.export_table)
 
 
+def spcs_setup(settings: UsageSettings, env: dict[str, str] | None = None) -> list[str]:
+    """The table and view, created by the service itself when ``deploy`` did not (IF NOT EXISTS: an existing
+    table or view is left as it is)."""
+    env = dict(os.environ) if env is None else env
+    db, schema = env["SNOWFLAKE_DATABASE"], env["SNOWFLAKE_SCHEMA"]
+    table = settings.export_table
+    view = VIEW if table == TABLE else f"{table}_HISTORY"
+    return [table_ddl(db, schema, table), view_ddl(db, schema, table, view, replace=False)]
+
+
 class Exporter:
-    def __init__(self, connect: Callable[[], Connection], table_fqn: str, batch_rows: int = 500) -> None:
+    def __init__(self, connect: Callable[[], Connection], table_fqn: str, batch_rows: int = 500,
+                 setup: list[str] | None = None) -> None:
         self.connect = connect
         self.table = table_fqn
         self.batch_rows = batch_rows
+        self.setup = list(setup or [])  # run once, before the first export (CREATE ... IF NOT EXISTS)
+
+    def _setup(self, conn: Connection) -> None:
+        while self.setup:
+            cur = conn.cursor()
+            try:
+                cur.execute(self.setup[0])
+            finally:
+                cur.close()
+            self.setup.pop(0)
 
     def export_pending(self, store: UsageStore) -> int:
         """MERGE every row not yet exported; returns how many were sent. Raises on failure (retried later)."""
@@ -72,6 +93,7 @@ class Exporter:
         sent = 0
         conn = self.connect()
         try:
+            self._setup(conn)
             while rows:
                 cur = conn.cursor()
                 try:

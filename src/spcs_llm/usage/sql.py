@@ -73,9 +73,11 @@ def table_ddl(database: str, schema: str, table: str = TABLE) -> str:
             "model); written by the service'")
 
 
-def view_ddl(database: str, schema: str, table: str = TABLE, view: str = VIEW) -> str:
+def view_ddl(database: str, schema: str, table: str = TABLE, view: str = VIEW, *, replace: bool = True) -> str:
+    """The view; ``replace=False`` (the service's own start-up) leaves an existing one alone."""
     source = qualified(database, schema, table)
-    return f"""CREATE OR REPLACE VIEW {qualified(database, schema, view)}
+    create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
+    return f"""{create} {qualified(database, schema, view)}
 COMMENT = 'spcs-llm usage by hour, shaped like CORTEX_FUNCTIONS_QUERY_USAGE_HISTORY plus USER_NAME and ROLE_NAME'
 AS
 SELECT
