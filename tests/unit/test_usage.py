@@ -307,3 +307,17 @@ async def test_embedding_rows_count_against_the_embedding_model(tmp_path: Path) 
     assert (row["function"], row["model"], row["rows"]) == ("embed_text_768", "fake-embed-768", 3)
     assert row["engine_calls"] == 2  # the repeated text joined the first one's embedding
     assert row["input_tokens"] == 0  # embedders report no token counts (docs/usage.md: a known gap)
+
+
+async def test_a_retried_batch_answered_from_memory_is_not_counted_again(tmp_path: Path) -> None:
+    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[])
+    async with in_process(app) as c:
+        await wait_ready(app)
+        kwargs = sf_batch([M, "once"], [M, "twice"])
+        for _ in range(3):  # Snowflake resends the same batch id when an answer is lost on the way
+            assert (await c.post("/functions/complete", **kwargs)).status_code == 200
+        unknown = await c.post("/functions/complete", **sf_batch(["no-such-model", "x"], [M, "y"]))
+        assert unknown.status_code == 400
+        (row,) = await usage_rows(c, "user")
+    assert (row["rows"], row["engine_calls"]) == (2, 2)  # a legacy batch with a bad row fails before any work
+    assert row["errors"] == 2

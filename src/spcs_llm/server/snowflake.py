@@ -194,6 +194,7 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     usage.current.set(attribution)  # whom this batch's engine calls are counted against
     start = time.perf_counter()
     status, content = 500, {}  # content: filled only when log_content is on
+    computed = False
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
@@ -202,10 +203,20 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         query_key.set(request.headers.get(QUERY_ID_HEADER))  # the rows of one query wait their turn together
 
         async def compute(done: dict[int, Any]) -> bytes:
-            values = await answer_batch(fn, rt, rows, done)
-            if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
-                content.update(rows_in=rows, values_out=values)
-            return encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+            nonlocal computed
+            computed = True
+            try:
+                values = await answer_batch(fn, rt, rows, done)
+                if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
+                    content.update(rows_in=rows, values_out=values)
+                body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+            except BaseException:
+                if meter is not None:
+                    meter.rows(attribution, 0, len(rows))
+                raise
+            if meter is not None:  # counted where rows are computed: a retry answered from memory adds none
+                meter.rows(attribution, len(rows), attribution.errors)
+            return body
 
         body = await app.state.batches.answer(request.headers.get(BATCH_ID_HEADER), fn.name, await request.body(),
                                               compute)
@@ -216,9 +227,8 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         raise
     finally:
         elapsed = time.perf_counter() - start
-        if meter is not None:  # rows answered, or all of them as errors when the batch failed
-            meter.rows(attribution, len(rows) if status == 200 else 0,
-                       attribution.errors if status == 200 else len(rows))
+        if meter is not None and status != 200 and not computed:  # failed before any row was computed
+            meter.rows(attribution, 0, len(rows))
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
         logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1), **content)
