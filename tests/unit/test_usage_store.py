@@ -313,3 +313,18 @@ def test_instances_share_budgets_through_the_exported_table(tmp_path: Path) -> N
     assert restarted.budgets.status()[0]["spent"] == 60 + 30 + 15 + 1
     for s in (a, b, restarted):
         s.store.close()
+
+
+def test_without_the_connector_inside_spcs_the_history_stays_local(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from spcs_llm.usage import build
+
+    monkeypatch.setattr(build, "in_spcs", lambda: True)
+    monkeypatch.setattr(build, "_connector_installed", lambda: False)
+    service = build.build_usage(UsageSettings(db_path=tmp_path / "u.db"), [], CollectorRegistry())
+    assert service is not None and service.exporter is None
+    service.store.close()
+    from spcs_llm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="snowflake-connector-python"):
+        build.build_usage(UsageSettings(db_path=tmp_path / "u.db", export="on"), [], CollectorRegistry())
