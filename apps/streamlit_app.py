@@ -1,4 +1,4 @@
-"""spcs-llm's Streamlit app: chat, batch over a CSV or a table, and SQL examples.
+"""spcs-llm's Streamlit app: chat, batch over a CSV or a table, SQL examples, and usage.
 
 Run locally with ``streamlit run apps/streamlit_app.py`` next to ``spcs-llm serve`` (``SPCS_LLM_URL``, default
 http://127.0.0.1:8001). In Streamlit in Snowflake it finds the active Snowpark session and calls the deployed

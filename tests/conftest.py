@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import gzip
 import itertools
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -54,6 +55,13 @@ async def wait_ready(app: Any) -> None:
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"engine never became ready: {app.state.startup_error}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _usage_db_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Servers started by tests (in process or as subprocesses) keep their usage history in a temporary file,
+    never in the user's ~/.local/state."""
+    os.environ["SPCS_LLM_USAGE_DB"] = str(tmp_path_factory.mktemp("usage") / "usage.sqlite3")
 
 
 @pytest.fixture

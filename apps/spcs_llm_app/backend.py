@@ -68,6 +68,11 @@ class Backend(ABC):
     def read_table(self, table: str, limit: int) -> pd.DataFrame:
         raise BackendError("reading tables needs a Snowflake session (run the app in Streamlit in Snowflake)")
 
+    def usage(self, days: int, split: str | None) -> pd.DataFrame:
+        """Usage of the last ``days`` days per UTC day (and per ``split``: user, role, function or model), with
+        columns day, [split], rows, tokens, credits (None where no credit rate is configured)."""
+        raise BackendError("this backend cannot read usage")
+
 
 def run_in_batches(backend: Backend, fn: FunctionSpec, rows: Sequence[Sequence[Any]], batch_rows: int,
                    on_progress: Callable[[int, int], None] = lambda done, total: None) -> list[Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
+import pandas as pd
 
 from .backend import Backend, BackendError, FunctionSpec, Message, registry_specs
 
@@ -70,9 +71,16 @@ class HttpBackend(Backend):
             raise BackendError(f"{fn.name}: the answer's row numbers do not match the rows sent")
         return [r[1] for r in data]
 
-    def _get(self, path: str) -> dict[str, Any]:
+    def usage(self, days: int, split: str | None) -> pd.DataFrame:
+        by = "day" + (f",{split}" if split else "")
+        rows = self._get("/usage", params={"since": f"{int(days)}d", "by": by})["rows"]
+        columns = ["day", *([split] if split else []), "rows", "tokens", "credits"]
+        return pd.DataFrame([{**{k: r[k] for k in columns if k in r}, "tokens": r["input_tokens"] + r["output_tokens"]}
+                             for r in rows], columns=columns)
+
+    def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         try:
-            response = self._http.get(path)
+            response = self._http.get(path, params=params)
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise BackendError(f"cannot reach the spcs-llm server at {self.base_url}: {exc}") from exc

@@ -1,4 +1,4 @@
-"""The three pages. Each takes a ``Backend`` and never asks where it runs (only what it can do)."""
+"""The pages. Each takes a ``Backend`` and never asks where it runs (only what it can do)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import streamlit as st
 
 from .backend import Backend, BackendError, FunctionSpec, argument_rows, run_in_batches
 from .sql_examples import examples
+from .usage_page import usage_page
 
 DEFAULT_BATCH_ROWS = 64  # rows per request, like the service functions' MAX_BATCH_ROWS
 MAX_TABLE_ROWS = 10_000  # rows read from a table into the app
@@ -138,4 +139,4 @@ def sql_page(backend: Backend) -> None:
         st.code(sql, language="sql")
 
 
-PAGES = {"Chat": chat_page, "Batch": batch_page, "SQL examples": sql_page}
+PAGES = {"Chat": chat_page, "Batch": batch_page, "SQL examples": sql_page, "Usage": usage_page}

@@ -21,6 +21,7 @@ from .backend import Backend, BackendError, FunctionSpec, Message, registry_spec
 
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_$]*|"(?:[^"]|"")+")'
 _QUALIFIED = re.compile(rf"^{_PART}(?:\.{_PART}){{0,2}}$")
+USAGE_COLUMNS = {"user": "USER_NAME", "role": "ROLE_NAME", "function": "FUNCTION_NAME", "model": "MODEL_NAME"}
 _SHOWN = re.compile(r"^\s*([^(]+)\((.*)\)\s+RETURN\s+(.+?)\s*$", re.IGNORECASE)
 
 
@@ -86,6 +87,18 @@ class SnowparkBackend(Backend):
             return self.session.sql(query).to_pandas()
         except Exception as exc:  # Snowpark raises its own SnowparkSQLException tree
             raise BackendError(f"reading {table} failed: {exc}") from exc
+
+    def usage(self, days: int, split: str | None) -> pd.DataFrame:
+        """From the deployed USAGE_HISTORY view (``spcs_llm.usage.sql``) in this schema."""
+        column = USAGE_COLUMNS[split] if split else None
+        group = f", {column} AS \"{split}\"" if column else ""
+        query = (f"SELECT TO_VARCHAR(DATE_TRUNC('DAY', START_TIME), 'YYYY-MM-DD') AS \"day\"{group}, "
+                 "SUM(ROW_COUNT) AS \"rows\", SUM(TOKENS) AS \"tokens\", SUM(TOKEN_CREDITS) AS \"credits\" "
+                 f"FROM {self.sql_prefix}.USAGE_HISTORY WHERE START_TIME >= DATEADD('DAY', -?, CURRENT_TIMESTAMP()) "
+                 f"GROUP BY 1{', 2' if column else ''} ORDER BY 1")
+        columns = ["day", *([split] if split else []), "rows", "tokens", "credits"]
+        rows = self._collect(query, [int(days)])
+        return pd.DataFrame([list(r) for r in rows], columns=columns)
 
     def _collect(self, query: str, params: list[Any]) -> list[Any]:
         try:

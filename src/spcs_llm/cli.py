@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
 
     deploy_cli.add_commands(sub)
     sql_cli.add_command(sub)
+    from .usage import cli as usage_cli
+
+    usage_cli.add_command(sub)
     return parser
 
 
@@ -103,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command in deploy_cli.COMMANDS:
         return deploy_cli.run(args)
+    if args.command == "usage":
+        from .usage import cli as usage_cli
+
+        return usage_cli.run(args)
     try:
         if args.command == "sql":
             return sql_cli.run(args)

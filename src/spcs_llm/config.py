@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .usage.settings import BudgetSettings, UsageSettings
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the key."""
@@ -197,6 +199,9 @@ class Settings(_Section):
     aliases: dict[str, str] | None = Field(
         None, description="Extra model names -> served model (default: every Cortex model name)"
     )
+    usage: UsageSettings = Field(default_factory=UsageSettings)
+    budgets: list[BudgetSettings] = Field(
+        default_factory=list, description="Token budgets ([[budgets]] tables); see docs/usage.md")
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:

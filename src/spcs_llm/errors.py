@@ -11,6 +11,7 @@
         InvalidCategories                    invalid number of categories: <n> / invalid category input type
         EmptyClassificationInput             empty classification input
         InvalidInput                         any other bad value in a row (the message names it)
+        BudgetExceeded (402)                 budget exceeded (a [[budgets]] entry is spent; OpenAI wire: 429)
       BatchError (400)                       the request as a whole is malformed; never retried
         BadEnvelope                          not JSON, no "data", a row that is not [int, ...], wrong arity
         UnknownFunction                      no such SQL function is registered
@@ -114,6 +115,19 @@ class EmptyClassificationInput(RowError):
 
     def __init__(self) -> None:
         super().__init__("empty classification input", param="input")
+
+
+class BudgetExceeded(RowError):
+    """A ``[[budgets]]`` entry that covers this call is spent. Cortex's REST API answers 402; the legacy SQL names
+    fail the batch with it and TRY_/AI_ give NULL (it is a row error); the OpenAI wire answers 429 with the same
+    message (``openai_status``), which OpenAI clients read as a quota error."""
+
+    status = 402
+    openai_status = 429
+    kind = "budget_exceeded"
+
+    def __init__(self, message: str = "budget exceeded") -> None:
+        super().__init__(message)
 
 
 class BatchError(SpcsLlmError):

@@ -33,11 +33,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .usage.meter import Meter
 
 # Whose turn a request waits in: set to the Snowflake query id for the rows of a batch. Unset (OpenAI calls,
 # direct use), every call is a query of its own.
@@ -209,6 +212,9 @@ class Scheduler:
         self.engine_in_flight = 0
         self._unaccounted_rows = 0  # finished since the rate was last fed
         self._busy_since = 0.0
+        # Usage metering (spcs_llm.usage): budgets checked before each engine call, tokens and busy time counted
+        # after it. None: not metered.
+        self.meter: Meter | None = None
         # Gauges read these plain numbers when /metrics is scraped instead of being set on every row.
         metrics.queue_depth.set_function(lambda: self.queued_rows)
         metrics.queue_bytes.set_function(lambda: self.queued_bytes)
@@ -323,16 +329,22 @@ class Scheduler:
     async def chat(self, request: ChatRequest) -> ChatResult:
         """The engine's answer to ``request``. Deterministic requests come from the cache, or share a call
         with an identical request in flight, before they cost a new engine call."""
+        meter = self.meter  # budgets: _run checks before an engine call; a cached or shared answer, here
         if not request.deterministic:
             return await self._run(request)
         while True:
             cached = self.cache.get(request)
             if cached is not None:
+                if meter is not None:
+                    meter.check(self.engine.model_name)
+                    meter.seen_model(self.engine.model_name)
                 self._chat_hits.inc()
                 return cached
             shared = self._in_flight.get(request)
             if shared is None:
                 return await self._run_shared(request)
+            if meter is not None:
+                meter.check(self.engine.model_name)
             self.metrics.dedup_hits.inc()
             try:
                 # shield: this waiter giving up (a cancelled batch) must not cancel the call others wait on
@@ -363,36 +375,56 @@ class Scheduler:
         shared.set_result(result)
         return result
 
+    def _check_budget(self) -> None:
+        """Refuse the call now if its budget is spent: once it is, no engine call starts (after the slot wait)."""
+        meter = self.meter
+        if meter is not None:
+            try:
+                meter.check(self.engine.model_name)
+            except BaseException:
+                self._slots.release()
+                raise
+
     async def _run(self, request: ChatRequest) -> ChatResult:
         await self._slots.acquire(query_key.get())
         ticket = batch_ticket.get()
         if ticket is not None and ticket.started_at is None:
             ticket.start()
+        self._check_budget()
         self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         start = time.perf_counter()
+        result = None
         try:
             result = await self.engine.chat(request)
         finally:
-            self.metrics.engine_latency.observe(time.perf_counter() - start)
+            busy = time.perf_counter() - start
+            self.metrics.engine_latency.observe(busy)
             self.engine_in_flight -= 1
             self._slots.release()
+            if self.meter is not None:  # a failed call counts its busy time, without tokens
+                self.meter.engine_call(self.engine.model_name, result.usage if result else None, busy)
         self._count_tokens(result.usage)
         return result
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding one of the engine places for the whole stream."""
         await self._slots.acquire(query_key.get())
+        self._check_budget()
         self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
+        start, usage = time.perf_counter(), None
         try:
             async for delta in self.engine.chat_stream(request):
                 if delta.usage is not None:
+                    usage = delta.usage
                     self._count_tokens(delta.usage)
                 yield delta
         finally:
             self.engine_in_flight -= 1
             self._slots.release()
+            if self.meter is not None:
+                self.meter.engine_call(self.engine.model_name, usage, time.perf_counter() - start)
 
     async def count_tokens(self, text: str) -> int:
         """Tokens in ``text`` with the served chat model's tokenizer."""
@@ -408,15 +440,25 @@ class Scheduler:
 
     async def embed(self, embedder: Embedder, text: str) -> list[float]:
         """``text``'s vector; concurrent calls for one embedder are batched into one forward pass."""
+        meter = self.meter
+        if meter is not None:
+            meter.check(embedder.model_name)
         key = ("embed", embedder.model_name, text)
         cached = self.cache.get(key)
         if cached is not None:
             self._embed_hits.inc()
+            if meter is not None:
+                meter.seen_model(embedder.model_name)
             return cached
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:
             batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self)
-        vector = await batcher.embed(text)
+        vector, busy_share = await batcher.embed(text)
+        if meter is not None:  # embedders report no token counts: the row's share of the pass's time only
+            if busy_share is None:  # joined an identical text's embedding: no engine work of its own
+                meter.seen_model(embedder.model_name)
+            else:
+                meter.engine_call(embedder.model_name, None, busy_share)
         # a list of Python floats costs ~32 bytes a value (the float and its pointer)
         self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
         return vector
@@ -432,18 +474,19 @@ class _EmbedBatcher:
     def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
         self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
         self.metrics = scheduler.metrics
-        self._pending: dict[str, asyncio.Future[list[float]]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[list[float], float | None]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def embed(self, text: str) -> list[float]:
+    async def embed(self, text: str) -> tuple[list[float], float | None]:
+        """``text``'s vector and its share of the pass's engine time (None for a caller that joined another's)."""
         future = self._pending.get(text)
         if future is None:
             future = self._pending[text] = asyncio.get_running_loop().create_future()
             if self._runner is None or self._runner.done():
                 self._runner = asyncio.ensure_future(self._run())
-        else:
-            self.metrics.dedup_hits.inc()
-        return await asyncio.shield(future)
+            return await asyncio.shield(future)
+        self.metrics.dedup_hits.inc()
+        return (await asyncio.shield(future))[0], None
 
     async def _run(self) -> None:
         while self._pending:
@@ -465,8 +508,10 @@ class _EmbedBatcher:
                         f.set_exception(exc)
                 continue
             finally:
-                self.metrics.engine_latency.observe(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self.metrics.engine_latency.observe(elapsed)
                 self.scheduler.engine_in_flight -= 1
+            share = elapsed / len(texts)
             for f, vector in zip(futures, vectors, strict=True):
                 if not f.done():
-                    f.set_exception(vector) if isinstance(vector, BaseException) else f.set_result(vector)
+                    f.set_exception(vector) if isinstance(vector, BaseException) else f.set_result((vector, share))

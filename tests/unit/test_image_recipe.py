@@ -41,7 +41,7 @@ def test_libgomp_then_install_then_smoke(name: str) -> None:
 def test_entrypoint_comment_follows_the_base() -> None:
     cpu, gpu = docker.dockerfile(load("cpu")), docker.dockerfile(load("single_gpu"))
     assert "`vllm serve`" not in cpu and "python:3.11-slim declares no ENTRYPOINT" in cpu
-    assert "The base image's ENTRYPOINT is `vllm serve`" in gpu
+    assert "vllm serve later), spcs-llm replaces it" in gpu
     assert docker.entrypoint_comment("registry.example/acme/base:1").startswith("# Replaces whatever ENTRYPOINT")
     assert docker.is_vllm_base("vllm/vllm-openai@sha256:" + "0" * 64)  # a digest-pinned base (U13)
 

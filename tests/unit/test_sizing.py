@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from spcs_llm.cli import main
 from spcs_llm.errors import UnknownModel
 from spcs_llm.models.catalog import CATALOG, CORTEX_EMBED_NAMES, catalog_entry, find_model
-from spcs_llm.models.cli import catalogue_table
 from spcs_llm.models.sizing import FAMILIES, GIB, DoesNotFit, GpuFamily, estimate_memory, fit, recommend
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def family(name: str) -> GpuFamily:
@@ -107,8 +102,3 @@ def test_list_and_info_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "info", "glm-4-9b-chat"]) == 0
     out = capsys.readouterr().out
     assert "ZhipuAI/glm-4-9b-chat-hf" in out and "40 layers" in out and "2 KV heads" in out
-
-
-def test_readme_table_is_the_catalogue() -> None:
-    assert catalogue_table(markdown=True) in README.read_text(encoding="utf-8"), \
-        "README's Models table is stale: paste spcs_llm.models.cli.catalogue_table() into it"

@@ -18,6 +18,8 @@ from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
+from ..usage import routes as usage_routes
+from ..usage.build import build_usage
 from . import health, openai, snowflake
 from .async_batches import AsyncBatches
 from .batches import BatchMemory
@@ -68,6 +70,8 @@ async def _start_engine(app: FastAPI) -> None:
     try:
         await asyncio.gather(state.engine.start(), *(e.start() for e in state.embedders))
         state.runtime = build_runtime(state.settings, state.engine, state.metrics, state.embedders)
+        if state.usage is not None:
+            state.runtime.scheduler.meter = state.usage.meter
         logs.event("engine_ready", engine=state.engine.kind, model=state.engine.model_name,
                    context_window=state.engine.context_window,
                    max_concurrency=state.runtime.scheduler.max_concurrency,
@@ -90,6 +94,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         starting = asyncio.create_task(_start_engine(app))
         sweeping = asyncio.create_task(state.async_batches.run_sweeper())
+        if state.usage is not None:
+            state.usage.start()
         try:
             yield
         finally:
@@ -100,6 +106,8 @@ def create_app(settings: Settings, engine: Engine | None = None,
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
             await asyncio.gather(state.engine.aclose(), *(e.aclose() for e in state.embedders))
+            if state.usage is not None:
+                await state.usage.stop()  # the last interval is written before the process ends
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
@@ -110,6 +118,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
         app.state.batches, app.state.metrics, enabled=server.async_responses, after_s=server.async_after_secs,
         keep_s=server.async_keep_secs, unknown_status=server.async_unknown_status)
     app.state.runtime = None
+    app.state.usage = build_usage(settings.usage, settings.budgets, app.state.metrics.registry)
     app.state.startup_error = None
     app.state.started_at = time.time()
 
@@ -122,6 +131,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(snowflake.router)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(usage_routes.router)
     app.add_exception_handler(SpcsLlmError, _handle_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _handle_unexpected)
     return app

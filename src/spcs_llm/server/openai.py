@@ -24,6 +24,7 @@ from ..engines.base import ChatRequest, Message, TokenLogprob
 from ..errors import InvalidInput, SpcsLlmError
 from ..functions import Overload, Runtime, SqlFunction
 from ..functions.registry import RowJob, json_arg
+from ..usage import meter as usage_meter
 from . import snowflake
 
 router = APIRouter()
@@ -95,13 +96,18 @@ def parse_chat(raw: Any) -> ChatCompletionIn:
         raise InvalidInput(f"invalid chat request: {where}: {first['msg']}", param=where) from exc
 
 
+def _status(exc: SpcsLlmError) -> int:
+    """The status on this wire: an error may name its own (``budget exceeded`` is 429 here, 402 elsewhere)."""
+    return getattr(exc, "openai_status", exc.status)
+
+
 def error_body(exc: SpcsLlmError) -> dict[str, Any]:
     """The one OpenAI error body."""
-    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": exc.status}}
+    return {"error": {"message": exc.message, "type": exc.kind, "param": exc.param, "code": _status(exc)}}
 
 
 def error_response(exc: SpcsLlmError) -> Response:
-    return Response(orjson.dumps(error_body(exc)), status_code=exc.status, media_type="application/json")
+    return Response(orjson.dumps(error_body(exc)), status_code=_status(exc), media_type="application/json")
 
 
 # -- the seed's QWEN_COMPLETE envelope: each row is one OpenAI chat request, each answer the assistant text --
@@ -136,10 +142,19 @@ async def chat_completions(request: Request) -> Response:
     body = parse_chat(payload)
     served = rt.models.resolve(body.model)
     chat = to_request(body, rt)
+    attribution = _attribute(request, "chat.completions")
     if body.stream:
+        if rt.scheduler.meter is not None:  # refuse before the 200 status line, not inside the stream
+            rt.scheduler.meter.check(rt.scheduler.engine.model_name)
+        _count_rows(request, attribution, True)
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(_sse(rt, chat, served, include_usage), media_type="text/event-stream")
-    result = await rt.scheduler.chat(chat)
+    ok = False
+    try:
+        result = await rt.scheduler.chat(chat)
+        ok = True
+    finally:
+        _count_rows(request, attribution, ok)
     usage = result.usage
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text},
                               "finish_reason": result.finish_reason}
@@ -152,6 +167,19 @@ async def chat_completions(request: Request) -> Response:
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
     }), media_type="application/json")
+
+
+def _attribute(request: Request, function: str) -> usage_meter.Attribution:
+    """Count this request's work against its caller (the API key's name, else anonymous)."""
+    attribution = usage_meter.from_api(request.state, function)
+    usage_meter.current.set(attribution)
+    return attribution
+
+
+def _count_rows(request: Request, attribution: usage_meter.Attribution, result_ok: bool, rows: int = 1) -> None:
+    service = request.app.state.usage
+    if service is not None:
+        service.meter.rows(attribution, rows if result_ok else 0, 0 if result_ok else rows)
 
 
 def _logprobs(tokens: tuple[TokenLogprob, ...], top: int) -> dict[str, Any]:
@@ -207,13 +235,30 @@ async def embeddings(request: Request) -> Response:
     body = _validated(EmbeddingsIn, await request.body(), "embeddings request")
     embedder = rt.embedders.resolve(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    vectors = await embedder.embed(texts)
+    vectors = await _metered_embed(request, embedder, texts)
     tokens = await _token_total(embedder, texts)
     encode = _base64_floats if body.encoding_format == "base64" else list
     data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
     return Response(orjson.dumps({"object": "list", "data": data, "model": embedder.model_name,
                                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
                     media_type="application/json")
+
+
+async def _metered_embed(request: Request, embedder: Any, texts: list[str]) -> list[list[float]]:
+    """The embedder's vectors, with the call counted (and refused when a budget is spent) like the scheduler's."""
+    meter = request.app.state.require_runtime().scheduler.meter
+    attribution = _attribute(request, "embeddings")
+    if meter is None:
+        return await embedder.embed(texts)
+    meter.check(embedder.model_name)
+    start, ok = time.perf_counter(), False
+    try:
+        vectors = await embedder.embed(texts)
+        ok = True
+        return vectors
+    finally:
+        meter.engine_call(embedder.model_name, None, time.perf_counter() - start)
+        meter.rows(attribution, len(texts) if ok else 0, 0 if ok else len(texts))
 
 
 def _base64_floats(vector: list[float]) -> str:

@@ -30,6 +30,7 @@ from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, Unkn
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
 from ..scheduler import BatchTicket, batch_ticket, query_key
+from ..usage import meter as usage
 
 router = APIRouter()
 
@@ -162,9 +163,14 @@ async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
         await asyncio.gather(*(run(i) for i in todo))
     outcomes = [failed[i] if i in failed else done[i] for i in range(len(jobs))]
     values = apply_policy(fn, outcomes)
+    row_errors = 0
     for o in outcomes:  # errors that failed the batch are counted by the app's error handler
         if isinstance(o, RowError):
             rt.scheduler.metrics.errors.labels(o.kind).inc()
+            row_errors += 1
+    attribution = usage.current.get()
+    if attribution is not None:
+        attribution.errors += row_errors
     return values
 
 
@@ -185,19 +191,35 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     metrics = app.state.metrics
     logs.query_id.set(request.headers.get(QUERY_ID_HEADER))
     logs.batch_id.set(request.headers.get(BATCH_ID_HEADER))
+    meter = app.state.usage.meter if app.state.usage is not None else None
+    attribution = usage.from_snowflake(request.headers, fn.name)
+    usage.current.set(attribution)  # whom this batch's engine calls are counted against
     start = time.perf_counter()
     status, content = 500, {}  # content: filled only when log_content is on
     ticket: BatchTicket | None = None
+    computed = False
     try:
         rt: Runtime = app.state.require_runtime()
         metrics.rows.labels(fn.name).inc(len(rows))
+        if meter is not None and not fn.null_on_error:  # a spent budget fails a legacy batch before any work
+            meter.check(rt.scheduler.engine.model_name)
         query_key.set(request.headers.get(QUERY_ID_HEADER))  # the rows of one query wait their turn together
 
         async def compute(done: dict[int, Any]) -> bytes:
-            values = await answer_batch(fn, rt, rows, done)
-            if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
-                content.update(rows_in=rows, values_out=values)
-            return encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+            nonlocal computed
+            computed = True
+            try:
+                values = await answer_batch(fn, rt, rows, done)
+                if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
+                    content.update(rows_in=rows, values_out=values)
+                body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
+            except BaseException:
+                if meter is not None:
+                    meter.rows(attribution, 0, len(rows))
+                raise
+            if meter is not None:  # counted where rows are computed: a retry answered from memory adds none
+                meter.rows(attribution, len(rows), attribution.errors)
+            return body
 
         request_body = await request.body()
         ticket = BatchTicket(len(request_body))
@@ -213,6 +235,8 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         raise
     finally:
         elapsed = time.perf_counter() - start
+        if meter is not None and status not in (200, 202) and not computed:  # failed before any row was computed
+            meter.rows(attribution, 0, len(rows))
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
         logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1),
