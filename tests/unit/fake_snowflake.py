@@ -82,11 +82,11 @@ def _types(decl: str) -> tuple[str, ...]:
 
 
 _KINDS = ("DATABASES", "SCHEMAS", "COMPUTE POOLS", "NETWORK RULES", "EXTERNAL ACCESS INTEGRATIONS",
-          "IMAGE REPOSITORIES", "STAGES", "SERVICES", "ROLES", "WAREHOUSES")
+          "IMAGE REPOSITORIES", "STAGES", "SERVICES", "ROLES", "WAREHOUSES", "TABLES", "VIEWS")
 _GRANTED_ON = {"DATABASES": "DATABASE", "SCHEMAS": "SCHEMA", "COMPUTE POOLS": "COMPUTE_POOL",
                "NETWORK RULES": "NETWORK_RULE", "EXTERNAL ACCESS INTEGRATIONS": "INTEGRATION",
                "IMAGE REPOSITORIES": "IMAGE_REPOSITORY", "STAGES": "STAGE", "SERVICES": "SERVICE", "ROLES": "ROLE",
-               "WAREHOUSES": "WAREHOUSE"}
+               "WAREHOUSES": "WAREHOUSE", "TABLES": "TABLE", "VIEWS": "VIEW"}
 
 
 class FakeSnowflake:
@@ -230,6 +230,8 @@ class FakeSnowflake:
             (r"^CREATE EXTERNAL ACCESS INTEGRATION (?:IF NOT EXISTS )?(\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
              r"ENABLED = TRUE$", self._create_eai),
             (r"^CREATE IMAGE REPOSITORY IF NOT EXISTS (\S+)$", self._create_repo),
+            (r"^CREATE TABLE IF NOT EXISTS (\S+) \((.*)\) COMMENT = '[^']*'$", self._create_table),
+            (r"^CREATE OR REPLACE VIEW (\S+) COMMENT = '[^']*' AS (SELECT .*)$", self._create_view),
             (r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) "
              r"DIRECTORY = \(ENABLE = TRUE\)$", self._create_stage),
             (r"^CREATE SERVICE IF NOT EXISTS (\S+)\n  IN COMPUTE POOL (\S+)\n"
@@ -344,6 +346,17 @@ class FakeSnowflake:
         db, sch, name = m[1].lower().split(".")
         self._put("IMAGE REPOSITORIES", m[1], {
             "repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{name}"})
+
+    def _create_table(self, m: re.Match[str], sql: str) -> None:
+        self._need_schema("CREATE TABLE", m[1])
+        self._put("TABLES", m[1], {"columns": [c.split()[0] for c in m[2].split(", ")]})
+
+    def _create_view(self, m: re.Match[str], sql: str) -> None:
+        self._need_schema("CREATE VIEW", m[1])
+        for table in re.findall(r"FROM ([A-Za-z0-9_$]+\.[A-Za-z0-9_$]+\.[A-Za-z0-9_$]+)", m[2]):
+            self._get("TABLES", table)  # a view over a table that is not there (or not visible) fails
+        self.objects["VIEWS"].pop(m[1].upper(), None)  # OR REPLACE
+        self._put("VIEWS", m[1], {})
 
     def _create_stage(self, m: re.Match[str], sql: str) -> None:
         self._need_schema("CREATE STAGE", m[1])

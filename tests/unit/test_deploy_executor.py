@@ -51,7 +51,8 @@ def test_first_deploy_runs_each_phase_as_its_role_in_order() -> None:
     # the service's COMMENT carries the pushed image's digest (U2)
     deploy_steps = [render.with_image_digest(s, "sha256:" + "0" * 64) if s.kind == "service" else s
                     for s in deploy_steps]
-    assert "image=0000000000000000'" in deploy_steps[2].sql
+    assert [s.kind for s in deploy_steps[:5]] == ["image_repository", "stage", "table", "view", "service"]
+    assert "image=0000000000000000'" in deploy_steps[4].sql
     expected = [s.sql for s in admin[:2]] + [user_grant] + [s.facts.get("create_sql", s.sql)
                                                            for s in admin[2:] + deploy_steps[1:]]
     # U5: the executor sends the documented CREATE (it creates only what SHOW does not find); the script keeps
@@ -314,13 +315,14 @@ def test_a_failing_statement_stops_with_a_message_naming_the_step() -> None:
     with pytest.raises(DeployError) as err:
         deploy(db, cfg)
     msg = str(err.value)
-    assert "step 3/" in msg and "'service SPCS_LLM.LLM.SPCS_LLM_SERVICE'" in msg
+    assert "step 5/" in msg and "'service SPCS_LLM.LLM.SPCS_LLM_SERVICE'" in msg
     assert "CREATE SERVICE IF NOT EXISTS SPCS_LLM.LLM.SPCS_LLM_SERVICE" in msg and "Insufficient privileges" in msg
     assert db.statements[-1].startswith("CREATE SERVICE")  # nothing ran after it
     db.fail_on = None
     rc, out, _ = deploy(db, cfg, admin=None)  # a rerun picks up where it stopped
     steps = [x for x in out if x.startswith("[")]
-    assert rc == 0 and steps[1].endswith("unchanged") and steps[2].endswith("created")
+    assert rc == 0 and all(x.endswith("unchanged") for x in steps[:4]) and steps[4].endswith("created")
+    assert " service " in steps[4]
 
 
 def test_pool_with_another_instance_family_says_how_to_change_it() -> None:

@@ -30,7 +30,8 @@ RUN apt-get update \\
 WORKDIR /opt/spcs-llm
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN python3 -m pip install --no-cache-dir /opt/spcs-llm \\
+# [deploy]: the Snowflake connector, through which the service exports its usage history (docs/usage.md)
+RUN python3 -m pip install --no-cache-dir "/opt/spcs-llm[deploy]" \\
  && mkdir -p /etc/spcs-llm /models \\
  && chmod 0777 /etc/spcs-llm /models
 # Smoke test while building: the CLI runs and the engines' native libraries load (a lazy import would otherwise

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..functions.registry import SqlFunction
+from ..usage import sql as usage_sql
 from .config import DeployConfig
 from .docker import PACKAGED_DIR
 from .textfmt import to_toml, to_yaml
@@ -72,6 +73,14 @@ def service_config(cfg: DeployConfig) -> dict[str, Any]:
     if cfg.service.max_instances > 1:
         server["async_responses"] = False
     doc: dict[str, Any] = {"server": server, "engine": engine}
+    # usage history: on a block volume it survives restarts; never on a stage volume (no file locks there)
+    usage: dict[str, Any] = {}
+    if cfg.volumes.model_cache == "block":
+        usage["db_path"] = f"{cfg.volumes.mount}/usage.sqlite3"
+    if cfg.warehouse:
+        usage["export_warehouse"] = cfg.warehouse
+    if usage:
+        doc["usage"] = usage
     if cfg.aliases:
         doc["aliases"] = dict(cfg.aliases)
     # Without configured embedding models, the packaged 768-d one baked into the image serves EMBED_TEXT_768.
@@ -310,7 +319,8 @@ def role_grant(role: str, to: str, kind: str = "ROLE") -> Step:
 
 # What the deploy role needs, and nothing more: it owns what it creates in the schema (repository, stage, service,
 # functions), uses the pool and the integration, and may operate the pool (suspend/resume/alter node counts).
-SCHEMA_PRIVILEGES = ("USAGE", "CREATE SERVICE", "CREATE FUNCTION", "CREATE STAGE", "CREATE IMAGE REPOSITORY")
+SCHEMA_PRIVILEGES = ("USAGE", "CREATE SERVICE", "CREATE FUNCTION", "CREATE STAGE", "CREATE IMAGE REPOSITORY",
+                     "CREATE TABLE", "CREATE VIEW")  # the last two: the usage history (spcs_llm.usage.sql)
 POOL_PRIVILEGES = ("USAGE", "MONITOR", "OPERATE", "MODIFY")
 
 
@@ -411,6 +421,9 @@ def deploy_steps(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> lis
             f"CREATE STAGE IF NOT EXISTS {cfg.fq(cfg.volumes.stage)}\n"
             f"  ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')\n  DIRECTORY = (ENABLE = TRUE)"
         )))
+    # the usage history the service exports to, and its view shaped like Cortex's usage views (docs/usage.md)
+    table, view = usage_sql.deploy_statements(cfg.database, cfg.schema_)
+    steps += [Step("table", cfg.fq(usage_sql.TABLE), table), Step("view", cfg.fq(usage_sql.VIEW), view)]
     steps.append(service_step(cfg))
     fns = service_functions(cfg, functions)
     steps += [function_step(cfg, f) for f in fns]

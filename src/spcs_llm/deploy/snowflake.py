@@ -120,7 +120,7 @@ def _scope(name: str) -> str:
 
 def _exists(s: Session, step: Step) -> Action:
     what = {"database": "DATABASES", "image_repository": "IMAGE REPOSITORIES", "stage": "STAGES",
-            "integration": "EXTERNAL ACCESS INTEGRATIONS", "role": "ROLES"}
+            "integration": "EXTERNAL ACCESS INTEGRATIONS", "role": "ROLES", "table": "TABLES", "view": "VIEWS"}
     if step.kind == "schema":
         db, schema = step.name.split(".")
         found = s.show("SCHEMAS", schema, f"DATABASE {db}")
@@ -327,6 +327,7 @@ class Executor:
         self.refused: dict[str, str] = {}
         self.compare: dict[str, Callable[[Session, Step], Action]] = {
             "database": _exists, "schema": _exists, "image_repository": _exists, "stage": _exists,
+            "table": _exists, "view": _exists,
             "integration": _exists, "role": _exists, "compute_pool": _compute_pool,
             "network_rule": _network_rule, "service": _service, "function": _function, "wrapper": _wrapper,
             "grant": self._grant, "role_grant": self._role_grant,
