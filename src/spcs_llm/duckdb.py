@@ -122,7 +122,7 @@ def _create_udf(con: duckdb.DuckDBPyConnection, client: BatchClient, fn: SqlFunc
     params = [SQL_TYPES.get(t, t) for _, t in overload.args]
     returns = _returns(fn, overload)
     con.create_function(_udf_name(fn, overload), _vectorised(client, fn.name, params, returns), params, returns,
-                        type="arrow", null_handling="special", side_effects=False)
+                        type="arrow", null_handling="special", side_effects=False)  # type: ignore[call-overload]
 
 
 def _vectorised(client: BatchClient, name: str, params: list[str], returns: str) -> Callable[..., pa.Array]:

@@ -44,7 +44,7 @@ def setup_logging(level: str = "info") -> None:
     log.propagate = False
 
 
-def event(name: str, level: int = logging.INFO, **fields: object) -> None:
+def event(name: str, level: int = logging.INFO, /, **fields: object) -> None:
     """Log one structured event. Callers pass only metadata (never prompt or output text)."""
     if log.isEnabledFor(level):
         log.log(level, name, extra={"fields": fields})

@@ -35,7 +35,7 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: argparse._SubParsersAction) -> None:
     d = _with_config(sub.add_parser("deploy", help="create or update everything in Snowflake from the config"))
     d.add_argument("--dry-run", action="store_true", help="print every statement and file; connect to nothing")
     d.add_argument("--sql", action="store_true",

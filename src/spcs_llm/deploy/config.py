@@ -160,7 +160,7 @@ class Functions(_Section):
     max_batch_rows_for: dict[str, int] = Field(
         default_factory=dict, description="Per-function MAX_BATCH_ROWS, keyed by function name (lower case)"
     )
-    max_batch_retries: int = Field(
+    max_batch_retries: int | None = Field(
         None, ge=0, validate_default=False,
         description="MAX_BATCH_RETRIES (default: as many as Snowflake's doubling back-off can spend within the part "
         "of batch_timeout_secs that holding leaves over: 10 for 3600 s; see the overload docs)")

@@ -27,7 +27,7 @@ def schema_example(schema: Any) -> Any:
         return {k: schema_example(props.get(k, {})) for k in schema.get("required", list(props))}
     if kind == "array":
         return [schema_example(schema.get("items", {})) for _ in range(max(1, schema.get("minItems", 1)))]
-    return {"string": "echo", "number": 0.5, "integer": 1, "boolean": True}.get(kind)
+    return {"string": "echo", "number": 0.5, "integer": 1, "boolean": True}.get(str(kind))
 
 
 class FakeEngine(Engine):

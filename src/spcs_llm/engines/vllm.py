@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -36,7 +36,7 @@ from .supervisor import Supervisor
 LOOPBACK = "127.0.0.1"
 
 
-def visible_gpus(env: dict[str, str] | None = None) -> int:
+def visible_gpus(env: Mapping[str, str] | None = None) -> int:
     """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else what ``nvidia-smi -L`` lists, else 0."""
     env = os.environ if env is None else env
     visible = env.get("CUDA_VISIBLE_DEVICES")

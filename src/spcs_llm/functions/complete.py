@@ -80,7 +80,7 @@ def parse_options(raw: Any) -> Options:
         # No guard model runs here; accepting TRUE would pretend responses were filtered.
         raise InvalidOptions("guardrails must be FALSE: this service runs no guard model")
     parsers = {"temperature": _unit_interval, "top_p": _unit_interval, "max_tokens": _positive_int}
-    given = {key: parse(options, key) for key, parse in parsers.items() if key in options}
+    given: dict[str, Any] = {key: parse(options, key) for key, parse in parsers.items() if key in options}
     if "response_format" in options:
         given["json_schema"] = _schema(options)
     return Options(**given)  # what is not given keeps the defaults declared on Options
@@ -159,7 +159,8 @@ def _response_format(raw: Any) -> str | None:
 
 def ai_complete(rt: Runtime, args: list[Any]) -> RowJob:
     """AI_COMPLETE(model, prompt[, model_parameters[, response_format[, show_details]]])."""
-    model, prompt, parameters, fmt, show = [*args, *[None] * (5 - len(args))]
+    padded: list[Any] = [*args, *[None] * (5 - len(args))]
+    model, prompt, parameters, fmt, show = padded
     served = rt.models.resolve(model)
     if not isinstance(prompt, str):
         raise InvalidPrompt("prompt must be a string")

@@ -83,7 +83,8 @@ def _merge(pieces: list[str], size: int, overlap: int) -> list[str]:
 
 
 def _split_text(rt: Runtime, args: list[Any]) -> RowJob:
-    text, fmt, chunk_size, overlap, separators = [*args, *[None] * (5 - len(args))]
+    padded: list[Any] = [*args, *[None] * (5 - len(args))]
+    text, fmt, chunk_size, overlap, separators = padded
     if not isinstance(text, str):
         raise InvalidInput("text must be a string")
     if not isinstance(fmt, str) or fmt.lower() not in ("none", "markdown"):

@@ -205,8 +205,8 @@ class EmbedderResolver:
     different dimension than the function returns (EMBED_TEXT_768 with a 1024-d model).
     """
 
-    def __init__(self, embedders: Iterable[tuple[object, Iterable[str]]] = ()) -> None:
-        self.by_name: dict[str, object] = {}
+    def __init__(self, embedders: Iterable[tuple[Any, Iterable[str]]] = ()) -> None:
+        self.by_name: dict[str, Any] = {}
         for embedder, names in embedders:
             for name in (embedder.model_name, *names):
                 if _norm(name) in self.by_name and self.by_name[_norm(name)] is not embedder:

@@ -20,7 +20,7 @@ from .sizing import CLOUDS, FAMILIES, DoesNotFit, estimate_memory, recommend
 COMMANDS = ("list", "info", "recommend", "pull")
 
 
-def add_subcommands(msub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_subcommands(msub: argparse._SubParsersAction) -> None:
     msub.add_parser("list", help="catalogue entries and the Cortex names aliased by default")
     info = msub.add_parser("info", help="one catalogue entry: hub ids, architecture, memory estimates")
     info.add_argument("name")
@@ -143,7 +143,7 @@ def _pull(args: argparse.Namespace) -> int:
         except UnknownModel:
             info = None
         for problem in check_config(info, json.loads(config.read_text(encoding="utf-8"))) if info else []:
-            print(f"spcs-llm: warning: {info.name}: catalogue and config.json differ: {problem}", file=sys.stderr)
+            print(f"spcs-llm: warning: {args.name}: catalogue and config.json differ: {problem}", file=sys.stderr)
     print(path)
     return 0
 

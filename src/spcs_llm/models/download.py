@@ -490,6 +490,7 @@ class _Hub:
         """Append the rest of ``f`` (from byte ``have``) to ``out`` with huggingface_hub's transfer."""
         from huggingface_hub.file_download import http_get
 
+        assert self.hf is not None, "only Hugging Face sources stream through huggingface_hub"
         url = self.hf.hf_hub_url(self.repo, f.path, revision=self.revision, endpoint=self.source.endpoint)
         try:
             http_get(url, out, resume_size=have, headers=self.headers | {"user-agent": "spcs-llm"},
@@ -584,7 +585,7 @@ class _ShortRead(Exception):
     """The server closed the body before Content-Length bytes arrived."""
 
 
-class _QuietBar(tqdm):  # type: ignore[type-arg]
+class _QuietBar(tqdm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["disable"] = True
         super().__init__(*args, **kwargs)

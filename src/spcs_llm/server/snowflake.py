@@ -195,7 +195,7 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     attribution = usage.from_snowflake(request.headers, fn.name)
     usage.current.set(attribution)  # whom this batch's engine calls are counted against
     start = time.perf_counter()
-    status, content = 500, {}  # content: filled only when log_content is on
+    status, content = 500, dict[str, Any]()  # content: filled only when log_content is on
     ticket: BatchTicket | None = None
     computed = False
     try:
