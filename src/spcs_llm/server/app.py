@@ -17,7 +17,7 @@ from ..functions import Runtime
 from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..scheduler import Scheduler
-from . import health, openai, snowflake
+from . import cortex_rest, health, openai, snowflake
 from .batches import BatchMemory
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
@@ -103,6 +103,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(snowflake.router)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(cortex_rest.router)
     app.add_exception_handler(SpcsLlmError, _handle_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _handle_unexpected)
     return app
@@ -117,7 +118,10 @@ async def _handle_error(request: Request, exc: SpcsLlmError) -> Response:
     reason = getattr(exc, "reason", "")
     logs.event("request_failed", status=exc.status, kind=exc.kind, path=request.url.path,
                **({"reason": reason} if reason else {}))
-    return openai.error_response(exc) if _wire(request) == "openai" else snowflake.error_response(exc)
+    wire = _wire(request)
+    if wire == "cortex":
+        return cortex_rest.error_response(exc)
+    return openai.error_response(exc) if wire == "openai" else snowflake.error_response(exc)
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> Response:
