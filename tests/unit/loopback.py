@@ -53,7 +53,7 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def serve(app: Any, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
+def serve(app: Any, *, tls: tuple[Path, Path] | None = None, ready_s: float = 60) -> Iterator[str]:
     """Serve ``app`` (lifespan included) on a free loopback port until the block ends; yields the base URL."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
@@ -63,15 +63,15 @@ def serve(app: Any, *, tls: tuple[Path, Path] | None = None) -> Iterator[str]:
     thread.start()
     base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, tls[0] if tls else None)
+        _wait_healthy(base, tls[0] if tls else None, ready_s)
         yield base
     finally:
         server.should_exit = True
         thread.join(timeout=30)
 
 
-def _wait_healthy(base: str, cert: Path | None) -> None:
-    deadline = time.monotonic() + 60
+def _wait_healthy(base: str, cert: Path | None, ready_s: float) -> None:
+    deadline = time.monotonic() + ready_s
     verify = ssl.create_default_context(cafile=str(cert)) if cert else True
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.TransportError):
