@@ -110,7 +110,12 @@ def create_app(settings: Settings, engine: Engine | None = None,
 
 
 def _wire(request: Request) -> str:
-    return getattr(request.state, "wire", "openai" if request.url.path.startswith("/v1/") else "snowflake")
+    path = request.url.path
+    if path.startswith(("/v1/", f"{cortex_rest.PREFIX}/v1/")):
+        default = "openai"
+    else:
+        default = "cortex" if path.startswith(f"{cortex_rest.PREFIX}/") else "snowflake"
+    return getattr(request.state, "wire", default)
 
 
 async def _handle_error(request: Request, exc: SpcsLlmError) -> Response:

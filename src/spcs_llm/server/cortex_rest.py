@@ -82,8 +82,8 @@ def configured_key(request: Request) -> str | None:
 
 
 async def check_authorization(request: Request) -> None:
-    """Every Cortex REST route: pick the error format by path, then check the key (401 none given, 403 wrong)."""
-    request.state.wire = "openai" if request.url.path.startswith(f"{PREFIX}/v1/") else "cortex"
+    """Every Cortex REST route: the key, when one is configured (401 none given, 403 another). The error body's
+    format follows the path (``app._wire``): Cortex's under /api/v2/cortex, OpenAI's under /api/v2/cortex/v1."""
     key = configured_key(request)
     if key is None:
         return
