@@ -19,15 +19,22 @@ print(f"spcs-llm at {URL}\n")
 
 # %% Values
 print("sentiment:", sentiment("I really enjoyed this restaurant. Fantastic service!"))
-print("summarize:", summarize("The Snowflake Summit keynote announced container services, so teams can run their "
-                              "own models next to their data without moving it out of the account."))
+print(
+    "summarize:",
+    summarize(
+        "The Snowflake Summit keynote announced container services, so teams can run their "
+        "own models next to their data without moving it out of the account."
+    ),
+)
 print("translate:", translate("Skiing is a great winter sport.", "en", "de"))
 print("extract_answer:", json.loads(extract_answer("The Eiffel Tower is in Paris.", "Where is the Eiffel Tower?")))
 
 # %% Complete: a string, a conversation with options, and streaming token by token
 print("complete:", complete("llama3.1-8b", "What are large language models? One sentence."))
-conversation = [{"role": "system", "content": "Answer in five words or fewer."},
-                {"role": "user", "content": "What is Snowflake?"}]
+conversation = [
+    {"role": "system", "content": "Answer in five words or fewer."},
+    {"role": "user", "content": "What is Snowflake?"},
+]
 print("conversation:", complete("mistral-large2", conversation, options={"max_tokens": 32, "temperature": 0.2}))
 print("stream: ", end="")
 for piece in complete("llama3.1-8b", "Name three planets.", stream=True, options={"max_tokens": 32}):
@@ -49,10 +56,12 @@ else:
 
     session = Session.builder.config("local_testing", True).create()
     local_testing.bind(session)  # SPCS_LLM.LLM.SUMMARIZE etc. now call the service
-    df = session.create_dataframe([["Cortex functions run LLMs from SQL."], ["Containers run any model."]],
-                                  schema=["abstract_text"])
-    df.with_column("abstract_summary", summarize(col("abstract_text"))) \
-      .with_column("sentiment", sentiment(col("abstract_text"))).show()
+    df = session.create_dataframe(
+        [["Cortex functions run LLMs from SQL."], ["Containers run any model."]], schema=["abstract_text"]
+    )
+    df.with_column("abstract_summary", summarize(col("abstract_text"))).with_column(
+        "sentiment", sentiment(col("abstract_text"))
+    ).show()
     session.close()
 
 # %% The Cortex REST API's OpenAI-compatible route, with the official openai SDK
@@ -62,6 +71,7 @@ except ImportError:
     print("(openai is not installed: the SDK example is skipped)")
 else:
     client = OpenAI(base_url=f"{URL}/api/v2/cortex/v1", api_key=os.environ.get("SPCS_LLM_API_KEY", "unused"))
-    reply = client.chat.completions.create(model="llama3.1-70b", max_tokens=32,
-                                           messages=[{"role": "user", "content": "Say hello in French."}])
+    reply = client.chat.completions.create(
+        model="llama3.1-70b", max_tokens=32, messages=[{"role": "user", "content": "Say hello in French."}]
+    )
     print("openai SDK:", reply.choices[0].message.content)

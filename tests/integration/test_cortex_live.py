@@ -30,8 +30,9 @@ def url(live_server: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 
 
 def test_dropin_streams_token_by_token(url: str) -> None:
-    pieces = list(cortex.complete("llama3.1-8b", "Count from one to ten in words.", stream=True,
-                                  options={"max_tokens": 24}))
+    pieces = list(
+        cortex.complete("llama3.1-8b", "Count from one to ten in words.", stream=True, options={"max_tokens": 24})
+    )
     assert len(pieces) > 3 and "".join(pieces).strip()  # many pieces: the model's tokens as they came
 
 
@@ -61,8 +62,9 @@ def test_dataframe_summarize_on_the_real_model(url: str) -> None:
     session = snowpark.Session.builder.config("local_testing", True).create()
     try:
         local_testing.bind(session)
-        df = session.create_dataframe([["Snowflake launched a container service for running models."]],
-                                      schema=["abstract_text"])
+        df = session.create_dataframe(
+            [["Snowflake launched a container service for running models."]], schema=["abstract_text"]
+        )
         with pytest.warns(DeprecationWarning, match="Summarize"):  # the docs' spelling: the deprecated alias
             summary = cortex.Summarize(col("abstract_text"))
         rows = df.withColumn("abstract_summary", summary).collect()
@@ -74,8 +76,11 @@ def test_dataframe_summarize_on_the_real_model(url: str) -> None:
 def test_openai_sdk_on_the_cortex_route(url: str) -> None:
     openai = pytest.importorskip("openai")
     with openai.OpenAI(base_url=f"{url}/api/v2/cortex/v1", api_key="unused") as client:
-        chunks = list(client.chat.completions.create(model="llama3.1-8b", stream=True, max_tokens=16,
-                                                     messages=[{"role": "user", "content": "Say hi."}]))
+        chunks = list(
+            client.chat.completions.create(
+                model="llama3.1-8b", stream=True, max_tokens=16, messages=[{"role": "user", "content": "Say hi."}]
+            )
+        )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
 
 
@@ -83,8 +88,9 @@ def test_openai_sdk_on_the_cortex_route(url: str) -> None:
 def tls_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     from spcs_llm.server import create_app
 
-    settings = Settings.load(overrides={"engine": {"n_parallel": 2, "ctx_per_slot": CTX_PER_SLOT,
-                                                   "max_output_tokens": MAX_OUTPUT_TOKENS}})
+    settings = Settings.load(
+        overrides={"engine": {"n_parallel": 2, "ctx_per_slot": CTX_PER_SLOT, "max_output_tokens": MAX_OUTPUT_TOKENS}}
+    )
     cert, key = make_certificate(tmp_path_factory.mktemp("tls"))
     with serve(create_app(settings.model_copy(update={"embeddings": []})), tls=(cert, key), ready_s=300) as base:
         yield base, cert
@@ -99,8 +105,11 @@ def test_ml_python_complete_on_the_real_model(tls_live: tuple[str, Path], monkey
     try:
         session.connection._host = base.removeprefix("https://")
         session.connection.rest.token = "token"
-        pieces = list(real_cortex.complete("llama3.1-8b", "Name three colors.", session=session, stream=True,
-                                           options={"max_tokens": 16}))
+        pieces = list(
+            real_cortex.complete(
+                "llama3.1-8b", "Name three colors.", session=session, stream=True, options={"max_tokens": 16}
+            )
+        )
     finally:
         session.close()
     assert len(pieces) > 1 and "".join(pieces).strip()

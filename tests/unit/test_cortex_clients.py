@@ -32,8 +32,9 @@ TOKEN = "test-session-token"
 
 def make_app() -> Any:
     settings = Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32}})
-    return create_app(settings, engine=FakeEngine("fake-model", context_window=256),
-                      embedders=[FakeEmbedder("fake-embed-768", 768)])
+    return create_app(
+        settings, engine=FakeEngine("fake-model", context_window=256), embedders=[FakeEmbedder("fake-embed-768", 768)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,15 @@ def test_ml_python_complete_unmodified(session: Any) -> None:
 
 
 def test_ml_python_complete_stream_and_options(session: Any, app: Any) -> None:
-    pieces = list(real_cortex.complete("mistral-7b", [{"role": "user", "content": "streamed"}], session=session,
-                                       stream=True, options={"max_tokens": 5, "temperature": 0.4, "top_p": 0.9}))
+    pieces = list(
+        real_cortex.complete(
+            "mistral-7b",
+            [{"role": "user", "content": "streamed"}],
+            session=session,
+            stream=True,
+            options={"max_tokens": 5, "temperature": 0.4, "top_p": 0.9},
+        )
+    )
     assert "".join(pieces) == "echo:streamed"
     sent = app.state.engine.calls[-1]
     assert (sent.max_tokens, sent.temperature, sent.top_p) == (5, 0.4, 0.9)
@@ -74,8 +82,9 @@ def test_ml_python_complete_stream_and_options(session: Any, app: Any) -> None:
 
 def test_ml_python_structured_output(session: Any) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    answer = real_cortex.complete("llama3.1-8b", "count", session=session,
-                                  options={"response_format": {"type": "json", "schema": schema}})
+    answer = real_cortex.complete(
+        "llama3.1-8b", "count", session=session, options={"response_format": {"type": "json", "schema": schema}}
+    )
     assert '"n"' in answer
 
 
@@ -129,6 +138,7 @@ def test_ml_python_token_checked_against_api_key(session: Any, monkeypatch: pyte
 
 # -- the openai SDK on the OpenAI-compatible Cortex route -------------------------------------------------------
 
+
 @pytest.fixture
 def openai_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     openai = pytest.importorskip("openai")
@@ -138,15 +148,21 @@ def openai_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def test_openai_sdk_chat(openai_client: Any) -> None:
-    answer = openai_client.chat.completions.create(model="llama3.1-8b",
-                                                   messages=[{"role": "user", "content": "hi sdk"}])
+    answer = openai_client.chat.completions.create(
+        model="llama3.1-8b", messages=[{"role": "user", "content": "hi sdk"}]
+    )
     assert answer.choices[0].message.content == "echo:hi sdk" and answer.usage.total_tokens > 0
 
 
 def test_openai_sdk_stream_with_usage(openai_client: Any) -> None:
-    chunks = list(openai_client.chat.completions.create(
-        model="llama3.1-8b", messages=[{"role": "user", "content": "streamed sdk"}], stream=True,
-        stream_options={"include_usage": True}))
+    chunks = list(
+        openai_client.chat.completions.create(
+            model="llama3.1-8b",
+            messages=[{"role": "user", "content": "streamed sdk"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo:streamed sdk"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 

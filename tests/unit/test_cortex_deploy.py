@@ -27,5 +27,6 @@ def test_endpoint_is_private_by_default() -> None:
 def test_public_endpoint_when_asked() -> None:
     cfg = load("cpu")
     cfg = cfg.model_copy(update={"service": cfg.service.model_copy(update={"public": True})})
-    assert _endpoints(cfg) == [{"name": cfg.service.endpoint, "port": cfg.service.port, "public": True,
-                                "protocol": "HTTP"}]
+    assert _endpoints(cfg) == [
+        {"name": cfg.service.endpoint, "port": cfg.service.port, "public": True, "protocol": "HTTP"}
+    ]

@@ -32,8 +32,9 @@ def engine() -> FakeEngine:
 @pytest.fixture(scope="module")
 def service(engine: FakeEngine) -> Iterator[str]:
     settings = Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32}})
-    app = create_app(settings, engine=engine,
-                     embedders=[FakeEmbedder("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)])
+    app = create_app(
+        settings, engine=engine, embedders=[FakeEmbedder("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)]
+    )
     with serve(app) as base:
         yield base
 
@@ -58,15 +59,34 @@ def local_session(url: str) -> Iterator[Any]:
 
 # -- the public surface is snowflake.cortex's -------------------------------------------------------------------
 
-SNOWFLAKE_CORTEX = ["ClassifyText", "Complete", "CompleteOptions", "ConversationMessage", "EmbedText1024",
-                    "EmbedText768", "ExtractAnswer", "Sentiment", "Summarize", "Translate", "classify_text",
-                    "complete", "embed_text_1024", "embed_text_768", "extract_answer", "sentiment", "summarize",
-                    "translate"]
+SNOWFLAKE_CORTEX = [
+    "ClassifyText",
+    "Complete",
+    "CompleteOptions",
+    "ConversationMessage",
+    "EmbedText1024",
+    "EmbedText768",
+    "ExtractAnswer",
+    "Sentiment",
+    "Summarize",
+    "Translate",
+    "classify_text",
+    "complete",
+    "embed_text_1024",
+    "embed_text_768",
+    "extract_answer",
+    "sentiment",
+    "summarize",
+    "translate",
+]
 
 
 def test_public_api_is_declared() -> None:
-    assert cortex.__all__ == sorted(n for n in vars(cortex) if not n.startswith("_") and n != "annotations"
-                                    and not inspect.ismodule(getattr(cortex, n)))
+    assert cortex.__all__ == sorted(
+        n
+        for n in vars(cortex)
+        if not n.startswith("_") and n != "annotations" and not inspect.ismodule(getattr(cortex, n))
+    )
     assert set(SNOWFLAKE_CORTEX) <= set(cortex.__all__)
 
 
@@ -80,6 +100,7 @@ def test_signatures_match_snowflake_ml_python() -> None:
 
 
 # -- plain values over HTTP --------------------------------------------------------------------------------------
+
 
 def test_summarize_over_http(url: str) -> None:
     assert cortex.summarize("The cat sat on the mat.") == "echo:The cat sat on the mat."
@@ -156,19 +177,34 @@ def test_api_key_is_sent(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- snowflake-ml-python's own argument errors -------------------------------------------------------------------
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"model": "m", "prompt": "p", "timeout": 1, "deadline": 1.0}, 'only one of "timeout" and "deadline" must be set'),
-    ({"model": F.col("m"), "prompt": "p", "stream": True}, "in REST mode, 'model' must be a string"),
-    ({"model": "m", "prompt": F.col("p"), "stream": True},
-     "in REST mode, 'prompt' must be a string or a list of ConversationMessage"),
-    ({"model": F.col("m"), "prompt": "p"}, "'model' cannot be a snowpark.Column when 'prompt' is a string."),
-    ({"model": "m", "prompt": "p", "options": F.col("o")},
-     "'options' cannot be a snowpark.Column when 'prompt' is a string."),
-    ({"model": "m", "prompt": "p", "options": {"response_format": {"schema": {}}}},
-     "'type' cannot be empty for 'response_format' object"),
-    ({"model": "m", "prompt": "p", "options": {"response_format": {"type": "json"}}},
-     "'schema' cannot be empty for 'response_format' object"),
-])
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"model": "m", "prompt": "p", "timeout": 1, "deadline": 1.0},
+            'only one of "timeout" and "deadline" must be set',
+        ),
+        ({"model": F.col("m"), "prompt": "p", "stream": True}, "in REST mode, 'model' must be a string"),
+        (
+            {"model": "m", "prompt": F.col("p"), "stream": True},
+            "in REST mode, 'prompt' must be a string or a list of ConversationMessage",
+        ),
+        ({"model": F.col("m"), "prompt": "p"}, "'model' cannot be a snowpark.Column when 'prompt' is a string."),
+        (
+            {"model": "m", "prompt": "p", "options": F.col("o")},
+            "'options' cannot be a snowpark.Column when 'prompt' is a string.",
+        ),
+        (
+            {"model": "m", "prompt": "p", "options": {"response_format": {"schema": {}}}},
+            "'type' cannot be empty for 'response_format' object",
+        ),
+        (
+            {"model": "m", "prompt": "p", "options": {"response_format": {"type": "json"}}},
+            "'schema' cannot be empty for 'response_format' object",
+        ),
+    ],
+)
 def test_complete_argument_errors(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError) as err:
         cortex.complete(**kwargs)
@@ -184,6 +220,7 @@ def test_camel_case_aliases_warn(url: str) -> None:
 
 # -- Column arguments: the deployed function's SQL ---------------------------------------------------------------
 
+
 def sql_of(column: Any) -> str:
     """The SQL Snowpark generates for a Column, checked to parse as Snowflake SQL."""
     from snowflake.snowpark._internal.analyzer.analyzer import Analyzer
@@ -197,26 +234,33 @@ def sql_of(column: Any) -> str:
     return text
 
 
-@pytest.mark.parametrize(("column", "sql"), [
-    (lambda: cortex.summarize(F.col("abstract_text")), 'SPCS_LLM.LLM.SUMMARIZE("ABSTRACT_TEXT")'),
-    (lambda: cortex.sentiment(F.col("t")), 'SPCS_LLM.LLM.SENTIMENT("T")'),
-    (lambda: cortex.translate(F.col("t"), "en", "de"), "SPCS_LLM.LLM.TRANSLATE(\"T\", 'en', 'de')"),
-    (lambda: cortex.extract_answer(F.col("doc"), "who?"), "SPCS_LLM.LLM.EXTRACT_ANSWER(\"DOC\", 'who?')"),
-    (lambda: cortex.classify_text(F.col("t"), ["a", "b"]),
-     "SPCS_LLM.LLM.CLASSIFY_TEXT(\"T\", PARSE_JSON('[\"a\", \"b\"]') :: ARRAY)"),
-    (lambda: cortex.embed_text_768("e5-base-v2", F.col("t")), "SPCS_LLM.LLM.EMBED_TEXT_768('e5-base-v2', \"T\")"),
-    (lambda: cortex.embed_text_1024(F.col("m"), F.col("t")), 'SPCS_LLM.LLM.EMBED_TEXT_1024("M", "T")'),
-    (lambda: cortex.complete("llama3.1-8b", F.col("p")), "SPCS_LLM.LLM.COMPLETE('llama3.1-8b', \"P\")"),
-])
+@pytest.mark.parametrize(
+    ("column", "sql"),
+    [
+        (lambda: cortex.summarize(F.col("abstract_text")), 'SPCS_LLM.LLM.SUMMARIZE("ABSTRACT_TEXT")'),
+        (lambda: cortex.sentiment(F.col("t")), 'SPCS_LLM.LLM.SENTIMENT("T")'),
+        (lambda: cortex.translate(F.col("t"), "en", "de"), "SPCS_LLM.LLM.TRANSLATE(\"T\", 'en', 'de')"),
+        (lambda: cortex.extract_answer(F.col("doc"), "who?"), "SPCS_LLM.LLM.EXTRACT_ANSWER(\"DOC\", 'who?')"),
+        (
+            lambda: cortex.classify_text(F.col("t"), ["a", "b"]),
+            'SPCS_LLM.LLM.CLASSIFY_TEXT("T", PARSE_JSON(\'["a", "b"]\') :: ARRAY)',
+        ),
+        (lambda: cortex.embed_text_768("e5-base-v2", F.col("t")), "SPCS_LLM.LLM.EMBED_TEXT_768('e5-base-v2', \"T\")"),
+        (lambda: cortex.embed_text_1024(F.col("m"), F.col("t")), 'SPCS_LLM.LLM.EMBED_TEXT_1024("M", "T")'),
+        (lambda: cortex.complete("llama3.1-8b", F.col("p")), "SPCS_LLM.LLM.COMPLETE('llama3.1-8b', \"P\")"),
+    ],
+)
 def test_column_becomes_the_deployed_function(column: Any, sql: str) -> None:
     assert sql_of(column()) == sql
 
 
 def test_complete_column_with_options_uses_the_options_form() -> None:
     sql = sql_of(cortex.complete("llama3.1-8b", F.col("p"), options={"temperature": 0.2}))
-    assert sql == ("CAST(parse_json(SPCS_LLM.LLM.COMPLETE('llama3.1-8b', array_construct(object_construct('role', "
-                   "'user', 'content', \"P\")), PARSE_JSON('{\"temperature\": 0.2}') :: OBJECT))['choices'][0]"
-                   "['messages'] AS STRING)").replace("CAST(", " CAST (")
+    assert sql == (
+        "CAST(parse_json(SPCS_LLM.LLM.COMPLETE('llama3.1-8b', array_construct(object_construct('role', "
+        "'user', 'content', \"P\")), PARSE_JSON('{\"temperature\": 0.2}') :: OBJECT))['choices'][0]"
+        "['messages'] AS STRING)"
+    ).replace("CAST(", " CAST (")
 
 
 def test_schema_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,6 +271,7 @@ def test_schema_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- a Snowpark session: DataFrames end to end, and plain values as one query ------------------------------------
+
 
 def test_dataframe_with_column_end_to_end(local_session: Any) -> None:
     df = local_session.create_dataframe([["A long abstract."], ["Another one."]], schema=["abstract_text"])

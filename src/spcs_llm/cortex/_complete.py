@@ -85,8 +85,11 @@ def _validate_response_format(options: Any) -> None:
 
 def request_body(model: str, prompt: str | list[ConversationMessage], options: Any) -> dict[str, Any]:
     """The REST body exactly as snowflake-ml-python builds it."""
-    body: dict[str, Any] = {"model": model, "stream": True,
-                            "messages": prompt if isinstance(prompt, list) else [{"content": prompt}]}
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "messages": prompt if isinstance(prompt, list) else [{"content": prompt}],
+    }
     options = options or {}
     if "max_tokens" in options:
         body["max_tokens"] = body["max_output_tokens"] = options["max_tokens"]
@@ -100,6 +103,7 @@ def request_body(model: str, prompt: str | list[ConversationMessage], options: A
 
 # -- SQL: the Column expression (also evaluated with literals on a session) --------------------------------------
 
+
 def sql_expression(model: Any, prompt: Any, options: Any) -> Any:
     from snowflake.snowpark import functions
     from snowflake.snowpark.types import StringType
@@ -109,18 +113,25 @@ def sql_expression(model: Any, prompt: Any, options: Any) -> Any:
     if isinstance(prompt, list):
         messages = functions.lit(prompt)
     else:
-        messages = functions.array_construct(functions.object_construct(
-            functions.lit("role"), functions.lit("user"), functions.lit("content"), _route.as_column(prompt)))
+        messages = functions.array_construct(
+            functions.object_construct(
+                functions.lit("role"), functions.lit("user"), functions.lit("content"), _route.as_column(prompt)
+            )
+        )
     raw = _route.call_expression("complete", model, messages, options if options is not None else {})
     return functions.parse_json(raw)["choices"][0]["messages"].cast(StringType())
 
 
 # -- REST: what snowflake-ml-python's complete() does, against the spcs-llm service -------------------------------
 
+
 def _post(body: dict[str, Any], deadline: float | None) -> tuple[httpx.Client, httpx.Response]:
     url = _route.service_url() + REST_COMPLETE_URL
-    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-               **_route.auth_headers()}
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        **_route.auth_headers(),
+    }
     http = httpx.Client(timeout=httpx.Timeout(None, connect=10.0))
     delay = 0.5
     try:
@@ -130,8 +141,11 @@ def _post(body: dict[str, Any], deadline: float | None) -> tuple[httpx.Client, h
             try:
                 response = http.send(http.build_request("POST", url, json=body, headers=headers), stream=True)
             except httpx.TransportError as exc:
-                raise FunctionError(f"cannot reach the spcs-llm service at {_route.service_url()} "
-                                    f"({type(exc).__name__}: {exc}); start it with `spcs-llm serve`", 503) from exc
+                raise FunctionError(
+                    f"cannot reach the spcs-llm service at {_route.service_url()} "
+                    f"({type(exc).__name__}: {exc}); start it with `spcs-llm serve`",
+                    503,
+                ) from exc
             if 200 <= response.status_code < 300:
                 return http, response
             response.read()
@@ -200,8 +214,16 @@ def _once(value: str) -> Iterator[str]:
     yield value
 
 
-def complete(model: Any, prompt: Any, *, options: CompleteOptions | None = None, session: Any = None,
-             stream: bool = False, timeout: float | None = None, deadline: float | None = None) -> Any:
+def complete(
+    model: Any,
+    prompt: Any,
+    *,
+    options: CompleteOptions | None = None,
+    session: Any = None,
+    stream: bool = False,
+    timeout: float | None = None,
+    deadline: float | None = None,
+) -> Any:
     """Generate an answer to ``prompt`` (a string, a list of ConversationMessage, or a Column) with ``model``.
 
     A Column prompt gives a Column (``<schema>.COMPLETE`` runs in Snowflake). Plain values go through the session's

@@ -19,8 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def deprecated_alias(func: F, name: str) -> F:
     """snowflake-ml-python's CamelCase names: the same function, with a DeprecationWarning on each call."""
-    message = (f"{name}() is deprecated and will be removed in a future release. "
-               f"Use {func.__name__}() instead")
+    message = f"{name}() is deprecated and will be removed in a future release. Use {func.__name__}() instead"
 
     def alias(*args: Any, **kwargs: Any) -> Any:
         warnings.warn(message, DeprecationWarning, stacklevel=2)

@@ -33,8 +33,13 @@ SIGNATURES: dict[str, tuple[tuple[str, ...], str]] = {
 def _snowpark_type(sql: str) -> Any:
     from snowflake.snowpark import types
 
-    return {"VARCHAR": types.StringType(), "FLOAT": types.FloatType(), "ARRAY": types.ArrayType(),
-            "OBJECT": types.MapType(), "VARIANT": types.VariantType()}[sql]
+    return {
+        "VARCHAR": types.StringType(),
+        "FLOAT": types.FloatType(),
+        "ARRAY": types.ArrayType(),
+        "OBJECT": types.MapType(),
+        "VARIANT": types.VariantType(),
+    }[sql]
 
 
 def _caller(client: BatchClient, name: str) -> Any:
@@ -52,7 +57,11 @@ def bind(session: Any, client: BatchClient | None = None, *, schema: str | None 
     client = client or _route.client()
     prefix = schema or _route.schema()
     for name, (args, returns) in SIGNATURES.items():
-        session.udf.register(_caller(client, name), name=f"{prefix}.{name.upper()}",
-                             return_type=_snowpark_type(returns), input_types=[_snowpark_type(a) for a in args],
-                             replace=True)
+        session.udf.register(
+            _caller(client, name),
+            name=f"{prefix}.{name.upper()}",
+            return_type=_snowpark_type(returns),
+            input_types=[_snowpark_type(a) for a in args],
+            replace=True,
+        )
     return client

@@ -108,8 +108,12 @@ def error_response(exc: SpcsLlmError) -> Response:
     headers = {REQUEST_ID: request_id}
     if exc.status == 429:
         headers["Retry-After"] = "1"
-    return Response(orjson.dumps(error_body(exc, request_id)), status_code=exc.status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(error_body(exc, request_id)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -143,8 +147,13 @@ def to_request(body: dict[str, Any], rt: Runtime) -> ChatRequest:
         body = {**body, "max_tokens": body["max_output_tokens"]}
     options = parse_options({k: body[k] for k in OPTION_FIELDS if body.get(k) is not None})
     messages = parse_messages([_message_text(m) for m in body.get("messages") or []])
-    return ChatRequest(messages=messages, max_tokens=min(options.max_tokens, rt.max_output_tokens),
-                       temperature=options.temperature, top_p=options.top_p, json_schema=options.json_schema)
+    return ChatRequest(
+        messages=messages,
+        max_tokens=min(options.max_tokens, rt.max_output_tokens),
+        temperature=options.temperature,
+        top_p=options.top_p,
+        json_schema=options.json_schema,
+    )
 
 
 @router.post("/inference:complete")
@@ -158,10 +167,15 @@ async def complete(request: Request) -> Response:
     headers = {REQUEST_ID: request_id}
     if body.get("stream", True) is False:
         result = await rt.scheduler.chat(chat)
-        choice = {"message": {"content": result.text, "content_list": [{"type": "text", "text": result.text}]},
-                  "finish_reason": result.finish_reason}
-        return Response(orjson.dumps({**base, "choices": [choice], "usage": _usage(result.usage)}),
-                        media_type="application/json", headers=headers)
+        choice = {
+            "message": {"content": result.text, "content_list": [{"type": "text", "text": result.text}]},
+            "finish_reason": result.finish_reason,
+        }
+        return Response(
+            orjson.dumps({**base, "choices": [choice], "usage": _usage(result.usage)}),
+            media_type="application/json",
+            headers=headers,
+        )
     deltas = rt.scheduler.stream(chat)
     try:  # an error before the first token (unknown model, too long, overload) still gets its own status
         first = await anext(deltas)
@@ -172,8 +186,7 @@ async def complete(request: Request) -> Response:
 
 
 def _usage(u: Usage) -> dict[str, int]:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.total_tokens}
+    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
 
 
 async def _chain(first: StreamDelta, rest: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
@@ -190,8 +203,9 @@ async def _events(first: StreamDelta, rest: AsyncIterator[StreamDelta], base: di
         async for delta in _chain(first, rest):
             if not (delta.text or delta.finish_reason or delta.usage):
                 continue
-            choice: dict[str, Any] = {"delta": {"content": delta.text,
-                                                "content_list": [{"type": "text", "text": delta.text}]}}
+            choice: dict[str, Any] = {
+                "delta": {"content": delta.text, "content_list": [{"type": "text", "text": delta.text}]}
+            }
             if delta.finish_reason:
                 choice["finish_reason"] = delta.finish_reason
             usage = _usage(delta.usage) if delta.usage is not None else {}
@@ -217,5 +231,8 @@ async def embed(request: Request) -> Response:
     vectors = await asyncio.gather(*(rt.scheduler.embed(embedder, t) for t in texts))
     tokens = await openai._token_total(embedder, texts)
     data = [{"object": "embedding", "index": i, "embedding": [v]} for i, v in enumerate(vectors)]
-    return Response(orjson.dumps({"data": data, "model": embedder.model_name, "usage": {"total_tokens": tokens}}),
-                    media_type="application/json", headers={REQUEST_ID: uuid.uuid4().hex})
+    return Response(
+        orjson.dumps({"data": data, "model": embedder.model_name, "usage": {"total_tokens": tokens}}),
+        media_type="application/json",
+        headers={REQUEST_ID: uuid.uuid4().hex},
+    )
