@@ -25,8 +25,8 @@ import hmac
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
@@ -176,7 +176,7 @@ async def complete(request: Request) -> Response:
             media_type="application/json",
             headers=headers,
         )
-    deltas = rt.scheduler.stream(chat)
+    deltas = cast(AsyncGenerator[StreamDelta], rt.scheduler.stream(chat))  # an async generator function
     try:  # an error before the first token (unknown model, too long, overload) still gets its own status
         first = await anext(deltas)
     except StopAsyncIteration:
@@ -189,13 +189,13 @@ def _usage(u: Usage) -> dict[str, int]:
     return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
 
 
-async def _chain(first: StreamDelta, rest: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
+async def _chain(first: StreamDelta, rest: AsyncGenerator[StreamDelta]) -> AsyncIterator[StreamDelta]:
     yield first
     async for delta in rest:
         yield delta
 
 
-async def _events(first: StreamDelta, rest: AsyncIterator[StreamDelta], base: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _events(first: StreamDelta, rest: AsyncGenerator[StreamDelta], base: dict[str, Any]) -> AsyncIterator[bytes]:
     def event(obj: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
@@ -212,6 +212,8 @@ async def _events(first: StreamDelta, rest: AsyncIterator[StreamDelta], base: di
             yield event({**base, "choices": [choice], "usage": usage})
     except SpcsLlmError as exc:  # the status line is sent already: report the error in the stream
         yield event({"error": {"message": exc.message, "code": exc.kind}})
+    finally:  # a client that went away mid-stream: give the engine place back now, not at garbage collection
+        await rest.aclose()
 
 
 @router.post("/inference:embed")
