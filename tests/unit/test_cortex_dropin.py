@@ -157,6 +157,15 @@ def test_http_errors_carry_the_cortex_message(url: str) -> None:
         cortex.translate("hello", "en", "xx")
 
 
+def test_rest_errors_are_also_requests_http_errors(url: str) -> None:
+    """snowflake-ml-python's complete() raises requests.HTTPError: code catching that keeps working."""
+    requests = pytest.importorskip("requests")
+    with pytest.raises(requests.HTTPError) as err:
+        cortex.complete("nope", "hi")
+    assert isinstance(err.value, FunctionError) and str(err.value) == 'unknown model "nope"'
+    assert err.value.response.status_code == 400 and err.value.response.json()["message"] == 'unknown model "nope"'
+
+
 def test_unreachable_service_says_where(monkeypatch: pytest.MonkeyPatch) -> None:
     from .loopback import free_port
 

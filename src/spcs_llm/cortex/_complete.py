@@ -10,6 +10,7 @@ Paths:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -150,13 +151,41 @@ def _post(body: dict[str, Any], deadline: float | None) -> tuple[httpx.Client, h
                 return http, response
             response.read()
             if response.status_code not in RETRIED or attempt == MAX_RETRIES:
-                raise FunctionError(_error_message(response), response.status_code)
+                raise rest_error(response)
             delay = min(2 * delay, MAX_RETRY_SECONDS)
             time.sleep(max(delay, float(response.headers.get("retry-after") or 0)))
         raise AssertionError("unreachable")
     except BaseException:
         http.close()
         raise
+
+
+@functools.cache
+def _rest_error_type() -> type[FunctionError]:
+    """FunctionError that is also a ``requests.HTTPError`` when requests is installed: snowflake-ml-python's REST
+    ``complete()`` raises ``requests.HTTPError`` for a refused request, so code written against it still catches it."""
+    try:
+        from requests import HTTPError
+    except ImportError:
+        return FunctionError
+
+    class RestError(FunctionError, HTTPError):
+        """The service refused a REST call: Cortex's message, ``.status``, and ``.response`` (a requests.Response)."""
+
+    return RestError
+
+
+def rest_error(response: httpx.Response) -> FunctionError:
+    error = _rest_error_type()(_error_message(response), response.status_code)
+    if hasattr(error, "response"):  # the requests.HTTPError side: a requests.Response, as ml-python's carries
+        import requests
+
+        theirs = requests.Response()
+        theirs.status_code, theirs._content = response.status_code, response.content
+        theirs.headers.update(response.headers)
+        theirs.url, theirs.reason = str(response.url), response.reason_phrase
+        error.response = theirs
+    return error
 
 
 def _error_message(response: httpx.Response) -> str:
