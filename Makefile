@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[test,bench,docs,lint]'
+	# snowflake.cortex (the real client tests/unit/test_cortex_clients.py drives) needs only Snowpark, installed above
+	$(BIN)/python -m pip install --no-deps 'snowflake-ml-python>=1.8'
 	touch $(STAMP)
 
 serve: $(STAMP)

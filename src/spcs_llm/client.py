@@ -84,7 +84,8 @@ class BatchClient:
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None, app: Any = None,
                  max_batch_rows: int = 64, max_batches_in_flight: int = 32, max_retries: int = 3,
-                 backoff_s: float = 1.0, timeout_s: float = 3600.0, ready_timeout_s: float = 600.0) -> None:
+                 backoff_s: float = 1.0, timeout_s: float = 3600.0, ready_timeout_s: float = 600.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url.rstrip("/") if url else None
         self.max_batch_rows = max_batch_rows
         self.max_retries = max_retries
@@ -92,7 +93,7 @@ class BatchClient:
         self.query_id = f"local-{uuid.uuid4().hex[:16]}"
         self._batch_numbers = itertools.count()
         self._headers = {QUERY_ID: self.query_id, "sf-context-current-user": getpass.getuser(),
-                         "sf-context-current-role": "LOCAL"}
+                         "sf-context-current-role": "LOCAL", **(headers or {})}  # e.g. Authorization
         self._on_rows: list[Callable[[int], None]] = []
         self._loop = _Loop()
         self._lifespan_stop: asyncio.Event | None = None

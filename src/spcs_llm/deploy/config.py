@@ -136,6 +136,8 @@ class Service(_Section):
     auto_suspend_secs: int = Field(0, ge=0, description="AUTO_SUSPEND_SECS of the service (0 = never, else >= 300)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")
     env: dict[str, str] = Field(default_factory=dict, description="Extra container environment (e.g. HF_ENDPOINT)")
+    public: bool = Field(False, description="Expose the endpoint through SPCS ingress, for the Cortex REST routes "
+                         "from outside Snowflake (callers authenticated by Snowflake; see python-and-rest.md)")
 
     _name = field_validator("name")(_ident)
 

@@ -159,7 +159,7 @@ def spec(cfg: DeployConfig) -> dict[str, Any]:
     return {
         "spec": {
             "containers": [container],
-            "endpoints": [{"name": svc.endpoint, "port": svc.port, "public": False, "protocol": "HTTP"}],
+            "endpoints": [{"name": svc.endpoint, "port": svc.port, "public": svc.public, "protocol": "HTTP"}],
             "volumes": volumes,
             "logExporters": {"eventTableConfig": {"logLevel": "INFO"}},
         },

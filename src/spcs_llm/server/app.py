@@ -20,7 +20,7 @@ from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
 from ..usage import routes as usage_routes
 from ..usage.build import build_usage
-from . import health, openai, snowflake
+from . import cortex_rest, health, openai, snowflake
 from .async_batches import AsyncBatches
 from .batches import BatchMemory
 
@@ -132,13 +132,19 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(openai.router)
     app.include_router(health.router)
     app.include_router(usage_routes.router)
+    app.include_router(cortex_rest.router)
     app.add_exception_handler(SpcsLlmError, _handle_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _handle_unexpected)
     return app
 
 
 def _wire(request: Request) -> str:
-    return getattr(request.state, "wire", "openai" if request.url.path.startswith("/v1/") else "snowflake")
+    path = request.url.path
+    if path.startswith(("/v1/", f"{cortex_rest.PREFIX}/v1/")):
+        default = "openai"
+    else:
+        default = "cortex" if path.startswith(f"{cortex_rest.PREFIX}/") else "snowflake"
+    return getattr(request.state, "wire", default)
 
 
 async def _handle_error(request: Request, exc: SpcsLlmError) -> Response:
@@ -146,7 +152,10 @@ async def _handle_error(request: Request, exc: SpcsLlmError) -> Response:
     reason = getattr(exc, "reason", "")
     logs.event("request_failed", status=exc.status, kind=exc.kind, path=request.url.path,
                **({"reason": reason} if reason else {}))
-    return openai.error_response(exc) if _wire(request) == "openai" else snowflake.error_response(exc)
+    wire = _wire(request)
+    if wire == "cortex":
+        return cortex_rest.error_response(exc)
+    return openai.error_response(exc) if wire == "openai" else snowflake.error_response(exc)
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> Response:
