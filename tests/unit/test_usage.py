@@ -321,3 +321,21 @@ async def test_a_retried_batch_answered_from_memory_is_not_counted_again(tmp_pat
         (row,) = await usage_rows(c, "user")
     assert (row["rows"], row["engine_calls"]) == (2, 2)  # a legacy batch with a bad row fails before any work
     assert row["errors"] == 2
+
+
+async def test_cortex_rest_calls_are_attributed_and_refused_with_402_once_over_budget(tmp_path: Path) -> None:
+    app = create_app(usage_settings(tmp_path / "u.db", budgets=[{"user": "anonymous", "tokens": 6}]),
+                     engine=FakeEngine(), embedders=[])
+    body = {"model": "fake-model", "messages": [{"content": "one two three"}], "stream": False}
+    async with in_process(app) as c:
+        await wait_ready(app)
+        first = await c.post("/api/v2/cortex/inference:complete", json=body)
+        assert first.status_code == 200
+        refused = [await c.post("/api/v2/cortex/inference:complete", json={**body, "stream": stream})
+                   for stream in (False, True)]
+        rows = await usage_rows(c, "user,function")
+    assert [r.status_code for r in refused] == [402, 402]
+    assert all(b"budget exceeded" in r.content for r in refused)
+    (row,) = rows
+    assert (row["user"], row["function"]) == ("anonymous", "inference:complete")
+    assert row["rows"] == 1 and row["errors"] == 2 and row["engine_calls"] == 1

@@ -165,8 +165,14 @@ async def complete(request: Request) -> Response:
     request_id = uuid.uuid4().hex
     base = {"id": request_id, "created": int(time.time()), "model": served}
     headers = {REQUEST_ID: request_id}
+    attribution = openai._attribute(request, "inference:complete")  # usage: the API key's name, else anonymous
     if body.get("stream", True) is False:
-        result = await rt.scheduler.chat(chat)
+        ok = False
+        try:
+            result = await rt.scheduler.chat(chat)
+            ok = True
+        finally:
+            openai._count_rows(request, attribution, ok)
         choice = {
             "message": {"content": result.text, "content_list": [{"type": "text", "text": result.text}]},
             "finish_reason": result.finish_reason,
@@ -177,10 +183,14 @@ async def complete(request: Request) -> Response:
             headers=headers,
         )
     deltas = cast(AsyncGenerator[StreamDelta], rt.scheduler.stream(chat))  # an async generator function
-    try:  # an error before the first token (unknown model, too long, overload) still gets its own status
+    try:  # an error before the first token (unknown model, too long, overload, budget) gets its own status
         first = await anext(deltas)
     except StopAsyncIteration:
         first = StreamDelta(finish_reason="stop")
+    except SpcsLlmError:
+        openai._count_rows(request, attribution, False)
+        raise
+    openai._count_rows(request, attribution, True)
     # exactly text/event-stream: snowflake-ml-python compares the Content-Type verbatim (no "; charset=")
     return StreamingResponse(_events(first, deltas, base), headers={**headers, "Content-Type": "text/event-stream"})
 
@@ -230,7 +240,13 @@ async def embed(request: Request) -> Response:
         raise InvalidInput(f"text has {len(texts)} entries; at most {MAX_EMBED_TEXTS} are allowed", param="text")
     if any(len(t) > MAX_EMBED_CHARS for t in texts):
         raise InvalidInput(f"a text is longer than {MAX_EMBED_CHARS} characters", param="text")
-    vectors = await asyncio.gather(*(rt.scheduler.embed(embedder, t) for t in texts))
+    attribution = openai._attribute(request, "inference:embed")
+    try:
+        vectors = await asyncio.gather(*(rt.scheduler.embed(embedder, t) for t in texts))
+    except SpcsLlmError:
+        openai._count_rows(request, attribution, False, len(texts))
+        raise
+    openai._count_rows(request, attribution, True, len(texts))
     tokens = await openai._token_total(embedder, texts)
     data = [{"object": "embedding", "index": i, "embedding": [v]} for i, v in enumerate(vectors)]
     return Response(
