@@ -32,6 +32,8 @@ import benchlib
 import httpx
 import orjson
 
+from spcs_llm.client import AsyncPollingTransport
+
 
 @dataclass
 class Run:
@@ -121,7 +123,7 @@ class Bench:
             return tokens
 
         async def main() -> int:
-            async with httpx.AsyncClient(base_url=self.base, timeout=3600) as client:
+            async with httpx.AsyncClient(base_url=self.base, timeout=3600, transport=AsyncPollingTransport()) as client:
                 parts = [texts[q::queries] for q in range(queries)]
                 return sum(await asyncio.gather(*(one_query(client, p) for p in parts)))
 

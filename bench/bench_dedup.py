@@ -29,6 +29,8 @@ import benchlib
 import httpx
 import orjson
 
+from spcs_llm.client import PollingTransport
+
 ENGINE_CALLS = "spcs_llm_engine_requests_total"
 CACHE_METRICS = {
     "in-flight dedup": "spcs_llm_dedup_hits_total",
@@ -55,7 +57,7 @@ class Step:
 class Client:
     def __init__(self, base: str, model: str, max_tokens: int) -> None:
         self.base, self.model, self.max_tokens = base, model, max_tokens
-        self.http = httpx.Client(base_url=base, timeout=3600)
+        self.http = httpx.Client(base_url=base, timeout=3600, transport=PollingTransport())  # 202s polled
         self.query_id = benchlib.new_id()
 
     def counters(self) -> dict[str, float | None]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from spcs_llm.client import PollingTransport
 from spcs_llm.server.health import wait_healthy
 
 DATA = Path(__file__).parent / "data"
@@ -135,7 +136,7 @@ def main() -> None:
     if base is None:
         base, proc = start_server(args)
     try:
-        with httpx.Client(base_url=base, timeout=1800) as client:
+        with httpx.Client(base_url=base, timeout=1800, transport=PollingTransport()) as client:
             model = next(m["id"] for m in client.get("/v1/models").json()["data"])
             results = evaluate(client, args.embed_model or None)
     finally:

@@ -23,6 +23,8 @@ import benchlib
 import httpx
 import orjson
 
+from spcs_llm.client import PollingTransport
+
 STORY = "The river rose all night and by morning the old bridge was gone."
 CATS = ["sports", "cooking", "finance"]
 
@@ -63,7 +65,7 @@ def run(url: str, rows: dict[str, list[list[Any]]]) -> bool:
     ok = True
     print(f"smoke test of {url}; {benchlib.machine()}")
     print(f"{'function':<32}{'HTTP':>5}{'answered':>10}{'seconds':>9}  note")
-    with httpx.Client(timeout=600) as client:
+    with httpx.Client(timeout=600, transport=PollingTransport()) as client:  # a held batch's 202 is polled
         for fn, batch in rows.items():
             body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(batch)]})
             headers = {"content-type": "application/json", benchlib.QUERY_ID_HEADER: benchlib.new_id(),

@@ -13,6 +13,7 @@ import orjson
 import pytest
 from asgi_lifespan import LifespanManager
 
+from spcs_llm.client import PollingTransport
 from spcs_llm.config import Settings
 from spcs_llm.engines import FakeEmbedder, FakeEngine
 from spcs_llm.server import create_app
@@ -27,6 +28,13 @@ SF_HEADERS = {
 
 
 _batch_numbers = itertools.count()
+
+
+def post_batch_like_snowflake(url: str, content: bytes, headers: dict[str, str], timeout: float) -> httpx.Response:
+    """POST one batch as Snowflake does, polling with GETs while the service answers 202 (its asynchronous
+    protocol, for batches held longer than ``async_after_secs``: on a loaded machine any batch may be)."""
+    with httpx.Client(timeout=timeout, transport=PollingTransport()) as client:
+        return client.post(url, content=content, headers=headers)
 
 
 def sf_headers(batch_id: str | None = None, query_id: str | None = None) -> dict[str, str]:

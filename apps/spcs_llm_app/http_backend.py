@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from spcs_llm.client import PollingTransport
+
 from .backend import Backend, BackendError, FunctionSpec, Message, registry_specs
 
 TIMEOUT_S = 600.0  # a batch of long completions on a CPU can take minutes
@@ -26,7 +28,8 @@ class HttpBackend(Backend):
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
         self.where = self.base_url
-        self._http = httpx.Client(base_url=self.base_url, timeout=TIMEOUT_S)
+        # a batch held longer than the server's async_after_secs is answered 202 and polled, as Snowflake does
+        self._http = httpx.Client(base_url=self.base_url, timeout=TIMEOUT_S, transport=PollingTransport())
 
     def models(self) -> list[str]:
         body = self._get("/v1/models")

@@ -47,6 +47,66 @@ class ServiceUnreachable(FunctionError):
     """No server answers at the URL."""
 
 
+def _poll_delays() -> Iterator[float]:
+    """Seconds between polling GETs of a batch answered 202: 0.1 s, growing x1.5 up to 2 s."""
+    delay = 0.1
+    while True:
+        yield delay
+        delay = min(delay * 1.5, 2.0)
+
+
+def _poll_request(request: httpx.Request) -> httpx.Request:
+    """Snowflake's polling GET: the same URL and headers (the batch id among them), no body."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in {"content-length", "content-encoding"}}
+    return httpx.Request("GET", request.url, headers=headers)
+
+
+class PollingTransport(httpx.BaseTransport):
+    """Plays Snowflake's part of the asynchronous protocol for a synchronous ``httpx.Client``: a POST answered 202
+    is polled with GETs (same URL and batch id) until it is answered. For every client of ``/functions/<name>``
+    that is not Snowflake itself: the Streamlit app, benchmarks, tests."""
+
+    def __init__(self, inner: httpx.BaseTransport | None = None) -> None:
+        self.inner = inner or httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if request.method != "POST":
+            return response
+        for delay in _poll_delays():
+            if response.status_code != 202:
+                return response
+            response.close()
+            time.sleep(delay)
+            response = self.inner.handle_request(_poll_request(request))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncPollingTransport(httpx.AsyncBaseTransport):
+    """:class:`PollingTransport` for an ``httpx.AsyncClient``."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method != "POST":
+            return response
+        for delay in _poll_delays():
+            if response.status_code != 202:
+                return response
+            await response.aclose()
+            await asyncio.sleep(delay)
+            response = await self.inner.handle_async_request(_poll_request(request))
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class _Loop:
     """One asyncio loop in a daemon thread; ``run`` submits a coroutine from any thread and waits for it."""
 
@@ -109,7 +169,7 @@ class BatchClient:
         self._limit = asyncio.Semaphore(in_flight)
         timeout = httpx.Timeout(timeout_s, connect=10.0)
         if self.url is not None:
-            self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+            self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=AsyncPollingTransport())
             try:
                 await self._http.get("/health")  # fail fast, with the URL, when nothing listens there
             except httpx.TransportError as exc:
@@ -132,8 +192,8 @@ class BatchClient:
 
         self._lifespan_task = asyncio.ensure_future(lifespan())
         await started.wait()
-        self._http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://in-process",
-                                       timeout=timeout)
+        self._http = httpx.AsyncClient(transport=AsyncPollingTransport(httpx.ASGITransport(app)),
+                                       base_url="http://in-process", timeout=timeout)
         await self._wait_ready(ready_timeout_s)
 
     async def _wait_ready(self, timeout_s: float) -> None:
@@ -184,12 +244,7 @@ class BatchClient:
         """POST the batch; on 429/5xx send it again with the same batch id, as Snowflake does; on 202 poll."""
         for attempt in itertools.count():
             try:
-                response = await self._http.post(path, content=body, headers=headers)
-                delay = 0.1
-                while response.status_code == 202:  # the asynchronous protocol: poll with the same batch id
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 1.5, 2.0)
-                    response = await self._http.get(path, headers=headers)
+                response = await self._http.post(path, content=body, headers=headers)  # 202s polled by the transport
             except httpx.TransportError as exc:
                 raise _unreachable(self.where, exc) from exc
             if response.status_code == 200:

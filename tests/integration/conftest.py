@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from spcs_llm.client import PollingTransport
 from spcs_llm.server.health import wait_healthy
 
 MAX_OUTPUT_TOKENS = 48
@@ -56,5 +57,5 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
 
 @pytest.fixture
 def http(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=live_server.base_url, timeout=300) as c:
+    with httpx.Client(base_url=live_server.base_url, timeout=300, transport=PollingTransport()) as c:
         yield c

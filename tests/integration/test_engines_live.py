@@ -21,7 +21,7 @@ import pytest
 
 from spcs_llm.server.health import wait_healthy
 
-from ..conftest import sf_headers
+from ..conftest import post_batch_like_snowflake, sf_headers
 from .conftest import LiveServer, _free_port
 
 pytestmark = pytest.mark.integration
@@ -59,7 +59,7 @@ def serve(tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -
 
 def post_batch(base_url: str, fn: str, rows: list[list]) -> httpx.Response:
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
-    return httpx.post(f"{base_url}/functions/{fn}", content=body, headers=sf_headers(), timeout=120)
+    return post_batch_like_snowflake(f"{base_url}/functions/{fn}", body, sf_headers(), timeout=120)
 
 
 @pytest.fixture(scope="module")

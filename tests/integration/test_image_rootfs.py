@@ -32,7 +32,7 @@ from spcs_llm.models import packaged
 from spcs_llm.models.wheels import default_cache_dir
 from spcs_llm.server.health import wait_healthy
 
-from ..conftest import sf_headers
+from ..conftest import post_batch_like_snowflake, sf_headers
 from ..unit.deploy_fixtures import load
 from ..unit.hubserver import Hub, HubServer
 from . import rootfs
@@ -94,7 +94,7 @@ def start(built: rootfs.Image, mounts: tuple[rootfs.Mount, ...], env: dict[str, 
 
 def sentiment(base: str) -> list:
     body = orjson.dumps({"data": [[0, "I love this phone, it is wonderful!"], [1, None]]})
-    r = httpx.post(f"{base}/functions/sentiment", content=body, headers=sf_headers(), timeout=300)
+    r = post_batch_like_snowflake(f"{base}/functions/sentiment", body, sf_headers(), timeout=300)
     assert r.status_code == 200, r.text
     return r.json()["data"]
 

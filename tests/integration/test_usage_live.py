@@ -19,7 +19,7 @@ import pytest
 
 from spcs_llm.server.health import wait_healthy
 
-from ..conftest import sf_headers
+from ..conftest import post_batch_like_snowflake, sf_headers
 from .conftest import _free_port
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def batch(base: str, fn: str, rows: list[list], role: str = "ANALYST") -> httpx.
     headers = {**sf_headers(query_id=f"q-{fn}-{role}"), "sf-context-current-user": "ALICE",
                "sf-context-current-role": role}
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
-    return httpx.post(f"{base}/functions/{fn}", content=body, headers=headers, timeout=300)
+    return post_batch_like_snowflake(f"{base}/functions/{fn}", body, headers, timeout=300)
 
 
 def usage(base: str, by: str) -> list[dict]:
