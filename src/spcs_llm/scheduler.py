@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import numpy as np
 
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .errors import EngineUnavailable, Overloaded
@@ -310,65 +313,94 @@ class Scheduler:
 
     # -- embeddings ---------------------------------------------------------------------------------------------
 
-    async def embed(self, embedder: Embedder, text: str) -> list[float]:
+    async def embed(self, embedder: Embedder, text: str) -> np.ndarray:
         """``text``'s vector; concurrent calls for one embedder are batched into one forward pass."""
-        key = ("embed", embedder.model_name, text)
-        cached = self.cache.get(key)
-        if cached is not None:
-            self._embed_hits.inc()
-            return cached
+        (vector,) = await self.embed_texts(embedder, (text,))
+        return vector
+
+    async def embed_texts(self, embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
+        """The vectors of ``texts``, in order: cached ones at once, the rest submitted together (so they share a
+        forward pass) before any is awaited. Each vector is a read-only row of the array the embedder gave,
+        shared with the cache and every caller, never copied."""
+        vectors: list[Any] = []
+        for text in texts:
+            cached = self.cache.get(("embed", embedder.model_name, text))
+            if cached is not None:
+                self._embed_hits.inc()
+                vectors.append(cached)
+            else:
+                vectors.append(self._embed_batcher(embedder).submit(text))
+        try:
+            return [await v if isinstance(v, asyncio.Future) else v for v in vectors]
+        except BaseException:  # the futures not awaited yet are this caller's own: drop them quietly
+            for v in vectors:
+                if isinstance(v, asyncio.Future) and not v.cancel() and not v.cancelled():
+                    v.exception()
+            raise
+
+    def _embed_batcher(self, embedder: Embedder) -> _EmbedBatcher:
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:
             batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self)
-        vector = await batcher.embed(text)
-        # a list of Python floats costs ~32 bytes a value (the float and its pointer)
-        self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
-        return vector
+        return batcher
 
 
 class _EmbedBatcher:
     """Collects the texts asked for while a forward pass runs, and embeds them together in the next one.
 
     No timer: the first text starts a pass at once; texts that arrive meanwhile wait for it to finish and go
-    in the next pass (up to ``max_batch`` texts each). Equal texts in a pass are computed once.
+    in the next pass (up to ``max_batch`` texts each). Equal texts in a pass are computed once. Every caller
+    waits on a future of its own, so a cancelled caller cancels nobody else's wait (and no shield is needed).
     """
 
     def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
         self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
         self.metrics = scheduler.metrics
-        self._pending: dict[str, asyncio.Future[list[float]]] = {}
+        self._pending: dict[str, list[asyncio.Future[np.ndarray]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def embed(self, text: str) -> list[float]:
-        future = self._pending.get(text)
-        if future is None:
-            future = self._pending[text] = asyncio.get_running_loop().create_future()
+    def submit(self, text: str) -> asyncio.Future[np.ndarray]:
+        """A future for ``text``'s vector, filled by the next forward pass that takes it."""
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        waiters = self._pending.get(text)
+        if waiters is None:
+            self._pending[text] = [future]
             if self._runner is None or self._runner.done():
                 self._runner = asyncio.ensure_future(self._run())
         else:
+            waiters.append(future)
             self.metrics.dedup_hits.inc()
-        return await asyncio.shield(future)
+        return future
 
     async def _run(self) -> None:
         while self._pending:
-            texts = list(self._pending)[: self.max_batch]
-            futures = [self._pending.pop(t) for t in texts]
+            texts = list(itertools.islice(self._pending, self.max_batch))
+            waiters = [self._pending.pop(t) for t in texts]
             self.metrics.engine_requests.inc()
             self.scheduler.engine_in_flight += 1
             start = time.perf_counter()
             try:
-                vectors = await self.embedder.embed(texts)
+                vectors = np.asarray(await self.embedder.embed_array(texts)).view()
                 if len(vectors) != len(texts):
                     raise EngineUnavailable(f"{self.embedder.model_name} returned {len(vectors)} vectors "
                                             f"for {len(texts)} texts")
             except Exception as exc:  # every waiter of this pass gets the failure
-                for f in futures:
-                    if not f.done():
-                        f.set_exception(exc)
+                for futures in waiters:
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
                 continue
             finally:
                 self.metrics.engine_latency.observe(time.perf_counter() - start)
                 self.scheduler.engine_in_flight -= 1
-            for f, vector in zip(futures, vectors, strict=True):
+            vectors.flags.writeable = False  # rows are shared by the cache and every caller: nobody may write
+            self._finish(texts, waiters, vectors)
+
+    def _finish(self, texts: list[str], waiters: list[list[asyncio.Future[np.ndarray]]], vectors: np.ndarray) -> None:
+        cache, name = self.scheduler.cache, self.embedder.model_name
+        for text, futures, vector in zip(texts, waiters, vectors, strict=True):
+            # the row is a view of the pass's array: the cache holds it as it is (its bytes, the text, a key)
+            cache.put(("embed", name, text), vector, vector.nbytes + sys.getsizeof(text) + 200)
+            for f in futures:
                 if not f.done():
                     f.set_result(vector)

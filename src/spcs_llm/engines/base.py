@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ..errors import InvalidInput
 
 
@@ -161,6 +163,11 @@ class Embedder(ABC):
     @abstractmethod
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One L2-normalised vector of ``dimension`` floats per text, in order."""
+
+    async def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """The vectors of :meth:`embed` as one ``(len(texts), dimension)`` float array, the form the SQL functions
+        use from the embedder to the wire. Embedders that compute arrays override this to skip the lists."""
+        return np.asarray(await self.embed(texts), dtype=np.float64)
 
     async def count_tokens(self, text: str) -> int:
         raise InvalidInput(f"the {self.kind} embedder serving {self.model_name} does not count tokens")
