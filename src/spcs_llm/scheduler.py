@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache_forms import chat_key, pack_result, unpack_result
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
@@ -235,14 +236,15 @@ class Scheduler:
         with an identical request in flight, before they cost a new engine call."""
         if not request.deterministic:
             return await self._run(request)
+        key = chat_key(request)  # tuples only: the garbage collector need not walk cached answers
         while True:
-            cached = self.cache.get(request)
+            cached = self.cache.get(key)
             if cached is not None:
                 self._chat_hits.inc()
-                return cached
+                return unpack_result(cached)
             shared = self._in_flight.get(request)
             if shared is None:
-                return await self._run_shared(request)
+                return await self._run_shared(request, key)
             self.metrics.dedup_hits.inc()
             try:
                 # shield: this waiter giving up (a cancelled batch) must not cancel the call others wait on
@@ -253,7 +255,7 @@ class Scheduler:
                     raise
                 # the caller that ran it was cancelled, not this one: run it here instead
 
-    async def _run_shared(self, request: ChatRequest) -> ChatResult:
+    async def _run_shared(self, request: ChatRequest, key: Hashable) -> ChatResult:
         """Run ``request`` in this caller, letting identical requests that arrive meanwhile wait for its answer
         (no task of its own: that would cost more than the engine call itself on a cached or fake engine)."""
         shared: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
@@ -269,7 +271,7 @@ class Scheduler:
                 shared.exception()  # retrieved: nobody may be waiting
             raise
         del self._in_flight[request]
-        self.cache.put(request, result, _chat_size(request, result))
+        self.cache.put(key, pack_result(result), _chat_size(request, result))
         shared.set_result(result)
         return result
 
