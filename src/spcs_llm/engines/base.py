@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from ..errors import InvalidInput
 
@@ -48,7 +49,27 @@ class ChatRequest:
 
     @staticmethod
     def schema_key(schema: Mapping[str, Any] | None) -> str | None:
-        return None if schema is None else json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        """``json.dumps(schema, sort_keys=True, ensure_ascii=False)``, remembered: the rows of a query mostly
+        share one schema, and orjson finds it again ~10x faster than json writes it."""
+        if schema is None:
+            return None
+        try:
+            found = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # not plain JSON data (non-string keys, huge integers): no memo
+            found = b"null"
+        if b"null" in found:  # orjson writes NaN and Infinity as null, so null may stand for several values
+            return json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        key = _SCHEMA_KEYS.get(found)
+        if key is None:
+            if len(_SCHEMA_KEYS) >= 1024:  # bounded; schemas are per query, not per row
+                _SCHEMA_KEYS.clear()
+            key = _SCHEMA_KEYS[found] = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+        return key
+
+
+# orjson's sorted form of a schema -> json's (the canonical string): both write one JSON value in one way, except
+# that orjson writes NaN and Infinity as null, so a form with null in it is not remembered
+_SCHEMA_KEYS: dict[bytes, str] = {}
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class FakeEngine(Engine):
         self.peak_in_flight = 0
         self.started = False
         self._prefixes: set[tuple[Message, ...]] = set()
+        self._answers: dict[str, str] = {}
+        self._tokens: dict[tuple[str, int], TokenLogprob] = {}
 
     async def start(self) -> None:
         self.started = True
@@ -99,7 +101,7 @@ class FakeEngine(Engine):
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
         if request.json_schema is not None:
-            words = [json.dumps(schema_example(json.loads(request.json_schema)), ensure_ascii=False)]
+            words = [self._schema_answer(request.json_schema)]
         else:
             words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
@@ -119,13 +121,31 @@ class FakeEngine(Engine):
         self._prefixes.add(prefix)
         return 0
 
-    @staticmethod
-    def _logprobs(words: list[str], top: int) -> tuple[TokenLogprob, ...]:
-        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it."""
+    def _schema_answer(self, schema: str) -> str:
+        """The schema's simplest instance as JSON, remembered per schema (rows of a query share one)."""
+        answer = self._answers.get(schema)
+        if answer is None:
+            if len(self._answers) >= 1024:
+                self._answers.clear()
+            answer = self._answers[schema] = json.dumps(schema_example(json.loads(schema)), ensure_ascii=False)
+        return answer
+
+    def _logprobs(self, words: list[str], top: int) -> tuple[TokenLogprob, ...]:
+        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it.
+        The tokens are immutable, so one object per (word, top) is made and handed out again."""
         if top <= 0:
             return ()
-        return tuple(TokenLogprob(w, -0.1, ((w, -0.1), *((f"alt{k}", -1.0 - k) for k in range(1, top))))
-                     for w in words)
+        made = self._tokens
+        out = []
+        for w in words:
+            token = made.get((w, top))
+            if token is None:
+                if len(made) >= 1 << 16:  # bounded: a served fake sees endless distinct words
+                    made.clear()
+                alternatives = tuple((f"alt{k}", -1.0 - k) for k in range(1, top))
+                token = made[(w, top)] = TokenLogprob(w, -0.1, ((w, -0.1), *alternatives))
+            out.append(token)
+        return tuple(out)
 
     async def count_tokens(self, text: str) -> int:
         return len(text.split())
