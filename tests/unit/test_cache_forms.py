@@ -15,12 +15,14 @@ RESULTS = [
     ChatResult("two words", "length", Usage(7, 2, 3)),
     ChatResult('{"sentiment": "positive"}', "stop", Usage(30, 1),
                (TokenLogprob('{"', -0.5, ()), TokenLogprob("positive", -0.1, (("positive", -0.1), ("neg", -2.5))))),
+    ChatResult('{"a": null}', "stop", Usage(1, 1), (TokenLogprob("x", float("-inf"), (("x", float("-inf")),)),)),
 ]
 
 
 def test_results_round_trip_field_by_field() -> None:
     for result in RESULTS:
         assert unpack_result(pack_result(result)) == result
+    assert isinstance(pack_result(RESULTS[2]), bytes) and pack_result(RESULTS[3]) is RESULTS[3]  # null: kept
 
 
 def test_keys_differ_where_requests_differ() -> None:

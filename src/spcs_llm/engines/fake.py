@@ -70,7 +70,7 @@ class FakeEngine(Engine):
         self.started = False
         self._prefixes: set[tuple[Message, ...]] = set()
         self._answers: dict[str, str] = {}
-        self._tokens: dict[tuple[str, int], TokenLogprob] = {}
+        self._tokens: dict[int, dict[str, TokenLogprob]] = {}  # top -> word -> token
 
     async def start(self) -> None:
         self.started = True
@@ -135,15 +135,15 @@ class FakeEngine(Engine):
         The tokens are immutable, so one object per (word, top) is made and handed out again."""
         if top <= 0:
             return ()
-        made = self._tokens
+        made = self._tokens.get(top)
+        if made is None or len(made) >= 4096:  # bounded: a served fake sees endless distinct words (a few a row)
+            made = self._tokens[top] = {}
         out = []
         for w in words:
-            token = made.get((w, top))
+            token = made.get(w)
             if token is None:
-                if len(made) >= 1 << 16:  # bounded: a served fake sees endless distinct words
-                    made.clear()
                 alternatives = tuple((f"alt{k}", -1.0 - k) for k in range(1, top))
-                token = made[(w, top)] = TokenLogprob(w, -0.1, ((w, -0.1), *alternatives))
+                token = made[w] = TokenLogprob(w, -0.1, ((w, -0.1), *alternatives))
             out.append(token)
         return tuple(out)
 
