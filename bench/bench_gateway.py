@@ -68,17 +68,18 @@ kind = "fake"
 model_name = "fake-embed-1024"
 dimension = 1024
 """
-# Runs the server with a gc.callbacks hook that records every collection's generation and pause, written as JSON
-# to the file named by the first argument when the process exits (a clean SIGINT exit).
+# Runs the server with a gc.callbacks hook that records every collection's generation, wall and CPU milliseconds
+# (the CPU time is the collection's own work; the wall time adds whatever preempted it), written as JSON to the
+# file named by the first argument when the process exits (a clean SIGINT exit).
 GC_WRAPPER = """
 import atexit, gc, json, sys, time
 out, sys.argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
-pauses, t0 = [], [0.0]
+pauses, t0 = [], [0.0, 0.0]
 def hook(phase, info):
     if phase == "start":
-        t0[0] = time.perf_counter()
+        t0[:] = time.perf_counter(), time.thread_time()
     else:
-        pauses.append((info["generation"], (time.perf_counter() - t0[0]) * 1000, info["collected"]))
+        pauses.append((info["generation"], (time.perf_counter() - t0[0]) * 1000, (time.thread_time() - t0[1]) * 1000))
 gc.callbacks.append(hook)
 atexit.register(lambda: open(out, "w").write(json.dumps({"pauses": pauses, "tracked": len(gc.get_objects())})))
 from spcs_llm.cli import main
@@ -330,6 +331,79 @@ async def measure(servers: list[Server], specs: list[Spec], args: argparse.Names
     return runs, lat
 
 
+async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway's work without HTTP, in this process (run with the PYTHONPATH of the code measured): each
+    batch's body is decoded, answered and encoded as the server does, and CPU time is this thread's, so the other
+    sessions on a shared machine do not appear in it (they do in the HTTP round trips). Throughput: rows per CPU
+    second with ``connections`` batches at once; tail: CPU milliseconds per sequential 100-row batch."""
+    from spcs_llm.config import Settings
+    from spcs_llm.engines import build_embedder, build_engine
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.metrics import Metrics
+    from spcs_llm.server.app import build_runtime
+    from spcs_llm.server.snowflake import answer_batch, decode_rows, encode_rows
+    from spcs_llm.server.tuning import tune_gc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "gateway.toml").write_text(CONFIG)
+        settings = Settings.load(Path(tmp) / "gateway.toml")
+    engine = build_engine(settings.engine)
+    embedders = [build_embedder(e) for e in settings.embeddings]
+    await asyncio.gather(engine.start(), *(e.start() for e in embedders))
+    rt = build_runtime(settings, engine, Metrics(), embedders)
+    limit = settings.server.max_response_bytes
+    tune_gc()
+    texts = Texts()
+    out: dict[str, Any] = {"throughput": [], "latency": []}
+
+    async def one(fn: Any, body: bytes) -> int:
+        rows = decode_rows(body)
+        values = await answer_batch(fn, rt, rows)
+        encode_rows([r[0] for r in rows], values, limit)
+        return len(rows)
+
+    for spec in specs:
+        fn, make = FUNCTIONS[spec.label.lower()], batch_maker(spec, texts)
+        await one(fn, orjson.dumps({"data": make(args.batch_rows)}))
+        done, cpu, t0 = 0, 0.0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            bodies = [orjson.dumps({"data": make(args.batch_rows)}) for _ in range(args.connections)]
+            c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
+            done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
+            cpu += time.thread_time() - c0
+        out["throughput"].append({"label": spec.label, "rows": done, "seconds": time.perf_counter() - t0,
+                                  "server_cpu_s": cpu})
+        times = []
+        for i in range(args.batches + 10):
+            body = orjson.dumps({"data": make(args.latency_rows)})
+            c0 = time.thread_time()
+            await one(fn, body)
+            if i >= 10:
+                times.append((time.thread_time() - c0) * 1000)
+        times.sort()
+        out["latency"].append({"label": spec.label, "batches": len(times), "p50_ms": statistics.median(times),
+                               "p99_ms": times[min(len(times) - 1, round(0.99 * len(times)))], "max_ms": times[-1]})
+    return out
+
+
+def in_process(sources: list[tuple[str, Path]], specs: list[Spec], args: argparse.Namespace,
+               ) -> tuple[list[Throughput], list[Latency]]:
+    """Runs :func:`worker_in_process` for each code in a process of its own, pinned to the server's core."""
+    runs, lat = [], []
+    for code, src in sources:
+        cmd = [sys.executable, __file__, "--worker-in-process", "--seconds", str(args.seconds), "--batch-rows",
+               str(args.batch_rows), "--connections", str(args.connections), "--latency-rows",
+               str(args.latency_rows), "--batches", str(args.batches), "--functions", ",".join(s.label for s in specs)]
+        done = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(src)}, check=True, capture_output=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {args.server_core}))
+        result = json.loads(done.stdout)
+        runs += [Throughput(r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"])
+                 for r in result["throughput"]]
+        lat += [Latency(q["label"], code, args.latency_rows, q["batches"], q["p50_ms"], q["p99_ms"], q["max_ms"])
+                for q in result["latency"]]
+    return runs, lat
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -380,12 +454,13 @@ def report_gc(servers: list[Server]) -> None:
         if not s.gc:
             continue
         pauses = s.gc["pauses"]
-        print(f"\ngarbage collection in the {s.code} server ({s.gc['tracked']:,} objects tracked at exit):")
+        print(f"\ngarbage collection in the {s.code} server: CPU ms (wall ms, which adds preemption)")
         for gen in (0, 1, 2):
-            ms = sorted(p[1] for p in pauses if p[0] == gen)
-            if ms:
-                print(f"  generation {gen}: {len(ms):>5} collections, {sum(ms):>8.1f} ms in all, "
-                      f"median {statistics.median(ms):6.2f} ms, max {ms[-1]:7.2f} ms")
+            mine = [p for p in pauses if p[0] == gen]
+            if mine:
+                cpu, wall = sorted(p[2] for p in mine), sorted(p[1] for p in mine)
+                print(f"  generation {gen}: {len(mine):>5} collections, {sum(cpu):>8.1f} ms in all ({sum(wall):.0f}), "
+                      f"median {statistics.median(cpu):6.2f} ms, max {cpu[-1]:7.2f} ms ({wall[-1]:.1f})")
 
 
 def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path) -> None:
@@ -435,6 +510,9 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ap.add_argument("--gc-stats", action="store_true", help="record every garbage collection in the servers")
+    ap.add_argument("--in-process", action="store_true", help="no HTTP: the gateway's decode/answer/encode in a "
+                    "process pinned to the server core, CPU time of that thread only (see worker_in_process)")
+    ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--profile", type=Path, help="run the server under pyinstrument (throughput runs only) and "
                     "write its flat text report (time per function, itself) here")
     args = ap.parse_args()
@@ -445,6 +523,11 @@ def main() -> None:
         if unknown := wanted - {s.label for s in specs}:
             raise SystemExit(f"unknown functions: {sorted(unknown)}")
 
+    if args.worker_in_process:
+        import uvloop
+
+        print(json.dumps(uvloop.run(worker_in_process(specs, args))))
+        return
     if args.client_core != args.server_core:
         os.sched_setaffinity(0, {args.client_core})
     with tempfile.TemporaryDirectory() as tmp:
@@ -452,18 +535,21 @@ def main() -> None:
         if args.before:
             (Path(tmp) / "before").mkdir()
             sources.append(("before", extract_revision(args.before, Path(tmp) / "before")))
-        servers = []
-        try:
-            for code, src in sources:
-                (Path(tmp) / code).mkdir(exist_ok=True)
-                servers.append(start_server(code, src, args.server_core, Path(tmp) / code,
-                                            args.profile if code == "after" else None, args.gc_stats))
-            runs, lat = asyncio.run(measure(servers, specs, args))
-        finally:
-            for server in servers:
-                stop_server(server)
+        servers: list[Server] = []
+        if args.in_process:
+            runs, lat = in_process(sources, specs, args)
+        else:
+            try:
+                for code, src in sources:
+                    (Path(tmp) / code).mkdir(exist_ok=True)
+                    servers.append(start_server(code, src, args.server_core, Path(tmp) / code,
+                                                args.profile if code == "after" else None, args.gc_stats))
+                runs, lat = asyncio.run(measure(servers, specs, args))
+            finally:
+                for server in servers:
+                    stop_server(server)
 
-    codes = [s.code for s in servers]
+    codes = [code for code in ("after", "before") if any(r.code == code for r in runs)]
     if args.json:
         print(json.dumps({"machine": machine(), "before": args.before,
                           "throughput": [asdict(r) | {"rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s}
@@ -471,8 +557,10 @@ def main() -> None:
                           "latency": [asdict(q) | {"tail_ratio": q.tail_ratio} for q in lat],
                           "gc": {s.code: s.gc for s in servers if s.gc}}))
     else:
-        print(f"\nspcs-llm gateway on the fake engine; server pinned to core {args.server_core}, load on core "
-              f"{args.client_core}; {machine()}" + (f"; before = {args.before}" if args.before else ""))
+        where = ("in-process (no HTTP), CPU time of the gateway's thread" if args.in_process
+                 else f"server pinned to core {args.server_core}, load on core {args.client_core}")
+        print(f"\nspcs-llm gateway on the fake engine; {where}; {machine()}"
+              + (f"; before = {args.before}" if args.before else ""))
         report(runs, lat, codes)
         report_gc(servers)
     if args.plot and lat:
