@@ -72,6 +72,21 @@ def test_cosine_of_arrays_is_the_float_loops_double() -> None:
     assert str(cosine(np.array([0.0, -1.0]), np.array([1.0, 0.0]))) == "0.0"  # not -0.0: sum() starts at 0
 
 
+def test_cosines_near_a_rounding_midpoint_or_zero_take_the_ordered_sums() -> None:
+    """Where the order of the sums could decide the 6th decimal (or a zero's sign), the ordered path answers."""
+    rng = np.random.default_rng(9)
+    for target in (0.1234565, -0.4999995, 0.0000005, 1e-13, -1e-13, 0.0):
+        for _ in range(50):
+            u = rng.standard_normal(64)
+            u /= np.linalg.norm(u)
+            w = rng.standard_normal(64)
+            w -= (w @ u) * u
+            w /= np.linalg.norm(w)
+            b = target * u + math.sqrt(1 - target * target) * w  # cos(u, b) is target, give or take an ulp
+            assert cosine(u, b) == _reference_cosine(u.tolist(), b.tolist())
+            assert str(cosine(u, b)) == str(_reference_cosine(u.tolist(), b.tolist()))  # the sign of zero too
+
+
 async def test_cached_vectors_are_shared_read_only_rows_not_copies() -> None:
     embedder = FakeEmbedder("fake-embed-768", 768)
     scheduler = Scheduler(FakeEngine(), Metrics())
