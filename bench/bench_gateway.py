@@ -1,19 +1,25 @@
-"""The gateway's own cost: Snowflake batches through spcs-llm on the fake engine (zero inference cost).
+"""The gateway's own cost, function by function: Snowflake batches through spcs-llm on the fake engine.
 
 The real server (`spcs-llm serve`, uvicorn, real HTTP on loopback) runs in its own process pinned to one core
-(``taskset``-style ``sched_setaffinity``), with ``engine.kind = "fake"`` and a fake embedder, and logs as in
+(``sched_setaffinity``), with ``engine.kind = "fake"`` and fake 768-d and 1024-d embedders, and logs as in
 production (one JSON line per batch to stderr, here /dev/null). The load generator runs in this process, pinned
-to another core, so "per core" means what it says. Measured:
+to another core, so "per core" means what it says. For every registered SQL function, with representative
+arguments (:data:`SPECS`), it measures:
 
 - throughput: rows/s of 1,000-row batches, ``--connections`` batches in flight at once, for ``--seconds``; the
   server's CPU seconds (utime + stime from /proc/<pid>/stat) over the same window give rows per CPU-second.
-  Every row is distinct (a per-run nonce and a counter), so no row is a dedup or cache hit; a second COMPLETE
-  line sends one fixed batch over and over (what a result cache would answer);
-- added latency: p50/p99 round trip of sequential 100-row batches, one at a time (the fake engine answers at
-  once, so this is the gateway's own time per batch, plus the client's).
+  Every row is distinct (a per-run nonce and a counter), so no row is a dedup or cache hit; one more COMPLETE
+  line sends one fixed batch over and over (what the result cache answers);
+- the tail: p50/p99/max round trip of ``--batches`` sequential 100-row batches, one at a time (the fake engine
+  answers at once, so this is the gateway's own time per batch, plus the client's).
 
-    python bench/bench_gateway.py [--seconds 4] [--connections 4] [--plot out.png] [--json]
-    python bench/bench_gateway.py --profile out.txt   # the server runs under pyinstrument; its report goes there
+``--before REV`` also starts a server running the code of git revision REV (``git archive REV src`` into a
+temporary directory) on the same core, and measures both servers function by function, alternately, in the same
+run: the ratios between the two columns are what to trust on a shared machine.
+
+    python bench/bench_gateway.py [--seconds 1] [--before c082c77] [--plot out.png] [--json]
+    python bench/bench_gateway.py --functions SENTIMENT --gc-stats   # full collections and their pauses
+    python bench/bench_gateway.py --functions SENTIMENT --profile out.txt   # the server under pyinstrument
 """
 
 from __future__ import annotations
@@ -29,15 +35,18 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 
+ROOT = Path(__file__).resolve().parent.parent
 PROMPT = ("Summarise this customer review in one sentence: the {k} arrived two days late and the box was "
           "dented, but the product itself works well and support answered quickly. Ticket {nonce}-{n}.")
 ITEMS = ["kettle", "lamp", "chair", "router", "blender", "jacket", "printer", "monitor"]
@@ -52,13 +61,78 @@ kind = "fake"
 model_name = "fake-model"
 [[embeddings]]
 kind = "fake"
+model_name = "fake-embed-768"
 dimension = 768
+[[embeddings]]
+kind = "fake"
+model_name = "fake-embed-1024"
+dimension = 1024
 """
+# Runs the server with a gc.callbacks hook that records every collection's generation, wall and CPU milliseconds
+# (the CPU time is the collection's own work; the wall time adds whatever preempted it), written as JSON to the
+# file named by the first argument when the process exits (a clean SIGINT exit).
+GC_WRAPPER = """
+import atexit, gc, json, sys, time
+out, sys.argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
+pauses, t0 = [], [0.0, 0.0]
+def hook(phase, info):
+    if phase == "start":
+        t0[:] = time.perf_counter(), time.thread_time()
+    else:
+        pauses.append((info["generation"], (time.perf_counter() - t0[0]) * 1000, (time.thread_time() - t0[1]) * 1000))
+gc.callbacks.append(hook)
+atexit.register(lambda: open(out, "w").write(json.dumps({"pauses": pauses, "tracked": len(gc.get_objects())})))
+from spcs_llm.cli import main
+main()
+"""
+GOAL_ROWS_PER_CPU_S = 20_000
+GOAL_TAIL_RATIO = 2.0
+GOAL_COMPLETE_P99_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One SQL function with representative arguments: ``args(text)`` gives a row's arguments for a distinct text."""
+
+    label: str
+    args: Callable[[str], list[Any]]
+
+    @property
+    def path(self) -> str:
+        return f"/functions/{self.label.lower()}"
+
+
+CATEGORIES = ["complaint", "praise", "question"]
+SPECS = [
+    Spec("COMPLETE", lambda t: ["llama3.1-8b", t]),
+    Spec("TRY_COMPLETE", lambda t: ["llama3.1-8b", t]),
+    Spec("AI_COMPLETE", lambda t: ["llama3.1-8b", t]),
+    Spec("SENTIMENT", lambda t: [t]),
+    Spec("AI_SENTIMENT", lambda t: [t]),
+    Spec("ENTITY_SENTIMENT", lambda t: [t, ["delivery", "support"]]),
+    Spec("CLASSIFY_TEXT", lambda t: [t, CATEGORIES]),
+    Spec("AI_CLASSIFY", lambda t: [t, CATEGORIES]),
+    Spec("AI_FILTER", lambda t: [f"Is this review about a late delivery? {t}"]),
+    Spec("SUMMARIZE", lambda t: [t]),
+    Spec("TRANSLATE", lambda t: [t, "en", "de"]),
+    Spec("AI_TRANSLATE", lambda t: [t, "en", "de"]),
+    Spec("EXTRACT_ANSWER", lambda t: [t, "What arrived late?"]),
+    Spec("AI_AGG", lambda t: [[t, t + " Second review."], "List the complaints."]),
+    Spec("AI_SUMMARIZE_AGG", lambda t: [[t, t + " Second review."]]),
+    Spec("EMBED_TEXT_768", lambda t: ["e5-base-v2", t]),
+    Spec("EMBED_TEXT_1024", lambda t: ["snowflake-arctic-embed-l-v2.0", t]),
+    Spec("AI_EMBED", lambda t: ["e5-base-v2", t]),
+    Spec("AI_SIMILARITY", lambda t: [t, t.replace("late", "early")]),
+    Spec("COUNT_TOKENS", lambda t: ["llama3.1-8b", t]),
+    Spec("AI_COUNT_TOKENS", lambda t: ["ai_complete", "llama3.1-8b", t]),
+    Spec("SPLIT_TEXT_RECURSIVE_CHARACTER", lambda t: [t, "none", 60, 10]),
+]
 
 
 @dataclass
 class Throughput:
     label: str
+    code: str
     batch_rows: int
     rows: int
     seconds: float
@@ -76,11 +150,25 @@ class Throughput:
 @dataclass
 class Latency:
     label: str
+    code: str
     batch_rows: int
     batches: int
     p50_ms: float
     p99_ms: float
     max_ms: float
+
+    @property
+    def tail_ratio(self) -> float:
+        return self.p99_ms / self.p50_ms
+
+
+@dataclass
+class Server:
+    code: str  # "after" (this tree) or "before" (--before REV)
+    proc: subprocess.Popen
+    base: str
+    gc_file: Path | None = None
+    gc: dict[str, Any] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -96,71 +184,88 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(core: int, profile: Path | None, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path | None, gc_stats: bool) -> Server:
     port = free_port()
     config = workdir / "gateway.toml"
     config.write_text(CONFIG)
-    serve = ["-m", "spcs_llm.cli", "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    gc_file = workdir / f"gc-{code}.json" if gc_stats else None
     if profile is not None:
-        cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", *PROFILE_OPTIONS, "-o", str(profile), *serve]
+        cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", *PROFILE_OPTIONS, "-o", str(profile),
+               "-m", "spcs_llm.cli", *serve]
+    elif gc_file is not None:
+        cmd = [sys.executable, "-c", GC_WRAPPER, str(gc_file), *serve]
     else:
-        cmd = [sys.executable, *serve]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+        cmd = [sys.executable, "-m", "spcs_llm.cli", *serve]
+    env = os.environ | {"PYTHONPATH": str(src)}
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
+            raise SystemExit(f"the {code} server exited with {proc.returncode}")
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return proc, base
+                return Server(code, proc, base, gc_file)
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit("server did not become healthy in 60 s")
+    raise SystemExit(f"the {code} server did not become healthy in 60 s")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # a clean exit, so a profiler writes its report
+def stop_server(server: Server) -> None:
+    server.proc.send_signal(signal.SIGINT)  # a clean exit, so a profiler or the GC hook writes its report
     try:
-        proc.wait(timeout=60)
+        server.proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        server.proc.kill()
+    if server.gc_file is not None and server.gc_file.is_file():
+        server.gc = json.loads(server.gc_file.read_text())
 
 
-class Rows:
-    """Distinct rows: every call gives new prompts (a per-run nonce and a running counter)."""
+def extract_revision(rev: str, into: Path) -> Path:
+    """The ``src`` tree of git revision ``rev``, extracted under ``into``; returns its ``src`` directory."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True)
+    tar = into / "src.tar"
+    tar.write_bytes(archive.stdout)
+    with tarfile.open(tar) as t:
+        t.extractall(into, filter="data")
+    return into / "src"
+
+
+class Texts:
+    """Distinct texts: every call gives new ones (a per-run nonce and a running counter)."""
 
     def __init__(self) -> None:
         self.nonce, self.n = secrets.token_hex(4), 0
 
-    def complete(self, size: int) -> list[list]:
-        out = []
-        for i in range(size):
-            self.n += 1
-            out.append([i, "llama3.1-8b", PROMPT.format(k=ITEMS[self.n % len(ITEMS)], nonce=self.nonce, n=self.n)])
-        return out
-
-    def text(self, size: int) -> list[list]:
-        return [[i, row[2]] for i, row in enumerate(self.complete(size))]
-
-    def embed(self, size: int) -> list[list]:
-        return [[i, "e5-base-v2", row[2]] for i, row in enumerate(self.complete(size))]
+    def __call__(self) -> str:
+        self.n += 1
+        return PROMPT.format(k=ITEMS[self.n % len(ITEMS)], nonce=self.nonce, n=self.n)
 
 
-def check(rows: list[list], response: httpx.Response) -> None:
-    """Every row answered, in order; fail loudly rather than time a server that answers errors."""
+def batch_maker(spec: Spec, texts: Texts) -> Callable[[int], list[list[Any]]]:
+    return lambda size: [[i, *spec.args(texts())] for i in range(size)]
+
+
+def check(rows: list[list[Any]], response: httpx.Response) -> None:
+    """Every row answered, in order, not NULL; fail loudly rather than time a server that answers errors."""
     if response.status_code != 200:
-        raise SystemExit(f"HTTP {response.status_code}: {response.text[:200]}")
+        raise SystemExit(f"{response.request.url.path}: HTTP {response.status_code}: {response.text[:200]}")
     data = orjson.loads(response.content)["data"]
     if len(data) != len(rows) or data[0][0] != rows[0][0] or data[-1][0] != rows[-1][0]:
         raise SystemExit("the answer does not hold one row per input row in order")
+    if data[0][1] is None:
+        raise SystemExit(f"{response.request.url.path}: the first row's answer is NULL: {rows[0]}")
 
 
-async def throughput(base: str, pid: int, label: str, path: str, make: Callable[[int], list[list]],
+async def throughput(server: Server, label: str, path: str, make: Callable[[int], list[list[Any]]],
                      batch_rows: int, seconds: float, connections: int) -> Throughput:
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=httpx.Limits(max_connections=connections)) as c:
+    pid = server.proc.pid
+    async with httpx.AsyncClient(base_url=server.base, timeout=120,
+                                 limits=httpx.Limits(max_connections=connections)) as c:
         async def one() -> int:
             rows = make(batch_rows)
             body = orjson.dumps({"data": rows})
@@ -180,14 +285,14 @@ async def throughput(base: str, pid: int, label: str, path: str, make: Callable[
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    return Throughput(label, batch_rows, done, elapsed, cpu)
+    return Throughput(label, server.code, batch_rows, done, elapsed, cpu)
 
 
-async def latency(base: str, label: str, path: str, make: Callable[[int], list[list]], batch_rows: int,
+async def latency(server: Server, label: str, path: str, make: Callable[[int], list[list[Any]]], batch_rows: int,
                   batches: int) -> Latency:
     bodies = [(rows, orjson.dumps({"data": rows})) for rows in (make(batch_rows) for _ in range(batches + 10))]
     times = []
-    async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+    async with httpx.AsyncClient(base_url=server.base, timeout=60) as c:
         for i, (rows, body) in enumerate(bodies):
             t0 = time.perf_counter()
             r = await c.post(path, content=body, headers={"content-type": "application/json"})
@@ -196,28 +301,106 @@ async def latency(base: str, label: str, path: str, make: Callable[[int], list[l
             if i >= 10:  # the first ten warm up
                 times.append(dt * 1000)
     times.sort()
-    return Latency(label, batch_rows, len(times), statistics.median(times),
+    return Latency(label, server.code, batch_rows, len(times), statistics.median(times),
                    times[min(len(times) - 1, round(0.99 * len(times)))], times[-1])
 
 
-async def measure(base: str, pid: int, args: argparse.Namespace) -> tuple[list[Throughput], list[Latency]]:
-    rows = Rows()
-    fixed = rows.complete(args.batch_rows)
-    repeats = [await throughput(base, pid, "COMPLETE, distinct rows", "/functions/complete", rows.complete,
-                                args.batch_rows, args.seconds, args.connections) for _ in range(args.repeat)]
-    runs = [sorted(repeats, key=lambda r: r.rows_per_cpu_s)[len(repeats) // 2]]  # the median run
-    if args.profile:  # the profile is of the headline workload alone
-        return runs, []
-    runs += [await throughput(base, pid, "COMPLETE, one batch repeated", "/functions/complete", lambda _n: fixed,
-                             args.batch_rows, args.seconds / 2, args.connections),
-            await throughput(base, pid, "SENTIMENT, distinct rows", "/functions/sentiment", rows.text,
-                             args.batch_rows, args.seconds / 2, args.connections),
-            await throughput(base, pid, "EMBED_TEXT_768 (fake 768-d), distinct", "/functions/embed_text_768",
-                             rows.embed, args.batch_rows, args.seconds / 2, args.connections)]
-    lat = [await latency(base, "COMPLETE", "/functions/complete", rows.complete, args.latency_rows, args.batches),
-           await latency(base, "SENTIMENT", "/functions/sentiment", rows.text, args.latency_rows, args.batches // 2),
-           # the fixed cost of a batch (HTTP on loopback, the client, the scheduling noise of a shared machine)
-           await latency(base, "COMPLETE", "/functions/complete", rows.complete, 1, args.batches)]
+async def measure(servers: list[Server], specs: list[Spec], args: argparse.Namespace,
+                  ) -> tuple[list[Throughput], list[Latency]]:
+    """Function by function, each server in turn (the order alternates), so both see the same minutes."""
+    texts = Texts()
+    runs: list[Throughput] = []
+    lat: list[Latency] = []
+    for k, spec in enumerate(specs):
+        make = batch_maker(spec, texts)
+        for server in servers if k % 2 == 0 else servers[::-1]:
+            repeats = [await throughput(server, spec.label, spec.path, make, args.batch_rows, args.seconds,
+                                        args.connections) for _ in range(args.repeat)]
+            runs.append(sorted(repeats, key=lambda r: r.rows_per_cpu_s)[len(repeats) // 2])  # the median run
+            if not args.profile:
+                lat.append(await latency(server, spec.label, spec.path, make, args.latency_rows, args.batches))
+    if args.profile or not any(s.label == "COMPLETE" for s in specs):
+        return runs, lat
+    complete = next(s for s in specs if s.label == "COMPLETE")
+    fixed = batch_maker(complete, texts)(args.batch_rows)
+    for server in servers:
+        runs.append(await throughput(server, "COMPLETE, one batch repeated", complete.path, lambda _n: fixed,
+                                     args.batch_rows, args.seconds, args.connections))
+        # the fixed cost of a batch (HTTP on loopback, the client, the scheduling noise of a shared machine)
+        lat.append(await latency(server, "COMPLETE", complete.path, batch_maker(complete, texts), 1, args.batches))
+    return runs, lat
+
+
+async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict[str, Any]:
+    """The gateway's work without HTTP, in this process (run with the PYTHONPATH of the code measured): each
+    batch's body is decoded, answered and encoded as the server does, and CPU time is this thread's, so the other
+    sessions on a shared machine do not appear in it (they do in the HTTP round trips). Throughput: rows per CPU
+    second with ``connections`` batches at once; tail: CPU milliseconds per sequential 100-row batch."""
+    from spcs_llm.config import Settings
+    from spcs_llm.engines import build_embedder, build_engine
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.metrics import Metrics
+    from spcs_llm.server.app import build_runtime
+    from spcs_llm.server.snowflake import answer_batch, decode_rows, encode_rows
+    from spcs_llm.server.tuning import tune_gc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "gateway.toml").write_text(CONFIG)
+        settings = Settings.load(Path(tmp) / "gateway.toml")
+    engine = build_engine(settings.engine)
+    embedders = [build_embedder(e) for e in settings.embeddings]
+    await asyncio.gather(engine.start(), *(e.start() for e in embedders))
+    rt = build_runtime(settings, engine, Metrics(), embedders)
+    limit = settings.server.max_response_bytes
+    tune_gc()
+    texts = Texts()
+    out: dict[str, Any] = {"throughput": [], "latency": []}
+
+    async def one(fn: Any, body: bytes) -> int:
+        rows = decode_rows(body)
+        values = await answer_batch(fn, rt, rows)
+        encode_rows([r[0] for r in rows], values, limit)
+        return len(rows)
+
+    for spec in specs:
+        fn, make = FUNCTIONS[spec.label.lower()], batch_maker(spec, texts)
+        await one(fn, orjson.dumps({"data": make(args.batch_rows)}))
+        done, cpu, t0 = 0, 0.0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            bodies = [orjson.dumps({"data": make(args.batch_rows)}) for _ in range(args.connections)]
+            c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
+            done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
+            cpu += time.thread_time() - c0
+        out["throughput"].append({"label": spec.label, "rows": done, "seconds": time.perf_counter() - t0,
+                                  "server_cpu_s": cpu})
+        times = []
+        for i in range(args.batches + 10):
+            body = orjson.dumps({"data": make(args.latency_rows)})
+            c0 = time.thread_time()
+            await one(fn, body)
+            if i >= 10:
+                times.append((time.thread_time() - c0) * 1000)
+        times.sort()
+        out["latency"].append({"label": spec.label, "batches": len(times), "p50_ms": statistics.median(times),
+                               "p99_ms": times[min(len(times) - 1, round(0.99 * len(times)))], "max_ms": times[-1]})
+    return out
+
+
+def in_process(sources: list[tuple[str, Path]], specs: list[Spec], args: argparse.Namespace,
+               ) -> tuple[list[Throughput], list[Latency]]:
+    """Runs :func:`worker_in_process` for each code in a process of its own, pinned to the server's core."""
+    runs, lat = [], []
+    for code, src in sources:
+        cmd = [sys.executable, __file__, "--worker-in-process", "--seconds", str(args.seconds), "--batch-rows",
+               str(args.batch_rows), "--connections", str(args.connections), "--latency-rows",
+               str(args.latency_rows), "--batches", str(args.batches), "--functions", ",".join(s.label for s in specs)]
+        done = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(src)}, check=True, capture_output=True,
+                              preexec_fn=lambda: os.sched_setaffinity(0, {args.server_core}))
+        result = json.loads(done.stdout)
+        runs += [Throughput(r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"])
+                 for r in result["throughput"]]
+        lat += [Latency(q["label"], code, args.latency_rows, q["batches"], q["p50_ms"], q["p99_ms"], q["max_ms"])
+                for q in result["latency"]]
     return runs, lat
 
 
@@ -228,30 +411,83 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python {sys.version.split()[0]}"
+    load = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
+            f"{sys.version.split()[0]}, {load}")
 
 
-def plot(runs: list[Throughput], lat: list[Latency], path: Path) -> None:
+def _by(items: list[Any], code: str) -> dict[str, Any]:
+    return {(i.label if i.batch_rows != 1 else f"{i.label}, 1 row"): i for i in items if i.code == code}
+
+
+def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None:
+    before = "before" in codes
+    print(f"\n{'rows per server CPU-second, 1,000-row batches':46} {'after':>8}"
+          + (f" {'before':>8} {'ratio':>6}" if before else "") + f" {'rows/s':>8} {'srv CPU s':>9}")
+    after_runs, before_runs = _by(runs, "after"), _by(runs, "before")
+    for label, r in after_runs.items():
+        b = before_runs.get(label)
+        line = f"{label:46} {r.rows_per_cpu_s:>8.0f}"
+        if before:
+            line += f" {b.rows_per_cpu_s:>8.0f} {r.rows_per_cpu_s / b.rows_per_cpu_s:>5.1f}x" if b else " " * 16
+        flag = "" if r.rows_per_cpu_s >= GOAL_ROWS_PER_CPU_S else "  < goal"
+        print(f"{line} {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}{flag}")
+    print(f"\n{'sequential batches, ms per batch':34} {'rows':>4} {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}"
+          + (f"  |  before: {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}" if before else ""))
+    after_lat, before_lat = _by(lat, "after"), _by(lat, "before")
+    for label, q in after_lat.items():
+        line = (f"{q.label:34} {q.batch_rows:>4} {q.p50_ms:>6.2f} {q.p99_ms:>6.2f} {q.max_ms:>6.1f} "
+                f"{q.tail_ratio:>6.2f}x")
+        b = before_lat.get(label)
+        if b is not None:
+            line += f"  |          {b.p50_ms:>6.2f} {b.p99_ms:>6.2f} {b.max_ms:>6.1f} {b.tail_ratio:>6.2f}x"
+        if q.batch_rows > 1 and q.tail_ratio > GOAL_TAIL_RATIO:
+            line += "  tail > 2x"
+        print(line)
+    print(f"\ngoals (issue 18): >= {GOAL_ROWS_PER_CPU_S:,} rows per server CPU-second for every function; p99 of "
+          f"sequential 100-row batches within {GOAL_TAIL_RATIO:g}x of the median; COMPLETE p99 < "
+          f"{GOAL_COMPLETE_P99_MS:g} ms")
+
+
+def report_gc(servers: list[Server]) -> None:
+    for s in servers:
+        if not s.gc:
+            continue
+        pauses = s.gc["pauses"]
+        print(f"\ngarbage collection in the {s.code} server: CPU ms (wall ms, which adds preemption)")
+        for gen in (0, 1, 2):
+            mine = [p for p in pauses if p[0] == gen]
+            if mine:
+                cpu, wall = sorted(p[2] for p in mine), sorted(p[1] for p in mine)
+                print(f"  generation {gen}: {len(mine):>5} collections, {sum(cpu):>8.1f} ms in all ({sum(wall):.0f}), "
+                      f"median {statistics.median(cpu):6.2f} ms, max {cpu[-1]:7.2f} ms ({wall[-1]:.1f})")
+
+
+def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    labels = [r.label.replace(", ", "\n").replace(" (", "\n(") for r in runs]
-    a.bar(labels, [r.rows_per_cpu_s for r in runs], color="#1f77b4")
-    a.axhline(20_000, color="#d62728", ls="--", lw=1, label="goal: 20,000 rows/s per core")
+    after_runs = _by(runs, "after")
+    labels = [label for label in after_runs if label in _by(lat, "after")]
+    fig, (a, b) = plt.subplots(2, 1, figsize=(13, 8.5), sharex=True)
+    width = 0.8 / len(codes)
+    colors = {"before": "#aaaaaa", "after": "#1f77b4"}
+    for k, code in enumerate(sorted(codes, reverse=True)):  # before first
+        rr, ll = _by(runs, code), _by(lat, code)
+        x = [i + (k - (len(codes) - 1) / 2) * width for i in range(len(labels))]
+        a.bar(x, [rr[label].rows_per_cpu_s for label in labels], width=width, color=colors[code], label=code)
+        b.bar(x, [ll[label].tail_ratio for label in labels], width=width, color=colors[code], label=code)
+    a.axhline(GOAL_ROWS_PER_CPU_S, color="#d62728", ls="--", lw=1, label=f"goal: {GOAL_ROWS_PER_CPU_S:,}")
+    a.set_yscale("log")
     a.set_ylabel("rows per server CPU-second")
-    a.set_title(f"{runs[0].batch_rows}-row batches, fake engine, server on 1 core")
-    a.legend(loc="upper right", fontsize=8)
-    a.tick_params(axis="x", labelsize=7)
-    x = range(len(lat))
-    b.bar([i - 0.2 for i in x], [q.p50_ms for q in lat], width=0.4, label="p50")
-    b.bar([i + 0.2 for i in x], [q.p99_ms for q in lat], width=0.4, label="p99")
-    b.axhline(5, color="#d62728", ls="--", lw=1, label="goal: p99 < 5 ms")
-    b.set_xticks(list(x), [f"{q.label}\n{q.batch_rows} row{'s' if q.batch_rows > 1 else ''}" for q in lat])
-    b.set_ylabel("ms per batch")
-    b.set_title("sequential batches, one at a time")
+    a.set_title(f"{runs[0].batch_rows}-row batches of distinct rows, fake engine, server on 1 core")
+    a.legend(fontsize=8)
+    b.axhline(GOAL_TAIL_RATIO, color="#d62728", ls="--", lw=1, label=f"goal: p99 within {GOAL_TAIL_RATIO:g}x")
+    b.set_ylabel("p99 / p50, sequential 100-row batches")
+    b.set_xticks(range(len(labels)), [label.replace("_", "_\n", 1) if len(label) > 14 else label
+                                      for label in labels], rotation=60, fontsize=7)
     b.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,45 +497,74 @@ def plot(runs: list[Throughput], lat: list[Latency], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=4.0, help="length of the COMPLETE throughput run")
+    ap.add_argument("--seconds", type=float, default=1.0, help="length of each throughput run")
     ap.add_argument("--batch-rows", type=int, default=1000)
     ap.add_argument("--connections", type=int, default=4, help="batches in flight during throughput runs")
-    ap.add_argument("--repeat", type=int, default=1, help="COMPLETE throughput runs; the median is kept")
+    ap.add_argument("--repeat", type=int, default=1, help="throughput runs per function; the median is kept")
     ap.add_argument("--latency-rows", type=int, default=100)
-    ap.add_argument("--batches", type=int, default=300, help="sequential batches for the latency percentiles")
+    ap.add_argument("--batches", type=int, default=200, help="sequential batches for the latency percentiles")
+    ap.add_argument("--functions", help="comma-separated function names (default: all of them)")
+    ap.add_argument("--before", metavar="REV", help="also measure the code of this git revision, side by side")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--client-core", type=int, default=1)
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    ap.add_argument("--profile", type=Path, help="run the server under pyinstrument (the distinct-row COMPLETE run "
-                    "only) and write its flat text report (time per function, itself) here")
+    ap.add_argument("--gc-stats", action="store_true", help="record every garbage collection in the servers")
+    ap.add_argument("--in-process", action="store_true", help="no HTTP: the gateway's decode/answer/encode in a "
+                    "process pinned to the server core, CPU time of that thread only (see worker_in_process)")
+    ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", type=Path, help="run the server under pyinstrument (throughput runs only) and "
+                    "write its flat text report (time per function, itself) here")
     args = ap.parse_args()
+    specs = SPECS
+    if args.functions:
+        wanted = {n.strip().upper() for n in args.functions.split(",")}
+        specs = [s for s in SPECS if s.label in wanted]
+        if unknown := wanted - {s.label for s in specs}:
+            raise SystemExit(f"unknown functions: {sorted(unknown)}")
 
+    if args.worker_in_process:
+        import uvloop
+
+        print(json.dumps(uvloop.run(worker_in_process(specs, args))))
+        return
     if args.client_core != args.server_core:
         os.sched_setaffinity(0, {args.client_core})
     with tempfile.TemporaryDirectory() as tmp:
-        proc, base = start_server(args.server_core, args.profile, Path(tmp))
-        try:
-            runs, lat = asyncio.run(measure(base, proc.pid, args))
-        finally:
-            stop_server(proc)
+        sources = [("after", ROOT / "src")]
+        if args.before:
+            (Path(tmp) / "before").mkdir()
+            sources.append(("before", extract_revision(args.before, Path(tmp) / "before")))
+        servers: list[Server] = []
+        if args.in_process:
+            runs, lat = in_process(sources, specs, args)
+        else:
+            try:
+                for code, src in sources:
+                    (Path(tmp) / code).mkdir(exist_ok=True)
+                    servers.append(start_server(code, src, args.server_core, Path(tmp) / code,
+                                                args.profile if code == "after" else None, args.gc_stats))
+                runs, lat = asyncio.run(measure(servers, specs, args))
+            finally:
+                for server in servers:
+                    stop_server(server)
 
+    codes = [code for code in ("after", "before") if any(r.code == code for r in runs)]
     if args.json:
-        print(json.dumps({"machine": machine(), "throughput": [asdict(r) | {"rows_per_s": r.rows_per_s,
-                          "rows_per_cpu_s": r.rows_per_cpu_s} for r in runs], "latency": [asdict(q) for q in lat]}))
+        print(json.dumps({"machine": machine(), "before": args.before,
+                          "throughput": [asdict(r) | {"rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s}
+                                         for r in runs],
+                          "latency": [asdict(q) | {"tail_ratio": q.tail_ratio} for q in lat],
+                          "gc": {s.code: s.gc for s in servers if s.gc}}))
     else:
-        print(f"\nspcs-llm gateway on the fake engine; server pinned to core {args.server_core}, load on core "
-              f"{args.client_core}; {machine()}")
-        print(f"\n{'throughput':38} {'batch':>5} {'rows':>7} {'rows/s':>8} {'srv CPU s':>9} {'rows/CPU-s':>10}")
-        for r in runs:
-            print(f"{r.label:38} {r.batch_rows:>5} {r.rows:>7} {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f} "
-                  f"{r.rows_per_cpu_s:>10.0f}")
-        print(f"\n{'latency, sequential batches':38} {'batch':>5} {'n':>7} {'p50 ms':>8} {'p99 ms':>9} {'max ms':>10}")
-        for q in lat:
-            print(f"{q.label:38} {q.batch_rows:>5} {q.batches:>7} {q.p50_ms:>8.2f} {q.p99_ms:>9.2f} {q.max_ms:>10.2f}")
-        print("\ngoals (issue 5): >= 20,000 rows per server CPU-second; p99 < 5 ms per 100-row batch")
+        where = ("in-process (no HTTP), CPU time of the gateway's thread" if args.in_process
+                 else f"server pinned to core {args.server_core}, load on core {args.client_core}")
+        print(f"\nspcs-llm gateway on the fake engine; {where}; {machine()}"
+              + (f"; before = {args.before}" if args.before else ""))
+        report(runs, lat, codes)
+        report_gc(servers)
     if args.plot and lat:
-        plot(runs, lat, args.plot)
+        plot(runs, lat, codes, args.plot)
     if args.profile:
         print(f"server profile written to {args.profile}")
 

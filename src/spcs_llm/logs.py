@@ -33,7 +33,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()  # vectors (log_content)
 
 
 def setup_logging(level: str = "info") -> None:

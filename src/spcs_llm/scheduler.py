@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from .cache_forms import chat_key, pack_result, unpack_result
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
@@ -332,17 +336,18 @@ class Scheduler:
         meter = self.meter  # budgets: _run checks before an engine call; a cached or shared answer, here
         if not request.deterministic:
             return await self._run(request)
+        key = chat_key(request)  # tuples only: the garbage collector need not walk cached answers
         while True:
-            cached = self.cache.get(request)
+            cached = self.cache.get(key)
             if cached is not None:
                 if meter is not None:
                     meter.check(self.engine.model_name)
                     meter.seen_model(self.engine.model_name)
                 self._chat_hits.inc()
-                return cached
+                return unpack_result(cached)
             shared = self._in_flight.get(request)
             if shared is None:
-                return await self._run_shared(request)
+                return await self._run_shared(request, key)
             if meter is not None:
                 meter.check(self.engine.model_name)
             self.metrics.dedup_hits.inc()
@@ -355,7 +360,7 @@ class Scheduler:
                     raise
                 # the caller that ran it was cancelled, not this one: run it here instead
 
-    async def _run_shared(self, request: ChatRequest) -> ChatResult:
+    async def _run_shared(self, request: ChatRequest, key: Hashable) -> ChatResult:
         """Run ``request`` in this caller, letting identical requests that arrive meanwhile wait for its answer
         (no task of its own: that would cost more than the engine call itself on a cached or fake engine)."""
         shared: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
@@ -371,7 +376,7 @@ class Scheduler:
                 shared.exception()  # retrieved: nobody may be waiting
             raise
         del self._in_flight[request]
-        self.cache.put(request, result, _chat_size(request, result))
+        self.cache.put(key, pack_result(result), _chat_size(request, result))
         shared.set_result(result)
         return result
 
@@ -438,80 +443,125 @@ class Scheduler:
 
     # -- embeddings ---------------------------------------------------------------------------------------------
 
-    async def embed(self, embedder: Embedder, text: str) -> list[float]:
+    async def embed(self, embedder: Embedder, text: str) -> np.ndarray:
         """``text``'s vector; concurrent calls for one embedder are batched into one forward pass."""
-        meter = self.meter
+        (vector,) = await self.embed_texts(embedder, (text,))
+        return vector
+
+    async def embed_texts(self, embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
+        """The vectors of ``texts``, in order: cached ones at once, the rest submitted together (so they share a
+        forward pass) before any is awaited. Each vector is a read-only row of the array the embedder gave,
+        shared with the cache and every caller, never copied. Budgets are checked first; each computed row is
+        metered with its share of the pass's engine time (embedders report no token counts)."""
+        meter, name = self.meter, embedder.model_name
         if meter is not None:
-            meter.check(embedder.model_name)
-        key = ("embed", embedder.model_name, text)
-        cached = self.cache.get(key)
-        if cached is not None:
-            self._embed_hits.inc()
-            if meter is not None:
-                meter.seen_model(embedder.model_name)
-            return cached
+            meter.check(name)
+        pending: list[Any] = []
+        for text in texts:
+            cached = self.cache.get(("embed", name, text))
+            if cached is not None:
+                self._embed_hits.inc()
+                if meter is not None:
+                    meter.seen_model(name)
+                pending.append(cached)
+            else:
+                pending.append(self._embed_batcher(embedder).submit(text))
+        try:
+            vectors = []
+            for v in pending:
+                if not isinstance(v, asyncio.Future):
+                    vectors.append(v)
+                    continue
+                vector, busy_share = await v
+                if meter is not None:  # None: joined an identical text's embedding, no engine work of its own
+                    meter.seen_model(name) if busy_share is None else meter.engine_call(name, None, busy_share)
+                vectors.append(vector)
+            return vectors
+        except BaseException:  # the futures not awaited yet are this caller's own: drop them quietly
+            for v in pending:
+                if isinstance(v, asyncio.Future) and not v.cancel() and not v.cancelled():
+                    v.exception()
+            raise
+
+    def _embed_batcher(self, embedder: Embedder) -> _EmbedBatcher:
         batcher = self._embed_batchers.get(id(embedder))
         if batcher is None:
             batcher = self._embed_batchers[id(embedder)] = _EmbedBatcher(embedder, self)
-        vector, busy_share = await batcher.embed(text)
-        if meter is not None:  # embedders report no token counts: the row's share of the pass's time only
-            if busy_share is None:  # joined an identical text's embedding: no engine work of its own
-                meter.seen_model(embedder.model_name)
-            else:
-                meter.engine_call(embedder.model_name, None, busy_share)
-        # a list of Python floats costs ~32 bytes a value (the float and its pointer)
-        self.cache.put(key, vector, sys.getsizeof(text) + 32 * len(vector) + 64)
-        return vector
+        return batcher
 
 
 class _EmbedBatcher:
     """Collects the texts asked for while a forward pass runs, and embeds them together in the next one.
 
     No timer: the first text starts a pass at once; texts that arrive meanwhile wait for it to finish and go
-    in the next pass (up to ``max_batch`` texts each). Equal texts in a pass are computed once.
+    in the next pass (up to ``max_batch`` texts each). Equal texts in a pass are computed once. Every caller
+    waits on a future of its own, so a cancelled caller cancels nobody else's wait (and no shield is needed).
     """
 
     def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
         self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
         self.metrics = scheduler.metrics
-        self._pending: dict[str, asyncio.Future[tuple[list[float], float | None]]] = {}
+        # per text: the futures of its callers; each gets (vector, its share of the pass's time or None if it joined)
+        self._pending: dict[str, list[asyncio.Future[tuple[np.ndarray, float | None]]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    async def embed(self, text: str) -> tuple[list[float], float | None]:
-        """``text``'s vector and its share of the pass's engine time (None for a caller that joined another's)."""
-        future = self._pending.get(text)
-        if future is None:
-            future = self._pending[text] = asyncio.get_running_loop().create_future()
+    def submit(self, text: str) -> asyncio.Future[tuple[np.ndarray, float | None]]:
+        """A future for ``text``'s vector, filled by the next forward pass that takes it."""
+        future: asyncio.Future[tuple[np.ndarray, float | None]] = asyncio.get_running_loop().create_future()
+        waiters = self._pending.get(text)
+        if waiters is None:
+            self._pending[text] = [future]
             if self._runner is None or self._runner.done():
                 self._runner = asyncio.ensure_future(self._run())
-            return await asyncio.shield(future)
-        self.metrics.dedup_hits.inc()
-        return (await asyncio.shield(future))[0], None
+        else:
+            waiters.append(future)
+            self.metrics.dedup_hits.inc()
+        return future
 
     async def _run(self) -> None:
         while self._pending:
-            texts = list(self._pending)[: self.max_batch]
-            futures = [self._pending.pop(t) for t in texts]
+            texts = list(itertools.islice(self._pending, self.max_batch))
+            waiters = [self._pending.pop(t) for t in texts]
             self.metrics.engine_requests.inc()
             self.scheduler.engine_in_flight += 1
             start = time.perf_counter()
             try:
                 # an embedder that can fail one text alone (embed_rows) keeps that text's neighbours answered
                 rows = getattr(self.embedder, "embed_rows", None)
-                vectors = await (rows(texts) if rows is not None else self.embedder.embed(texts))
+                vectors: Any = await rows(texts) if rows is not None else np.asarray(
+                    await self.embedder.embed_array(texts)).view()
                 if len(vectors) != len(texts):
                     raise EngineUnavailable(f"{self.embedder.model_name} returned {len(vectors)} vectors "
                                             f"for {len(texts)} texts")
             except Exception as exc:  # every waiter of this pass gets the failure
-                for f in futures:
-                    if not f.done():
-                        f.set_exception(exc)
+                for futures in waiters:
+                    for f in futures:
+                        if not f.done():
+                            f.set_exception(exc)
                 continue
             finally:
                 elapsed = time.perf_counter() - start
                 self.metrics.engine_latency.observe(elapsed)
                 self.scheduler.engine_in_flight -= 1
             share = elapsed / len(texts)
-            for f, vector in zip(futures, vectors, strict=True):
+            if isinstance(vectors, np.ndarray):
+                vectors.flags.writeable = False  # rows are shared by the cache and every caller: nobody may write
+            self._finish(texts, waiters, vectors, share)
+
+    def _finish(self, texts: list[str], waiters: list[list[asyncio.Future[tuple[np.ndarray, float | None]]]],
+                vectors: Sequence[Any], share: float) -> None:
+        cache, name = self.scheduler.cache, self.embedder.model_name
+        for text, futures, vector in zip(texts, waiters, vectors, strict=True):
+            if isinstance(vector, BaseException):  # this text alone failed (embed_rows): only its callers see it
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(vector)
+                continue
+            if not isinstance(vector, np.ndarray):  # a list of floats from embed_rows: the same doubles
+                vector = np.asarray(vector, dtype=np.float64)
+                vector.flags.writeable = False
+            # the row is a view of the pass's array: the cache holds it as it is (its bytes, the text, a key)
+            cache.put(("embed", name, text), vector, vector.nbytes + sys.getsizeof(text) + 200)
+            for i, f in enumerate(futures):  # the first caller computed it; the others joined (no share)
                 if not f.done():
-                    f.set_exception(vector) if isinstance(vector, BaseException) else f.set_result((vector, share))
+                    f.set_result((vector, share if i == 0 else None))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
 from .base import ChatRequest, ChatResult, Embedder, Engine, Message, TokenLogprob, Usage
@@ -68,6 +69,8 @@ class FakeEngine(Engine):
         self.peak_in_flight = 0
         self.started = False
         self._prefixes: set[tuple[Message, ...]] = set()
+        self._answers: dict[str, str] = {}
+        self._tokens: dict[int, dict[str, TokenLogprob]] = {}  # top -> word -> token
 
     async def start(self) -> None:
         self.started = True
@@ -98,7 +101,7 @@ class FakeEngine(Engine):
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
         if request.json_schema is not None:
-            words = [json.dumps(schema_example(json.loads(request.json_schema)), ensure_ascii=False)]
+            words = [self._schema_answer(request.json_schema)]
         else:
             words = f"echo:{last}".split(" ")
         room = min(request.max_tokens, self.context_window - prompt_tokens)
@@ -118,13 +121,31 @@ class FakeEngine(Engine):
         self._prefixes.add(prefix)
         return 0
 
-    @staticmethod
-    def _logprobs(words: list[str], top: int) -> tuple[TokenLogprob, ...]:
-        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it."""
+    def _schema_answer(self, schema: str) -> str:
+        """The schema's simplest instance as JSON, remembered per schema (rows of a query share one)."""
+        answer = self._answers.get(schema)
+        if answer is None:
+            if len(self._answers) >= 1024:
+                self._answers.clear()
+            answer = self._answers[schema] = json.dumps(schema_example(json.loads(schema)), ensure_ascii=False)
+        return answer
+
+    def _logprobs(self, words: list[str], top: int) -> tuple[TokenLogprob, ...]:
+        """Each word is a token with log-probability -0.1; its alternatives are ``alt1``, ``alt2`` ... below it.
+        The tokens are immutable, so one object per (word, top) is made and handed out again."""
         if top <= 0:
             return ()
-        return tuple(TokenLogprob(w, -0.1, ((w, -0.1), *((f"alt{k}", -1.0 - k) for k in range(1, top))))
-                     for w in words)
+        made = self._tokens.get(top)
+        if made is None or len(made) >= 4096:  # bounded: a served fake sees endless distinct words (a few a row)
+            made = self._tokens[top] = {}
+        out = []
+        for w in words:
+            token = made.get(w)
+            if token is None:
+                alternatives = tuple((f"alt{k}", -1.0 - k) for k in range(1, top))
+                token = made[w] = TokenLogprob(w, -0.1, ((w, -0.1), *alternatives))
+            out.append(token)
+        return tuple(out)
 
     async def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -141,6 +162,7 @@ class FakeEmbedder(Embedder):
         self.model_name, self.dimension, self.max_input_tokens = model_name, dimension, max_input_tokens
         self.record = record
         self.calls: list[list[str]] = []
+        self._codes: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -155,14 +177,37 @@ class FakeEmbedder(Embedder):
         return len(text.split())
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return (await self.embed_array(texts)).tolist()
+
+    async def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """Each word adds +-1 at a slot chosen by its hash; rows are divided by their norm. The sums are of small
+        integers (exact in any order) and sqrt and division are correctly rounded, so these are the same doubles
+        the per-float loop this replaced gave."""
         if self.record:
             self.calls.append(list(texts))
-        out = []
+        codes: list[int] = []  # per word: +-(slot + 1), the sign being the word's
+        counts: list[int] = []
+        known = self._codes.get
         for text in texts:
-            vec = [0.0] * self.dimension
-            for word in text.lower().split()[: self.max_input_tokens]:
-                digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
-                vec[int.from_bytes(digest[:4], "little") % self.dimension] += 1.0 if digest[4] & 1 else -1.0
-            norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-            out.append([v / norm for v in vec])
+            row = list(map(known, text.lower().split()[: self.max_input_tokens]))
+            if None in row:  # words not seen before
+                row = [c or self._code(w) for c, w in zip(row, text.lower().split(), strict=False)]
+            codes.extend(row)
+            counts.append(len(row))
+        code = np.array(codes, dtype=np.intp)
+        flat = np.repeat(np.arange(len(texts)) * self.dimension, counts) + np.abs(code) - 1
+        out = np.bincount(flat, np.sign(code).astype(np.float64), len(texts) * self.dimension)
+        out = out.reshape(len(texts), self.dimension)
+        norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+        norms[norms == 0] = 1.0
+        out /= norms[:, None]
         return out
+
+    def _code(self, word: str) -> int:
+        """Where a word lands in a fake vector, and with which sign (a hash, so the same word always lands alike)."""
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        code = (int.from_bytes(digest[:4], "little") % self.dimension + 1) * (1 if digest[4] & 1 else -1)
+        if len(self._codes) >= 1 << 16:  # bounded: a served fake sees endless distinct words
+            self._codes.clear()
+        self._codes[word] = code
+        return code

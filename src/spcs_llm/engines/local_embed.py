@@ -105,7 +105,7 @@ class LocalEmbedder(Embedder):
         self._tokenizer.enable_truncation(max_length=self.max_input_tokens)
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
-        self._queue: list[tuple[list[str], asyncio.Future[list[list[float]]]]] = []
+        self._queue: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -138,12 +138,18 @@ class LocalEmbedder(Embedder):
         return len(self._counter.encode(text).ids)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """Calls that arrive while a forward pass runs are queued and then served together by the next pass, so
-        many concurrent one-row calls cost about what one batched call does."""
         if not texts:
             return []
+        return (await self.embed_array(texts)).tolist()
+
+    async def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dimension) float32 rows of one pass's array (not copied). Calls that arrive while a
+        forward pass runs are queued and then served together by the next pass, so many concurrent one-row calls
+        cost about what one batched call does."""
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[list[float]]] = loop.create_future()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((list(texts), future))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -162,7 +168,7 @@ class LocalEmbedder(Embedder):
             start = 0
             for texts, future in jobs:
                 if not future.done():  # the caller may have been cancelled meanwhile
-                    future.set_result(vectors[start:start + len(texts)].tolist())
+                    future.set_result(vectors[start:start + len(texts)])
                 start += len(texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:

@@ -9,12 +9,11 @@ rows: the rows are packed into groups that fit the context, and groups' answers 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import budget, fit, task_request
+from .tasks import budget, fit, gather_all, task_request
 
 SUMMARIZE_INSTRUCTION = (
     "Summarize the text from the user in a few sentences. Keep the key facts, names and numbers. "
@@ -47,7 +46,7 @@ async def aggregate(rt: Runtime, instruction: str, texts: list[str], *, reducing
     groups = await _pack(rt, pieces, room)
     if reducing and len(groups) >= len(texts) > 1:  # no two answers fit one request: reducing cannot finish
         raise MaxTokensExceeded(rt.context_window)
-    answers = await asyncio.gather(*(_answer(rt, system, _numbered(g), out) for g in groups))
+    answers = await gather_all([_answer(rt, system, _numbered(g), out) for g in groups])
     if len(answers) == 1:
         return answers[0]
     return await aggregate(rt, instruction, list(answers), reducing=True)
@@ -55,7 +54,9 @@ async def aggregate(rt: Runtime, instruction: str, texts: list[str], *, reducing
 
 async def _pack(rt: Runtime, pieces: list[str], room: int) -> list[list[str]]:
     """Consecutive pieces grouped so that each group's numbered text fits in ``room`` tokens."""
-    counts = await asyncio.gather(*(rt.scheduler.count_tokens(p) for p in pieces))
+    if sum(len(p.encode()) + 8 for p in pieces) <= room:  # all in one group even if every byte were a token
+        return [list(pieces)] if pieces else [[""]]  # (as in fit(): a tokenizer makes no more tokens than bytes)
+    counts = await gather_all([rt.scheduler.count_tokens(p) for p in pieces])
     groups: list[list[str]] = []
     used = room + 1
     for piece, tokens in zip(pieces, counts, strict=True):
@@ -77,7 +78,7 @@ async def summarize_text(rt: Runtime, text: str) -> str:
     pieces = await fit(rt, text, await budget(rt, SUMMARIZE_INSTRUCTION, out))
     if len(pieces) == 1:
         return await _answer(rt, SUMMARIZE_INSTRUCTION, text, out)
-    partials = await asyncio.gather(*(_answer(rt, SUMMARIZE_INSTRUCTION, p, out) for p in pieces))
+    partials = await gather_all([_answer(rt, SUMMARIZE_INSTRUCTION, p, out) for p in pieces])
     return await aggregate(rt, SUMMARIZE_AGG_INSTRUCTION, list(partials), reducing=True)
 
 

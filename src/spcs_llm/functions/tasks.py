@@ -11,9 +11,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -22,6 +23,7 @@ from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Runtime
 from .text import DEFAULT_SEPARATORS, recursive_split
 
+T = TypeVar("T")
 # Tokens a chat template adds around the system and user messages (role markers, BOS); generous on purpose.
 TEMPLATE_TOKENS = 32
 
@@ -88,6 +90,14 @@ def _label_mass(position: TokenLogprob, labels: Sequence[str]) -> dict[str, floa
 
 def _core(token: str) -> str:
     return token.strip().strip('"').strip().lower()
+
+
+async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that awaits a single awaitable directly: most rows have one piece, and a task for it
+    costs more than the gateway's whole per-row work."""
+    if len(aws) == 1:
+        return [await aws[0]]
+    return list(await asyncio.gather(*aws))
 
 
 async def budget(rt: Runtime, instruction: str, max_tokens: int) -> int:

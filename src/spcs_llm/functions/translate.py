@@ -7,12 +7,11 @@ translated piece by piece (cut at paragraph, line, then word boundaries) and the
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..errors import InvalidInput, InvalidLanguage
 from .registry import Overload, RowJob, Runtime, SqlFunction, register
-from .tasks import budget, fit, task_request
+from .tasks import budget, fit, gather_all, task_request
 
 LEGACY_LANGUAGES = {
     "zh": "Chinese", "nl": "Dutch", "en": "English", "fr": "French", "de": "German", "hi": "Hindi",
@@ -53,8 +52,8 @@ def _prepare(languages: dict[str, str]) -> Any:
             out = max(16, min(rt.max_output_tokens, (rt.context_window - 64) // 2))
             room = min(out, await budget(rt, instruction, out))  # a piece's translation must fit its output
             pieces = await fit(rt, text, room)
-            answers = await asyncio.gather(*(
-                rt.scheduler.chat(task_request(rt, instruction, piece, max_tokens=out)) for piece in pieces))
+            answers = await gather_all([
+                rt.scheduler.chat(task_request(rt, instruction, piece, max_tokens=out)) for piece in pieces])
             return "\n\n".join(a.text.strip() for a in answers)
 
         return run
