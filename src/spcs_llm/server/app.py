@@ -18,7 +18,7 @@ from ..functions import Runtime
 from ..metrics import Metrics
 from ..models.catalog import CORTEX_EMBED_NAMES, CORTEX_MODEL_NAMES, EmbedderResolver, ModelResolver, catalog_entry
 from ..scheduler import Scheduler
-from . import health, openai, snowflake
+from . import apidoc, health, openai, snowflake
 from .auth import ApiKeyMiddleware
 from .batches import BatchMemory
 from .limits import BodyLimitMiddleware
@@ -102,6 +102,7 @@ def create_app(settings: Settings, engine: Engine | None = None,
             await asyncio.gather(*(e.aclose() for e in [*engines, *state.embedders]))
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    apidoc.install(app)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
