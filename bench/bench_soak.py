@@ -88,7 +88,7 @@ async def soak(base: str, app: Any, args: argparse.Namespace) -> list[dict[str, 
             body = orjson.dumps({"data": rows_for(function, first, n)})
             headers = {"sf-external-function-current-query-id": query, "content-type": "application/json",
                        "sf-external-function-query-batch-id": f"{query}:{first}"}
-            for attempt in range(2 if first % (10 * args.batch_rows) == 0 else 1):  # every tenth batch is retried
+            for _attempt in range(2 if first % (10 * args.batch_rows) == 0 else 1):  # every tenth batch is retried
                 r = await client.post(f"{base}/functions/{function}", content=body, headers=headers)
                 if r.status_code != 200 or len(orjson.loads(r.content)["data"]) != n:
                     raise SystemExit(f"{function}: {r.status_code} {r.text[:200]}")
@@ -134,8 +134,8 @@ def main() -> None:
               f"{s['cache']:>11.1f}{s['batches']:>13.1f}")
     end, peak = rss_mib()
     total = samples[-1]["t"]
-    print(f"\nRSS start {rss0:.0f} MiB, peak {peak:.0f} MiB, end {end:.0f} MiB; {args.rows / total:.0f} rows/s overall; "
-          f"result cache max {max(s['cache'] for s in samples):.1f}/{args.cache_mb} MiB, batch memory max "
+    print(f"\nRSS start {rss0:.0f} MiB, peak {peak:.0f} MiB, end {end:.0f} MiB; {args.rows / total:.0f} rows/s "
+          f"overall; result cache max {max(s['cache'] for s in samples):.1f}/{args.cache_mb} MiB, batch memory max "
           f"{max(s['batches'] for s in samples):.1f}/{args.batch_mb} MiB")
     if args.plot:
         plt = pyplot()
