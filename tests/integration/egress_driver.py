@@ -8,6 +8,8 @@ send one Snowflake batch to every registered function, write the statuses as JSO
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -61,7 +63,8 @@ def main(result_path: str, strace_log: str) -> None:
              "--ctx-per-slot", "1024", "--max-output-tokens", "48"]
     trace = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg", "-o", strace_log]
     with open(strace_log + ".server.log", "wb") as log:  # the server's own log, for a failure's explanation
-        server = subprocess.Popen([*trace, *serve], stdout=log, stderr=subprocess.STDOUT)
+        # its own process group: stopping must reach the server itself, since strace detaches when signalled
+        server = subprocess.Popen([*trace, *serve], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     result: dict[str, object] = {"port": port, "missing": sorted(set(FUNCTIONS) - set(ROWS))}
     try:
@@ -82,11 +85,11 @@ def main(result_path: str, strace_log: str) -> None:
                           json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         result["openai_chat"] = [chat.status_code, round(time.monotonic() - start, 2)]
     finally:
-        server.terminate()
+        os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            server.kill()
+            os.killpg(server.pid, signal.SIGKILL)
         with open(result_path, "w", encoding="utf-8") as f:
             json.dump(result, f)
 
