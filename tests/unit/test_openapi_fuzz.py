@@ -87,3 +87,27 @@ def test_every_route_against_its_description(live_app: str, mode: GenerationMode
 
         run()
     print(f"\nschemathesis {mode}: {len(ops)} operations, {calls} calls, all checks passed")
+
+
+def test_the_harness_catches_a_route_that_breaks_its_description() -> None:
+    """The same harness on a tiny app whose route answers a status it does not document: the checks fail."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    tiny = FastAPI()
+
+    @tiny.get("/thing", responses={200: {"description": "OK"}}, response_model=None)
+    async def thing() -> JSONResponse:
+        return JSONResponse({"oops": True}, status_code=500)
+
+    op = next(r.ok() for r in schemathesis.openapi.from_asgi("/openapi.json", tiny).get_all_operations())
+
+    @given(case=op.as_strategy())
+    @settings(max_examples=1, deadline=None, database=None)
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate()
+
+    with pytest.raises(BaseException) as info:
+        run()
+    found = {type(e).__name__ for e in getattr(info.value, "exceptions", [info.value])}
+    assert {"UndefinedStatusCode", "ServerError"} <= found, found
