@@ -23,8 +23,7 @@ THINGS = ["battery", "delivery", "screen", "price", "support", "packaging", "sou
 
 
 def reviews(n: int) -> list[str]:
-    return [f"Review {i}: the {THINGS[i % 10]} was {ADJECTIVES[(i * 7) % 10]}, "
-            f"{'would buy again' if i % 3 else 'would not recommend it'}." for i in range(n)]
+    return [f"The {THINGS[i % 10]} was {ADJECTIVES[(i * 7) % 10]}{'.' if i % 3 else ', sadly.'}" for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +40,18 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise RuntimeError(f"server not healthy (exit code {proc.poll()}):\n{log_path.read_text()}")
         yield base
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        proc.terminate()  # in-flight rows finish first; on a loaded machine that can take long
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def test_ai_agg_over_500_rows_answers(default_server: str) -> None:
     body = {"data": [[0, reviews(500), "Summarize what customers say about the products."]]}
     start = time.monotonic()
-    r = httpx.post(f"{default_server}/functions/ai_agg", json=body, timeout=1800)
+    r = httpx.post(f"{default_server}/functions/ai_agg", json=body, timeout=3600)
     elapsed = time.monotonic() - start
     assert r.status_code == 200, r.text
     [[row, value]] = r.json()["data"]
