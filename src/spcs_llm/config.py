@@ -16,6 +16,7 @@ model = "default"          # the packaged SmolLM2, or a path to any GGUF
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -82,6 +83,27 @@ class ServerSettings(_Section):
     )
     max_response_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest batch answer (Snowflake's limit is 10 MB)"
+    )
+    api_key: str | None = Field(
+        default_factory=lambda: os.environ.get("SPCS_LLM_API_KEY") or None, repr=False,
+        description="Key every route but /health requires (`Authorization: Bearer KEY`); default: "
+        "$SPCS_LLM_API_KEY; none: no authentication",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve a non-loopback host without api_key (SPCS: Snowflake authenticates the callers of "
+        "a private endpoint); without it such a start is refused",
+    )
+    max_request_mb: float = Field(
+        64.0, gt=0, description="Largest request body, after gzip/deflate decoding; a larger one gets 413 without "
+        "being read (Snowflake's batches stay under 10 MB)",
+    )
+    max_batch_rows: int = Field(
+        100_000, ge=1, description="Most rows in one batch; more is refused with 400 (set MAX_BATCH_ROWS on the "
+        "function below it)",
+    )
+    max_text_chars: int = Field(
+        1_000_000, ge=1, description="Longest text value in one row, in characters; a longer one is that row's "
+        "error (NULL for TRY_/AI_ functions)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     log_content: bool = Field(False, description="Log prompt and output text (customer data: off by default)")

@@ -16,6 +16,8 @@
         BadEnvelope                          not JSON, no "data", a row that is not [int, ...], wrong arity
         UnknownFunction                      no such SQL function is registered
         ResponseTooLarge                     the encoded answer is over Snowflake's per-batch limit
+        RequestTooLarge (413)                the request body is over server.max_request_mb
+      Unauthorized (401)                     no or a wrong API key (server.api_key)
       Overloaded (429)                       too many requests; Snowflake backs off and retries
       EngineError (503)                      transient engine failure; Snowflake retries
         EngineUnavailable                    engine not started, crashed or unreachable
@@ -150,6 +152,21 @@ class UnknownFunction(BatchError):
 
 class ResponseTooLarge(BatchError):
     kind = "response_too_large"
+
+
+class RequestTooLarge(BatchError):
+    status = 413
+    kind = "request_too_large"
+
+
+class Unauthorized(SpcsLlmError):
+    """A route other than /health was called without the configured API key (or with a wrong one)."""
+
+    status = 401
+    kind = "authentication_error"
+
+    def __init__(self, message: str = "missing or invalid API key: send `Authorization: Bearer <key>`") -> None:
+        super().__init__(message)
 
 
 class Overloaded(SpcsLlmError):

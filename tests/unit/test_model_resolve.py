@@ -98,7 +98,7 @@ def test_unresolvable_catalogue_name_is_one_line_naming_what_was_tried(
     assert "Traceback" not in "".join(lines)
     assert len(lines) == 3  # each source's failure as it happens, then one line that says it all
     err = lines[-1]
-    assert err.startswith("spcs-llm: engine.model: cannot get 'qwen2.5-0.5b-instruct'")
+    assert err.startswith("spcs-llm serve: engine.model: cannot get 'qwen2.5-0.5b-instruct'")
     assert f"hf ({dead}): ConnectError" in err and f"modelscope ({down}): HTTP 503" in err
 
 
@@ -114,7 +114,7 @@ def test_neither_a_file_nor_a_name(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["serve", "--model", "no-such-model"]) == 2
     assert main(["serve", "--model", str(tmp_path / "gone.gguf")]) == 2
     first, second = capsys.readouterr().err.strip().splitlines()
-    assert first == ("spcs-llm: engine.model: no such GGUF file: no-such-model, and 'no-such-model' is not a "
+    assert first == ("spcs-llm serve: engine.model: no such GGUF file: no-such-model, and 'no-such-model' is not a "
                      "catalogue name (`spcs-llm models list`) or an org/repo id")
     assert "no such GGUF file" in second and "gone.gguf" in second
 

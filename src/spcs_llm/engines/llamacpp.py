@@ -58,6 +58,16 @@ def map_binding_errors(request: ChatRequest) -> Iterator[None]:
         raise EngineUnavailable(f"llama.cpp: {exc}") from exc
 
 
+def _check_gguf(path: Path) -> None:
+    """Refuse at once what llama.cpp would refuse with a vague message: a missing file or one that is not GGUF."""
+    if not path.is_file():
+        raise EngineUnavailable(f"model file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise EngineUnavailable(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)")
+
+
 class LlamaCppEngine(Engine):
     kind = "llamacpp"
 
@@ -82,10 +92,12 @@ class LlamaCppEngine(Engine):
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        if not self.model_path.is_file():
-            raise EngineUnavailable(f"model file not found: {self.model_path}")
+        _check_gguf(self.model_path)
         loop = asyncio.get_running_loop()
-        self._server = await loop.run_in_executor(self._pool, self._load)
+        try:
+            self._server = await loop.run_in_executor(self._pool, self._load)
+        except RuntimeError as exc:  # the binding says only "Failed to init server"; llama.cpp's log says why
+            raise EngineUnavailable(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         self._http = httpx.AsyncClient(base_url=self.http_url, timeout=10.0)
         props = (await self._http.get("/props")).json()
         # What one slot really holds: the per-request limit we advertise must be this, not n_ctx.

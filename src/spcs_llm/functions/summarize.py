@@ -9,11 +9,12 @@ rows: the rows are packed into groups that fit the context, and groups' answers 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import budget, fit, gather_all, task_request
+from .tasks import TEMPLATE_TOKENS, budget, fit, gather_all, task_request
 
 SUMMARIZE_INSTRUCTION = (
     "Summarize the text from the user in a few sentences. Keep the key facts, names and numbers. "
@@ -28,9 +29,24 @@ REDUCE_TEMPLATE = (
 SEPARATOR = "\n\n"
 
 
+ITEM_TOKENS = 8  # the number and separator around each text in a group
+
+
 def output_tokens(rt: Runtime) -> int:
-    """Tokens for one answer: at most a third of the context, so two answers and a prompt fit in the next round."""
+    """Tokens for the answer to one text that fits a request: at most a third of the context."""
     return max(16, min(rt.max_output_tokens, rt.context_window // 3))
+
+
+async def partial_tokens(rt: Runtime, instruction: str) -> int:
+    """The longest answer of any map or reduce step: a quarter of what is left of a reduce request after its
+    prompt, so that two such answers and the output of the reduce step fit, with a quarter to spare for an
+    answer that counts a few more tokens when it is tokenized again."""
+    reduce_prompt = REDUCE_TEMPLATE.format(instruction=instruction)
+    overhead = TEMPLATE_TOKENS + await rt.scheduler.count_tokens(reduce_prompt) + 2 * ITEM_TOKENS
+    tokens = min(rt.max_output_tokens, (rt.context_window - overhead) // 4)
+    if tokens < 8:  # not even the instruction leaves room to combine two answers
+        raise MaxTokensExceeded(rt.context_window)
+    return tokens
 
 
 async def _answer(rt: Runtime, instruction: str, text: str, out: int) -> str:
@@ -38,18 +54,38 @@ async def _answer(rt: Runtime, instruction: str, text: str, out: int) -> str:
 
 
 async def aggregate(rt: Runtime, instruction: str, texts: list[str], *, reducing: bool = False) -> str:
-    """One answer to ``instruction`` over all ``texts``, however many: pack, answer each group, reduce."""
-    out = output_tokens(rt)
+    """One answer to ``instruction`` over all ``texts``, however many: pack, answer each group, reduce.
+
+    It always finishes: every answer is at most :func:`partial_tokens` long, so each reduce request holds at least
+    two of them and each round at least halves the number of answers."""
+    out = await partial_tokens(rt, instruction)
     system = (REDUCE_TEMPLATE if reducing else MAP_TEMPLATE).format(instruction=instruction)
     room = await budget(rt, system, out)
-    pieces = [p for t in texts for p in await fit(rt, t, room - 8)]
+    if reducing:
+        share = room // 2 - ITEM_TOKENS  # two answers per request, whatever they are
+        pieces = list(await asyncio.gather(*(_clip(rt, t, share) for t in texts)))
+    else:
+        pieces = [p for t in texts for p in await fit(rt, t, room - ITEM_TOKENS)]
     groups = await _pack(rt, pieces, room)
-    if reducing and len(groups) >= len(texts) > 1:  # no two answers fit one request: reducing cannot finish
+    if reducing and len(groups) >= len(texts) > 1:  # cannot happen with the bounds above; never loop for ever
         raise MaxTokensExceeded(rt.context_window)
-    answers = await gather_all([_answer(rt, system, _numbered(g), out) for g in groups])
+    answers = await gather_all([_reduce_or_keep(rt, system, g, out, reducing) for g in groups])
     if len(answers) == 1:
         return answers[0]
     return await aggregate(rt, instruction, list(answers), reducing=True)
+
+
+async def _reduce_or_keep(rt: Runtime, system: str, group: list[str], out: int, reducing: bool) -> str:
+    """A lone partial answer left over in a reduce round goes on to the next round as it is."""
+    if reducing and len(group) == 1:
+        return group[0]
+    return await _answer(rt, system, _numbered(group), out)
+
+
+async def _clip(rt: Runtime, text: str, tokens: int) -> str:
+    """``text``, or its first part of at most ``tokens`` tokens when tokenizing it again gave more tokens than
+    the engine generated (rare: the bound in :func:`partial_tokens` leaves half as much again)."""
+    return (await fit(rt, text, tokens))[0] if await rt.scheduler.count_tokens(text) > tokens else text
 
 
 async def _pack(rt: Runtime, pieces: list[str], room: int) -> list[list[str]]:
@@ -60,7 +96,7 @@ async def _pack(rt: Runtime, pieces: list[str], room: int) -> list[list[str]]:
     groups: list[list[str]] = []
     used = room + 1
     for piece, tokens in zip(pieces, counts, strict=True):
-        cost = tokens + 8  # the number and separator around each piece
+        cost = tokens + ITEM_TOKENS
         if used + cost > room:
             groups.append([])
             used = 0
@@ -78,7 +114,8 @@ async def summarize_text(rt: Runtime, text: str) -> str:
     pieces = await fit(rt, text, await budget(rt, SUMMARIZE_INSTRUCTION, out))
     if len(pieces) == 1:
         return await _answer(rt, SUMMARIZE_INSTRUCTION, text, out)
-    partials = await gather_all([_answer(rt, SUMMARIZE_INSTRUCTION, p, out) for p in pieces])
+    part = await partial_tokens(rt, SUMMARIZE_AGG_INSTRUCTION)
+    partials = await gather_all([_answer(rt, SUMMARIZE_INSTRUCTION, p, part) for p in pieces])
     return await aggregate(rt, SUMMARIZE_AGG_INSTRUCTION, list(partials), reducing=True)
 
 

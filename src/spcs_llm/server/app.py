@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -20,9 +21,11 @@ from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
 from ..usage import routes as usage_routes
 from ..usage.build import build_usage
-from . import cortex_rest, health, openai, snowflake
+from . import apidoc, cortex_rest, health, openai, snowflake
 from .async_batches import AsyncBatches
+from .auth import ApiKeyMiddleware
 from .batches import BatchMemory
+from .limits import BodyLimitMiddleware
 
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
@@ -65,34 +68,45 @@ def _queue_seconds(settings: Settings) -> float | None:
     return server.max_queue_seconds or None
 
 
-async def _start_engine(app: FastAPI) -> None:
-    state = app.state
+async def _start_engine(app: FastAPI, engine: Engine | None, embedders: list[Embedder] | None) -> None:
+    state, settings = app.state, app.state.settings
     try:
+        state.engine = engine or await asyncio.to_thread(build_engine, settings.engine, settings.downloads)
+        state.embedders = embedders if embedders is not None else [
+            await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
         await asyncio.gather(state.engine.start(), *(e.start() for e in state.embedders))
-        state.runtime = build_runtime(state.settings, state.engine, state.metrics, state.embedders)
+        state.runtime = build_runtime(settings, state.engine, state.metrics, state.embedders)
         if state.usage is not None:
             state.runtime.scheduler.meter = state.usage.meter
         logs.event("engine_ready", engine=state.engine.kind, model=state.engine.model_name,
                    context_window=state.engine.context_window,
                    max_concurrency=state.runtime.scheduler.max_concurrency,
                    seconds=round(time.time() - state.started_at, 2))
-    except Exception as exc:  # reported by /health (503) and the log; the process stays up for diagnosis
-        state.startup_error = f"{type(exc).__name__}: {exc}"
-        logs.log.exception("engine_start_failed")
+    except Exception as exc:  # reported by /health (503) and the log; `serve` then ends the process
+        state.startup_error = startup_message(settings, exc)
+        logs.event("engine_start_failed", logging.ERROR, error=state.startup_error)
+        logs.log.debug("engine_start_failed", exc_info=True)  # the traceback only at log level debug
+        if state.on_startup_failure is not None:
+            state.on_startup_failure(state.startup_error)
+
+
+def startup_message(settings: Settings, exc: BaseException) -> str:
+    """One line naming the model that failed to start and why."""
+    engine = settings.engine
+    reason = exc.message if isinstance(exc, SpcsLlmError) else str(exc) or type(exc).__name__
+    return f"cannot start the {engine.kind} engine with model {engine.model!r}: {reason}"
 
 
 def create_app(settings: Settings, engine: Engine | None = None,
                embedders: list[Embedder] | None = None) -> FastAPI:
-    """Build the service. ``engine`` and ``embedders`` default to those the settings describe; they start in the
-    background, so /health answers 503 while the models load."""
+    """Build the service. ``engine`` and ``embedders`` default to those the settings describe; they are built and
+    started in the background, so /health answers 503 while the models load. A failure to start is reported by
+    /health and passed to ``app.state.on_startup_failure`` when set."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        state.engine = engine or await asyncio.to_thread(build_engine, settings.engine, settings.downloads)
-        state.embedders = embedders if embedders is not None else [
-            await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
-        starting = asyncio.create_task(_start_engine(app))
+        starting = asyncio.create_task(_start_engine(app, engine, embedders))
         sweeping = asyncio.create_task(state.async_batches.run_sweeper())
         if state.usage is not None:
             state.usage.start()
@@ -105,11 +119,13 @@ def create_app(settings: Settings, engine: Engine | None = None,
                 await starting
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeping
-            await asyncio.gather(state.engine.aclose(), *(e.aclose() for e in state.embedders))
+            engines = [state.engine] if state.engine is not None else []
+            await asyncio.gather(*(e.aclose() for e in [*engines, *state.embedders]))
             if state.usage is not None:
                 await state.usage.stop()  # the last interval is written before the process ends
 
     app = FastAPI(title="spcs-llm", lifespan=lifespan, docs_url=None, redoc_url=None)
+    apidoc.install(app)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
@@ -120,6 +136,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.state.runtime = None
     app.state.usage = build_usage(settings.usage, settings.budgets, app.state.metrics.registry)
     app.state.startup_error = None
+    app.state.on_startup_failure = None  # `serve` sets it: a model that cannot start ends the process
+    app.state.engine = engine
+    app.state.embedders = embedders or []
     app.state.started_at = time.time()
 
     def require_runtime() -> Runtime:
@@ -133,6 +152,9 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.include_router(health.router)
     app.include_router(usage_routes.router)
     app.include_router(cortex_rest.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=int(settings.server.max_request_mb * 2**20))
+    if settings.server.api_key:  # added last: the outermost layer, so nothing runs before the key is checked
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.server.api_key)
     app.add_exception_handler(SpcsLlmError, _handle_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _handle_unexpected)
     return app

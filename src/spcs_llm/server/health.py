@@ -37,7 +37,8 @@ def _unready(engine: object) -> dict[str, list[str]]:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state = request.app.state
-    text = state.metrics.render() + state.engine.metrics_text().encode()
+    engine_text = state.engine.metrics_text() if state.engine is not None else ""
+    text = state.metrics.render() + engine_text.encode()
     return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

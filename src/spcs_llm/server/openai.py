@@ -132,7 +132,8 @@ async def chat_completions(request: Request) -> Response:
     request.state.wire = "openai"
     raw = await request.body()
     try:
-        payload = orjson.loads(snowflake.decompress(raw, request.headers.get("content-encoding")))
+        limit = int(request.app.state.settings.server.max_request_mb * 2**20)
+        payload = orjson.loads(snowflake.decompress(raw, request.headers.get("content-encoding"), limit))
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not JSON: {exc}") from exc
     if isinstance(payload, dict) and "data" in payload:

@@ -17,7 +17,6 @@ Error bodies are the plain message, which Snowflake shows in the SQL error.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import time
 import zlib
 from typing import Any
@@ -26,7 +25,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from .. import logs
-from ..errors import BadEnvelope, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
+from ..errors import BadEnvelope, InvalidInput, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import RowJob
 from ..scheduler import BatchTicket, batch_ticket, query_key
@@ -38,22 +37,48 @@ QUERY_ID_HEADER = "sf-external-function-current-query-id"
 BATCH_ID_HEADER = "sf-external-function-query-batch-id"
 
 
-def decompress(body: bytes, encoding: str | None) -> bytes:
-    """Undo ``Content-Encoding: gzip|deflate`` (tolerated though SPCS may never send it)."""
+def decompress(body: bytes, encoding: str | None, limit: int | None = None) -> bytes:
+    """Undo ``Content-Encoding: gzip|deflate`` (tolerated though SPCS may never send it). The decoded body is
+    bounded by ``limit`` bytes (RequestTooLarge beyond it), so a small compressed body cannot inflate without end."""
     encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in {"gzip", "x-gzip", "deflate"}:
+        raise BadEnvelope(f"unsupported Content-Encoding {encoding!r}")
     try:
-        if encoding in {"gzip", "x-gzip"}:
-            return gzip.decompress(body)
         if encoding == "deflate":
             try:
-                return zlib.decompress(body)
+                return _inflate(body, zlib.MAX_WBITS, limit)
             except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)  # raw deflate, as some clients send it
-    except (OSError, EOFError, zlib.error) as exc:
+                return _inflate(body, -zlib.MAX_WBITS, limit)  # raw deflate, as some clients send it
+        return _inflate(body, 16 + zlib.MAX_WBITS, limit, members=True)
+    except zlib.error as exc:
         raise BadEnvelope(f"request body is not valid {encoding} data: {exc}") from exc
-    if encoding != "identity":
-        raise BadEnvelope(f"unsupported Content-Encoding {encoding!r}")
-    return body
+
+
+def _inflate(data: bytes, wbits: int, limit: int | None, *, members: bool = False) -> bytes:
+    """Decode ``data`` chunk by chunk, never holding more than ``limit`` decoded bytes (gzip: every member)."""
+    from .limits import too_large
+
+    out: list[bytes] = []
+    size, step = 0, 1 << 20
+    while True:
+        d = zlib.decompressobj(wbits)
+        chunk = d.decompress(data, step)
+        while True:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise too_large(limit)
+            out.append(chunk)
+            if not d.unconsumed_tail:
+                break
+            chunk = d.decompress(d.unconsumed_tail, step)
+        out.append(d.flush())
+        if not d.eof:
+            raise zlib.error("incomplete or truncated stream")
+        data = d.unused_data
+        if not (members and data.strip(b"\0")):
+            return b"".join(out)
 
 
 def decode_rows(body: bytes) -> list[list[Any]]:
@@ -96,7 +121,19 @@ def error_response(exc: SpcsLlmError) -> Response:
     return Response(exc.message, status_code=exc.status, media_type="text/plain; charset=utf-8")
 
 
-def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[RowJob | None | RowError]:
+def _too_long(args: list[Any], limit: int) -> RowError | None:
+    """A row error naming the limit when a text argument (or an array's text element) is over it."""
+    for arg in args:
+        texts = arg if type(arg) is list else (arg,)
+        for value in texts:
+            if type(value) is str and len(value) > limit:
+                return InvalidInput(f"a text of {len(value)} characters is over the {limit}-character limit per "
+                                    "value (server.max_text_chars)")
+    return None
+
+
+def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
+             max_text_chars: int | None = None) -> list[RowJob | None | RowError]:
     """Check every row's arity, then validate each row without touching the engine."""
     jobs: list[RowJob | None | RowError] = []
     for row in rows:
@@ -111,6 +148,8 @@ def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]]) -> list[RowJob
             jobs.append(None)
             continue
         try:
+            if max_text_chars is not None and (error := _too_long(args, max_text_chars)) is not None:
+                raise error
             jobs.append(overload.prepare(rt, args))
         except RowError as exc:
             if not fn.null_on_error:
@@ -139,13 +178,13 @@ def _reusable(outcome: Any) -> bool:
 
 
 async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
-                       done: dict[int, Any] | None = None) -> list[Any]:
+                       done: dict[int, Any] | None = None, max_text_chars: int | None = None) -> list[Any]:
     """The value of every row, in row order, or an exception that fails the whole batch.
 
     ``done`` holds outcomes of rows already answered by an earlier attempt at this batch (they are not computed
     again); the outcomes of rows answered now are added to it as they finish."""
     done = {} if done is None else done
-    jobs = _prepare(fn, rt, rows)
+    jobs = _prepare(fn, rt, rows, max_text_chars)
     todo = [i for i in range(len(jobs)) if i not in done]
     with rt.scheduler.admit(len(todo)) as row_done:
 
@@ -183,7 +222,8 @@ async def function_batch(name: str, request: Request) -> Response:
     fn = FUNCTIONS.get(name.lower())
     if fn is None:
         raise UnknownFunction(name)
-    body = decompress(await request.body(), request.headers.get("content-encoding"))
+    limit = int(request.app.state.settings.server.max_request_mb * 2**20)
+    body = decompress(await request.body(), request.headers.get("content-encoding"), limit)
     rows = decode_rows(body)
     return await respond(fn, request, rows)
 
@@ -203,6 +243,11 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
     computed = False
     try:
         rt: Runtime = app.state.require_runtime()
+        server = app.state.settings.server
+        if len(rows) > server.max_batch_rows:
+            raise BadEnvelope(f"a batch of {len(rows)} rows is over the {server.max_batch_rows}-row limit "
+                              f"(server.max_batch_rows); set MAX_BATCH_ROWS on the function to at most "
+                              f"{server.max_batch_rows}")
         metrics.rows.labels(fn.name).inc(len(rows))
         if meter is not None and not fn.null_on_error:  # a spent budget fails a legacy batch before any work
             meter.check(rt.scheduler.engine.model_name)
@@ -212,7 +257,7 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
             nonlocal computed
             computed = True
             try:
-                values = await answer_batch(fn, rt, rows, done)
+                values = await answer_batch(fn, rt, rows, done, server.max_text_chars)
                 if app.state.settings.server.log_content:  # opt-in only: prompts and outputs are customer data
                     content.update(rows_in=rows, values_out=values)
                 body = encode_rows([r[0] for r in rows], values, app.state.settings.server.max_response_bytes)
