@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import enum_schema, json_answer, label_distribution, task_request
+from .tasks import enum_schema, json_answer, label_distribution, label_scores, task_request
 
 POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
 SENTIMENT_INSTRUCTION = (
@@ -31,6 +31,7 @@ ASPECT_INSTRUCTION = (
     "negative), or unknown (the aspect is not discussed)."
 )
 MAX_ASPECTS, MAX_ASPECT_CHARS = 10, 30
+SENTIMENT_PREFIX = '{"sentiment": "'
 
 
 def sentiment_score(distribution: dict[str, float]) -> float:
@@ -48,6 +49,11 @@ def _sentiment(rt: Runtime, args: list[Any]) -> RowJob:
     request = task_request(rt, SENTIMENT_INSTRUCTION, text, schema=schema, max_tokens=16, top_logprobs=10)
 
     async def run() -> float:
+        # One forward step after `{"sentiment": "`, reading the same ten alternatives that the label token of the
+        # generated answer carries; an engine that cannot score generates the object as before.
+        scores = await label_scores(rt, request, SENTIMENT_PREFIX, list(POLARITY), top_logprobs=10)
+        if scores is not None:
+            return sentiment_score(scores.distribution)
         result = await rt.scheduler.chat(request)
         return sentiment_score(label_distribution(result, list(POLARITY)))
 
