@@ -78,8 +78,9 @@ class FakeEngine(Engine):
     """Answers ``echo:<last user message>``; one token per whitespace-separated word. With a JSON schema it
     answers the schema's simplest instance (:func:`schema_example`); asked for logprobs, it gives every token
     log-probability -0.1, with made-up alternatives below it. A label-shaped schema (a string enum, or an object of
-    one enum property) asked with logprobs (SENTIMENT's) is answered by a tiny deterministic "model" (:func:`fake_alternatives`) that also serves
-    label scoring (:meth:`next_token`), so both paths read the same probabilities.
+    one enum property) asked with logprobs (SENTIMENT's) is answered by a tiny deterministic "model"
+    (:func:`fake_alternatives`) that also serves label scoring (:meth:`next_token`), so both paths read the same
+    probabilities.
 
     Like a prefix cache, it reports the tokens of the messages before the last as cached (``cached_tokens``)
     when it has seen those messages before.
