@@ -1,4 +1,5 @@
-"""Label functions against the prefill limit (issue 20): SENTIMENT, AI_FILTER and CLASSIFY_TEXT, scored (one
+"""Label functions against the prefill limit (issue 20): SENTIMENT, AI_FILTER, CLASSIFY_TEXT and AI_SENTIMENT
+(its "overall" aspect), scored (one
 forward step per branching of the labels' token trie) and generated (the constrained JSON answer of before),
 next to COMPLETE with ``max_tokens = 1`` on a prompt of the same length (the same instruction as the system
 message, the same text plus the answer's fixed start as the user message): the prefill and one token, the most
@@ -27,7 +28,7 @@ import benchlib
 import httpx
 
 from spcs_llm.functions.classify import FILTER_INSTRUCTION, Category, instruction
-from spcs_llm.functions.sentiment import SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX
+from spcs_llm.functions.sentiment import ASPECT_INSTRUCTION, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX
 
 DATA = Path(__file__).parent / "data"
 HEADERS = {"content-type": "application/json"}
@@ -56,6 +57,7 @@ def tasks() -> list[Task]:
         Task("ai_filter", [f["text"] for f in load("filter")], [], FILTER_INSTRUCTION, '"'),
         Task("classify_text", [c["text"] for c in classify], [categories],
              instruction([Category(c) for c in categories], {}, multi=False), '{"label": "'),
+        Task("ai_sentiment", [s["text"] for s in load("sentiment")], [], ASPECT_INSTRUCTION, '{"overall": "'),
     ]
 
 
@@ -149,7 +151,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64, help="rows per variant per repeat")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--n-parallel", type=int, default=8, help="llama.cpp slots")
-    parser.add_argument("--only", nargs="*", help="functions to measure (default: all three)")
+    parser.add_argument("--only", nargs="*", help="functions to measure (default: all four)")
     args = parser.parse_args()
     server = benchlib.start_server({"engine": {"n_parallel": args.n_parallel},
                                     "server": {"result_cache_mb": 0, "max_queue_seconds": 0}})

@@ -148,7 +148,21 @@ async def test_sentiment_falls_back_to_a_constrained_label_request(client, fake_
     assert request.messages[0].role == "system" and request.messages[-1].content == "I love it"
 
 
-async def test_ai_sentiment_shape_and_entity_limits(client) -> None:
+async def test_ai_sentiment_scores_one_step_per_aspect(client, fake_engine) -> None:
+    status, data = await call(client, "ai_sentiment", ["good food, slow service", ["food", "service"]])
+    assert status == 200 and fake_engine.calls == []
+    (answer,) = values(data)
+    assert [c["name"] for c in answer["categories"]] == ["overall", "food", "service"]
+    labels = [c["sentiment"] for c in answer["categories"]]
+    assert set(labels) <= {"positive", "negative", "neutral", "mixed", "unknown"}
+    # each step continues the object so far, with the labels chosen before it
+    assert [prefix for prefix, _ in fake_engine.steps] == [
+        '{"overall": "', f'{{"overall": "{labels[0]}", "food": "',
+        f'{{"overall": "{labels[0]}", "food": "{labels[1]}", "service": "']
+
+
+async def test_ai_sentiment_shape_and_entity_limits(client, fake_engine) -> None:
+    fake_engine.label_scoring = False  # generated under the schema: the fake answers its first enum values
     status, data = await call(client, "ai_sentiment", ["good food, slow service", ["food", "service"]],
                               ["fine"], ["x", ["a"] * 11])
     assert status == 200

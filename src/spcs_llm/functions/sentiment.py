@@ -7,14 +7,19 @@ negative one near -1, and an unsure or neutral one near 0, which is Cortex's rea
 ≤ -0.5 negative).
 
 AI_SENTIMENT / ENTITY_SENTIMENT return ``{"categories": [{"name": "overall", "sentiment": ...}, ...]}`` with one
-entry per requested aspect; each sentiment is one of positive/negative/neutral/mixed/unknown, chosen by
-constrained decoding.
+entry per requested aspect; each sentiment is one of positive/negative/neutral/mixed/unknown, chosen by one scored
+step per aspect where the engine can score (:func:`scored_aspects`), else by constrained decoding.
+
+Where the engine can score (engines/labels.py), SENTIMENT reads the same ten alternatives from one forward step
+after ``{"sentiment": "`` instead of decoding the object.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from ..engines.base import ChatRequest
 from ..errors import InvalidInput
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
 from .tasks import enum_schema, json_answer, label_distribution, label_scores, task_request
@@ -87,10 +92,27 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     request = task_request(rt, ASPECT_INSTRUCTION, text, schema=schema, max_tokens=16 + 12 * len(names))
 
     async def run() -> dict[str, Any]:
-        answer = json_answer(await rt.scheduler.chat(request))
+        answer = await scored_aspects(rt, request, names)
+        if answer is None:
+            answer = json_answer(await rt.scheduler.chat(request))
         return {"categories": [{"name": n, "sentiment": answer[n]} for n in names]}
 
     return run
+
+
+async def scored_aspects(rt: Runtime, request: ChatRequest, names: list[str]) -> dict[str, str] | None:
+    """Each aspect's label in turn, as greedy decoding under the schema chooses it: one scored step per aspect,
+    after the object so far (``{"overall": "positive", "food": "``), so each choice sees the ones before it. The
+    keys and punctuation between labels are forced, so nothing else is decoded. None: the engine cannot score."""
+    prefix, answer = "{", {}
+    for i, name in enumerate(names):
+        prefix += (", " if i else "") + json.dumps(name, ensure_ascii=False) + ': "'
+        scores = await label_scores(rt, request, prefix, ASPECT_LABELS)
+        if scores is None:
+            return None
+        answer[name] = scores.best
+        prefix += scores.best + '"'
+    return answer
 
 
 register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),)))
