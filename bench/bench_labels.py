@@ -1,7 +1,6 @@
 """Label functions against the prefill limit (issue 20): SENTIMENT, AI_FILTER, CLASSIFY_TEXT and AI_SENTIMENT
-(its "overall" aspect), scored (one
-forward step per branching of the labels' token trie) and generated (the constrained JSON answer of before),
-next to COMPLETE with ``max_tokens = 1`` on a prompt of the same length (the same instruction as the system
+(its "overall" aspect), scored (one forward step per branching of the labels' token trie) and generated (the
+constrained JSON answer of before), next to COMPLETE with ``max_tokens = 1`` on a prompt of the same length (the same instruction as the system
 message, the same text plus the answer's fixed start as the user message): the prefill and one token, the most
 this work can go.
 

@@ -18,7 +18,13 @@ from spcs_llm.engines.llamacpp import LlamaCppEngine
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
 from spcs_llm.functions import FUNCTIONS
 from spcs_llm.functions.registry import Runtime
-from spcs_llm.functions.sentiment import ASPECT_LABELS, POLARITY, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX, sentiment_score
+from spcs_llm.functions.sentiment import (
+    ASPECT_LABELS,
+    POLARITY,
+    SENTIMENT_INSTRUCTION,
+    SENTIMENT_PREFIX,
+    sentiment_score,
+)
 from spcs_llm.functions.tasks import label_distribution
 from spcs_llm.metrics import Metrics
 from spcs_llm.models.catalog import ModelResolver
