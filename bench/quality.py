@@ -56,14 +56,20 @@ def score(name: str, truth: list[Any], answers: list[Any], right: Callable[[Any,
             "seconds": seconds}
 
 
-def timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
+def _timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
     start = time.perf_counter()
     answers = call(client, fn, rows)
     return answers, time.perf_counter() - start
 
 
-def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, Any]]:
+def evaluate(client: httpx.Client, embed_model: str | None, only: set[str] | None = None) -> list[dict[str, Any]]:
     results = []
+
+    def timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
+        if only is not None and fn not in only:
+            return [None] * len(rows), -1.0
+        return _timed(client, fn, rows)
+
     sentiment = load("sentiment")
     texts, labels = [[s["text"]] for s in sentiment], [s["label"] for s in sentiment]
     answers, secs = timed(client, "sentiment", texts)
@@ -89,7 +95,7 @@ def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, An
     answers, secs = timed(client, "ai_filter", [[f["text"]] for f in flt])
     results.append(score("AI_FILTER", [f["label"] for f in flt], answers, lambda t, a: a == t, 0.5, secs))
 
-    if embed_model:
+    if embed_model and (only is None or "ai_similarity" in only):
         by_topic: dict[str, list[str]] = {}
         for c in classify:
             by_topic.setdefault(c["label"], []).append(c["text"])
@@ -135,6 +141,7 @@ def main() -> None:
     parser.add_argument("--embed-model", default="snowflake-arctic-embed-m-v1.5",
                         help="embedding model for AI_SIMILARITY ('' to skip)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--only", nargs="*", help="SQL function names to evaluate (default: all)")
     parser.add_argument("--label-scoring", choices=["on", "off", "both"], default="on",
                         help="engine.label_scoring of the server this script starts; both: one server with it "
                         "off, then one with it on, and both tables")
@@ -144,11 +151,11 @@ def main() -> None:
     for scoring in modes if args.url is None and not args.config else [None]:
         model, base, results = run_once(args, scoring)
         title = "" if scoring is None else f", label scoring {'on' if scoring else 'off'}"
-        print(f"\nquality on {model} ({base}{title})\n")
+        print(f"\nquality on {model} ({base}{title})\n", flush=True)
         print("| function | n | accuracy | chance | NULL rows | seconds |\n|---|---:|---:|---:|---:|---:|")
         for r in results:
             print(f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
-                  f"| {r['seconds']:.1f} |")
+                  f"| {r['seconds']:.1f} |", flush=True)
         out.append({"model": model, "label_scoring": scoring, "results": results})
     if args.json:
         args.json.write_text(json.dumps(out[0] if len(out) == 1 else out, indent=2))
@@ -162,7 +169,9 @@ def run_once(args: argparse.Namespace, scoring: bool | None) -> tuple[str, str, 
     try:
         with httpx.Client(base_url=base, timeout=1800) as client:
             model = next(m["id"] for m in client.get("/v1/models").json()["data"])
-            return model, base, evaluate(client, args.embed_model or None)
+            only = {f.lower() for f in args.only} if args.only else None
+            results = evaluate(client, args.embed_model or None, only)
+            return model, base, [r for r in results if r["seconds"] >= 0]
     finally:
         if proc is not None:
             proc.terminate()
