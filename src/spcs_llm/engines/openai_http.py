@@ -287,7 +287,10 @@ class _LabelScoring:
                 response = await self._up.client.post(f"{self._up.root}/tokenize", json={
                     "model": self.upstream_model, "content": text, "prompt": text, "with_pieces": True,
                     "add_special_tokens": False})
-            tokens = response.json().get("tokens") if response.status_code == 200 else None
+            try:
+                tokens = response.json().get("tokens") if response.status_code == 200 else None
+            except (ValueError, AttributeError):  # not a JSON object: no pieces from this upstream
+                tokens = None
             found = [t.get("piece") for t in tokens or () if isinstance(t, dict)]
             if len(pieces) >= 10_000:
                 pieces.clear()
