@@ -13,7 +13,15 @@ import pytest
 
 from spcs_llm.engines.base import ChatRequest, Message, Usage
 from spcs_llm.engines.fake import FakeEngine
-from spcs_llm.engines.labels import LabelScores, NextToken, ScoreRequest, build_trie, escape, score_labels
+from spcs_llm.engines.labels import (
+    LabelScores,
+    NextToken,
+    ScoreRequest,
+    build_trie,
+    escape,
+    first_alternatives,
+    score_labels,
+)
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
 from spcs_llm.functions.sentiment import POLARITY, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX, sentiment_score
 from spcs_llm.functions.tasks import label_distribution
@@ -197,4 +205,17 @@ async def test_openai_http_turns_scoring_off_when_the_upstream_refuses() -> None
     engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like([]))
     request = ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"), top_logprobs=50)  # more than the upstream allows
     assert await engine.score_labels(request) is None and engine.label_scoring is False
+    await engine.aclose()
+
+
+async def test_an_answer_without_alternatives_falls_back_instead_of_failing() -> None:
+    """llama.cpp reports no token when the end of the turn is sampled; scoring asks it to ignore that token, and
+    an answer without alternatives anyway is no mass for any label (the function then generates), not an error."""
+    assert first_alternatives(()) == ()
+    scorer = Scripted({'"': []})
+    assert await score_labels(scorer, ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None
+    seen: list[dict] = []
+    engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like(seen))
+    await engine.next_token(MESSAGES, '"', 5)
+    assert seen[0]["ignore_eos"] is True
     await engine.aclose()

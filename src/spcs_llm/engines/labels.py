@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import EngineUnavailable
 from .base import Message, TokenLogprob, Usage
 
 TopAlternatives = tuple[tuple[str, float], ...]  # (token text, log-probability), most likely first
@@ -81,9 +80,10 @@ def prefill_messages(messages: Sequence[Message], prefix: str) -> list[dict[str,
 
 
 def first_alternatives(tokens: Sequence[TokenLogprob]) -> TopAlternatives:
-    """The first generated token's top alternatives (text, log-probability)."""
+    """The first generated token's top alternatives (text, log-probability). None at all (an engine that ended
+    the answer at once and reported nothing) is an empty tuple: no label gets mass, and the function generates."""
     if not tokens:
-        raise EngineUnavailable("the engine answered without the logprobs it was asked for")
+        return ()
     return tokens[0].top or ((tokens[0].token, tokens[0].logprob),)
 
 

@@ -267,7 +267,7 @@ class _LabelScoring:
     async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
         body = {"model": self.upstream_model, "messages": prefill_messages(messages, prefix), "max_tokens": 1,
                 "temperature": 0.0, "logprobs": True, "top_logprobs": top,
-                "continue_final_message": True, "add_generation_prompt": False}
+                "continue_final_message": True, "add_generation_prompt": False, "ignore_eos": True}
         try:
             out = await self._up.post("chat/completions", body, context_window=self.context_window)
         except InvalidInput:
