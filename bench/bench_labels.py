@@ -1,8 +1,8 @@
 """Label functions against the prefill limit (issue 20): SENTIMENT, AI_FILTER, CLASSIFY_TEXT and AI_SENTIMENT
 (its "overall" aspect), scored (one forward step per branching of the labels' token trie) and generated (the
-constrained JSON answer of before), next to COMPLETE with ``max_tokens = 1`` on a prompt of the same length (the same instruction as the system
-message, the same text plus the answer's fixed start as the user message): the prefill and one token, the most
-this work can go.
+constrained JSON answer of before), next to COMPLETE with ``max_tokens = 1`` on a prompt of the same length (the
+same instruction as the system message, the same text plus the answer's fixed start as the user message): the
+prefill and one token, the most this work can go.
 
 All on one server and model in one run, the variants interleaved and repeated (``--repeats``), each variant with
 its own tagged copies of the texts (the same length for all) so that no variant is answered from a cache another
@@ -26,7 +26,13 @@ from typing import Any
 import benchlib
 import httpx
 
-from spcs_llm.functions.classify import FILTER_INSTRUCTION, Category, instruction
+from spcs_llm.functions.classify import (
+    FILTER_INSTRUCTION,
+    FILTER_PREFIX,
+    LABEL_PREFIX,
+    Category,
+    instruction,
+)
 from spcs_llm.functions.sentiment import ASPECT_INSTRUCTION, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX
 
 DATA = Path(__file__).parent / "data"
@@ -53,9 +59,9 @@ def tasks() -> list[Task]:
     categories = sorted({c["label"] for c in classify})
     return [
         Task("sentiment", [s["text"] for s in load("sentiment")], [], SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX),
-        Task("ai_filter", [f["text"] for f in load("filter")], [], FILTER_INSTRUCTION, '"'),
+        Task("ai_filter", [f["text"] for f in load("filter")], [], FILTER_INSTRUCTION, FILTER_PREFIX),
         Task("classify_text", [c["text"] for c in classify], [categories],
-             instruction([Category(c) for c in categories], {}, multi=False), '{"label": "'),
+             instruction([Category(c) for c in categories], {}, multi=False), LABEL_PREFIX),
         Task("ai_sentiment", [s["text"] for s in load("sentiment")], [], ASPECT_INSTRUCTION, '{"overall": "'),
     ]
 

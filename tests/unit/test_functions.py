@@ -255,7 +255,7 @@ async def test_classify_text_is_constrained_to_the_categories(client, fake_engin
     fake_engine.label_scoring = True  # scored: one step, no generation
     status, data = await call(client, "classify_text", ["I booked a hotel", cats, {"task_description": "topic"}])
     assert status == 200 and values(data)[0]["label"] in {"travel", "cooking"}
-    assert fake_engine.steps == [('{"label": "', 20)] and len(fake_engine.calls) == 1
+    assert fake_engine.steps == [('{\n  "label": "', 20)] and len(fake_engine.calls) == 1
     schema = orjson.loads(fake_engine.calls[0].json_schema)
     assert schema["properties"]["label"]["enum"] == ["travel", "cooking"]
     system = fake_engine.calls[0].messages[0].content
@@ -281,7 +281,7 @@ async def test_ai_classify_single_multi_and_null_on_error(client, fake_engine) -
                               ["y", ["a", "b", "c"], {"output_mode": "multi"}], ["z", ["a"]], [None, ["a", "b"]])
     assert status == 200 and values(data)[1:] == [{"labels": ["a"]}, None, None]
     assert values(data)[0] in ({"labels": ["a"]}, {"labels": ["b"]})  # single: scored
-    assert fake_engine.steps == [('{"labels": "', 20)]
+    assert fake_engine.steps == [('{\n  "labels": "', 20)]
     (generated,) = fake_engine.calls  # multi: generated under the array schema
     multi = orjson.loads(generated.json_schema)["properties"]["labels"]
     assert multi["type"] == "array" and multi["items"]["enum"] == ["a", "b", "c"]
@@ -290,10 +290,11 @@ async def test_ai_classify_single_multi_and_null_on_error(client, fake_engine) -
 async def test_ai_filter_returns_booleans(client, fake_engine) -> None:
     status, data = await call(client, "ai_filter", ["Is the sky blue?"], [None])
     assert status == 200 and isinstance(values(data)[0], bool) and values(data)[1] is None
-    assert fake_engine.steps == [('"', 20)] and fake_engine.calls == []
+    assert fake_engine.steps == [('{\n  "answer": "', 20)]  # scored (this row's fake step proposes no label: it
+    calls = len(fake_engine.calls)                            # then generates, which is the fallback)
     fake_engine.label_scoring = False
     status, data = await call(client, "ai_filter", ["Is the sky green?"], [None])
-    assert status == 200 and values(data) == [True, None] and len(fake_engine.calls) == 1
+    assert status == 200 and values(data) == [True, None] and len(fake_engine.calls) == calls + 1
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------
