@@ -281,7 +281,7 @@ async def test_ai_classify_single_multi_and_null_on_error(client, fake_engine) -
                               ["y", ["a", "b", "c"], {"output_mode": "multi"}], ["z", ["a"]], [None, ["a", "b"]])
     assert status == 200 and values(data)[1:] == [{"labels": ["a"]}, None, None]
     assert values(data)[0] in ({"labels": ["a"]}, {"labels": ["b"]})  # single: scored
-    assert fake_engine.steps == [('{\n  "labels": "', 20)]
+    assert fake_engine.steps == [('{\n  "label": "', 20)]
     (generated,) = fake_engine.calls  # multi: generated under the array schema
     multi = orjson.loads(generated.json_schema)["properties"]["labels"]
     assert multi["type"] == "array" and multi["items"]["enum"] == ["a", "b", "c"]

@@ -25,8 +25,7 @@ MIN_CATEGORIES, MAX_CATEGORIES = 2, 100
 # The answer's start when scored: JSON laid out as this kind of model writes it (``{`` then a newline and two
 # spaces). Measured on bench/data with the packaged model, the compact ``{"label": "`` made CLASSIFY_TEXT fall to
 # chance (25%), and AI_FILTER's bare ``"`` to 50%; this layout gave 65% for both (docs/label-scoring.md).
-LABEL_PREFIX = '{\n  "label": "'
-LABELS_PREFIX = '{\n  "labels": "'
+LABEL_PREFIX = '{\n  "label": "'  # single-label AI_CLASSIFY asks CLASSIFY_TEXT's question: the same step
 FILTER_PREFIX = '{\n  "answer": "'
 MAX_EXAMPLES = 20
 
@@ -147,8 +146,9 @@ def _ai_classify(rt: Runtime, args: list[Any]) -> RowJob:
                            else 16 + max(len(label) for label in labels))
 
     async def run() -> dict[str, list[str]]:
-        # One label: scored like CLASSIFY_TEXT. Several: generated under the array schema (see docs/label-scoring.md).
-        scores = None if multi else await label_scores(rt, request, LABELS_PREFIX, labels)
+        # One label: scored like CLASSIFY_TEXT (the same step). Several: generated under the array schema
+        # (see docs/label-scoring.md).
+        scores = None if multi else await label_scores(rt, request, LABEL_PREFIX, labels)
         if scores is not None:
             return {"labels": [scores.best]}
         answer = json_answer(await rt.scheduler.chat(request))["labels"]
