@@ -6,6 +6,7 @@ Starts ``spcs-llm serve`` on the packaged model (or on ``--config`` / ``--gguf``
     python bench/quality.py                       # the packaged SmolLM2-135M
     python bench/quality.py --gguf qwen2.5-1.5b-instruct-q4_k_m.gguf
     python bench/quality.py --url http://127.0.0.1:8001 [--json out.json]
+    python bench/quality.py --label-scoring both  # labels generated (before issue 20), then scored
 
 Scoring: SENTIMENT is right when its sign matches the label; AI_SENTIMENT when "overall" is the label;
 CLASSIFY_TEXT / AI_CLASSIFY when the label is the expected category; EXTRACT_ANSWER when the answer contains
@@ -21,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,14 +57,20 @@ def score(name: str, truth: list[Any], answers: list[Any], right: Callable[[Any,
             "seconds": seconds}
 
 
-def timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
+def _timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
     start = time.perf_counter()
     answers = call(client, fn, rows)
     return answers, time.perf_counter() - start
 
 
-def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, Any]]:
+def evaluate(client: httpx.Client, embed_model: str | None, only: set[str] | None = None) -> list[dict[str, Any]]:
     results = []
+
+    def timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
+        if only is not None and fn not in only:
+            return [None] * len(rows), -1.0
+        return _timed(client, fn, rows)
+
     sentiment = load("sentiment")
     texts, labels = [[s["text"]] for s in sentiment], [s["label"] for s in sentiment]
     answers, secs = timed(client, "sentiment", texts)
@@ -88,7 +96,7 @@ def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, An
     answers, secs = timed(client, "ai_filter", [[f["text"]] for f in flt])
     results.append(score("AI_FILTER", [f["label"] for f in flt], answers, lambda t, a: a == t, 0.5, secs))
 
-    if embed_model:
+    if embed_model and (only is None or "ai_similarity" in only):
         by_topic: dict[str, list[str]] = {}
         for c in classify:
             by_topic.setdefault(c["label"], []).append(c["text"])
@@ -105,7 +113,7 @@ def evaluate(client: httpx.Client, embed_model: str | None) -> list[dict[str, An
     return results
 
 
-def start_server(args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]]:
+def start_server(args: argparse.Namespace, scoring: bool | None = None) -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -114,6 +122,10 @@ def start_server(args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]
         cmd += ["--config", args.config]
     if args.gguf:
         cmd += ["--model", args.gguf]
+    if scoring is not None and not args.config:  # with --config, its engine.label_scoring holds
+        config = Path(tempfile.mkdtemp()) / "quality.toml"
+        config.write_text(f"[engine]\nlabel_scoring = {'true' if scoring else 'false'}\n")
+        cmd += ["--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     base = f"http://127.0.0.1:{port}"
     if not wait_healthy(base, timeout_s=600, still_running=lambda: proc.poll() is None):
@@ -130,26 +142,41 @@ def main() -> None:
     parser.add_argument("--embed-model", default="snowflake-arctic-embed-m-v1.5",
                         help="embedding model for AI_SIMILARITY ('' to skip)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--only", nargs="*", help="SQL function names to evaluate (default: all)")
+    parser.add_argument("--label-scoring", choices=["on", "off", "both"], default="on",
+                        help="engine.label_scoring of the server this script starts; both: one server with it "
+                        "off, then one with it on, and both tables")
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.label_scoring]
+    out = []
+    for scoring in modes if args.url is None and not args.config else [None]:
+        model, base, results = run_once(args, scoring)
+        title = "" if scoring is None else f", label scoring {'on' if scoring else 'off'}"
+        print(f"\nquality on {model} ({base}{title})\n", flush=True)
+        print("| function | n | accuracy | chance | NULL rows | seconds |\n|---|---:|---:|---:|---:|---:|")
+        for r in results:
+            print(f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
+                  f"| {r['seconds']:.1f} |", flush=True)
+        out.append({"model": model, "label_scoring": scoring, "results": results})
+    if args.json:
+        args.json.write_text(json.dumps(out[0] if len(out) == 1 else out, indent=2))
+
+
+def run_once(args: argparse.Namespace, scoring: bool | None) -> tuple[str, str, list[dict[str, Any]]]:
     proc = None
     base = args.url
     if base is None:
-        base, proc = start_server(args)
+        base, proc = start_server(args, scoring)
     try:
         with httpx.Client(base_url=base, timeout=1800, transport=PollingTransport()) as client:
             model = next(m["id"] for m in client.get("/v1/models").json()["data"])
-            results = evaluate(client, args.embed_model or None)
+            only = {f.lower() for f in args.only} if args.only else None
+            results = evaluate(client, args.embed_model or None, only)
+            return model, base, [r for r in results if r["seconds"] >= 0]
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    print(f"\nquality on {model} ({base})\n")
-    print("| function | n | accuracy | chance | NULL rows | seconds |\n|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
-              f"| {r['seconds']:.1f} |")
-    if args.json:
-        args.json.write_text(json.dumps({"model": model, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -121,6 +121,10 @@ class EngineSettings(_Section):
     n_parallel: int = Field(8, ge=1, le=256, description="llama.cpp parallel slots (continuous batching)")
     ctx_per_slot: int = Field(2048, ge=64, description="Context tokens each slot holds (prompt + output)")
     threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores)")
+    label_scoring: bool = Field(
+        True, description="SENTIMENT, AI_FILTER, CLASSIFY_TEXT: read the label from one forward step's "
+        "probabilities where the engine can (false: always decode the answer under a schema)"
+    )
     max_output_tokens: int | None = Field(
         None, ge=1, description="Cap on generated tokens per row (default: the model's, from the catalogue)"
     )

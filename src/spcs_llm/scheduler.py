@@ -40,6 +40,7 @@ import numpy as np
 
 from .cache_forms import chat_key, pack_result, unpack_result
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
+from .engines.labels import LabelScores, ScoreRequest
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
 
@@ -208,6 +209,7 @@ class Scheduler:
         self._clock = clock
         self._slots = FairSlots(self.max_concurrency)
         self._in_flight: dict[ChatRequest, asyncio.Future[ChatResult]] = {}
+        self._scoring: dict[ScoreRequest, asyncio.Future[LabelScores | None]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
         self.queued_bytes = 0
@@ -411,6 +413,57 @@ class Scheduler:
                 self.meter.engine_call(self.engine.model_name, result.usage if result else None, busy)
         self._count_tokens(result.usage)
         return result
+
+    async def score_labels(self, request: ScoreRequest) -> LabelScores | None:
+        """The label distribution of ``request`` (engines/labels.py) in one engine place, cached and shared
+        like a deterministic chat answer; None when the engine cannot score (the caller generates instead)."""
+        cached = self.cache.get(request)
+        if cached is not None:
+            self._chat_hits.inc()
+            return cached  # type: ignore[no-any-return]
+        shared = self._scoring.get(request)
+        if shared is not None:
+            self.metrics.dedup_hits.inc()
+            try:
+                return await asyncio.shield(shared)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not shared.cancelled() or (current is not None and current.cancelling()):
+                    raise
+                return await self._score(request)  # the caller that ran it was cancelled, not this one
+        future: asyncio.Future[LabelScores | None] = asyncio.get_running_loop().create_future()
+        self._scoring[request] = future
+        try:
+            scores = await self._score(request)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # retrieved: nobody may be waiting
+            raise
+        finally:
+            del self._scoring[request]
+        future.set_result(scores)
+        if scores is not None:
+            self.cache.put(request, scores, 200 + 2 * sum(len(m.content) for m in request.messages)
+                           + 100 * len(request.labels))
+        return scores
+
+    async def _score(self, request: ScoreRequest) -> LabelScores | None:
+        await self._slots.acquire(query_key.get())
+        self.engine_in_flight += 1
+        start = time.perf_counter()
+        try:
+            scores = await self.engine.score_labels(request)
+        finally:
+            self.engine_in_flight -= 1
+            self._slots.release()
+        if scores is not None:
+            self.metrics.engine_requests.inc(scores.steps)
+            self.metrics.engine_latency.observe(time.perf_counter() - start)
+            self._count_tokens(scores.usage)
+        return scores
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding one of the engine places for the whole stream."""

@@ -78,3 +78,15 @@ async def test_gzip_body_is_accepted(client) -> None:
     r = await client.post("/functions/complete", **batch(["fake-model", "hello there"], gzipped=True))
     assert r.status_code == 200
     assert r.json() == {"data": [[0, "echo:hello there"]]}
+
+
+async def test_a_null_row_still_has_arguments_of_their_sql_types(client, fake_engine) -> None:
+    """Found by schemathesis: a NULL makes the row NULL without a model call, but the row's other arguments must
+    still be of their declared types (Snowflake never sends otherwise); TRY_/AI_ names answer such a row NULL."""
+    r = await client.post("/functions/translate", **batch([None, False, None]))
+    assert r.status_code == 400 and r.text == "source_language must be VARCHAR"
+    ok = await client.post("/functions/translate", **batch([None, "en", "de"], ["hola", None, "en"]))
+    assert ok.status_code == 200 and ok.json() == {"data": [[0, None], [1, None]]}
+    forgiven = await client.post("/functions/ai_translate", **batch([None, False, None]))
+    assert forgiven.status_code == 200 and forgiven.json() == {"data": [[0, None]]}
+    assert fake_engine.calls == []

@@ -131,6 +131,16 @@ async def test_sentiment_returns_a_float_from_a_constrained_label_request(client
     assert values(data)[1] is None
     for v in (values(data)[0], values(data)[2]):
         assert isinstance(v, float) and -1 <= v <= 1
+    # scored: one step after the answer's fixed start, reading ten alternatives; no generation
+    assert fake_engine.steps == [('{"sentiment": "', 10)] * 2 and fake_engine.calls == []
+
+
+async def test_sentiment_falls_back_to_a_constrained_label_request(client, fake_engine) -> None:
+    fake_engine.label_scoring = False  # an engine that cannot score: the constrained request of before
+    status, data = await call(client, "sentiment", ["I love it"], [None], ["中文 很好"])
+    assert status == 200 and values(data)[1] is None and fake_engine.steps == []
+    for v in (values(data)[0], values(data)[2]):
+        assert isinstance(v, float) and -1 <= v <= 1
     request = fake_engine.calls[0]
     assert orjson.loads(request.json_schema)["properties"]["sentiment"] == {
         "enum": ["positive", "negative", "neutral"], "type": "string"}
@@ -138,7 +148,21 @@ async def test_sentiment_returns_a_float_from_a_constrained_label_request(client
     assert request.messages[0].role == "system" and request.messages[-1].content == "I love it"
 
 
-async def test_ai_sentiment_shape_and_entity_limits(client) -> None:
+async def test_ai_sentiment_scores_one_step_per_aspect(client, fake_engine) -> None:
+    status, data = await call(client, "ai_sentiment", ["good food, slow service", ["food", "service"]])
+    assert status == 200 and fake_engine.calls == []
+    (answer,) = values(data)
+    assert [c["name"] for c in answer["categories"]] == ["overall", "food", "service"]
+    labels = [c["sentiment"] for c in answer["categories"]]
+    assert set(labels) <= {"positive", "negative", "neutral", "mixed", "unknown"}
+    # each step continues the object so far, with the labels chosen before it
+    assert [prefix for prefix, _ in fake_engine.steps] == [
+        '{"overall": "', f'{{"overall": "{labels[0]}", "food": "',
+        f'{{"overall": "{labels[0]}", "food": "{labels[1]}", "service": "']
+
+
+async def test_ai_sentiment_shape_and_entity_limits(client, fake_engine) -> None:
+    fake_engine.label_scoring = False  # generated under the schema: the fake answers its first enum values
     status, data = await call(client, "ai_sentiment", ["good food, slow service", ["food", "service"]],
                               ["fine"], ["x", ["a"] * 11])
     assert status == 200
@@ -225,8 +249,13 @@ async def test_extract_answer_shape(client, fake_engine) -> None:
 
 async def test_classify_text_is_constrained_to_the_categories(client, fake_engine) -> None:
     cats = [{"label": "travel", "description": "trips", "examples": ["flight to Rome"]}, "cooking"]
+    fake_engine.label_scoring = False  # the fallback: decoding under a schema of exactly the categories
     status, data = await call(client, "classify_text", ["I booked a hotel", cats, {"task_description": "topic"}])
     assert status == 200 and values(data) == [{"label": "travel"}]
+    fake_engine.label_scoring = True  # scored: one step, no generation
+    status, data = await call(client, "classify_text", ["I booked a hotel", cats, {"task_description": "topic"}])
+    assert status == 200 and values(data)[0]["label"] in {"travel", "cooking"}
+    assert fake_engine.steps == [('{\n  "label": "', 20)] and len(fake_engine.calls) == 1
     schema = orjson.loads(fake_engine.calls[0].json_schema)
     assert schema["properties"]["label"]["enum"] == ["travel", "cooking"]
     system = fake_engine.calls[0].messages[0].content
@@ -250,14 +279,22 @@ async def test_classify_text_errors_fail_the_batch_with_the_cortex_message(clien
 async def test_ai_classify_single_multi_and_null_on_error(client, fake_engine) -> None:
     status, data = await call(client, "ai_classify", ["x", ["a", "b"]],
                               ["y", ["a", "b", "c"], {"output_mode": "multi"}], ["z", ["a"]], [None, ["a", "b"]])
-    assert status == 200 and values(data) == [{"labels": ["a"]}, {"labels": ["a"]}, None, None]
-    multi = orjson.loads(fake_engine.calls[1].json_schema)["properties"]["labels"]
+    assert status == 200 and values(data)[1:] == [{"labels": ["a"]}, None, None]
+    assert values(data)[0] in ({"labels": ["a"]}, {"labels": ["b"]})  # single: scored
+    assert fake_engine.steps == [('{\n  "label": "', 20)]
+    (generated,) = fake_engine.calls  # multi: generated under the array schema
+    multi = orjson.loads(generated.json_schema)["properties"]["labels"]
     assert multi["type"] == "array" and multi["items"]["enum"] == ["a", "b", "c"]
 
 
-async def test_ai_filter_returns_booleans(client) -> None:
+async def test_ai_filter_returns_booleans(client, fake_engine) -> None:
     status, data = await call(client, "ai_filter", ["Is the sky blue?"], [None])
-    assert status == 200 and values(data) == [True, None]
+    assert status == 200 and isinstance(values(data)[0], bool) and values(data)[1] is None
+    assert fake_engine.steps == [('{\n  "answer": "', 20)]  # scored (this row's fake step proposes no label: it
+    calls = len(fake_engine.calls)                            # then generates, which is the fallback)
+    fake_engine.label_scoring = False
+    status, data = await call(client, "ai_filter", ["Is the sky green?"], [None])
+    assert status == 200 and values(data) == [True, None] and len(fake_engine.calls) == calls + 1
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------

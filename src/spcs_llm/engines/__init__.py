@@ -28,6 +28,12 @@ def resolve_model_file(settings: EngineSettings, downloads: DownloadSettings | N
 
 def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
     """Construct (not start) the configured engine. ``downloads`` says where catalogue models come from."""
+    engine = _build_engine(settings, downloads)
+    engine.label_scoring = settings.label_scoring
+    return engine
+
+
+def _build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
     if settings.kind == "fake":
         # A configured fake engine is served: nobody reads its calls, so it keeps none.
         return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,

@@ -11,12 +11,15 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import orjson
 
 from ..errors import InvalidInput
+
+if TYPE_CHECKING:
+    from .labels import LabelScores, NextToken, ScoreRequest
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,29 @@ class Engine(ABC):
     def metrics_text(self) -> str:
         """The engine's own Prometheus metrics, appended to /metrics. Empty when it has none."""
         return ""
+
+    # -- label scoring (engines/labels.py): engines that cannot do it keep these defaults ----------------------
+
+    label_scoring: bool = True  # False: label functions generate under constraint even where scoring works
+
+    async def score_labels(self, request: ScoreRequest) -> LabelScores | None:
+        """The distribution over ``request.labels`` as the continuation of the assistant's ``request.prefix``,
+        from the model's next-token probabilities (a walk of the labels' token trie). None: this engine cannot
+        score, and the caller generates the answer under constraint instead."""
+        from .labels import score_labels
+
+        if not self.label_scoring:
+            return None
+        return await score_labels(self, request)
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        """The ``top`` likeliest next tokens (text, log-probability) after the assistant's answer begins with
+        ``prefix``: one forward step. None: not supported."""
+        return None
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        """The texts of the tokens the model's tokenizer splits ``text`` into (None: not known)."""
+        return None
 
 
 class Embedder(ABC):

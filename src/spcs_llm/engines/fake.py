@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +14,49 @@ import numpy as np
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
 from .base import ChatRequest, ChatResult, Embedder, Engine, Message, TokenLogprob, Usage
+from .labels import NextToken, TopAlternatives
+
+# The fake tokenizer: a word with the space before it, a run of punctuation, or spaces.
+_PIECE = re.compile(r" ?\w+| ?[^\w\s]+|\s+")
+_JUNK = ("w", "The", " ")  # tokens no label begins with, so part of every distribution is not a label
+
+
+def label_prefix(schema: Any) -> tuple[str, list[str]] | None:
+    """For a label-shaped schema (a string enum, or an object of one enum property), the JSON text before the
+    label and the labels; None for any other schema."""
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("enum"), list) and schema.get("type") == "string":
+        return '"', [str(v) for v in schema["enum"]]
+    props = schema.get("properties")
+    if schema.get("type") == "object" and isinstance(props, dict) and len(props) == 1:
+        ((key, inner),) = props.items()
+        if isinstance(inner, dict) and inner.get("type") == "string" and isinstance(inner.get("enum"), list):
+            return json.dumps({key: ""}, ensure_ascii=False)[:-2], [str(v) for v in inner["enum"]]
+    return None
+
+
+def fake_alternatives(messages: Sequence[Message], prefix: str, top: int) -> TopAlternatives:
+    """The fake model's ``top`` likeliest next tokens after the assistant's ``prefix``.
+
+    Inside a JSON string it proposes what the conversation's text offers: every place where a word begins with
+    what the string holds so far gives the piece that follows it there (so labels named in the instruction
+    are proposed, and after ``food`` both the closing quote and `` quality``), plus a few tokens no label begins
+    with. Each candidate's logit is a hash of the last message, the prefix and the candidate: deterministic, and
+    different for different rows."""
+    partial = prefix.rsplit('"', 1)[-1]
+    text = "\n".join(m.content for m in messages)
+    candidates = set(_JUNK) | ({'"'} if partial else set())
+    for match in re.finditer(r"(?<!\w)" + re.escape(partial), text) if partial else re.finditer(r"\b\w", text):
+        piece = _PIECE.match(text, match.end() if partial else match.start())
+        if piece is not None:
+            candidates.add(piece.group())
+    seed = f"{messages[-1].content}\0{prefix}\0" if messages else f"\0{prefix}\0"
+    logits = {c: 6 * int.from_bytes(hashlib.blake2b((seed + c).encode(), digest_size=4).digest(), "little")
+              / 2**32 for c in candidates}
+    norm = math.log(sum(math.exp(v) for v in logits.values()))
+    ranked = sorted(logits.items(), key=lambda kv: (-kv[1], kv[0]))[:max(1, top)]
+    return tuple((c, v - norm) for c, v in ranked)
 
 
 def schema_example(schema: Any) -> Any:
@@ -34,7 +79,10 @@ def schema_example(schema: Any) -> Any:
 class FakeEngine(Engine):
     """Answers ``echo:<last user message>``; one token per whitespace-separated word. With a JSON schema it
     answers the schema's simplest instance (:func:`schema_example`); asked for logprobs, it gives every token
-    log-probability -0.1, with made-up alternatives below it.
+    log-probability -0.1, with made-up alternatives below it. A label-shaped schema (a string enum, or an object of
+    one enum property) asked with logprobs (SENTIMENT's) is answered by a tiny deterministic "model"
+    (:func:`fake_alternatives`) that also serves label scoring (:meth:`next_token`), so both paths read the same
+    probabilities.
 
     Like a prefix cache, it reports the tokens of the messages before the last as cached (``cached_tokens``)
     when it has seen those messages before.
@@ -65,6 +113,7 @@ class FakeEngine(Engine):
         self.fail_marker = fail_marker
         self.record = record
         self.calls: list[ChatRequest] = []
+        self.steps: list[tuple[str, int]] = []  # label-scoring steps: (assistant prefix, top alternatives)
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started = False
@@ -100,6 +149,10 @@ class FakeEngine(Engine):
         last = request.messages[-1].content
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
+        labelled = (label_prefix(json.loads(request.json_schema))
+                    if request.json_schema is not None and request.top_logprobs > 0 else None)
+        if labelled is not None:
+            return self._label_answer(request, *labelled, prompt_tokens)
         if request.json_schema is not None:
             words = [self._schema_answer(request.json_schema)]
         else:
@@ -108,6 +161,37 @@ class FakeEngine(Engine):
         text, finish = (" ".join(words[:room]), "length") if len(words) > room else (" ".join(words), "stop")
         usage = Usage(prompt_tokens, min(len(words), room), self._cached_prefix(request.messages))
         return ChatResult(text, finish, usage, self._logprobs(words[:room], request.top_logprobs))
+
+    def _label_answer(self, request: ChatRequest, prefix: str, labels: list[str], prompt_tokens: int) -> ChatResult:
+        """Constrained greedy decoding of a label: the likeliest alternative after ``prefix`` that begins a label
+        (case-sensitive, as a grammar allows) chooses the first label it begins; the label token carries the same
+        alternatives that :meth:`next_token` gives for that prefix."""
+        top = fake_alternatives(request.messages, prefix, max(request.top_logprobs, 20))
+        token, logprob = next(((t, lp) for t, lp in top if t and any(x.startswith(t) for x in labels)),
+                              (labels[0], top[-1][1]))
+        label = next(x for x in labels if x.startswith(token))
+        body = json.dumps(label, ensure_ascii=False)
+        text = prefix + body[1:] + ("}" if prefix != '"' else "")
+        tokens = (TokenLogprob(prefix, 0.0), TokenLogprob(token, logprob, top[:request.top_logprobs]),
+                  TokenLogprob(text[len(prefix) + len(token):], 0.0))
+        usage = Usage(prompt_tokens, len(tokens), self._cached_prefix(request.messages))
+        return ChatResult(text, "stop", usage, tokens if request.top_logprobs > 0 else ())
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        """One step of the fake model (:func:`fake_alternatives`); recorded in ``steps`` as (prefix, top)."""
+        if self.record:
+            self.steps.append((prefix, top))
+        if messages and self.fail_marker in messages[-1].content:
+            raise EngineUnavailable("fake engine: injected failure")
+        prompt_tokens = sum(len(m.content.split()) + 1 for m in messages) + len(prefix.split())
+        if prompt_tokens > self.context_window:
+            raise MaxTokensExceeded(self.context_window)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return NextToken(fake_alternatives(messages, prefix, top), Usage(prompt_tokens, 1))
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        return _PIECE.findall(text)
 
     def _cached_prefix(self, messages: tuple[Message, ...]) -> int:
         """Like a prefix cache: the tokens of every message before the last count as cached once seen."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +26,8 @@ from ..errors import (
     SchemaValidationFailed,
     SpcsLlmError,
 )
-from .base import ChatRequest, ChatResult, Engine, StreamDelta, usage_of
+from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta, usage_of
+from .labels import NextToken, first_alternatives, prefill_messages
 from .openai_http import parse_logprobs
 
 _DONE = object()
@@ -90,6 +91,7 @@ class LlamaCppEngine(Engine):
         self._server: Any = None
         self._pool = ThreadPoolExecutor(self.max_concurrency + 1, thread_name_prefix="llamacpp")
         self._http: httpx.AsyncClient | None = None
+        self._pieces: dict[str, list[str]] = {}
 
     async def start(self) -> None:
         _check_gguf(self.model_path)
@@ -238,3 +240,36 @@ class LlamaCppEngine(Engine):
         text = self._server.handle_metrics()
         return text if isinstance(text, str) and text.startswith("#") else ""
 
+    # -- label scoring (engines/labels.py) -----------------------------------------------------------------------
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        """One forward step after the assistant's answer begins with ``prefix``: llama.cpp continues a final
+        assistant message (its prefill), and ``top_logprobs`` are the raw model probabilities at that position."""
+        server = self._require_server()
+        # ignore_eos: were the end of the turn the likeliest token, llama.cpp would report no token and so no
+        # alternatives; it bans it from the sample only, the alternatives are the raw probabilities all the same.
+        body = {"messages": prefill_messages(messages, prefix), "max_tokens": 1, "temperature": 0.0,
+                "logprobs": True, "top_logprobs": top, "ignore_eos": True}
+        request = ChatRequest(tuple(messages), max_tokens=1)
+        loop = asyncio.get_running_loop()
+        with map_binding_errors(request):
+            out = await loop.run_in_executor(self._pool, server.handle_chat_completions, body)
+        if "error" in out or "choices" not in out:
+            raise translate_error(out.get("error", out))
+        return NextToken(first_alternatives(parse_logprobs(out["choices"][0])), usage_of(out.get("usage")))
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        """The token texts of ``text`` from llama.cpp's /tokenize (``with_pieces``); cached, as label sets repeat
+        on every row of a query."""
+        if text not in self._pieces:
+            self._require_server()
+            assert self._http is not None
+            try:
+                response = await self._http.post("/tokenize", json={"content": text, "with_pieces": True})
+            except httpx.HTTPError as exc:
+                raise EngineUnavailable(f"llama.cpp tokenize: {exc}") from exc
+            pieces = [t["piece"] for t in response.json()["tokens"] if isinstance(t, dict)]
+            if len(self._pieces) >= 10_000:
+                self._pieces.clear()
+            self._pieces[text] = pieces if all(isinstance(p, str) for p in pieces) else []
+        return self._pieces[text] or None

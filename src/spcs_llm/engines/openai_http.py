@@ -40,7 +40,8 @@ from ..errors import (
     SpcsLlmError,
 )
 from ..models.catalog import catalog_entry
-from .base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, TokenLogprob, usage_of
+from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelta, TokenLogprob, usage_of
+from .labels import NextToken, first_alternatives, prefill_messages
 
 StructuredField = Literal["structured_outputs", "response_format"]
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -335,7 +336,54 @@ def _json_or_raise(response: httpx.Response, **translate: Any) -> Any:
     return body
 
 
-class OpenAIHttpEngine(Engine):
+class _LabelScoring:
+    """Label scoring against an OpenAI-compatible upstream (engines/labels.py), mixed into the engine below.
+
+    The last message is the start of the assistant's answer; vLLM continues it when the request says
+    ``continue_final_message`` (with ``add_generation_prompt`` false); llama-server and spcs-llm continue a final
+    assistant message by default and ignore those fields. An upstream that refuses the request (a 400, e.g. one
+    that rejects unknown fields) turns scoring off for this engine: label functions then generate as before."""
+
+    _up: _Upstream
+    upstream_model: str
+    context_window: int
+    label_scoring: bool
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        body = {"model": self.upstream_model, "messages": prefill_messages(messages, prefix), "max_tokens": 1,
+                "temperature": 0.0, "logprobs": True, "top_logprobs": top,
+                "continue_final_message": True, "add_generation_prompt": False, "ignore_eos": True}
+        try:
+            out = await self._up.post("chat/completions", body, context_window=self.context_window)
+        except InvalidInput:
+            self.label_scoring = False
+            return None
+        try:
+            choice = out["choices"][0]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EngineUnavailable("upstream answered without choices") from exc
+        return NextToken(first_alternatives(parse_logprobs(choice)), usage_of(out.get("usage")))
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        """llama-server's /tokenize gives each token's text (``with_pieces``); vLLM's gives ids only: None."""
+        pieces: dict[str, list[str] | None] = self.__dict__.setdefault("_pieces", {})
+        if text not in pieces:
+            with transport_errors():
+                response = await self._up.client.post(f"{self._up.root}/tokenize", json={
+                    "model": self.upstream_model, "content": text, "prompt": text, "with_pieces": True,
+                    "add_special_tokens": False})
+            try:
+                tokens = response.json().get("tokens") if response.status_code == 200 else None
+            except (ValueError, AttributeError):  # not a JSON object: no pieces from this upstream
+                tokens = None
+            found = [t.get("piece") for t in tokens or () if isinstance(t, dict)]
+            if len(pieces) >= 10_000:
+                pieces.clear()
+            pieces[text] = found if found and all(isinstance(p, str) for p in found) else None
+        return pieces[text]
+
+
+class OpenAIHttpEngine(_LabelScoring, Engine):
     """Chat, streaming, logprobs, structured output and token counting against an OpenAI-compatible server.
 
     ``model`` is the upstream's served name ("default": the first model it lists); ``model_name`` is the name we

@@ -29,7 +29,8 @@ from .. import logs
 from ..config import DownloadSettings, EngineSettings
 from ..errors import EngineUnavailable, RowError
 from ..models.catalog import catalog_entry
-from .base import ChatRequest, ChatResult, Engine, StreamDelta
+from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta
+from .labels import NextToken
 from .openai_http import OpenAIHttpEngine, check_vllm_version
 from .supervisor import Supervisor
 
@@ -300,3 +301,10 @@ class VllmEngine(Engine):
 
     async def count_tokens(self, text: str) -> int:
         return await self._engine().count_tokens(text)
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        """Label scoring through the child (``continue_final_message``; see engines/labels.py)."""
+        return await self._engine().next_token(messages, prefix, top)
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        return await self._engine().token_pieces(text)

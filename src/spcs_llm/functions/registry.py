@@ -48,6 +48,21 @@ class Runtime:
 Prepare = Callable[[Runtime, list[Any]], RowJob]
 
 
+def _ANY(value: Any) -> bool:
+    return True
+
+
+# What each SQL type arrives as in a Snowflake batch (snowflake-contract.md §1.1; ARRAY/OBJECT also as JSON text)
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
+    "VARCHAR": lambda v: isinstance(v, str),
+    "NUMBER": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "FLOAT": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "BOOLEAN": lambda v: isinstance(v, bool),
+    "ARRAY": lambda v: isinstance(v, list | str),
+    "OBJECT": lambda v: isinstance(v, dict | str),
+}
+
+
 @dataclass(frozen=True)
 class Overload:
     """One SQL signature. A NULL argument makes the row NULL without calling ``prepare``, except for the
@@ -68,6 +83,14 @@ class Overload:
         if None not in args:  # the common row, checked in C (JSON values never equal None)
             return False
         return any(v is None and name not in self.nullable for v, (name, _) in zip(args, self.args, strict=True))
+
+    def mistyped(self, args: list[Any]) -> RowError | None:
+        """For a row that a NULL makes NULL (no ``prepare`` looks at it): its first other argument whose JSON type is
+        not its SQL type's, as the row error ``prepare`` would give. Snowflake never sends one; other clients may."""
+        for value, (name, sql_type) in zip(args, self.args, strict=True):
+            if value is not None and not _JSON_TYPES.get(sql_type, _ANY)(value):
+                return InvalidInput(f"{name} must be {sql_type}", param=name)
+        return None
 
     @property
     def signature(self) -> str:

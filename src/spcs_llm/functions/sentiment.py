@@ -7,17 +7,22 @@ negative one near -1, and an unsure or neutral one near 0, which is Cortex's rea
 ≤ -0.5 negative).
 
 AI_SENTIMENT / ENTITY_SENTIMENT return ``{"categories": [{"name": "overall", "sentiment": ...}, ...]}`` with one
-entry per requested aspect; each sentiment is one of positive/negative/neutral/mixed/unknown, chosen by
-constrained decoding.
+entry per requested aspect; each sentiment is one of positive/negative/neutral/mixed/unknown, chosen by one scored
+step per aspect where the engine can score (:func:`scored_aspects`), else by constrained decoding.
+
+Where the engine can score (engines/labels.py), SENTIMENT reads the same ten alternatives from one forward step
+after ``{"sentiment": "`` instead of decoding the object.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from ..engines.base import ChatRequest
 from ..errors import InvalidInput
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import enum_schema, json_answer, label_distribution, task_request
+from .tasks import enum_schema, json_answer, label_distribution, label_scores, task_request
 
 POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
 SENTIMENT_INSTRUCTION = (
@@ -31,6 +36,7 @@ ASPECT_INSTRUCTION = (
     "negative), or unknown (the aspect is not discussed)."
 )
 MAX_ASPECTS, MAX_ASPECT_CHARS = 10, 30
+SENTIMENT_PREFIX = '{"sentiment": "'
 
 
 def sentiment_score(distribution: dict[str, float]) -> float:
@@ -48,6 +54,11 @@ def _sentiment(rt: Runtime, args: list[Any]) -> RowJob:
     request = task_request(rt, SENTIMENT_INSTRUCTION, text, schema=schema, max_tokens=16, top_logprobs=10)
 
     async def run() -> float:
+        # One forward step after `{"sentiment": "`, reading the same ten alternatives that the label token of the
+        # generated answer carries; an engine that cannot score generates the object as before.
+        scores = await label_scores(rt, request, SENTIMENT_PREFIX, list(POLARITY), top_logprobs=10)
+        if scores is not None:
+            return sentiment_score(scores.distribution)
         result = await rt.scheduler.chat(request)
         return sentiment_score(label_distribution(result, list(POLARITY)))
 
@@ -81,16 +92,34 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     request = task_request(rt, ASPECT_INSTRUCTION, text, schema=schema, max_tokens=16 + 12 * len(names))
 
     async def run() -> dict[str, Any]:
-        answer = json_answer(await rt.scheduler.chat(request))
+        answer = await scored_aspects(rt, request, names)
+        if answer is None:
+            answer = json_answer(await rt.scheduler.chat(request))
         return {"categories": [{"name": n, "sentiment": answer[n]} for n in names]}
 
     return run
 
 
+async def scored_aspects(rt: Runtime, request: ChatRequest, names: list[str]) -> dict[str, str] | None:
+    """Each aspect's label in turn, as greedy decoding under the schema chooses it: one scored step per aspect,
+    after the object so far (``{"overall": "positive", "food": "``), so each choice sees the ones before it. The
+    keys and punctuation between labels are forced, so nothing else is decoded. None: the engine cannot score."""
+    prefix, answer = "{", {}
+    for i, name in enumerate(names):
+        prefix += (", " if i else "") + json.dumps(name, ensure_ascii=False) + ': "'
+        scores = await label_scores(rt, request, prefix, ASPECT_LABELS)
+        if scores is None:
+            return None
+        answer[name] = scores.best
+        prefix += scores.best + '"'
+    return answer
+
+
 register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),), doc=(
-    "A FLOAT in [-1, 1]: P(positive) − P(negative) read from the model's own token probabilities at the label of a "
-    "constrained positive/negative/neutral answer, not a number the model writes. An engine that gives no logprobs "
-    "yields -1, 0 or 1.")))
+    "A FLOAT in [-1, 1]: P(positive) − P(negative) read from the model's own token probabilities at the label "
+    "(one scored forward step after the answer's fixed start, see label scoring; engines that cannot score fall "
+    "back to a constrained positive/negative/neutral answer), not a number the model writes. An engine that gives "
+    "no logprobs yields -1, 0 or 1.")))
 _ASPECT_OVERLOADS = (
     Overload((("text", "VARCHAR"),), "OBJECT", _aspects),
     Overload((("text", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _aspects, nullable=frozenset({"categories"})),

@@ -6,6 +6,9 @@
   is always one of the allowed values; :func:`json_answer` only decodes it.
 - **Label probabilities**: :func:`label_distribution` reads the model's probabilities for each label at the
   token where the answer names it, which is what SENTIMENT's score is made of.
+- **Label scoring**: :func:`label_scores` asks the engine for the label distribution in one forward step per
+  branching of the labels' token trie (engines/labels.py) instead of generating the answer; None means the
+  engine cannot, and the function generates under constraint as before.
 - **Fitting the context**: :func:`fit` cuts a text that does not fit one request into pieces that do.
 """
 
@@ -19,6 +22,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..engines.base import ChatRequest, ChatResult, Message, TokenLogprob
+from ..engines.labels import LabelScores, ScoreRequest
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Runtime
 from .text import DEFAULT_SEPARATORS, recursive_split
@@ -38,6 +42,13 @@ def task_request(rt: Runtime, instruction: str, text: str, *, schema: Mapping[st
         json_schema=ChatRequest.schema_key(schema),
         top_logprobs=top_logprobs,
     )
+
+
+async def label_scores(rt: Runtime, request: ChatRequest, prefix: str, labels: Sequence[str],
+                       top_logprobs: int = 20) -> LabelScores | None:
+    """The distribution over ``labels`` as the continuation of the answer ``prefix`` to ``request``'s messages,
+    or None when the engine cannot score (then generate ``request`` under its schema)."""
+    return await rt.scheduler.score_labels(ScoreRequest(request.messages, prefix, tuple(labels), top_logprobs))
 
 
 def json_answer(result: ChatResult) -> Any:

@@ -145,6 +145,9 @@ def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
             )
         args = row[1:]
         if overload.null_row(args):
+            mistyped = None if fn.null_on_error else overload.mistyped(args)
+            if mistyped is not None:
+                raise mistyped
             jobs.append(None)
             continue
         try:

@@ -1,0 +1,186 @@
+"""Label scoring: the distribution over a fixed set of labels, read from the model's next-token probabilities.
+
+A label function (SENTIMENT, AI_FILTER, CLASSIFY_TEXT) does not need the model to write its answer: the fixed
+part of the answer (``{"sentiment": "``) goes into the prompt as the start of the assistant's turn, and one
+forward step gives the probabilities of the tokens that could begin each label. That is the step where constrained
+generation makes its only real choice; the rest of the JSON it would decode is forced.
+
+**The walk.** The labels (JSON-escaped, as they appear inside the answer's string) form a trie over their
+canonical tokens, as the engine's tokenizer splits them. Each step asks the engine for the top alternatives of the
+next token after ``prefix`` plus the text of the trie node, and gives each alternative's probability to the labels
+it can begin (case-insensitive prefix of the label's rest, the rule :func:`spcs_llm.functions.tasks.label_distribution`
+applies to generated answers; a token that begins several labels is shared between them equally; a token that opens
+the closing quote ends the label of that node). Where labels share a canonical token (``food`` and ``food
+quality``), the mass that went to them is split by one more step at that child node, only there. Labels whose
+canonical first tokens differ (positive/negative/neutral, TRUE/FALSE) cost exactly one step. Nothing is ever
+decoded freely: every step is one forward pass over a prompt that the prefix cache mostly holds already.
+
+**Engines** provide two primitives (:class:`LabelScorer`): the top alternatives of the next token after an
+assistant prefix, and the tokens of a text. An engine without the first returns None, and the function falls
+back to constrained generation. Without the second, each label is one node (no branching beyond the first step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .base import Message, TokenLogprob, Usage
+
+TopAlternatives = tuple[tuple[str, float], ...]  # (token text, log-probability), most likely first
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score ``labels`` as the continuation of the assistant's answer ``prefix`` to ``messages``.
+
+    Frozen and hashable, so the scheduler computes an identical request once and caches it like a chat answer.
+    ``top_logprobs`` is how many alternatives each step reads (vLLM allows 20 unless started with more)."""
+
+    messages: tuple[Message, ...]
+    prefix: str
+    labels: tuple[str, ...]
+    top_logprobs: int = 20
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """P(label) for each label (summing to 1), the engine steps it took and the tokens they used."""
+
+    distribution: dict[str, float]
+    steps: int
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def best(self) -> str:
+        """The likeliest label; a tie goes to the label given first."""
+        return max(self.distribution, key=lambda label: self.distribution[label])  # max keeps the first of equals
+
+
+@dataclass(frozen=True)
+class NextToken:
+    top: TopAlternatives
+    usage: Usage = field(default_factory=Usage)
+
+
+class LabelScorer(Protocol):
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None: ...
+
+    async def token_pieces(self, text: str) -> list[str] | None: ...
+
+
+def prefill_messages(messages: Sequence[Message], prefix: str) -> list[dict[str, Any]]:
+    """OpenAI messages ending with the start of the assistant's answer, which the server continues (llama.cpp and
+    llama-server by default, vLLM with ``continue_final_message``)."""
+    return [*({"role": m.role, "content": m.content} for m in messages), {"role": "assistant", "content": prefix}]
+
+
+def first_alternatives(tokens: Sequence[TokenLogprob]) -> TopAlternatives:
+    """The first generated token's top alternatives (text, log-probability). None at all (an engine that ended
+    the answer at once and reported nothing) is an empty tuple: no label gets mass, and the function generates."""
+    if not tokens:
+        return ()
+    return tokens[0].top or ((tokens[0].token, tokens[0].logprob),)
+
+
+@dataclass
+class Node:
+    """A trie node: ``text`` is the (escaped) label text spelled so far; ``end`` the label that ends here."""
+
+    text: str
+    labels: list[str] = field(default_factory=list)  # escaped labels in this subtree, in the given order
+    children: dict[str, Node] = field(default_factory=dict)
+    end: str | None = None
+
+
+def build_trie(pieces: dict[str, list[str]]) -> Node:
+    """The trie of ``{escaped label: its canonical token pieces}`` (a label without pieces is one piece)."""
+    root = Node("")
+    for label, toks in pieces.items():
+        node = root
+        node.labels.append(label)
+        spelled = ""
+        for piece in toks if "".join(toks) == label else [label]:  # pieces that do not spell the label: one piece
+            spelled += piece
+            node = node.children.setdefault(piece, Node(spelled))
+            node.labels.append(label)
+        node.end = label
+    return root
+
+
+def escape(label: str) -> str:
+    """How a label is spelled inside a JSON string (what constrained generation would write)."""
+    return json.dumps(label, ensure_ascii=False)[1:-1]
+
+
+def _key(token: str, at_root: bool) -> str:
+    # At the first step the rule of label_distribution: quotes and spaces around the token do not count. Deeper,
+    # the token continues a word, so its spaces are part of the label's text.
+    return token.strip().strip('"').strip().lower() if at_root else token.lower()
+
+
+def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
+    """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised)."""
+    at_root = node.text == ""
+    mass = dict.fromkeys(node.labels, 0.0)
+    rests = {label: label[len(node.text):].lower() for label in node.labels}
+    seen: set[str] = set()
+    for token, logprob in top:
+        if token in seen:
+            continue
+        seen.add(token)
+        if not at_root and node.end is not None and token.startswith('"'):
+            matches = [node.end]  # the closing quote: the label spelled so far is the answer
+        else:
+            key = _key(token, at_root)
+            matches = [label for label, rest in rests.items() if key and rest.startswith(key)]
+        for label in matches:
+            mass[label] += math.exp(logprob) / len(matches)
+    return mass
+
+
+async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[dict[str, float] | None, int, Usage]:
+    """The normalised distribution over ``node``'s labels, the steps taken and their usage (None: no
+    alternative began any label, or the engine cannot score)."""
+    if len(node.labels) == 1:
+        return {node.labels[0]: 1.0}, 0, Usage()
+    answer = await scorer.next_token(request.messages, request.prefix + node.text, request.top_logprobs)
+    if answer is None:
+        return None, 1, Usage()
+    mass = step_mass(node, answer.top)
+    steps, usage = 1, answer.usage
+    shared = [child for child in node.children.values()
+              if len(child.labels) > 1 and sum(mass[label] for label in child.labels) > 0]
+    for child, (sub, sub_steps, sub_usage) in zip(
+            shared, await asyncio.gather(*(walk(scorer, request, c) for c in shared)), strict=True):
+        steps += sub_steps
+        usage = _add(usage, sub_usage)
+        if sub is not None:
+            group = sum(mass[label] for label in child.labels)
+            for label in child.labels:
+                mass[label] = group * sub[label]
+    total = sum(mass.values())
+    if total <= 0:
+        return None, steps, usage
+    return {label: m / total for label, m in mass.items()}, steps, usage
+
+
+def _add(a: Usage, b: Usage) -> Usage:
+    return Usage(a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens,
+                 a.cached_tokens + b.cached_tokens)
+
+
+async def score_labels(scorer: LabelScorer, request: ScoreRequest) -> LabelScores | None:
+    """Walk the label trie with ``scorer``; None when the engine cannot score or no alternative began a label
+    (the caller then generates under constraint instead)."""
+    escaped = {escape(label): label for label in request.labels}
+    found = await asyncio.gather(*(scorer.token_pieces(text) for text in escaped))
+    pieces = {text: toks or [text] for text, toks in zip(escaped, found, strict=True)}
+    distribution, steps, usage = await walk(scorer, request, build_trie(pieces))
+    if distribution is None:
+        return None
+    return LabelScores({escaped[e]: p for e, p in distribution.items()}, steps, usage)

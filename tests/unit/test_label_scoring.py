@@ -1,0 +1,221 @@
+"""Label scoring (engines/labels.py): the trie walk, the engines' primitives, the fallback, and the fake engine
+giving the same scores by both paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Sequence
+
+import httpx
+import pytest
+
+from spcs_llm.engines.base import ChatRequest, Message, Usage
+from spcs_llm.engines.fake import FakeEngine
+from spcs_llm.engines.labels import (
+    LabelScores,
+    NextToken,
+    ScoreRequest,
+    build_trie,
+    escape,
+    first_alternatives,
+    score_labels,
+)
+from spcs_llm.engines.openai_http import OpenAIHttpEngine
+from spcs_llm.functions.sentiment import POLARITY, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX, sentiment_score
+from spcs_llm.functions.tasks import label_distribution
+from spcs_llm.metrics import Metrics
+from spcs_llm.scheduler import Scheduler
+
+MESSAGES = (Message("system", "Classify."), Message("user", "The soup was cold."))
+
+
+class Scripted:
+    """A scorer whose next-token alternatives are given per assistant prefix; records the prefixes asked."""
+
+    def __init__(self, steps: dict[str, list[tuple[str, float]]], pieces: dict[str, list[str]] | None = None):
+        self.steps, self.pieces, self.asked = steps, pieces or {}, []
+
+    async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+        self.asked.append(prefix)
+        alternatives = [(t, math.log(p)) for t, p in self.steps[prefix]][:top]
+        return NextToken(tuple(alternatives), Usage(10, 1))
+
+    async def token_pieces(self, text: str) -> list[str] | None:
+        return self.pieces.get(text)
+
+
+def test_the_trie_branches_only_where_labels_share_tokens() -> None:
+    root = build_trie({"food": ["food"], "food quality": ["food", " quality"], "service": ["serv", "ice"]})
+    assert list(root.children) == ["food", "serv"]
+    food = root.children["food"]
+    assert food.labels == ["food", "food quality"] and food.end == "food"
+    assert list(food.children) == [" quality"] and food.children[" quality"].end == "food quality"
+    assert root.children["serv"].labels == ["service"]
+    # pieces that do not spell the label are not trusted: the label is one piece
+    assert list(build_trie({"abc": ["x", "y"]}).children) == ["abc"]
+
+
+async def test_shared_first_tokens_take_one_more_step_there_only() -> None:
+    p = '{"label": "'
+    scorer = Scripted({p: [("food", 0.6), ("service", 0.3), ("w", 0.1)],
+                       p + "food": [('"', 0.2), (" quality", 0.6), ("\n", 0.2)]},
+                      {"food": ["food"], "food quality": ["food", " quality"], "service": ["service"]})
+    scores = await score_labels(scorer, ScoreRequest(MESSAGES, p, ("food", "food quality", "service")))
+    assert scores is not None and scores.steps == 2 and scorer.asked == [p, p + "food"]
+    # food's 0.6 is split 1:3 between the closing quote (food) and " quality"; "\n" begins neither
+    assert scores.distribution == pytest.approx({"food": 0.6 * 0.25 / 0.9, "food quality": 0.6 * 0.75 / 0.9,
+                                                 "service": 0.3 / 0.9})
+    assert scores.best == "food quality" and scores.usage == Usage(20, 2)
+
+
+async def test_labels_with_distinct_first_tokens_take_one_step_and_match_label_distribution() -> None:
+    p = SENTIMENT_PREFIX
+    top = [("w", 0.4), ("positive", 0.3), ("N", 0.1), ("pos", 0.1), ("neutral", 0.05), ("The", 0.05)]
+    scorer = Scripted({p: top}, {"positive": ["positive"], "negative": ["negative"], "neutral": ["neutral"]})
+    scores = await score_labels(scorer, ScoreRequest(MESSAGES, p, tuple(POLARITY), 10))
+    assert scores is not None and scores.steps == 1 and scorer.asked == [p]
+    # the rule of label_distribution: case-insensitive pieces count ("pos", "N" shared by negative and neutral)
+    assert scores.distribution == pytest.approx({"positive": 0.4 / 0.55, "negative": 0.05 / 0.55,
+                                                 "neutral": 0.1 / 0.55})
+
+
+async def test_no_alternative_beginning_a_label_gives_none() -> None:
+    scorer = Scripted({'"': [("w", 0.9), ("The", 0.1)]})
+    assert await score_labels(scorer, ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None
+
+
+async def test_labels_are_scored_as_json_spells_them() -> None:
+    label = 'say "hi"'
+    assert escape(label) == 'say \\"hi\\"'
+    scorer = Scripted({'"': [("say", 0.5), ("no", 0.5)]})
+    scores = await score_labels(scorer, ScoreRequest(MESSAGES, '"', (label, "no")))
+    assert scores is not None and scores.distribution == pytest.approx({label: 0.5, "no": 0.5})
+
+
+async def test_an_engine_that_cannot_score_returns_none() -> None:
+    class Plain(FakeEngine):
+        async def next_token(self, messages, prefix, top):  # the Engine default: not supported
+            return None
+
+    assert await Plain().score_labels(ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None
+    engine = FakeEngine()
+    engine.label_scoring = False
+    assert await engine.score_labels(ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None and engine.steps == []
+
+
+@pytest.mark.parametrize("text", ["I love it", "Terrible service, never again.", "It was fine I guess",
+                                  "中文 很好", "The food was cold but the staff were lovely"])
+async def test_the_fake_engine_gives_sentiment_the_same_score_by_both_paths(text: str) -> None:
+    engine = FakeEngine()
+    messages = (Message("system", SENTIMENT_INSTRUCTION), Message("user", text))
+    schema = {"type": "object", "properties": {"sentiment": {"type": "string", "enum": list(POLARITY)}},
+              "required": ["sentiment"]}
+    generated = await engine.chat(ChatRequest(messages, 16, json_schema=ChatRequest.schema_key(schema),
+                                              top_logprobs=10))
+    assert json.loads(generated.text)["sentiment"] in POLARITY
+    scored = await engine.score_labels(ScoreRequest(messages, SENTIMENT_PREFIX, tuple(POLARITY), 10))
+    assert scored is not None and scored.steps == 1
+    by_generation = label_distribution(generated, list(POLARITY))
+    assert scored.distribution == pytest.approx(by_generation, abs=1e-12)
+    assert sentiment_score(scored.distribution) == pytest.approx(sentiment_score(by_generation), abs=1e-9)
+
+
+async def test_the_fake_engine_walks_shared_prefixes() -> None:
+    engine = FakeEngine()
+    messages = (Message("system", "Categories:\n- food\n- food quality\n- service"), Message("user", "cold soup"))
+    scores = await engine.score_labels(ScoreRequest(messages, '{"label": "', ("food", "food quality", "service")))
+    assert scores is not None and sum(scores.distribution.values()) == pytest.approx(1)
+    assert [prefix for prefix, _ in engine.steps] == ['{"label": "', '{"label": "food']
+
+
+async def test_the_scheduler_caches_and_shares_scores() -> None:
+    engine = FakeEngine(delay=0.01)
+    scheduler = Scheduler(engine, Metrics())
+    request = ScoreRequest((Message("system", "Answer TRUE or FALSE."), Message("user", "Is it?")), '"',
+                           ("TRUE", "FALSE"))
+    first, second = await asyncio.gather(scheduler.score_labels(request), scheduler.score_labels(request))
+    third = await scheduler.score_labels(request)
+    assert isinstance(first, LabelScores) and first == second == third
+    assert len(engine.steps) == 1  # one walk for three identical requests
+
+
+async def test_a_function_falls_back_to_generation_when_no_alternative_begins_a_label() -> None:
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.functions.registry import Runtime
+    from spcs_llm.models.catalog import ModelResolver
+
+    class Junk(FakeEngine):
+        async def next_token(self, messages, prefix, top):
+            self.steps.append((prefix, top))
+            return NextToken((("w", -0.1), ("The", -2.0)))
+
+    engine = Junk()
+    runtime = Runtime(Scheduler(engine, Metrics()), ModelResolver([engine.model_name], {}), 256)
+    answer = await FUNCTIONS["ai_filter"].overload(1).prepare(runtime, ["Is water wet?"])()
+    assert answer is True  # the fake's constrained answer (the first enum value)
+    assert len(engine.steps) == 1 and len(engine.calls) == 1 and engine.calls[0].json_schema is not None
+
+
+# --- OpenAI-compatible upstreams (vLLM, llama-server, spcs-llm) ---------------------------------------------------
+
+def _vllm_like(seen: list[dict]) -> httpx.MockTransport:
+    """As strict as vLLM about the fields scoring relies on: continuing the final message needs
+    add_generation_prompt false, and it refuses more top_logprobs than its --max-logprobs (20)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/tokenize"):
+            return httpx.Response(200, json={"count": 1, "max_model_len": 4096, "tokens": [1]})
+        body = json.loads(request.content)
+        seen.append(body)
+        if body.get("continue_final_message") and body.get("add_generation_prompt", True):
+            return httpx.Response(400, json={"object": "error", "type": "BadRequestError", "code": 400, "message":
+                                             "Cannot set both `continue_final_message` and "
+                                             "`add_generation_prompt` to True."})
+        if body.get("top_logprobs", 0) > 20:
+            return httpx.Response(400, json={"object": "error", "type": "BadRequestError", "code": 400,
+                                             "message": "Requested sample logprobs of 21, which is greater than "
+                                                        "max allowed: 20"})
+        top = [{"token": "positive", "logprob": math.log(0.7)}, {"token": "negative", "logprob": math.log(0.2)}]
+        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                               "content": "positive"},
+                                                      "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
+                                                      "finish_reason": "length"}],
+                                         "usage": {"prompt_tokens": 30, "completion_tokens": 1}})
+
+    return httpx.MockTransport(handle)
+
+
+async def test_openai_http_scores_by_continuing_the_final_assistant_message() -> None:
+    seen: list[dict] = []
+    engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like(seen))
+    scores = await engine.score_labels(ScoreRequest(MESSAGES, SENTIMENT_PREFIX, tuple(POLARITY), 10))
+    assert scores is not None and scores.distribution == pytest.approx({"positive": 0.7 / 0.9,
+                                                                        "negative": 0.2 / 0.9, "neutral": 0})
+    (body,) = seen
+    assert body["messages"][-1] == {"role": "assistant", "content": SENTIMENT_PREFIX}
+    assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 10
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert await engine.token_pieces("positive") is None  # vLLM's /tokenize gives ids, not pieces
+    await engine.aclose()
+
+
+async def test_openai_http_turns_scoring_off_when_the_upstream_refuses() -> None:
+    engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like([]))
+    request = ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"), top_logprobs=50)  # more than the upstream allows
+    assert await engine.score_labels(request) is None and engine.label_scoring is False
+    await engine.aclose()
+
+
+async def test_an_answer_without_alternatives_falls_back_instead_of_failing() -> None:
+    """llama.cpp reports no token when the end of the turn is sampled; scoring asks it to ignore that token, and
+    an answer without alternatives anyway is no mass for any label (the function then generates), not an error."""
+    assert first_alternatives(()) == ()
+    scorer = Scripted({'"': []})
+    assert await score_labels(scorer, ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None
+    seen: list[dict] = []
+    engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like(seen))
+    await engine.next_token(MESSAGES, '"', 5)
+    assert seen[0]["ignore_eos"] is True
+    await engine.aclose()
