@@ -52,10 +52,25 @@ def free_port() -> int:
 def start_standin(version: str, model_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "STANDIN_VLLM_VERSION": version}
-    proc = subprocess.Popen([sys.executable, str(STANDIN), "serve", str(model_dir), "--host", "127.0.0.1",
-                             "--port", str(port), "--served-model-name", "yi-1.5-6b-chat",
-                             "--max-model-len", str(WINDOW)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(STANDIN),
+            "serve",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "yi-1.5-6b-chat",
+            "--max-model-len",
+            str(WINDOW),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     if not wait_healthy(base, timeout_s=60, still_running=lambda: proc.poll() is None):
         proc.kill()
@@ -70,8 +85,9 @@ def row(i: int, max_tokens: int) -> ChatRequest:
 async def count_first(engine: OpenAIHttpEngine, request: ChatRequest) -> None:
     """The alternative: count the templated prompt with vLLM's /tokenize, clamp, send once."""
     messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    counted = await engine._up.post(f"{engine._up.root}/tokenize", {"model": engine.upstream_model,
-                                                                     "messages": messages})
+    counted = await engine._up.post(
+        f"{engine._up.root}/tokenize", {"model": engine.upstream_model, "messages": messages}
+    )
     body = chat_body(request, engine.upstream_model, engine.structured_output)
     body["max_tokens"] = min(request.max_tokens, engine.context_window - int(counted["count"]))
     await engine._up.post("chat/completions", body)
@@ -115,8 +131,10 @@ async def measure(base_old: str, base_new: str, rows: int, concurrency: int) -> 
 
 def report(results: list[tuple[str, int, float]], rows: int, concurrency: int) -> None:
     base = results[0][2]
-    print(f"\nclamp cost per row (median of {ROUNDS} rounds of {rows} rows), {concurrency} in flight, "
-          f"stand-in vLLM over loopback HTTP; {benchlib.machine()}")
+    print(
+        f"\nclamp cost per row (median of {ROUNDS} rounds of {rows} rows), {concurrency} in flight, "
+        f"stand-in vLLM over loopback HTTP; {benchlib.machine()}"
+    )
     print(f"{'variant':<26}{'requests/row':>13}{'ms/row':>9}{'x fits':>8}{'extra ms/row':>14}")
     for name, requests, seconds in results:
         print(f"{name:<26}{requests:>13}{seconds * 1000:>9.3f}{seconds / base:>8.2f}{(seconds - base) * 1000:>14.3f}")

@@ -69,8 +69,12 @@ class Bench:
         return benchlib.tagged_prompts(f"p{self._tags:02d}", n)
 
     def _engine_body(self, text: str) -> dict:
-        return {"model": self.engine_model, "messages": [{"role": "user", "content": text}],
-                "max_tokens": self.max_tokens, "temperature": 0}
+        return {
+            "model": self.engine_model,
+            "messages": [{"role": "user", "content": text}],
+            "max_tokens": self.max_tokens,
+            "temperature": 0,
+        }
 
     def seed_proxy(self, n: int) -> Run:
         """The seed's design: rows in sequence, a new HTTP client per row, one request in flight."""
@@ -101,8 +105,15 @@ class Bench:
 
         start = time.perf_counter()
         tokens = asyncio.run(main())
-        return self.progress(Run(f"engine direct, {streams} stream{'s' if streams > 1 else ''}", kind, n,
-                                 time.perf_counter() - start, tokens))
+        return self.progress(
+            Run(
+                f"engine direct, {streams} stream{'s' if streams > 1 else ''}",
+                kind,
+                n,
+                time.perf_counter() - start,
+                tokens,
+            )
+        )
 
     def gateway(self, n: int, batch_size: int, queries: int, label: str | None = None) -> Run:
         """``queries`` concurrent queries, each sending its share of ``n`` rows in batches, one batch at a time."""
@@ -111,10 +122,16 @@ class Bench:
         async def one_query(client: httpx.AsyncClient, part: list[str]) -> int:
             tokens, query_id = 0, benchlib.new_id()
             for i in range(0, len(part), batch_size):
-                rows = benchlib.complete_rows(self.model, part[i:i + batch_size], self.max_tokens)
-                r = await client.post("/functions/complete", content=orjson.dumps({"data": rows}), headers={
-                    "content-type": "application/json", benchlib.QUERY_ID_HEADER: query_id,
-                    benchlib.BATCH_ID_HEADER: benchlib.new_id()})
+                rows = benchlib.complete_rows(self.model, part[i : i + batch_size], self.max_tokens)
+                r = await client.post(
+                    "/functions/complete",
+                    content=orjson.dumps({"data": rows}),
+                    headers={
+                        "content-type": "application/json",
+                        benchlib.QUERY_ID_HEADER: query_id,
+                        benchlib.BATCH_ID_HEADER: benchlib.new_id(),
+                    },
+                )
                 r.raise_for_status()
                 data = r.json()["data"]
                 if [row[0] for row in data] != [row[0] for row in rows]:
@@ -146,24 +163,45 @@ def main() -> None:
     ap.add_argument("--engine-url", help="with --url: the engine behind it, the base of its /v1 (e.g. vLLM's port)")
     ap.add_argument("--model", help="model name in the rows (default: the first spcs-llm lists)")
     ap.add_argument("--engine-model", help="model name sent to the engine directly (default: the first it lists)")
-    ap.add_argument("--streams", type=int, help="engine slots N for the ceiling (default: --n-parallel; "
-                    "with --url: required, e.g. vLLM's --max-num-seqs)")
-    ap.add_argument("--gateway-concurrency", type=int, help="requests spcs-llm keeps in flight to the engine, "
-                    "for benchmark 2 (default: read from the local server; with --url: required)")
+    ap.add_argument(
+        "--streams",
+        type=int,
+        help="engine slots N for the ceiling (default: --n-parallel; with --url: required, e.g. vLLM's --max-num-seqs)",
+    )
+    ap.add_argument(
+        "--gateway-concurrency",
+        type=int,
+        help="requests spcs-llm keeps in flight to the engine, "
+        "for benchmark 2 (default: read from the local server; with --url: required)",
+    )
     ap.add_argument("--n-parallel", type=int, default=8, help="llama.cpp slots of the local server (default 8)")
     ap.add_argument("--threads", type=int, help="llama.cpp threads of the local server (default: all cores)")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--rows", type=int, default=64, help="rows per gateway run (at least batch x queries)")
-    ap.add_argument("--slow-rows", type=int, default=24, help="rows for the one-at-a-time paths (seed, 1 stream, "
-                    "batch 1 x1)")
-    ap.add_argument("--bench2-rows", type=int, default=256, help="rows of the one-batch run of benchmark 2 "
-                    "(the batch-256 x1 run when it is in the matrix)")
+    ap.add_argument(
+        "--slow-rows", type=int, default=24, help="rows for the one-at-a-time paths (seed, 1 stream, batch 1 x1)"
+    )
+    ap.add_argument(
+        "--bench2-rows",
+        type=int,
+        default=256,
+        help="rows of the one-batch run of benchmark 2 (the batch-256 x1 run when it is in the matrix)",
+    )
     ap.add_argument("--batch-sizes", default="1,16,64,256")
     ap.add_argument("--queries", default="1,4", help="concurrent query counts (comma separated)")
-    ap.add_argument("--max-run-rows", type=int, default=256, help="skip a batch x queries run that needs more rows "
-                    "than this (batch 256 x 4 queries needs 1,024)")
-    ap.add_argument("--rounds", type=int, default=1, help="run every path this many times, interleaved; "
-                    "report each path's median (use 3 on a shared, noisy machine)")
+    ap.add_argument(
+        "--max-run-rows",
+        type=int,
+        default=256,
+        help="skip a batch x queries run that needs more rows than this (batch 256 x 4 queries needs 1,024)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every path this many times, interleaved; "
+        "report each path's median (use 3 on a shared, noisy machine)",
+    )
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     args = ap.parse_args()
 
@@ -179,12 +217,16 @@ def main() -> None:
         base, engine_url = local.base, local.engine_url
         streams, concurrency = args.streams or args.n_parallel, local.gateway_concurrency
         where = f"llama.cpp in process, {args.n_parallel} slots"
-    bench = Bench(base, engine_url, args.model or first_model(base), args.engine_model or first_model(engine_url),
-                  args.max_tokens)
+    bench = Bench(
+        base, engine_url, args.model or first_model(base), args.engine_model or first_model(engine_url), args.max_tokens
+    )
     # The plan: every path as a thunk. With --rounds > 1 the plan runs again (reversed every other round, fresh
     # prompts each time) and each path keeps its median, so drifting load on a shared machine hits all paths alike.
-    plan: list[Callable[[], Run]] = [lambda: bench.seed_proxy(args.slow_rows), lambda: bench.direct(args.slow_rows, 1),
-                                     lambda: bench.direct(args.rows, streams)]
+    plan: list[Callable[[], Run]] = [
+        lambda: bench.seed_proxy(args.slow_rows),
+        lambda: bench.direct(args.slow_rows, 1),
+        lambda: bench.direct(args.rows, streams),
+    ]
     skipped: list[str] = []
     for q in (int(x) for x in args.queries.split(",")):
         for b in (int(x) for x in args.batch_sizes.split(",")):
@@ -220,27 +262,34 @@ def main() -> None:
         plot(results, args.plot)
 
 
-def report(results: list[Run], args: argparse.Namespace, where: str, concurrency: int, total: float,
-           skipped: list[str]) -> None:
+def report(
+    results: list[Run], args: argparse.Namespace, where: str, concurrency: int, total: float, skipped: list[str]
+) -> None:
     seed = next(r for r in results if r.kind == "seed")
     ceiling = max((r for r in results if r.kind in ("direct", "bench2-direct")), key=lambda r: r.rows_per_s)
     print(f"\nCOMPLETE, max_tokens={args.max_tokens}, greedy, distinct prompts per path; {where}; {benchlib.machine()}")
     print(f"{'path':42} {'rows':>5} {'seconds':>8} {'rows/s':>7} {'out tok/s':>9} {'vs seed':>8} {'vs ceiling':>10}")
     for r in results:
-        print(f"{r.label:42} {r.rows:>5} {r.seconds:>8.2f} {r.rows_per_s:>7.2f} {r.tokens_per_s:>9.1f} "
-              f"{r.rows_per_s / seed.rows_per_s:>7.2f}x {r.rows_per_s / ceiling.rows_per_s:>9.2f}x")
+        print(
+            f"{r.label:42} {r.rows:>5} {r.seconds:>8.2f} {r.rows_per_s:>7.2f} {r.tokens_per_s:>9.1f} "
+            f"{r.rows_per_s / seed.rows_per_s:>7.2f}x {r.rows_per_s / ceiling.rows_per_s:>9.2f}x"
+        )
     for s in skipped:
         print(f"skipped: {s}")
     one = next(r for r in results if r.kind == "direct" and r.label.endswith("1 stream"))
-    print(f"engine gain from batching: {ceiling.rows_per_s / one.rows_per_s:.2f}x "
-          f"({ceiling.label} vs 1 stream); the most any path can gain over one-at-a-time here")
+    print(
+        f"engine gain from batching: {ceiling.rows_per_s / one.rows_per_s:.2f}x "
+        f"({ceiling.label} vs 1 stream); the most any path can gain over one-at-a-time here"
+    )
     b64 = [r for r in results if r.kind == "gateway" and " batch 64 " in r.label + " "]
     for r in b64:
         print(f"benchmark 1, {r.label}: {r.rows_per_s / seed.rows_per_s:.2f}x the seed (goal >= 2x)")
     gw2 = next(r for r in results if r.label == f"spcs-llm batch {args.bench2_rows} x1 query")
     dr2 = next(r for r in results if r.kind == "bench2-direct")
-    print(f"benchmark 2, gateway efficiency at {concurrency} in flight: {gw2.label} "
-          f"{gw2.rows_per_s / dr2.rows_per_s:.3f}x {dr2.label.removeprefix('bench 2: ')} (goal >= 0.95x)")
+    print(
+        f"benchmark 2, gateway efficiency at {concurrency} in flight: {gw2.label} "
+        f"{gw2.rows_per_s / dr2.rows_per_s:.3f}x {dr2.label.removeprefix('bench 2: ')} (goal >= 0.95x)"
+    )
     print(f"measured part took {total:.0f} s")
 
 

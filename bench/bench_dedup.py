@@ -63,16 +63,23 @@ class Client:
     def counters(self) -> dict[str, float | None]:
         return benchlib.scrape(self.http, self.base, [ENGINE_CALLS, *CACHE_METRICS.values()])
 
-    def send(self, name: str, texts: list[str], expected: int, *, batch_id: str | None = None,
-             temperature: float = 0.0) -> tuple[Step, list[Any], str]:
+    def send(
+        self, name: str, texts: list[str], expected: int, *, batch_id: str | None = None, temperature: float = 0.0
+    ) -> tuple[Step, list[Any], str]:
         """Send one batch; returns the step, the row values, and the batch id it used."""
         batch_id = batch_id or benchlib.new_id()
         body = orjson.dumps({"data": benchlib.complete_rows(self.model, texts, self.max_tokens, temperature)})
         before = self.counters()
         start = time.perf_counter()
-        r = self.http.post("/functions/complete", content=body, headers={
-            "content-type": "application/json", benchlib.QUERY_ID_HEADER: self.query_id,
-            benchlib.BATCH_ID_HEADER: batch_id})
+        r = self.http.post(
+            "/functions/complete",
+            content=body,
+            headers={
+                "content-type": "application/json",
+                benchlib.QUERY_ID_HEADER: self.query_id,
+                benchlib.BATCH_ID_HEADER: batch_id,
+            },
+        )
         seconds = time.perf_counter() - start
         r.raise_for_status()
         after = self.counters()
@@ -82,8 +89,9 @@ class Client:
             return None if a is None else a - (b or 0.0)
 
         values = [orjson.loads(v)["choices"][0]["messages"] for _, v in r.json()["data"]]
-        step = Step(name, len(texts), expected, delta(ENGINE_CALLS), seconds,
-                    {k: delta(m) for k, m in CACHE_METRICS.items()})
+        step = Step(
+            name, len(texts), expected, delta(ENGINE_CALLS), seconds, {k: delta(m) for k, m in CACHE_METRICS.items()}
+        )
         return step, values, batch_id
 
 
@@ -109,26 +117,29 @@ def run(client: Client, n: int) -> list[Step]:
     steps.append(step)
     step, values_e, batch_e = client.send("e1. N rows at temperature 0.8", distinct_e, n, temperature=0.8)
     steps.append(step)
-    step, values, _ = client.send("e2. (e1) retried, same batch id", distinct_e, 0, batch_id=batch_e,
-                                  temperature=0.8)
+    step, values, _ = client.send("e2. (e1) retried, same batch id", distinct_e, 0, batch_id=batch_e, temperature=0.8)
     step.note = "same values as (e1)" if values == values_e else "values differ from (e1)"
     steps.append(step)
     return steps
 
 
 def report(steps: list[Step], where: str) -> None:
-    print(f"\nDuplicates and retries, engine calls from /metrics ({ENGINE_CALLS} delta); {where}; "
-          f"{benchlib.machine()}")
+    print(f"\nDuplicates and retries, engine calls from /metrics ({ENGINE_CALLS} delta); {where}; {benchlib.machine()}")
     names = list(CACHE_METRICS)
-    print(f"{'step':36} {'rows':>4} {'expected':>8} {'measured':>8} {'ok':>3} {'seconds':>7} "
-          + " ".join(f"{n:>16}" for n in names) + "  note")
+    print(
+        f"{'step':36} {'rows':>4} {'expected':>8} {'measured':>8} {'ok':>3} {'seconds':>7} "
+        + " ".join(f"{n:>16}" for n in names)
+        + "  note"
+    )
 
     def show(x: float | None) -> str:
         return "-" if x is None else f"{x:.0f}"
 
     for s in steps:
-        print(f"{s.name:36} {s.rows:>4} {s.expected:>8} {show(s.calls):>8} {'yes' if s.ok else 'NO':>3} "
-              f"{s.seconds:>7.2f} " + " ".join(f"{show(s.cache[n]):>16}" for n in names) + f"  {s.note}")
+        print(
+            f"{s.name:36} {s.rows:>4} {s.expected:>8} {show(s.calls):>8} {'yes' if s.ok else 'NO':>3} "
+            f"{s.seconds:>7.2f} " + " ".join(f"{show(s.cache[n]):>16}" for n in names) + f"  {s.note}"
+        )
     missing = [m for n, m in CACHE_METRICS.items() if all(s.cache[n] is None for s in steps)]
     if missing:
         print("not exported by this server: " + ", ".join(missing))
@@ -166,8 +177,9 @@ def main() -> None:
     if args.url:
         base, where = args.url.rstrip("/"), f"spcs-llm at {args.url}"
     else:
-        local = benchlib.start_server({"engine": {"kind": args.engine, "n_parallel": args.n_parallel,
-                                                  "threads": args.threads}})
+        local = benchlib.start_server(
+            {"engine": {"kind": args.engine, "n_parallel": args.n_parallel, "threads": args.threads}}
+        )
         base, where = local.base, f"{args.engine} in process, {args.n_parallel} slots"
     model = args.model or httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
     client = Client(base, model, args.max_tokens)

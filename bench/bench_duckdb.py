@@ -26,8 +26,11 @@ ADJECTIVES = ["great", "awful", "fine", "cold", "lovely", "slow", "fresh", "nois
 
 
 def reviews(tag: str, n: int) -> list[str]:
-    return [f"[{tag}-{i:04d}] The food was {ADJECTIVES[i % len(ADJECTIVES)]} and the staff "
-            f"{ADJECTIVES[(i * 7) % len(ADJECTIVES)]}." for i in range(n)]
+    return [
+        f"[{tag}-{i:04d}] The food was {ADJECTIVES[i % len(ADJECTIVES)]} and the staff "
+        f"{ADJECTIVES[(i * 7) % len(ADJECTIVES)]}."
+        for i in range(n)
+    ]
 
 
 async def http_path(base: str, texts: list[str], batch_rows: int) -> float:
@@ -36,7 +39,7 @@ async def http_path(base: str, texts: list[str], batch_rows: int) -> float:
         query = benchlib.new_id()
 
         async def batch(first: int) -> None:
-            rows = [[first + i, t] for i, t in enumerate(texts[first:first + batch_rows])]
+            rows = [[first + i, t] for i, t in enumerate(texts[first : first + batch_rows])]
             headers = {benchlib.QUERY_ID_HEADER: query, benchlib.BATCH_ID_HEADER: benchlib.new_id()}
             r = await client.post("/functions/sentiment", json={"data": rows}, headers=headers)
             delay = 0.1
@@ -76,16 +79,21 @@ def main() -> int:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     engine = {"kind": args.engine, "n_parallel": args.n_parallel, "threads": args.threads}
-    server = benchlib.start_server({"engine": {k: v for k, v in engine.items() if v is not None},
-                                    "server": {"max_queue_seconds": 0}})
+    server = benchlib.start_server(
+        {"engine": {k: v for k, v in engine.items() if v is not None}, "server": {"max_queue_seconds": 0}}
+    )
     print(f"machine: {benchlib.machine()}")
-    print(f"engine {args.engine}, {args.rows} distinct rows per path per round, batches of {args.batch_rows}, "
-          f"{args.rounds} interleaved rounds", file=sys.stderr)
+    print(
+        f"engine {args.engine}, {args.rows} distinct rows per path per round, batches of {args.batch_rows}, "
+        f"{args.rounds} interleaved rounds",
+        file=sys.stderr,
+    )
     times: dict[str, list[float]] = {"HTTP batches": [], "DuckDB (url)": []}
     try:
         for r in range(args.rounds):
-            times["HTTP batches"].append(asyncio.run(http_path(server.base, reviews(f"h{r}", args.rows),
-                                                               args.batch_rows)))
+            times["HTTP batches"].append(
+                asyncio.run(http_path(server.base, reviews(f"h{r}", args.rows), args.batch_rows))
+            )
             times["DuckDB (url)"].append(duckdb_path(server.base, reviews(f"d{r}", args.rows), args.batch_rows))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), file=sys.stderr)
     finally:

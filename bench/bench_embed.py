@@ -21,19 +21,37 @@ from pathlib import Path
 from spcs_llm.engines.local_embed import LocalEmbedder
 from spcs_llm.models import packaged_embed
 
-SUBJECTS = ["The delivery", "Our support team", "This laptop", "The hotel room", "The new update", "My order",
-            "The invoice", "The quarterly report", "The flight", "The coffee machine", "The onboarding", "The app"]
-VERDICTS = ["arrived two days late and the box was damaged", "answered quickly and solved the problem",
-            "is fast, quiet and the battery lasts all day", "was clean but the wifi kept dropping",
-            "broke the export feature for every customer", "shows the wrong shipping address"]
-LONG = ("Snowflake Cortex functions run large language models next to the data. This paragraph is repeated so that "
-        "each row fills the model's whole input window, which is the worst case for an embedding request. ") * 12
+SUBJECTS = [
+    "The delivery",
+    "Our support team",
+    "This laptop",
+    "The hotel room",
+    "The new update",
+    "My order",
+    "The invoice",
+    "The quarterly report",
+    "The flight",
+    "The coffee machine",
+    "The onboarding",
+    "The app",
+]
+VERDICTS = [
+    "arrived two days late and the box was damaged",
+    "answered quickly and solved the problem",
+    "is fast, quiet and the battery lasts all day",
+    "was clean but the wifi kept dropping",
+    "broke the export feature for every customer",
+    "shows the wrong shipping address",
+]
+LONG = (
+    "Snowflake Cortex functions run large language models next to the data. This paragraph is repeated so that "
+    "each row fills the model's whole input window, which is the worst case for an embedding request. "
+) * 12
 
 
 def short_texts(n: int) -> list[str]:
     """Distinct review-like sentences of 10-20 tokens, the typical EMBED_TEXT_768 row."""
-    return [f"{SUBJECTS[i % len(SUBJECTS)]} {VERDICTS[(i // len(SUBJECTS)) % len(VERDICTS)]} (#{i})."
-            for i in range(n)]
+    return [f"{SUBJECTS[i % len(SUBJECTS)]} {VERDICTS[(i // len(SUBJECTS)) % len(VERDICTS)]} (#{i})." for i in range(n)]
 
 
 def rss_mb() -> float:
@@ -54,7 +72,7 @@ class Row:
 
 
 async def measure(embedder: LocalEmbedder, label: str, texts: list[str], batch: int, rows: int) -> Row:
-    chunks = [texts[i:i + batch] for i in range(0, max(rows, batch), batch)]
+    chunks = [texts[i : i + batch] for i in range(0, max(rows, batch), batch)]
     await embedder.embed(chunks[0])  # warm: first touch of the memory-mapped weights
     times = []
     for chunk in chunks:
@@ -101,15 +119,21 @@ async def main() -> None:
         results.append(await measure(embedder, "long", [f"{i} {LONG}" for i in range(b * 2)], b, b * 2))
 
     load = os.getloadavg()
-    print(f"model {embedder.model_name} ({embedder.dimension}-d, max {embedder.max_input_tokens} tokens) | "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load avg {load[0]:.1f}")
-    print(f"start-up {startup:.2f} s (construct + load weights) | first embed {first:.2f} s | "
-          f"RSS {rss0:.0f} MB before, {rss_started:.0f} MB started, {rss_mb():.0f} MB after the runs, "
-          f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(
+        f"model {embedder.model_name} ({embedder.dimension}-d, max {embedder.max_input_tokens} tokens) | "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load avg {load[0]:.1f}"
+    )
+    print(
+        f"start-up {startup:.2f} s (construct + load weights) | first embed {first:.2f} s | "
+        f"RSS {rss0:.0f} MB before, {rss_started:.0f} MB started, {rss_mb():.0f} MB after the runs, "
+        f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
     print(f"{'texts':11} {'batch':>6} {'tok/text':>9} {'s/batch':>9} {'rows/s':>9} {'tok/s':>9}")
     for r in results:
-        print(f"{r.label:11} {r.batch:>6} {r.tokens_per_text:>9.0f} {r.seconds_per_batch:>9.3f} "
-              f"{r.rows_per_s:>9.1f} {r.rows_per_s * r.tokens_per_text:>9.0f}")
+        print(
+            f"{r.label:11} {r.batch:>6} {r.tokens_per_text:>9.0f} {r.seconds_per_batch:>9.3f} "
+            f"{r.rows_per_s:>9.1f} {r.rows_per_s * r.tokens_per_text:>9.0f}"
+        )
     await embedder.aclose()
 
     if args.plot:

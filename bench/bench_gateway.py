@@ -47,8 +47,10 @@ import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
-PROMPT = ("Summarise this customer review in one sentence: the {k} arrived two days late and the box was "
-          "dented, but the product itself works well and support answered quickly. Ticket {nonce}-{n}.")
+PROMPT = (
+    "Summarise this customer review in one sentence: the {k} arrived two days late and the box was "
+    "dented, but the product itself works well and support answered quickly. Ticket {nonce}-{n}."
+)
 ITEMS = ["kettle", "lamp", "chair", "router", "blender", "jacket", "printer", "monitor"]
 PROFILE_OPTIONS = os.environ.get("GATEWAY_PROFILE_OPTIONS", "-p flat=true").split()
 CONFIG = """
@@ -191,15 +193,25 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
     serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     gc_file = workdir / f"gc-{code}.json" if gc_stats else None
     if profile is not None:
-        cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", *PROFILE_OPTIONS, "-o", str(profile),
-               "-m", "spcs_llm.cli", *serve]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pyinstrument",
+            "-r",
+            "text",
+            *PROFILE_OPTIONS,
+            "-o",
+            str(profile),
+            "-m",
+            "spcs_llm.cli",
+            *serve,
+        ]
     elif gc_file is not None:
         cmd = [sys.executable, "-c", GC_WRAPPER, str(gc_file), *serve]
     else:
         cmd = [sys.executable, "-m", "spcs_llm.cli", *serve]
     env = os.environ | {"PYTHONPATH": str(src)}
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: os.sched_setaffinity(0, {core}))
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -261,11 +273,20 @@ def check(rows: list[list[Any]], response: httpx.Response) -> None:
         raise SystemExit(f"{response.request.url.path}: the first row's answer is NULL: {rows[0]}")
 
 
-async def throughput(server: Server, label: str, path: str, make: Callable[[int], list[list[Any]]],
-                     batch_rows: int, seconds: float, connections: int) -> Throughput:
+async def throughput(
+    server: Server,
+    label: str,
+    path: str,
+    make: Callable[[int], list[list[Any]]],
+    batch_rows: int,
+    seconds: float,
+    connections: int,
+) -> Throughput:
     pid = server.proc.pid
-    async with httpx.AsyncClient(base_url=server.base, timeout=120,
-                                 limits=httpx.Limits(max_connections=connections)) as c:
+    async with httpx.AsyncClient(
+        base_url=server.base, timeout=120, limits=httpx.Limits(max_connections=connections)
+    ) as c:
+
         async def one() -> int:
             rows = make(batch_rows)
             body = orjson.dumps({"data": rows})
@@ -288,8 +309,9 @@ async def throughput(server: Server, label: str, path: str, make: Callable[[int]
     return Throughput(label, server.code, batch_rows, done, elapsed, cpu)
 
 
-async def latency(server: Server, label: str, path: str, make: Callable[[int], list[list[Any]]], batch_rows: int,
-                  batches: int) -> Latency:
+async def latency(
+    server: Server, label: str, path: str, make: Callable[[int], list[list[Any]]], batch_rows: int, batches: int
+) -> Latency:
     bodies = [(rows, orjson.dumps({"data": rows})) for rows in (make(batch_rows) for _ in range(batches + 10))]
     times = []
     async with httpx.AsyncClient(base_url=server.base, timeout=60) as c:
@@ -301,12 +323,22 @@ async def latency(server: Server, label: str, path: str, make: Callable[[int], l
             if i >= 10:  # the first ten warm up
                 times.append(dt * 1000)
     times.sort()
-    return Latency(label, server.code, batch_rows, len(times), statistics.median(times),
-                   times[min(len(times) - 1, round(0.99 * len(times)))], times[-1])
+    return Latency(
+        label,
+        server.code,
+        batch_rows,
+        len(times),
+        statistics.median(times),
+        times[min(len(times) - 1, round(0.99 * len(times)))],
+        times[-1],
+    )
 
 
-async def measure(servers: list[Server], specs: list[Spec], args: argparse.Namespace,
-                  ) -> tuple[list[Throughput], list[Latency]]:
+async def measure(
+    servers: list[Server],
+    specs: list[Spec],
+    args: argparse.Namespace,
+) -> tuple[list[Throughput], list[Latency]]:
     """Function by function, each server in turn (the order alternates), so both see the same minutes."""
     texts = Texts()
     runs: list[Throughput] = []
@@ -314,8 +346,10 @@ async def measure(servers: list[Server], specs: list[Spec], args: argparse.Names
     for k, spec in enumerate(specs):
         make = batch_maker(spec, texts)
         for server in servers if k % 2 == 0 else servers[::-1]:
-            repeats = [await throughput(server, spec.label, spec.path, make, args.batch_rows, args.seconds,
-                                        args.connections) for _ in range(args.repeat)]
+            repeats = [
+                await throughput(server, spec.label, spec.path, make, args.batch_rows, args.seconds, args.connections)
+                for _ in range(args.repeat)
+            ]
             runs.append(sorted(repeats, key=lambda r: r.rows_per_cpu_s)[len(repeats) // 2])  # the median run
             if not args.profile:
                 lat.append(await latency(server, spec.label, spec.path, make, args.latency_rows, args.batches))
@@ -324,8 +358,17 @@ async def measure(servers: list[Server], specs: list[Spec], args: argparse.Names
     complete = next(s for s in specs if s.label == "COMPLETE")
     fixed = batch_maker(complete, texts)(args.batch_rows)
     for server in servers:
-        runs.append(await throughput(server, "COMPLETE, one batch repeated", complete.path, lambda _n: fixed,
-                                     args.batch_rows, args.seconds, args.connections))
+        runs.append(
+            await throughput(
+                server,
+                "COMPLETE, one batch repeated",
+                complete.path,
+                lambda _n: fixed,
+                args.batch_rows,
+                args.seconds,
+                args.connections,
+            )
+        )
         # the fixed cost of a batch (HTTP on loopback, the client, the scheduling noise of a shared machine)
         lat.append(await latency(server, "COMPLETE", complete.path, batch_maker(complete, texts), 1, args.batches))
     return runs, lat
@@ -371,8 +414,9 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
             c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
             done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
             cpu += time.thread_time() - c0
-        out["throughput"].append({"label": spec.label, "rows": done, "seconds": time.perf_counter() - t0,
-                                  "server_cpu_s": cpu})
+        out["throughput"].append(
+            {"label": spec.label, "rows": done, "seconds": time.perf_counter() - t0, "server_cpu_s": cpu}
+        )
         times = []
         for i in range(args.batches + 10):
             body = orjson.dumps({"data": make(args.latency_rows)})
@@ -381,26 +425,59 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
             if i >= 10:
                 times.append((time.thread_time() - c0) * 1000)
         times.sort()
-        out["latency"].append({"label": spec.label, "batches": len(times), "p50_ms": statistics.median(times),
-                               "p99_ms": times[min(len(times) - 1, round(0.99 * len(times)))], "max_ms": times[-1]})
+        out["latency"].append(
+            {
+                "label": spec.label,
+                "batches": len(times),
+                "p50_ms": statistics.median(times),
+                "p99_ms": times[min(len(times) - 1, round(0.99 * len(times)))],
+                "max_ms": times[-1],
+            }
+        )
     return out
 
 
-def in_process(sources: list[tuple[str, Path]], specs: list[Spec], args: argparse.Namespace,
-               ) -> tuple[list[Throughput], list[Latency]]:
+def in_process(
+    sources: list[tuple[str, Path]],
+    specs: list[Spec],
+    args: argparse.Namespace,
+) -> tuple[list[Throughput], list[Latency]]:
     """Runs :func:`worker_in_process` for each code in a process of its own, pinned to the server's core."""
     runs, lat = [], []
     for code, src in sources:
-        cmd = [sys.executable, __file__, "--worker-in-process", "--seconds", str(args.seconds), "--batch-rows",
-               str(args.batch_rows), "--connections", str(args.connections), "--latency-rows",
-               str(args.latency_rows), "--batches", str(args.batches), "--functions", ",".join(s.label for s in specs)]
-        done = subprocess.run(cmd, env=os.environ | {"PYTHONPATH": str(src)}, check=True, capture_output=True,
-                              preexec_fn=lambda: os.sched_setaffinity(0, {args.server_core}))
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker-in-process",
+            "--seconds",
+            str(args.seconds),
+            "--batch-rows",
+            str(args.batch_rows),
+            "--connections",
+            str(args.connections),
+            "--latency-rows",
+            str(args.latency_rows),
+            "--batches",
+            str(args.batches),
+            "--functions",
+            ",".join(s.label for s in specs),
+        ]
+        done = subprocess.run(
+            cmd,
+            env=os.environ | {"PYTHONPATH": str(src)},
+            check=True,
+            capture_output=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, {args.server_core}),
+        )
         result = json.loads(done.stdout)
-        runs += [Throughput(r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"])
-                 for r in result["throughput"]]
-        lat += [Latency(q["label"], code, args.latency_rows, q["batches"], q["p50_ms"], q["p99_ms"], q["max_ms"])
-                for q in result["latency"]]
+        runs += [
+            Throughput(r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"])
+            for r in result["throughput"]
+        ]
+        lat += [
+            Latency(q["label"], code, args.latency_rows, q["batches"], q["p50_ms"], q["p99_ms"], q["max_ms"])
+            for q in result["latency"]
+        ]
     return runs, lat
 
 
@@ -412,8 +489,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
-            f"{sys.version.split()[0]}, {load}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
+        f"{sys.version.split()[0]}, {load}"
+    )
 
 
 def _by(items: list[Any], code: str) -> dict[str, Any]:
@@ -422,8 +501,11 @@ def _by(items: list[Any], code: str) -> dict[str, Any]:
 
 def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None:
     before = "before" in codes
-    print(f"\n{'rows per server CPU-second, 1,000-row batches':46} {'after':>8}"
-          + (f" {'before':>8} {'ratio':>6}" if before else "") + f" {'rows/s':>8} {'srv CPU s':>9}")
+    print(
+        f"\n{'rows per server CPU-second, 1,000-row batches':46} {'after':>8}"
+        + (f" {'before':>8} {'ratio':>6}" if before else "")
+        + f" {'rows/s':>8} {'srv CPU s':>9}"
+    )
     after_runs, before_runs = _by(runs, "after"), _by(runs, "before")
     for label, r in after_runs.items():
         b = before_runs.get(label)
@@ -432,21 +514,26 @@ def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None
             line += f" {b.rows_per_cpu_s:>8.0f} {r.rows_per_cpu_s / b.rows_per_cpu_s:>5.1f}x" if b else " " * 16
         flag = "" if r.rows_per_cpu_s >= GOAL_ROWS_PER_CPU_S else "  < goal"
         print(f"{line} {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}{flag}")
-    print(f"\n{'sequential batches, ms per batch':34} {'rows':>4} {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}"
-          + (f"  |  before: {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}" if before else ""))
+    print(
+        f"\n{'sequential batches, ms per batch':34} {'rows':>4} {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}"
+        + (f"  |  before: {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}" if before else "")
+    )
     after_lat, before_lat = _by(lat, "after"), _by(lat, "before")
     for label, q in after_lat.items():
-        line = (f"{q.label:34} {q.batch_rows:>4} {q.p50_ms:>6.2f} {q.p99_ms:>6.2f} {q.max_ms:>6.1f} "
-                f"{q.tail_ratio:>6.2f}x")
+        line = (
+            f"{q.label:34} {q.batch_rows:>4} {q.p50_ms:>6.2f} {q.p99_ms:>6.2f} {q.max_ms:>6.1f} {q.tail_ratio:>6.2f}x"
+        )
         b = before_lat.get(label)
         if b is not None:
             line += f"  |          {b.p50_ms:>6.2f} {b.p99_ms:>6.2f} {b.max_ms:>6.1f} {b.tail_ratio:>6.2f}x"
         if q.batch_rows > 1 and q.tail_ratio > GOAL_TAIL_RATIO:
             line += "  tail > 2x"
         print(line)
-    print(f"\ngoals (issue 18): >= {GOAL_ROWS_PER_CPU_S:,} rows per server CPU-second for every function; p99 of "
-          f"sequential 100-row batches within {GOAL_TAIL_RATIO:g}x of the median; COMPLETE p99 < "
-          f"{GOAL_COMPLETE_P99_MS:g} ms")
+    print(
+        f"\ngoals (issue 18): >= {GOAL_ROWS_PER_CPU_S:,} rows per server CPU-second for every function; p99 of "
+        f"sequential 100-row batches within {GOAL_TAIL_RATIO:g}x of the median; COMPLETE p99 < "
+        f"{GOAL_COMPLETE_P99_MS:g} ms"
+    )
 
 
 def report_gc(servers: list[Server]) -> None:
@@ -459,8 +546,10 @@ def report_gc(servers: list[Server]) -> None:
             mine = [p for p in pauses if p[0] == gen]
             if mine:
                 cpu, wall = sorted(p[2] for p in mine), sorted(p[1] for p in mine)
-                print(f"  generation {gen}: {len(mine):>5} collections, {sum(cpu):>8.1f} ms in all ({sum(wall):.0f}), "
-                      f"median {statistics.median(cpu):6.2f} ms, max {cpu[-1]:7.2f} ms ({wall[-1]:.1f})")
+                print(
+                    f"  generation {gen}: {len(mine):>5} collections, {sum(cpu):>8.1f} ms in all ({sum(wall):.0f}), "
+                    f"median {statistics.median(cpu):6.2f} ms, max {cpu[-1]:7.2f} ms ({wall[-1]:.1f})"
+                )
 
 
 def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path) -> None:
@@ -486,8 +575,12 @@ def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Pat
     a.legend(fontsize=8)
     b.axhline(GOAL_TAIL_RATIO, color="#d62728", ls="--", lw=1, label=f"goal: p99 within {GOAL_TAIL_RATIO:g}x")
     b.set_ylabel("p99 / p50, sequential 100-row batches")
-    b.set_xticks(range(len(labels)), [label.replace("_", "_\n", 1) if len(label) > 14 else label
-                                      for label in labels], rotation=60, fontsize=7)
+    b.set_xticks(
+        range(len(labels)),
+        [label.replace("_", "_\n", 1) if len(label) > 14 else label for label in labels],
+        rotation=60,
+        fontsize=7,
+    )
     b.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -510,11 +603,19 @@ def main() -> None:
     ap.add_argument("--plot", type=Path, help="write a PNG chart here")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     ap.add_argument("--gc-stats", action="store_true", help="record every garbage collection in the servers")
-    ap.add_argument("--in-process", action="store_true", help="no HTTP: the gateway's decode/answer/encode in a "
-                    "process pinned to the server core, CPU time of that thread only (see worker_in_process)")
+    ap.add_argument(
+        "--in-process",
+        action="store_true",
+        help="no HTTP: the gateway's decode/answer/encode in a "
+        "process pinned to the server core, CPU time of that thread only (see worker_in_process)",
+    )
     ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--profile", type=Path, help="run the server under pyinstrument (throughput runs only) and "
-                    "write its flat text report (time per function, itself) here")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="run the server under pyinstrument (throughput runs only) and "
+        "write its flat text report (time per function, itself) here",
+    )
     args = ap.parse_args()
     specs = SPECS
     if args.functions:
@@ -542,8 +643,16 @@ def main() -> None:
             try:
                 for code, src in sources:
                     (Path(tmp) / code).mkdir(exist_ok=True)
-                    servers.append(start_server(code, src, args.server_core, Path(tmp) / code,
-                                                args.profile if code == "after" else None, args.gc_stats))
+                    servers.append(
+                        start_server(
+                            code,
+                            src,
+                            args.server_core,
+                            Path(tmp) / code,
+                            args.profile if code == "after" else None,
+                            args.gc_stats,
+                        )
+                    )
                 runs, lat = asyncio.run(measure(servers, specs, args))
             finally:
                 for server in servers:
@@ -551,16 +660,29 @@ def main() -> None:
 
     codes = [code for code in ("after", "before") if any(r.code == code for r in runs)]
     if args.json:
-        print(json.dumps({"machine": machine(), "before": args.before,
-                          "throughput": [asdict(r) | {"rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s}
-                                         for r in runs],
-                          "latency": [asdict(q) | {"tail_ratio": q.tail_ratio} for q in lat],
-                          "gc": {s.code: s.gc for s in servers if s.gc}}))
+        print(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "before": args.before,
+                    "throughput": [
+                        asdict(r) | {"rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s} for r in runs
+                    ],
+                    "latency": [asdict(q) | {"tail_ratio": q.tail_ratio} for q in lat],
+                    "gc": {s.code: s.gc for s in servers if s.gc},
+                }
+            )
+        )
     else:
-        where = ("in-process (no HTTP), CPU time of the gateway's thread" if args.in_process
-                 else f"server pinned to core {args.server_core}, load on core {args.client_core}")
-        print(f"\nspcs-llm gateway on the fake engine; {where}; {machine()}"
-              + (f"; before = {args.before}" if args.before else ""))
+        where = (
+            "in-process (no HTTP), CPU time of the gateway's thread"
+            if args.in_process
+            else f"server pinned to core {args.server_core}, load on core {args.client_core}"
+        )
+        print(
+            f"\nspcs-llm gateway on the fake engine; {where}; {machine()}"
+            + (f"; before = {args.before}" if args.before else "")
+        )
         report(runs, lat, codes)
         report_gc(servers)
     if args.plot and lat:

@@ -60,8 +60,13 @@ def tasks() -> list[Task]:
     return [
         Task("sentiment", [s["text"] for s in load("sentiment")], [], SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX),
         Task("ai_filter", [f["text"] for f in load("filter")], [], FILTER_INSTRUCTION, FILTER_PREFIX),
-        Task("classify_text", [c["text"] for c in classify], [categories],
-             instruction([Category(c) for c in categories], {}, multi=False), LABEL_PREFIX),
+        Task(
+            "classify_text",
+            [c["text"] for c in classify],
+            [categories],
+            instruction([Category(c) for c in categories], {}, multi=False),
+            LABEL_PREFIX,
+        ),
         Task("ai_sentiment", [s["text"] for s in load("sentiment")], [], ASPECT_INSTRUCTION, '{"overall": "'),
     ]
 
@@ -92,9 +97,18 @@ class Bench:
         texts = self.texts(task, tag)
         if variant == "complete1":
             fn = "complete"
-            rows = [[i, self.model, [{"role": "system", "content": task.instruction},
-                                     {"role": "user", "content": f"{t} {task.prefix}"}],
-                     {"max_tokens": 1, "temperature": 0}] for i, t in enumerate(texts)]
+            rows = [
+                [
+                    i,
+                    self.model,
+                    [
+                        {"role": "system", "content": task.instruction},
+                        {"role": "user", "content": f"{t} {task.prefix}"},
+                    ],
+                    {"max_tokens": 1, "temperature": 0},
+                ]
+                for i, t in enumerate(texts)
+            ]
         else:
             fn = task.function
             self.server.app.state.engine.label_scoring = variant == "scored"
@@ -102,8 +116,15 @@ class Bench:
         names = ["spcs_llm_engine_requests_total"]
         before = benchlib.scrape(self.client, self.server.base, names)
         start = time.perf_counter()
-        r = self.client.post(f"/functions/{fn}", json={"data": rows}, headers={
-            **HEADERS, benchlib.QUERY_ID_HEADER: benchlib.new_id(), benchlib.BATCH_ID_HEADER: benchlib.new_id()})
+        r = self.client.post(
+            f"/functions/{fn}",
+            json={"data": rows},
+            headers={
+                **HEADERS,
+                benchlib.QUERY_ID_HEADER: benchlib.new_id(),
+                benchlib.BATCH_ID_HEADER: benchlib.new_id(),
+            },
+        )
         seconds = time.perf_counter() - start
         if r.status_code != 200:
             raise SystemExit(f"{fn}: HTTP {r.status_code}: {r.text[:300]}")
@@ -122,15 +143,20 @@ def prompt_tokens(server: benchlib.LocalServer, task: Task) -> tuple[int, int]:
     row of the same length, counted by the engine's tokenizer on the rendered chat template."""
     engine_url = server.engine_url
     text = f"[s0a-0000] {task.texts[0]}"
-    scored = [{"role": "system", "content": task.instruction}, {"role": "user", "content": text},
-              {"role": "assistant", "content": task.prefix}]
-    complete = [{"role": "system", "content": task.instruction},
-                {"role": "user", "content": f"{text} {task.prefix}"}]
+    scored = [
+        {"role": "system", "content": task.instruction},
+        {"role": "user", "content": text},
+        {"role": "assistant", "content": task.prefix},
+    ]
+    complete = [{"role": "system", "content": task.instruction}, {"role": "user", "content": f"{text} {task.prefix}"}]
     counts = []
     for messages in (scored, complete):
         body = {"messages": messages, "max_tokens": 1, "temperature": 0}
-        counts.append(int(httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=600)
-                          .json()["usage"]["prompt_tokens"]))
+        counts.append(
+            int(
+                httpx.post(f"{engine_url}/v1/chat/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"]
+            )
+        )
     return counts[0], counts[1]
 
 
@@ -138,16 +164,22 @@ def table(runs: list[Run], lengths: dict[str, tuple[int, int]]) -> str:
     by: dict[tuple[str, str], list[Run]] = defaultdict(list)
     for r in runs:
         by[(r.function, r.variant)].append(r)
-    lines = ["| function | prompt tokens (label / COMPLETE) | COMPLETE max_tokens=1 rows/s | generated (before) "
-             "rows/s | ratio | scored (after) rows/s | ratio | engine steps/row scored |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| function | prompt tokens (label / COMPLETE) | COMPLETE max_tokens=1 rows/s | generated (before) "
+        "rows/s | ratio | scored (after) rows/s | ratio | engine steps/row scored |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for fn, (label_len, complete_len) in lengths.items():
-        rate = {v: sum(r.rows for r in by[(fn, v)]) / sum(r.seconds for r in by[(fn, v)])
-                for v in ("complete1", "generated", "scored")}
+        rate = {
+            v: sum(r.rows for r in by[(fn, v)]) / sum(r.seconds for r in by[(fn, v)])
+            for v in ("complete1", "generated", "scored")
+        }
         steps = sum(r.engine_requests for r in by[(fn, "scored")]) / len(by[(fn, "scored")])
-        lines.append(f"| {fn.upper()} | {label_len} / {complete_len} | {rate['complete1']:.2f} "
-                     f"| {rate['generated']:.2f} | {rate['generated'] / rate['complete1']:.2f} "
-                     f"| {rate['scored']:.2f} | {rate['scored'] / rate['complete1']:.2f} | {steps:.2f} |")
+        lines.append(
+            f"| {fn.upper()} | {label_len} / {complete_len} | {rate['complete1']:.2f} "
+            f"| {rate['generated']:.2f} | {rate['generated'] / rate['complete1']:.2f} "
+            f"| {rate['scored']:.2f} | {rate['scored'] / rate['complete1']:.2f} | {steps:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -158,8 +190,9 @@ def main() -> None:
     parser.add_argument("--n-parallel", type=int, default=8, help="llama.cpp slots")
     parser.add_argument("--only", nargs="*", help="functions to measure (default: all four)")
     args = parser.parse_args()
-    server = benchlib.start_server({"engine": {"n_parallel": args.n_parallel},
-                                    "server": {"result_cache_mb": 0, "max_queue_seconds": 0}})
+    server = benchlib.start_server(
+        {"engine": {"n_parallel": args.n_parallel}, "server": {"result_cache_mb": 0, "max_queue_seconds": 0}}
+    )
     try:
         model = server.app.state.engine.model_name
         bench = Bench(server, model, args.rows)
@@ -171,13 +204,15 @@ def main() -> None:
         variants = ["complete1", "generated", "scored"]
         for rep in range(args.repeats):
             for k, task in enumerate(chosen):
-                order = variants[(rep + k) % 3:] + variants[:(rep + k) % 3]  # interleaved, a new order each time
+                order = variants[(rep + k) % 3 :] + variants[: (rep + k) % 3]  # interleaved, a new order each time
                 for variant in order:
                     runs.append(bench.run(task, variant, f"{task.function[0]}{rep}{variant[0]}"))
     finally:
         server.stop()
-    print(f"\nlabel functions vs COMPLETE max_tokens=1 on {model}, {args.rows} rows x {args.repeats} repeats per "
-          f"cell, {args.n_parallel} slots; {benchlib.machine()}\n")
+    print(
+        f"\nlabel functions vs COMPLETE max_tokens=1 on {model}, {args.rows} rows x {args.repeats} repeats per "
+        f"cell, {args.n_parallel} slots; {benchlib.machine()}\n"
+    )
     print(table(runs, lengths))
 
 

@@ -51,8 +51,18 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("SPCS_LLM_API_KEY", None)
-    cmd = [sys.executable, "-m", "spcs_llm", "serve", "--engine", "fake", "--port", str(port),
-           "--max-request-mb", str(args.limit_mb)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spcs_llm",
+        "serve",
+        "--engine",
+        "fake",
+        "--port",
+        str(port),
+        "--max-request-mb",
+        str(args.limit_mb),
+    ]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_healthy(f"http://127.0.0.1:{port}", 60, lambda: server.poll() is None)
@@ -60,26 +70,36 @@ def main() -> None:
         start_rss, _ = mem(server.pid)
         print(f"limit {args.limit_mb:g} MB; server RSS at start {start_rss:.0f} MiB\n")
         print(f"{'upload':<34}{'status':>7}{'MiB sent':>10}{'seconds':>9}{'RSS after':>11}{'peak so far':>13}")
-        cases = [("declared Content-Length", lambda: upload("127.0.0.1", port, size)),
-                 ("chunked, no Content-Length", lambda: upload("127.0.0.1", port, size, chunked=True)),
-                 ("gzip inflating to the size", lambda: _gzip(port, bomb))]
+        cases = [
+            ("declared Content-Length", lambda: upload("127.0.0.1", port, size)),
+            ("chunked, no Content-Length", lambda: upload("127.0.0.1", port, size, chunked=True)),
+            ("gzip inflating to the size", lambda: _gzip(port, bomb)),
+        ]
         for name, run in cases:
             t = time.perf_counter()
             status, sent = run()
             rss, peak = mem(server.pid)
-            print(f"{name + f' ({args.size_mb} MB)':<34}{status:>7}{sent / 2**20:>10.0f}"
-                  f"{time.perf_counter() - t:>9.2f}{rss:>11.0f}{peak:>13.0f}")
+            print(
+                f"{name + f' ({args.size_mb} MB)':<34}{status:>7}{sent / 2**20:>10.0f}"
+                f"{time.perf_counter() - t:>9.2f}{rss:>11.0f}{peak:>13.0f}"
+            )
         r = httpx.post(f"http://127.0.0.1:{port}/functions/sentiment", json={"data": [[0, "ok"]]}, timeout=30)
-        print(f"\nafterwards a normal batch: {r.status_code}; peak RSS over the run {mem(server.pid)[1]:.0f} MiB "
-              f"(start {start_rss:.0f} MiB)")
+        print(
+            f"\nafterwards a normal batch: {r.status_code}; peak RSS over the run {mem(server.pid)[1]:.0f} MiB "
+            f"(start {start_rss:.0f} MiB)"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
 def _gzip(port: int, body: bytes) -> tuple[int, int]:
-    r = httpx.post(f"http://127.0.0.1:{port}/functions/sentiment", content=body,
-                   headers={"content-encoding": "gzip", "content-type": "application/json"}, timeout=120)
+    r = httpx.post(
+        f"http://127.0.0.1:{port}/functions/sentiment",
+        content=body,
+        headers={"content-encoding": "gzip", "content-type": "application/json"},
+        timeout=120,
+    )
     return r.status_code, len(body)
 
 

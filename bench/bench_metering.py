@@ -40,33 +40,48 @@ from spcs_llm.usage.meter import Attribution, Meter, current
 from spcs_llm.usage.settings import BudgetSettings
 
 VARIANTS = ("off", "on", "on+budgets")
-BUDGETS = [{"role": "ANALYST", "tokens": 10**12}, {"function": "complete", "tokens": 10**12, "period": "month"},
-           {"tokens": 10**12}]
+BUDGETS = [
+    {"role": "ANALYST", "tokens": 10**12},
+    {"function": "complete", "tokens": 10**12, "period": "month"},
+    {"tokens": 10**12},
+]
 
 
 def settings(variant: str, db: Path) -> Settings:
-    return Settings.model_validate({
-        "server": {"max_queue_rows": 10**7, "max_queue_seconds": 0, "result_cache_mb": 0, "batch_memory_mb": 0},
-        "engine": {"kind": "fake", "max_output_tokens": 16}, "embeddings": [],
-        "usage": {"enabled": variant != "off", "db_path": str(db), "flush_seconds": 3600},
-        "budgets": BUDGETS if variant == "on+budgets" else [],
-    })
+    return Settings.model_validate(
+        {
+            "server": {"max_queue_rows": 10**7, "max_queue_seconds": 0, "result_cache_mb": 0, "batch_memory_mb": 0},
+            "engine": {"kind": "fake", "max_output_tokens": 16},
+            "embeddings": [],
+            "usage": {"enabled": variant != "off", "db_path": str(db), "flush_seconds": 3600},
+            "budgets": BUDGETS if variant == "on+budgets" else [],
+        }
+    )
 
 
 def headers(query: str, batch: str) -> dict[str, str]:
-    return {"sf-external-function-current-query-id": query, "sf-external-function-query-batch-id": batch,
-            "sf-context-current-user": "ALICE", "sf-context-current-role": "ANALYST",
-            "content-type": "application/json"}
+    return {
+        "sf-external-function-current-query-id": query,
+        "sf-external-function-query-batch-id": batch,
+        "sf-context-current-user": "ALICE",
+        "sf-context-current-role": "ANALYST",
+        "content-type": "application/json",
+    }
 
 
 async def one_round(client: httpx.AsyncClient, app: Any, tag: str, batches: int, rows: int) -> tuple[float, int]:
     """CPU seconds and rows for ``batches`` concurrent batches of ``rows`` distinct rows (plus one flush)."""
-    bodies = [orjson.dumps({"data": [[i, "llama3.1-8b", f"row {tag} {b} {i} words to answer"]
-                                     for i in range(rows)]}) for b in range(batches)]
+    bodies = [
+        orjson.dumps({"data": [[i, "llama3.1-8b", f"row {tag} {b} {i} words to answer"] for i in range(rows)]})
+        for b in range(batches)
+    ]
     start = time.process_time()
-    answers = await asyncio.gather(*(client.post("/functions/complete", content=body,
-                                                 headers=headers(f"q-{tag}-{b}", f"q-{tag}-{b}:1:1:0:0"))
-                                     for b, body in enumerate(bodies)))
+    answers = await asyncio.gather(
+        *(
+            client.post("/functions/complete", content=body, headers=headers(f"q-{tag}-{b}", f"q-{tag}-{b}:1:1:0:0"))
+            for b, body in enumerate(bodies)
+        )
+    )
     if app.state.usage is not None:
         app.state.usage.flush()
     cpu = time.process_time() - start
@@ -78,12 +93,15 @@ async def gateway(rounds: int, batches: int, rows: int, workdir: Path) -> dict[s
     from asgi_lifespan import LifespanManager
 
     per_row: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    apps = {v: create_app(settings(v, workdir / f"{v}.sqlite3"), engine=FakeEngine(record=False,
-                                                                                 max_concurrency=64))
-            for v in VARIANTS}
+    apps = {
+        v: create_app(settings(v, workdir / f"{v}.sqlite3"), engine=FakeEngine(record=False, max_concurrency=64))
+        for v in VARIANTS
+    }
     async with LifespanManager(apps["off"]), LifespanManager(apps["on"]), LifespanManager(apps["on+budgets"]):
-        clients = {v: httpx.AsyncClient(transport=httpx.ASGITransport(a), base_url="http://b", timeout=600)
-                   for v, a in apps.items()}
+        clients = {
+            v: httpx.AsyncClient(transport=httpx.ASGITransport(a), base_url="http://b", timeout=600)
+            for v, a in apps.items()
+        }
         for v, a in apps.items():  # wait for the engines, and warm each path once
             while a.state.runtime is None:
                 await asyncio.sleep(0.01)
@@ -134,13 +152,19 @@ def main() -> None:
         per_row = asyncio.run(gateway(args.rounds, args.batches, args.rows, Path(tmp)))
     alone = meter_alone(200_000)
     med = {v: statistics.median(xs) * 1e6 for v, xs in per_row.items()}
-    result = {"per_row_us": med, "rounds": per_row, "meter_alone_us": alone,
-              "metering_fraction": {v: (med[v] - med["off"]) / med["off"] for v in VARIANTS[1:]}}
+    result = {
+        "per_row_us": med,
+        "rounds": per_row,
+        "meter_alone_us": alone,
+        "metering_fraction": {v: (med[v] - med["off"]) / med["off"] for v in VARIANTS[1:]},
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"in-process gateway, fake engine, {args.rounds} rounds x {args.batches} x {args.rows}-row COMPLETE "
-          f"batches (median CPU µs per row; python {sys.version.split()[0]})")
+    print(
+        f"in-process gateway, fake engine, {args.rounds} rounds x {args.batches} x {args.rows}-row COMPLETE "
+        f"batches (median CPU µs per row; python {sys.version.split()[0]})"
+    )
     print(f"{'variant':<12} {'µs/row':>8} {'metering µs/row':>16} {'of gateway':>11}   rounds (µs/row)")
     for v in VARIANTS:
         extra = med[v] - med["off"]

@@ -94,12 +94,16 @@ class Abort(Exception):
     """A batch failed: ON_BATCH_FAILURE = ABORT fails the query."""
 
 
-async def send_batch(client: httpx.AsyncClient, q: Query, prompts: list[str], policy: Policy,
-                     rng: random.Random) -> None:
+async def send_batch(
+    client: httpx.AsyncClient, q: Query, prompts: list[str], policy: Policy, rng: random.Random
+) -> None:
     """One batch, as Snowflake sends it: retries with back-off, polling on 202; raises Abort when it fails."""
     body = orjson.dumps({"data": [[i, "fake-model", p] for i, p in enumerate(prompts)]})
-    headers = {"content-type": "application/json", benchlib.QUERY_ID_HEADER: q.name,
-               benchlib.BATCH_ID_HEADER: benchlib.new_id()}
+    headers = {
+        "content-type": "application/json",
+        benchlib.QUERY_ID_HEADER: q.name,
+        benchlib.BATCH_ID_HEADER: benchlib.new_id(),
+    }
     started, retries = time.perf_counter(), 0
 
     def count(status: int) -> None:
@@ -141,8 +145,9 @@ async def send_batch(client: httpx.AsyncClient, q: Query, prompts: list[str], po
         await asyncio.sleep(policy.backoff * 2 ** (retries - 1) * rng.uniform(0.5, 1.0))
 
 
-async def run_query(client: httpx.AsyncClient, q: Query, in_flight: int, policy: Policy, rng: random.Random,
-                    t0: float) -> None:
+async def run_query(
+    client: httpx.AsyncClient, q: Query, in_flight: int, policy: Policy, rng: random.Random, t0: float
+) -> None:
     await asyncio.sleep(max(0.0, q.start_at - (time.perf_counter() - t0)))
     pending = list(q.batches)
 
@@ -165,9 +170,10 @@ async def run_query(client: httpx.AsyncClient, q: Query, in_flight: int, policy:
 def make_queries(n_queries: int, rows_each: int, rows_per_batch: int, tag: str) -> list[Query]:
     queries = []
     for k in range(n_queries):
-        prompts = [f"[{tag}-q{k}-r{i}] one thing about {benchlib.TOPICS[i % len(benchlib.TOPICS)]}"
-                   for i in range(rows_each)]
-        batches = [prompts[i:i + rows_per_batch] for i in range(0, rows_each, rows_per_batch)]
+        prompts = [
+            f"[{tag}-q{k}-r{i}] one thing about {benchlib.TOPICS[i % len(benchlib.TOPICS)]}" for i in range(rows_each)
+        ]
+        batches = [prompts[i : i + rows_per_batch] for i in range(0, rows_each, rows_per_batch)]
         queries.append(Query(f"{tag}-query-{k}", batches))
     return queries
 
@@ -203,9 +209,12 @@ def start(server: dict[str, Any], places: int, delay: float) -> Server:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = Settings.load(overrides={
-        "server": {**server, "port": port, "log_level": "warning", "max_concurrency": places},
-        "engine": {"kind": "fake", "n_parallel": places}}).model_copy(update={"embeddings": []})
+    settings = Settings.load(
+        overrides={
+            "server": {**server, "port": port, "log_level": "warning", "max_concurrency": places},
+            "engine": {"kind": "fake", "n_parallel": places},
+        }
+    ).model_copy(update={"embeddings": []})
     app = create_app(settings)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -250,9 +259,23 @@ class Line:
             spread = f"{(times[-1] - times[0]) / times[-1]:.2f}" if self.load != "stream" else "-"
         else:
             finish, spread = "-", "-"
-        return [self.load, self.variant, str(len(self.queries)), str(self.rows), str(failed), str(lost), str(wrong),
-                str(status[429]), str(status[202]), str(gets), str(status[404]), str(status[DROPPED]), finish,
-                f"{self.ideal:.0f}", spread]
+        return [
+            self.load,
+            self.variant,
+            str(len(self.queries)),
+            str(self.rows),
+            str(failed),
+            str(lost),
+            str(wrong),
+            str(status[429]),
+            str(status[202]),
+            str(gets),
+            str(status[404]),
+            str(status[DROPPED]),
+            finish,
+            f"{self.ideal:.0f}",
+            spread,
+        ]
 
     @property
     def clean(self) -> bool:
@@ -264,9 +287,11 @@ def stream_note(line: Line) -> str:
     smalls = [(q.finished - q.start_at) / line.scale for q in line.queries[1:] if q.finished is not None]
     big_s = f"{big.finished / line.scale:.0f} s" if big.finished is not None else f"FAILED ({big.failed})"
     small = f"median {statistics.median(smalls):.0f} s" if smalls else "none finished"
-    return (f"  stream, {line.variant}: big query ({big.rows} rows) finished in {big_s} "
-            f"(alone: {big.rows / (line.rows / line.ideal):.0f} s, whole stream: {line.ideal:.0f} s); "
-            f"{len(line.queries) - 1} small queries, {small}")
+    return (
+        f"  stream, {line.variant}: big query ({big.rows} rows) finished in {big_s} "
+        f"(alone: {big.rows / (line.rows / line.ideal):.0f} s, whole stream: {line.ideal:.0f} s); "
+        f"{len(line.queries) - 1} small queries, {small}"
+    )
 
 
 VARIANTS = {
@@ -295,8 +320,12 @@ def scaled_server(variant: dict[str, Any], scale: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loads", default="2,5,10", help="multiples of the pool's capacity (comma-separated)")
-    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="which of: " + ", ".join(VARIANTS) + " (tight-*: "
-                    "max_queue_rows = --tight-rows, Snowflake retrying 3 or 10 times)")
+    ap.add_argument(
+        "--variants",
+        default=DEFAULT_VARIANTS,
+        help="which of: " + ", ".join(VARIANTS) + " (tight-*: "
+        "max_queue_rows = --tight-rows, Snowflake retrying 3 or 10 times)",
+    )
     ap.add_argument("--tight-rows", type=int, default=128, help="max_queue_rows of the tight-* variants")
     ap.add_argument("--no-stream", action="store_true", help="skip the starvation (stream) line")
     ap.add_argument("--scale", type=float, default=0.01, help="real seconds per Snowflake second")
@@ -320,11 +349,13 @@ def main() -> None:
     capacity = round(rate * OLD_WINDOW_S * s)  # rows the pool finishes in the old 120 s window
     loads = [float(x) for x in args.loads.split(",")]
     variants = [v.strip() for v in args.variants.split(",")]
-    print(f"Overload: {args.queries} queries at once, batches of {args.rows_per_batch} rows, {args.in_flight} in "
-          f"flight per query; fake engine {args.places} x {args.delay}s = {rate:.0f} rows/s; scale {s} (Snowflake "
-          f"seconds shown); capacity = {capacity} rows (120 s of the pool); Snowflake: MAX_BATCH_RETRIES = "
-          f"{args.max_batch_retries}, back-off {args.backoff}s doubling x0.5-1.0 jitter, polls from {args.poll}s "
-          f"x1.5 to {args.poll_cap}s, BATCH_TIMEOUT_SECS = {args.batch_timeout:.0f}, ABORT; {benchlib.machine()}")
+    print(
+        f"Overload: {args.queries} queries at once, batches of {args.rows_per_batch} rows, {args.in_flight} in "
+        f"flight per query; fake engine {args.places} x {args.delay}s = {rate:.0f} rows/s; scale {s} (Snowflake "
+        f"seconds shown); capacity = {capacity} rows (120 s of the pool); Snowflake: MAX_BATCH_RETRIES = "
+        f"{args.max_batch_retries}, back-off {args.backoff}s doubling x0.5-1.0 jitter, polls from {args.poll}s "
+        f"x1.5 to {args.poll_cap}s, BATCH_TIMEOUT_SECS = {args.batch_timeout:.0f}, ABORT; {benchlib.machine()}"
+    )
     lines: list[Line] = []
     jobs: list[tuple[str, list[Query] | None]] = [(f"{x:g}x", None) for x in loads]
     if not args.no_stream:
@@ -344,8 +375,15 @@ def main() -> None:
             server = start(settings, args.places, args.delay)
             retries = spec.get("retries", args.max_batch_retries)
             try:
-                asyncio.run(drive(server.base, queries, args.in_flight,
-                                  dataclasses.replace(policy, max_retries=retries), args.seed))
+                asyncio.run(
+                    drive(
+                        server.base,
+                        queries,
+                        args.in_flight,
+                        dataclasses.replace(policy, max_retries=retries),
+                        args.seed,
+                    )
+                )
             finally:
                 server.stop()
             # ideal: every row at the engine's full rate (stream: or until the last query arrives)
@@ -353,8 +391,23 @@ def main() -> None:
             lines.append(Line(load, variant, queries, rows, ideal, s))
             print("  done: " + " | ".join(lines[-1].cells()), flush=True)
 
-    header = ["load", "admission", "queries", "rows", "failed queries", "rows lost", "rows wrong", "429", "202",
-              "GETs", "404", "dropped", "finish s min / median / max", "ideal s", "spread"]
+    header = [
+        "load",
+        "admission",
+        "queries",
+        "rows",
+        "failed queries",
+        "rows lost",
+        "rows wrong",
+        "429",
+        "202",
+        "GETs",
+        "404",
+        "dropped",
+        "finish s min / median / max",
+        "ideal s",
+        "spread",
+    ]
     print()
     print("| " + " | ".join(header) + " |")
     print("|---|---|" + "---:|" * (len(header) - 2))

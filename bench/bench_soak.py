@@ -40,8 +40,10 @@ def rss_mib() -> tuple[float, float]:
 
 
 def rows_for(function: str, start: int, n: int) -> list[list[Any]]:
-    texts = [f"soak row {start + i}: the parcel arrived {random.choice(['late', 'early', 'intact', 'torn'])}"
-             for i in range(n)]
+    texts = [
+        f"soak row {start + i}: the parcel arrived {random.choice(['late', 'early', 'intact', 'torn'])}"
+        for i in range(n)
+    ]
     if function == "complete":
         return [[i, "llama3.1-8b", t] for i, t in enumerate(texts)]
     if function == "embed_text_768":
@@ -53,11 +55,19 @@ def start(cache_mb: int, batch_mb: int) -> tuple[str, Any, uvicorn.Server, threa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = Settings.load(overrides={
-        "engine": {"kind": "fake", "max_output_tokens": 32},
-        "server": {"port": port, "log_level": "warning", "result_cache_mb": cache_mb, "batch_memory_mb": batch_mb,
-                   "max_queue_rows": 100_000, "max_queue_seconds": 0},
-    }).model_copy(update={"embeddings": [EmbeddingSettings(kind="fake", model_name="fake-embed-768")]})
+    settings = Settings.load(
+        overrides={
+            "engine": {"kind": "fake", "max_output_tokens": 32},
+            "server": {
+                "port": port,
+                "log_level": "warning",
+                "result_cache_mb": cache_mb,
+                "batch_memory_mb": batch_mb,
+                "max_queue_rows": 100_000,
+                "max_queue_seconds": 0,
+            },
+        }
+    ).model_copy(update={"embeddings": [EmbeddingSettings(kind="fake", model_name="fake-embed-768")]})
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -86,8 +96,11 @@ async def soak(base: str, app: Any, args: argparse.Namespace) -> list[dict[str, 
                 first, sent = sent, sent + n
             function = FUNCTIONS[(first // args.batch_rows) % len(FUNCTIONS)]
             body = orjson.dumps({"data": rows_for(function, first, n)})
-            headers = {"sf-external-function-current-query-id": query, "content-type": "application/json",
-                       "sf-external-function-query-batch-id": f"{query}:{first}"}
+            headers = {
+                "sf-external-function-current-query-id": query,
+                "content-type": "application/json",
+                "sf-external-function-query-batch-id": f"{query}:{first}",
+            }
             for _attempt in range(2 if first % (10 * args.batch_rows) == 0 else 1):  # every tenth batch is retried
                 r = await client.post(f"{base}/functions/{function}", content=body, headers=headers)
                 if r.status_code != 200 or len(orjson.loads(r.content)["data"]) != n:
@@ -97,9 +110,17 @@ async def soak(base: str, app: Any, args: argparse.Namespace) -> list[dict[str, 
             if now - last[0] >= args.every or done >= args.rows:
                 rss, peak = rss_mib()
                 scheduler = app.state.runtime.scheduler
-                samples.append({"t": now - t0, "rows": done, "rate": (done - last[1]) / (now - last[0]),
-                                "rss": rss, "peak": peak, "cache": scheduler.cache.bytes / 2**20,
-                                "batches": app.state.batches.bytes / 2**20})
+                samples.append(
+                    {
+                        "t": now - t0,
+                        "rows": done,
+                        "rate": (done - last[1]) / (now - last[0]),
+                        "rss": rss,
+                        "peak": peak,
+                        "cache": scheduler.cache.bytes / 2**20,
+                        "batches": app.state.batches.bytes / 2**20,
+                    }
+                )
                 last = (now, done)
 
     async with httpx.AsyncClient(timeout=300) as client:
@@ -126,17 +147,23 @@ def main() -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-    print(f"{args.rows} rows in batches of {args.batch_rows}, {args.parallel} in flight; bounds: result cache "
-          f"{args.cache_mb} MiB, batch memory {args.batch_mb} MiB\n")
+    print(
+        f"{args.rows} rows in batches of {args.batch_rows}, {args.parallel} in flight; bounds: result cache "
+        f"{args.cache_mb} MiB, batch memory {args.batch_mb} MiB\n"
+    )
     print(f"{'s':>7}{'rows':>9}{'rows/s':>9}{'RSS MiB':>9}{'peak':>7}{'cache MiB':>11}{'batches MiB':>13}")
     for s in samples:
-        print(f"{s['t']:>7.1f}{s['rows']:>9.0f}{s['rate']:>9.0f}{s['rss']:>9.0f}{s['peak']:>7.0f}"
-              f"{s['cache']:>11.1f}{s['batches']:>13.1f}")
+        print(
+            f"{s['t']:>7.1f}{s['rows']:>9.0f}{s['rate']:>9.0f}{s['rss']:>9.0f}{s['peak']:>7.0f}"
+            f"{s['cache']:>11.1f}{s['batches']:>13.1f}"
+        )
     end, peak = rss_mib()
     total = samples[-1]["t"]
-    print(f"\nRSS start {rss0:.0f} MiB, peak {peak:.0f} MiB, end {end:.0f} MiB; {args.rows / total:.0f} rows/s "
-          f"overall; result cache max {max(s['cache'] for s in samples):.1f}/{args.cache_mb} MiB, batch memory max "
-          f"{max(s['batches'] for s in samples):.1f}/{args.batch_mb} MiB")
+    print(
+        f"\nRSS start {rss0:.0f} MiB, peak {peak:.0f} MiB, end {end:.0f} MiB; {args.rows / total:.0f} rows/s "
+        f"overall; result cache max {max(s['cache'] for s in samples):.1f}/{args.cache_mb} MiB, batch memory max "
+        f"{max(s['batches'] for s in samples):.1f}/{args.batch_mb} MiB"
+    )
     if args.plot:
         plt = pyplot()
         fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)

@@ -26,8 +26,24 @@ from spcs_llm.server.health import wait_healthy
 QUERY_ID_HEADER = "sf-external-function-current-query-id"
 BATCH_ID_HEADER = "sf-external-function-query-batch-id"
 
-TOPICS = ["rivers", "bread", "chess", "volcanoes", "jazz", "bees", "glass", "trains", "tea", "clouds",
-          "maps", "salt", "owls", "bridges", "paper", "tides"]
+TOPICS = [
+    "rivers",
+    "bread",
+    "chess",
+    "volcanoes",
+    "jazz",
+    "bees",
+    "glass",
+    "trains",
+    "tea",
+    "clouds",
+    "maps",
+    "salt",
+    "owls",
+    "bridges",
+    "paper",
+    "tides",
+]
 
 
 def tagged_prompts(tag: str, n: int) -> list[str]:
@@ -42,8 +58,10 @@ def tagged_prompts(tag: str, n: int) -> list[str]:
 def machine() -> str:
     """The machine in words, with its load average: on a shared 2-core box other work skews every number."""
     load = ", load average {:.1f}/{:.1f}/{:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return (f"{os.cpu_count()} cores, {platform.system()} {platform.machine()} "
-            f"{platform.processor() or ''}".rstrip() + f", Python {sys.version.split()[0]}{load}")
+    return (
+        f"{os.cpu_count()} cores, {platform.system()} {platform.machine()} {platform.processor() or ''}".rstrip()
+        + f", Python {sys.version.split()[0]}{load}"
+    )
 
 
 @dataclass
@@ -76,8 +94,9 @@ def start_server(overrides: dict[str, dict[str, Any]], timeout_s: float = 300) -
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = Settings.load(overrides={**overrides, "server": {**overrides.get("server", {}), "port": port,
-                                                                "log_level": "warning"}})
+    settings = Settings.load(
+        overrides={**overrides, "server": {**overrides.get("server", {}), "port": port, "log_level": "warning"}}
+    )
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

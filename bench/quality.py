@@ -34,8 +34,11 @@ from spcs_llm.client import PollingTransport
 from spcs_llm.server.health import wait_healthy
 
 DATA = Path(__file__).parent / "data"
-HEADERS = {"content-type": "application/json", "sf-external-function-format": "json",
-           "sf-external-function-format-version": "1.0"}
+HEADERS = {
+    "content-type": "application/json",
+    "sf-external-function-format": "json",
+    "sf-external-function-format-version": "1.0",
+}
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -49,12 +52,19 @@ def call(client: httpx.Client, fn: str, rows: list[list[Any]]) -> list[Any]:
     return [v for _, v in r.json()["data"]]
 
 
-def score(name: str, truth: list[Any], answers: list[Any], right: Callable[[Any, Any], bool], chance: float,
-          seconds: float) -> dict[str, Any]:
+def score(
+    name: str, truth: list[Any], answers: list[Any], right: Callable[[Any, Any], bool], chance: float, seconds: float
+) -> dict[str, Any]:
     correct = sum(1 for t, a in zip(truth, answers, strict=True) if a is not None and right(t, a))
     nulls = sum(a is None for a in answers)
-    return {"function": name, "n": len(truth), "accuracy": correct / len(truth), "chance": chance, "nulls": nulls,
-            "seconds": seconds}
+    return {
+        "function": name,
+        "n": len(truth),
+        "accuracy": correct / len(truth),
+        "chance": chance,
+        "nulls": nulls,
+        "seconds": seconds,
+    }
 
 
 def _timed(client: httpx.Client, fn: str, rows: list[list[Any]]) -> tuple[list[Any], float]:
@@ -89,8 +99,16 @@ def evaluate(client: httpx.Client, embed_model: str | None, only: set[str] | Non
 
     extract = load("extract")
     answers, secs = timed(client, "extract_answer", [[e["text"], e["question"]] for e in extract])
-    results.append(score("EXTRACT_ANSWER", [e["answer"] for e in extract], answers,
-                         lambda t, a: t.lower() in a[0]["answer"].lower(), 0.0, secs))
+    results.append(
+        score(
+            "EXTRACT_ANSWER",
+            [e["answer"] for e in extract],
+            answers,
+            lambda t, a: t.lower() in a[0]["answer"].lower(),
+            0.0,
+            secs,
+        )
+    )
 
     flt = load("filter")
     answers, secs = timed(client, "ai_filter", [[f["text"]] for f in flt])
@@ -108,7 +126,7 @@ def evaluate(client: httpx.Client, embed_model: str | None, only: set[str] | Non
                 same.append([texts[i], texts[i + 1], {"model": embed_model}])
                 other.append([texts[i], others[i + 1], {"model": embed_model}])
         sims, secs = timed(client, "ai_similarity", same + other)
-        wins = [a > b for a, b in zip(sims[: len(same)], sims[len(same):], strict=True)]
+        wins = [a > b for a, b in zip(sims[: len(same)], sims[len(same) :], strict=True)]
         results.append(score("AI_SIMILARITY", [True] * len(wins), wins, lambda t, a: a == t, 0.5, secs))
     return results
 
@@ -139,13 +157,18 @@ def main() -> None:
     parser.add_argument("--url", help="a running spcs-llm (default: start one)")
     parser.add_argument("--config", help="config file for the server this script starts")
     parser.add_argument("--gguf", help="GGUF model for the server this script starts")
-    parser.add_argument("--embed-model", default="snowflake-arctic-embed-m-v1.5",
-                        help="embedding model for AI_SIMILARITY ('' to skip)")
+    parser.add_argument(
+        "--embed-model", default="snowflake-arctic-embed-m-v1.5", help="embedding model for AI_SIMILARITY ('' to skip)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--only", nargs="*", help="SQL function names to evaluate (default: all)")
-    parser.add_argument("--label-scoring", choices=["on", "off", "both"], default="on",
-                        help="engine.label_scoring of the server this script starts; both: one server with it "
-                        "off, then one with it on, and both tables")
+    parser.add_argument(
+        "--label-scoring",
+        choices=["on", "off", "both"],
+        default="on",
+        help="engine.label_scoring of the server this script starts; both: one server with it "
+        "off, then one with it on, and both tables",
+    )
     args = parser.parse_args()
     modes = {"on": [True], "off": [False], "both": [False, True]}[args.label_scoring]
     out = []
@@ -155,8 +178,11 @@ def main() -> None:
         print(f"\nquality on {model} ({base}{title})\n", flush=True)
         print("| function | n | accuracy | chance | NULL rows | seconds |\n|---|---:|---:|---:|---:|---:|")
         for r in results:
-            print(f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
-                  f"| {r['seconds']:.1f} |", flush=True)
+            print(
+                f"| {r['function']} | {r['n']} | {r['accuracy']:.0%} | {r['chance']:.0%} | {r['nulls']} "
+                f"| {r['seconds']:.1f} |",
+                flush=True,
+            )
         out.append({"model": model, "label_scoring": scoring, "results": results})
     if args.json:
         args.json.write_text(json.dumps(out[0] if len(out) == 1 else out, indent=2))

@@ -68,8 +68,11 @@ def run(url: str, rows: dict[str, list[list[Any]]]) -> bool:
     with httpx.Client(timeout=600, transport=PollingTransport()) as client:  # a held batch's 202 is polled
         for fn, batch in rows.items():
             body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(batch)]})
-            headers = {"content-type": "application/json", benchlib.QUERY_ID_HEADER: benchlib.new_id(),
-                       benchlib.BATCH_ID_HEADER: benchlib.new_id()}
+            headers = {
+                "content-type": "application/json",
+                benchlib.QUERY_ID_HEADER: benchlib.new_id(),
+                benchlib.BATCH_ID_HEADER: benchlib.new_id(),
+            }
             start = time.perf_counter()
             r = client.post(f"{url}/functions/{fn}", content=body, headers=headers)
             seconds = time.perf_counter() - start

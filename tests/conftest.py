@@ -47,8 +47,9 @@ def sf_headers(batch_id: str | None = None, query_id: str | None = None) -> dict
     return headers
 
 
-def batch(*rows: list[Any], gzipped: bool = False, batch_id: str | None = None,
-          query_id: str | None = None) -> dict[str, Any]:
+def batch(
+    *rows: list[Any], gzipped: bool = False, batch_id: str | None = None, query_id: str | None = None
+) -> dict[str, Any]:
     """Request kwargs for a Snowflake batch whose rows are numbered 0..n-1 (see :func:`sf_headers`)."""
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
     headers = sf_headers(batch_id, query_id)
@@ -84,8 +85,9 @@ def fake_embedders() -> list[FakeEmbedder]:
 
 @pytest.fixture
 def settings() -> Settings:
-    return Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32},
-                                    "server": {"max_queue_rows": 1000}})
+    return Settings.load(
+        overrides={"engine": {"kind": "fake", "max_output_tokens": 32}, "server": {"max_queue_rows": 1000}}
+    )
 
 
 @contextlib.asynccontextmanager

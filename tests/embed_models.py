@@ -13,8 +13,10 @@ import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
-WORDS = ("the cat dog sat on mat a rug stock market fell today price rose bank river money water tree green "
-         "happy sad good bad film movie great awful").split()
+WORDS = (
+    "the cat dog sat on mat a rug stock market fell today price rose bank river money water tree green "
+    "happy sad good bad film movie great awful"
+).split()
 HIDDEN, LAYERS, HEADS, FFN = 32, 2, 4, 64
 
 TINY = {  # name -> (model_type, pooling, extra config)
@@ -30,7 +32,8 @@ def _tokenizer(pad_first: bool) -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
     return tok
 
 
@@ -53,31 +56,58 @@ def tiny_model(dest: Path, name: str = "tiny-bert", *, dimension: int | None = N
     tok = _tokenizer(pad_first=extra["pad_token_id"] == 0)
     tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab_size()
-    config = {"model_type": model_type, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
-              "num_attention_heads": HEADS, "intermediate_size": FFN, "hidden_act": "gelu", "vocab_size": vocab,
-              "layer_norm_eps": 1e-12, **extra}
+    config = {
+        "model_type": model_type,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": FFN,
+        "hidden_act": "gelu",
+        "vocab_size": vocab,
+        "layer_norm_eps": 1e-12,
+        **extra,
+    }
     (out / "config.json").write_text(json.dumps(config))
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dimension or HIDDEN, "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean"}))
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": dimension or HIDDEN,
+                "pooling_mode_cls_token": pooling == "cls",
+                "pooling_mode_mean_tokens": pooling == "mean",
+            }
+        )
+    )
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ]
+        )
+    )
     rng = np.random.default_rng(sum(map(ord, name)))
 
     def w(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape).astype(np.float32) * 0.2
 
-    t = {"embeddings.word_embeddings.weight": w(vocab, HIDDEN),
-         "embeddings.position_embeddings.weight": w(extra["max_position_embeddings"], HIDDEN),
-         "embeddings.token_type_embeddings.weight": w(extra["type_vocab_size"], HIDDEN),
-         "embeddings.LayerNorm.weight": 1 + w(HIDDEN), "embeddings.LayerNorm.bias": w(HIDDEN)}
+    t = {
+        "embeddings.word_embeddings.weight": w(vocab, HIDDEN),
+        "embeddings.position_embeddings.weight": w(extra["max_position_embeddings"], HIDDEN),
+        "embeddings.token_type_embeddings.weight": w(extra["type_vocab_size"], HIDDEN),
+        "embeddings.LayerNorm.weight": 1 + w(HIDDEN),
+        "embeddings.LayerNorm.bias": w(HIDDEN),
+    }
     for i in range(LAYERS):
         p = f"encoder.layer.{i}."
-        for n, (o, k) in {"attention.self.query": (HIDDEN, HIDDEN), "attention.self.key": (HIDDEN, HIDDEN),
-                          "attention.self.value": (HIDDEN, HIDDEN), "attention.output.dense": (HIDDEN, HIDDEN),
-                          "intermediate.dense": (FFN, HIDDEN), "output.dense": (HIDDEN, FFN)}.items():
+        for n, (o, k) in {
+            "attention.self.query": (HIDDEN, HIDDEN),
+            "attention.self.key": (HIDDEN, HIDDEN),
+            "attention.self.value": (HIDDEN, HIDDEN),
+            "attention.output.dense": (HIDDEN, HIDDEN),
+            "intermediate.dense": (FFN, HIDDEN),
+            "output.dense": (HIDDEN, FFN),
+        }.items():
             t[p + n + ".weight"], t[p + n + ".bias"] = w(o, k), w(o)
         for n in ("attention.output.LayerNorm", "output.LayerNorm"):
             t[p + n + ".weight"], t[p + n + ".bias"] = 1 + w(HIDDEN), w(HIDDEN)

@@ -57,8 +57,13 @@ ARGS_FILE = Path(__file__).resolve().parent / "fixtures" / "vllm_0_11_0_serve_ar
 SUBCOMMANDS = ("chat", "complete", "serve", "bench", "collect-env", "run-batch")  # vllm/entrypoints/cli/main.py
 ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."  # 0.11.0
 ENGINE_DEAD_CLIENT = "The server had an error while processing your request."  # 0.33.0 EngineDeadError.CLIENT_MESSAGE
-TYPES: dict[str, Any] = {"--port": int, "--tensor-parallel-size": int, "--max-num-seqs": int,
-                         "--gpu-memory-utilization": float, "--api-server-count": int}
+TYPES: dict[str, Any] = {
+    "--port": int,
+    "--tensor-parallel-size": int,
+    "--max-num-seqs": int,
+    "--gpu-memory-utilization": float,
+    "--api-server-count": int,
+}
 
 
 def human_int(value: str) -> int:
@@ -111,8 +116,10 @@ def dashes(argv: list[str]) -> list[str]:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     if argv and argv[0] == "serve" and "--model" in argv:  # vllm/utils/__init__.py FlexibleArgumentParser
-        raise ValueError("With `vllm serve`, you should provide the model as a positional argument or in a config "
-                         "file instead of via the `--model` option.")
+        raise ValueError(
+            "With `vllm serve`, you should provide the model as a positional argument or in a config "
+            "file instead of via the `--model` option."
+        )
     args = parser().parse_args(dashes(argv))
     if args.subparser != "serve":
         print(f"stand-in: only `vllm serve` is played, not `vllm {args.subparser}`", file=sys.stderr)
@@ -143,8 +150,7 @@ def startup_checks(args: argparse.Namespace, config: dict[str, Any]) -> None:
     tp = args.tensor_parallel_size or 1
     heads = int(config.get("num_attention_heads") or 0)
     if heads % tp != 0:
-        raise ValueError(f"Total number of attention heads ({heads}) must be divisible by tensor parallel size "
-                         f"({tp}).")
+        raise ValueError(f"Total number of attention heads ({heads}) must be divisible by tensor parallel size ({tp}).")
     kv = int(config.get("num_key_value_heads") or heads)
     if kv and (tp % kv if tp >= kv else kv % tp):
         raise AssertionError(f"{tp if tp >= kv else kv} is not divisible by {kv if tp >= kv else tp}")
@@ -152,8 +158,9 @@ def startup_checks(args: argparse.Namespace, config: dict[str, Any]) -> None:
 
 def error(message: str, status: int = 400, kind: str = "BadRequestError") -> JSONResponse:
     """vLLM's ErrorResponse (0.11.0:vllm/entrypoints/openai/protocol.py:101-109)."""
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}},
-                        status_code=status)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status
+    )
 
 
 class Engine:
@@ -175,11 +182,15 @@ class Engine:
         if prompt < self.window or (clamps() and prompt == self.window):
             return None
         if clamps():
-            return (f"This model's maximum context length is {self.window} tokens. However, your prompt contains "
-                    f"{prompt} input tokens, which exceeds this limit even without any output tokens. Please reduce "
-                    f"the length of the input prompt. (parameter=input_tokens, value={prompt})")
-        return (f"This model's maximum context length is {self.window} tokens. However, your request has {prompt} "
-                "input tokens. Please reduce the length of the input messages. None")
+            return (
+                f"This model's maximum context length is {self.window} tokens. However, your prompt contains "
+                f"{prompt} input tokens, which exceeds this limit even without any output tokens. Please reduce "
+                f"the length of the input prompt. (parameter=input_tokens, value={prompt})"
+            )
+        return (
+            f"This model's maximum context length is {self.window} tokens. However, your request has {prompt} "
+            "input tokens. Please reduce the length of the input messages. None"
+        )
 
     def budget(self, prompt: int, asked: int | None) -> tuple[int | None, str | None]:
         """(output tokens allowed, or the 400 text of 0.11.0 when prompt + max_tokens does not fit)."""
@@ -188,9 +199,11 @@ class Engine:
             return (asked if asked is not None else room), None
         if clamps():
             return room, None
-        return None, (f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum "
-                      f"context length is {self.window} tokens and your request has {prompt} input tokens "
-                      f"({asked} > {self.window} - {prompt}). None")
+        return None, (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum "
+            f"context length is {self.window} tokens and your request has {prompt} input tokens "
+            f"({asked} > {self.window} - {prompt}). None"
+        )
 
     @staticmethod
     def generate(text: str, limit: int) -> tuple[list[str], str]:
@@ -220,8 +233,18 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
 
     @app.get("/v1/models")
     async def models() -> dict[str, object]:
-        return {"object": "list", "data": [{"id": engine.name, "object": "model", "owned_by": "vllm",
-                                            "root": args.model_tag, "max_model_len": engine.window}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.name,
+                    "object": "model",
+                    "owned_by": "vllm",
+                    "root": args.model_tag,
+                    "max_model_len": engine.window,
+                }
+            ],
+        }
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: Request) -> Response:
@@ -243,36 +266,66 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
             engine.die()
             return Response(status_code=500)
         words, finish = engine.generate(text, limit)
-        return JSONResponse({
-            "id": "chatcmpl-standin", "object": "chat.completion", "created": int(time.time()), "model": engine.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                         "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
-                      "total_tokens": prompt + len(words)}})
+        return JSONResponse(
+            {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": engine.name,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": " ".join(words)}, "finish_reason": finish}
+                ],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt + len(words),
+                },
+            }
+        )
 
     async def stream(text: str, prompt: int, limit: int) -> AsyncIterator[str]:
         def event(payload: dict[str, Any]) -> str:
             return f"data: {json.dumps(payload)}\n\n"
 
         def delta(content: str | None = None, finish: str | None = None) -> str:
-            return event({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "model": engine.name,
-                          "choices": [{"index": 0, "delta": {"content": content} if content else {},
-                                       "finish_reason": finish}]})
+            return event(
+                {
+                    "id": "chatcmpl-standin",
+                    "object": "chat.completion.chunk",
+                    "model": engine.name,
+                    "choices": [
+                        {"index": 0, "delta": {"content": content} if content else {}, "finish_reason": finish}
+                    ],
+                }
+            )
 
         words, finish = engine.generate(text, limit)
         for i, word in enumerate(words):
             if "die" in text and i == min(2, len(words) - 1):  # 0.11.0 serving_chat.py:1143-1149; 0.32+ classifies
                 engine.die()
-                code, kind, said = ((500, "InternalServerError", ENGINE_DEAD_CLIENT) if clamps()
-                                    else (400, "BadRequestError", ENGINE_DEAD))
+                code, kind, said = (
+                    (500, "InternalServerError", ENGINE_DEAD_CLIENT)
+                    if clamps()
+                    else (400, "BadRequestError", ENGINE_DEAD)
+                )
                 yield event({"error": {"message": said, "type": kind, "param": None, "code": code}})
                 yield "data: [DONE]\n\n"
                 return
             yield delta(word if i == 0 else f" {word}")
         yield delta(finish=finish)
-        yield event({"id": "chatcmpl-standin", "object": "chat.completion.chunk", "model": engine.name,
-                     "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": len(words),
-                                              "total_tokens": prompt + len(words)}})
+        yield event(
+            {
+                "id": "chatcmpl-standin",
+                "object": "chat.completion.chunk",
+                "model": engine.name,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt + len(words),
+                },
+            }
+        )
         yield "data: [DONE]\n\n"
 
     @app.post("/v1/embeddings", response_model=None)
@@ -283,28 +336,41 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
         if truncate is not None and truncate < 0:
             truncate = engine.window
         if truncate is not None and truncate > engine.window:
-            return error(f"truncate_prompt_tokens ({truncate}) cannot be greater than max_length "
-                         f"({engine.window}). Please select a smaller truncation size.")
+            return error(
+                f"truncate_prompt_tokens ({truncate}) cannot be greater than max_length "
+                f"({engine.window}). Please select a smaller truncation size."
+            )
         dim = int(os.environ.get("STANDIN_EMBED_DIM", "4"))
         counts = []
         for t in texts:
             n = len(str(t).split()) + 2
             n = min(n, truncate) if truncate is not None else n
             if n > engine.window:  # 0.11.0:vllm/entrypoints/renderer.py:376-388: the whole call fails
-                return error(f"This model's maximum context length is {engine.window} tokens. However, your "
-                             f"request has {n} input tokens. Please reduce the length of the input messages.")
+                return error(
+                    f"This model's maximum context length is {engine.window} tokens. However, your "
+                    f"request has {n} input tokens. Please reduce the length of the input messages."
+                )
             counts.append(n)
-        return JSONResponse({
-            "id": "embd-standin", "object": "list", "created": int(time.time()), "model": engine.name,
-            "data": [{"index": i, "object": "embedding", "embedding": [float(n), 1.0] + [0.0] * (dim - 2)}
-                     for i, n in enumerate(counts)],
-            "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}})
+        return JSONResponse(
+            {
+                "id": "embd-standin",
+                "object": "list",
+                "created": int(time.time()),
+                "model": engine.name,
+                "data": [
+                    {"index": i, "object": "embedding", "embedding": [float(n), 1.0] + [0.0] * (dim - 2)}
+                    for i, n in enumerate(counts)
+                ],
+                "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)},
+            }
+        )
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, object]:
         body = await request.json()
-        count = (engine.chat_tokens(body["messages"]) if "messages" in body
-                 else len(str(body.get("prompt") or "").split()))
+        count = (
+            engine.chat_tokens(body["messages"]) if "messages" in body else len(str(body.get("prompt") or "").split())
+        )
         return {"count": count, "max_model_len": engine.window, "tokens": list(range(count))}
 
     return app

@@ -38,8 +38,11 @@ def registry_specs() -> list[FunctionSpec]:
     """Every function and overload the server registers, read from the server's own registry."""
     from spcs_llm.functions import FUNCTIONS
 
-    return [FunctionSpec(fn.name.upper(), tuple(o.args), o.returns)
-            for fn in FUNCTIONS.values() for o in sorted(fn.overloads, key=lambda o: o.arity)]
+    return [
+        FunctionSpec(fn.name.upper(), tuple(o.args), o.returns)
+        for fn in FUNCTIONS.values()
+        for o in sorted(fn.overloads, key=lambda o: o.arity)
+    ]
 
 
 class Backend(ABC):
@@ -57,8 +60,9 @@ class Backend(ABC):
     def functions(self) -> list[FunctionSpec]: ...
 
     @abstractmethod
-    def chat_stream(self, model: str, messages: Sequence[Message], *, temperature: float,
-                    max_tokens: int) -> Iterator[str]:
+    def chat_stream(
+        self, model: str, messages: Sequence[Message], *, temperature: float, max_tokens: int
+    ) -> Iterator[str]:
         """The assistant's answer, in pieces (one piece where the backend cannot stream)."""
 
     @abstractmethod
@@ -74,14 +78,19 @@ class Backend(ABC):
         raise BackendError("this backend cannot read usage")
 
 
-def run_in_batches(backend: Backend, fn: FunctionSpec, rows: Sequence[Sequence[Any]], batch_rows: int,
-                   on_progress: Callable[[int, int], None] = lambda done, total: None) -> list[Any]:
+def run_in_batches(
+    backend: Backend,
+    fn: FunctionSpec,
+    rows: Sequence[Sequence[Any]],
+    batch_rows: int,
+    on_progress: Callable[[int, int], None] = lambda done, total: None,
+) -> list[Any]:
     """Answer ``rows`` chunk by chunk, calling ``on_progress(done, total)`` after each chunk."""
     if batch_rows < 1:
         raise BackendError("rows per batch must be at least 1")
     results: list[Any] = []
     for start in range(0, len(rows), batch_rows):
-        chunk = rows[start:start + batch_rows]
+        chunk = rows[start : start + batch_rows]
         values = backend.run_function(fn, chunk)
         if len(values) != len(chunk):
             raise BackendError(f"{fn.name}: {len(chunk)} rows sent but {len(values)} answers came back")

@@ -38,14 +38,20 @@ class HttpBackend(Backend):
     def functions(self) -> list[FunctionSpec]:
         return registry_specs()
 
-    def chat_stream(self, model: str, messages: Sequence[Message], *, temperature: float,
-                    max_tokens: int) -> Iterator[str]:
+    def chat_stream(
+        self, model: str, messages: Sequence[Message], *, temperature: float, max_tokens: int
+    ) -> Iterator[str]:
         import openai
 
         client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="not-needed", timeout=TIMEOUT_S)
         try:
-            stream = client.chat.completions.create(model=model, messages=list(messages), stream=True,  # type: ignore[arg-type]
-                                                    temperature=temperature, max_tokens=max_tokens)
+            stream = client.chat.completions.create(
+                model=model,
+                messages=list(messages),
+                stream=True,  # type: ignore[arg-type]
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
@@ -78,8 +84,10 @@ class HttpBackend(Backend):
         by = "day" + (f",{split}" if split else "")
         rows = self._get("/usage", params={"since": f"{int(days)}d", "by": by})["rows"]
         columns = ["day", *([split] if split else []), "rows", "tokens", "credits"]
-        return pd.DataFrame([{**{k: r[k] for k in columns if k in r}, "tokens": r["input_tokens"] + r["output_tokens"]}
-                             for r in rows], columns=columns)
+        return pd.DataFrame(
+            [{**{k: r[k] for k in columns if k in r}, "tokens": r["input_tokens"] + r["output_tokens"]} for r in rows],
+            columns=columns,
+        )
 
     def _get(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         try:

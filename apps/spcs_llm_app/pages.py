@@ -37,8 +37,9 @@ def chat_page(backend: Backend) -> None:
     st.chat_message("user").markdown(prompt)
     with st.chat_message("assistant"):
         try:
-            answer = st.write_stream(backend.chat_stream(model, history, temperature=temperature,
-                                                         max_tokens=int(max_tokens)))
+            answer = st.write_stream(
+                backend.chat_stream(model, history, temperature=temperature, max_tokens=int(max_tokens))
+            )
         except BackendError as exc:
             history.pop()
             st.error(str(exc))
@@ -77,8 +78,9 @@ def _argument_sources(fn: FunctionSpec, frame: pd.DataFrame, models: list[str]) 
         if name.lower() == "model" and models:
             sources.append(("value", st.selectbox(f"{name} ({sql_type})", models, key=f"arg_{key}")))
             continue
-        choice = st.selectbox(f"{name} ({sql_type})", [*columns, ONE_VALUE], index=min(i, len(columns) - 1),
-                              key=f"arg_{key}")
+        choice = st.selectbox(
+            f"{name} ({sql_type})", [*columns, ONE_VALUE], index=min(i, len(columns) - 1), key=f"arg_{key}"
+        )
         if choice == ONE_VALUE:
             sources.append(("value", st.text_input(f"Value of {name}", key=f"val_{key}")))
         else:
@@ -110,8 +112,13 @@ def batch_page(backend: Backend) -> None:
         bar = st.progress(0.0, text="starting")
         try:
             rows = argument_rows(frame, sources)
-            values = run_in_batches(backend, fn, rows, batch_rows,
-                                    lambda done, total: bar.progress(done / total, text=f"{done} / {total} rows"))
+            values = run_in_batches(
+                backend,
+                fn,
+                rows,
+                batch_rows,
+                lambda done, total: bar.progress(done / total, text=f"{done} / {total} rows"),
+            )
         except BackendError as exc:
             st.error(str(exc))
             return
@@ -125,14 +132,21 @@ def batch_page(backend: Backend) -> None:
 def _show_result(name: str, result: pd.DataFrame) -> None:
     st.success(f"{len(result)} rows answered")
     st.dataframe(result)
-    st.download_button("Download CSV", result.to_csv(index=False).encode(), f"{name.lower()}_results.csv",
-                       "text/csv", key="batch_download")
+    st.download_button(
+        "Download CSV",
+        result.to_csv(index=False).encode(),
+        f"{name.lower()}_results.csv",
+        "text/csv",
+        key="batch_download",
+    )
 
 
 def sql_page(backend: Backend) -> None:
     st.header("SQL examples")
-    st.markdown("Keep your Cortex SQL and change only the schema: `SNOWFLAKE.CORTEX.COMPLETE(...)` becomes "
-                "`<your schema>.COMPLETE(...)`.")
+    st.markdown(
+        "Keep your Cortex SQL and change only the schema: `SNOWFLAKE.CORTEX.COMPLETE(...)` becomes "
+        "`<your schema>.COMPLETE(...)`."
+    )
     prefix = st.text_input("Schema prefix", backend.sql_prefix, key="sql_prefix")
     for title, sql in examples(prefix, backend.functions()):
         st.subheader(title)

@@ -37,7 +37,7 @@ def identifier(name: str, what: str) -> str:
     """``name`` if it is a (possibly qualified, possibly quoted) Snowflake identifier, else a clear error."""
     name = name.strip()
     if not _QUALIFIED.match(name):
-        raise BackendError(f"{what} {name!r} is not a Snowflake identifier such as MYDB.LLM or \"My Table\"")
+        raise BackendError(f'{what} {name!r} is not a Snowflake identifier such as MYDB.LLM or "My Table"')
     return name
 
 
@@ -45,8 +45,9 @@ class SnowparkBackend(Backend):
     streams = False
     supports_tables = True
 
-    def __init__(self, session: SessionLike, schema: str | None = None, models: Sequence[str] = (),
-                 use_registry: bool = True) -> None:
+    def __init__(
+        self, session: SessionLike, schema: str | None = None, models: Sequence[str] = (), use_registry: bool = True
+    ) -> None:
         self.session = session
         current = f"{session.get_current_database()}.{session.get_current_schema()}"
         self.sql_prefix = identifier(schema or current, "schema")
@@ -67,8 +68,9 @@ class SnowparkBackend(Backend):
         rows = self.session.sql(f"SHOW USER FUNCTIONS IN SCHEMA {self.sql_prefix}").collect()
         return [spec for row in rows if (spec := _parse_shown(_lower_keys(row).get("arguments", ""))) is not None]
 
-    def chat_stream(self, model: str, messages: Sequence[Message], *, temperature: float,
-                    max_tokens: int) -> Iterator[str]:
+    def chat_stream(
+        self, model: str, messages: Sequence[Message], *, temperature: float, max_tokens: int
+    ) -> Iterator[str]:
         query = f"SELECT {self.sql_prefix}.COMPLETE(?, PARSE_JSON(?)::ARRAY, PARSE_JSON(?)::OBJECT)"
         options = {"temperature": temperature, "max_tokens": max_tokens}
         rows = self._collect(query, [model, json.dumps(list(messages)), json.dumps(options)])
@@ -77,8 +79,10 @@ class SnowparkBackend(Backend):
 
     def run_function(self, fn: FunctionSpec, rows: Sequence[Sequence[Any]]) -> list[Any]:
         casts = ", ".join(f"f.value[{i}]::{sql_type}" for i, (_, sql_type) in enumerate(fn.args))
-        query = (f"SELECT {self.sql_prefix}.{identifier(fn.name, 'function')}({casts}) AS result "
-                 "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?))) f ORDER BY f.index")
+        query = (
+            f"SELECT {self.sql_prefix}.{identifier(fn.name, 'function')}({casts}) AS result "
+            "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?))) f ORDER BY f.index"
+        )
         return [r[0] for r in self._collect(query, [json.dumps([list(r) for r in rows])])]
 
     def read_table(self, table: str, limit: int) -> pd.DataFrame:
@@ -91,11 +95,13 @@ class SnowparkBackend(Backend):
     def usage(self, days: int, split: str | None) -> pd.DataFrame:
         """From the deployed USAGE_HISTORY view (``spcs_llm.usage.sql``) in this schema."""
         column = USAGE_COLUMNS[split] if split else None
-        group = f", {column} AS \"{split}\"" if column else ""
-        query = (f"SELECT TO_VARCHAR(DATE_TRUNC('DAY', START_TIME), 'YYYY-MM-DD') AS \"day\"{group}, "
-                 "SUM(ROW_COUNT) AS \"rows\", SUM(TOKENS) AS \"tokens\", SUM(TOKEN_CREDITS) AS \"credits\" "
-                 f"FROM {self.sql_prefix}.USAGE_HISTORY WHERE START_TIME >= DATEADD('DAY', -?, CURRENT_TIMESTAMP()) "
-                 f"GROUP BY 1{', 2' if column else ''} ORDER BY 1")
+        group = f', {column} AS "{split}"' if column else ""
+        query = (
+            f"SELECT TO_VARCHAR(DATE_TRUNC('DAY', START_TIME), 'YYYY-MM-DD') AS \"day\"{group}, "
+            'SUM(ROW_COUNT) AS "rows", SUM(TOKENS) AS "tokens", SUM(TOKEN_CREDITS) AS "credits" '
+            f"FROM {self.sql_prefix}.USAGE_HISTORY WHERE START_TIME >= DATEADD('DAY', -?, CURRENT_TIMESTAMP()) "
+            f"GROUP BY 1{', 2' if column else ''} ORDER BY 1"
+        )
         columns = ["day", *([split] if split else []), "rows", "tokens", "credits"]
         rows = self._collect(query, [int(days)])
         return pd.DataFrame([list(r) for r in rows], columns=columns)

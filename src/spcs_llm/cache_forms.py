@@ -53,6 +53,7 @@ def unpack_result(packed: bytes | ChatResult) -> ChatResult:
         return packed
     fields_ = orjson.loads(packed)
     fields_["usage"] = Usage(**fields_["usage"])
-    fields_["logprobs"] = tuple([TokenLogprob(**{**t, "top": tuple(map(tuple, t["top"]))})
-                                 for t in fields_["logprobs"]])
+    fields_["logprobs"] = tuple(
+        [TokenLogprob(**{**t, "top": tuple(map(tuple, t["top"]))}) for t in fields_["logprobs"]]
+    )
     return ChatResult(**fields_)

@@ -142,18 +142,32 @@ class BatchClient:
     """Calls ``/functions/<name>`` with Snowflake batches. ``url=None`` runs the service in process from
     ``settings`` (default: the packaged model), or around the given ``app`` (a ``create_app`` result)."""
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None, app: Any = None,
-                 max_batch_rows: int = 64, max_batches_in_flight: int = 32, max_retries: int = 3,
-                 backoff_s: float = 1.0, timeout_s: float = 3600.0, ready_timeout_s: float = 600.0,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: Settings | None = None,
+        app: Any = None,
+        max_batch_rows: int = 64,
+        max_batches_in_flight: int = 32,
+        max_retries: int = 3,
+        backoff_s: float = 1.0,
+        timeout_s: float = 3600.0,
+        ready_timeout_s: float = 600.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.url = url.rstrip("/") if url else None
         self.max_batch_rows = max_batch_rows
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.query_id = f"local-{uuid.uuid4().hex[:16]}"
         self._batch_numbers = itertools.count()
-        self._headers = {QUERY_ID: self.query_id, "sf-context-current-user": getpass.getuser(),
-                         "sf-context-current-role": "LOCAL", **(headers or {})}  # e.g. Authorization
+        self._headers = {
+            QUERY_ID: self.query_id,
+            "sf-context-current-user": getpass.getuser(),
+            "sf-context-current-role": "LOCAL",
+            **(headers or {}),
+        }  # e.g. Authorization
         self._on_rows: list[Callable[[int], None]] = []
         self._loop = _Loop()
         self._lifespan_stop: asyncio.Event | None = None
@@ -164,8 +178,9 @@ class BatchClient:
             self.close()
             raise
 
-    async def _open(self, settings: Settings | None, app: Any, in_flight: int, timeout_s: float,
-                    ready_timeout_s: float) -> None:
+    async def _open(
+        self, settings: Settings | None, app: Any, in_flight: int, timeout_s: float, ready_timeout_s: float
+    ) -> None:
         self._limit = asyncio.Semaphore(in_flight)
         timeout = httpx.Timeout(timeout_s, connect=10.0)
         if self.url is not None:
@@ -192,8 +207,9 @@ class BatchClient:
 
         self._lifespan_task = asyncio.ensure_future(lifespan())
         await started.wait()
-        self._http = httpx.AsyncClient(transport=AsyncPollingTransport(httpx.ASGITransport(app)),
-                                       base_url="http://in-process", timeout=timeout)
+        self._http = httpx.AsyncClient(
+            transport=AsyncPollingTransport(httpx.ASGITransport(app)), base_url="http://in-process", timeout=timeout
+        )
         await self._wait_ready(ready_timeout_s)
 
     async def _wait_ready(self, timeout_s: float) -> None:
@@ -221,16 +237,20 @@ class BatchClient:
 
     async def acall(self, function: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         size = self.max_batch_rows
-        chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-        answers = await asyncio.gather(*(self._batch(function, start * size, chunk)
-                                         for start, chunk in enumerate(chunks)))
+        chunks = [rows[i : i + size] for i in range(0, len(rows), size)]
+        answers = await asyncio.gather(
+            *(self._batch(function, start * size, chunk) for start, chunk in enumerate(chunks))
+        )
         return [value for answer in answers for value in answer]
 
     async def _batch(self, function: str, first: int, rows: Sequence[Sequence[Any]]) -> list[Any]:
         body = orjson.dumps({"data": [[first + i, *args] for i, args in enumerate(rows)]})
         path = "/v1/chat/completions" if function == "qwen_complete" else f"/functions/{function}"
-        headers = {**self._headers, BATCH_ID: f"{self.query_id}:{next(self._batch_numbers)}",
-                   "content-type": "application/json"}
+        headers = {
+            **self._headers,
+            BATCH_ID: f"{self.query_id}:{next(self._batch_numbers)}",
+            "content-type": "application/json",
+        }
         async with self._limit:
             response = await self._send(path, body, headers)
         data = orjson.loads(response.content)["data"]
@@ -278,7 +298,9 @@ class BatchClient:
 def _unreachable(where: str, exc: Exception) -> ServiceUnreachable:
     return ServiceUnreachable(
         f"cannot reach the spcs-llm service at {where} ({type(exc).__name__}: {exc}); start it with "
-        "`spcs-llm serve` (or `make serve`), or leave out the URL to run the engine in process", 503)
+        "`spcs-llm serve` (or `make serve`), or leave out the URL to run the engine in process",
+        503,
+    )
 
 
 def _message(response: httpx.Response) -> str:

@@ -22,8 +22,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .models.download import DownloadError
     from .models.sizing import DoesNotFit
 
-    return (ConfigError, OSError, httpx.HTTPError, SpcsLlmError, StartupFailed, DeployError, DownloadError,
-            DoesNotFit, FunctionError)
+    return (
+        ConfigError,
+        OSError,
+        httpx.HTTPError,
+        SpcsLlmError,
+        StartupFailed,
+        DeployError,
+        DownloadError,
+        DoesNotFit,
+        FunctionError,
+    )
 
 
 def message(exc: BaseException) -> str:
@@ -39,6 +48,9 @@ def report(command: str, exc: BaseException) -> int:
     if isinstance(exc, _user_errors()):
         print(f"spcs-llm {command}: {message(exc)}", file=sys.stderr)
         return 2
-    print(f"spcs-llm {command}: internal error: {type(exc).__name__}: {message(exc)} "
-          "(run again with --debug for the traceback)", file=sys.stderr)
+    print(
+        f"spcs-llm {command}: internal error: {type(exc).__name__}: {message(exc)} "
+        "(run again with --debug for the traceback)",
+        file=sys.stderr,
+    )
     return 1

@@ -52,11 +52,16 @@ def _function(fn: SqlFunction) -> list[str]:
 
 def functions_page() -> str:
     head = [
-        GENERATED, "", "# Functions", "",
+        GENERATED,
+        "",
+        "# Functions",
+        "",
         "Every SQL function the service answers, from the registry (`src/spcs_llm/functions/`). The deploy creates "
         "one service function per overload; each has its own route. Legacy Cortex names fail the whole batch with "
-        "HTTP 400 and Cortex's message; `TRY_*` and `AI_*` names answer that row with `NULL`.", "",
-        "| function | overloads | returns | on a row error |", "|---|---:|---|---|",
+        "HTTP 400 and Cortex's message; `TRY_*` and `AI_*` names answer that row with `NULL`.",
+        "",
+        "| function | overloads | returns | on a row error |",
+        "|---|---:|---|---|",
     ]
     names = sorted(FUNCTIONS)
     head += [
@@ -119,8 +124,10 @@ def _tables(model: type[BaseModel], table: str) -> list[str]:
             array = typing.get_origin(info.annotation) is list
             nested.append((f"{table}.{key}" if table else key, section, array, info.description))
             continue
-        rows.append(f"| `{key}` | `{_cell(_type(info.annotation))}` | `{_cell(_default(info))}` | "
-                    f"{_cell(info.description or '')} |")
+        rows.append(
+            f"| `{key}` | `{_cell(_type(info.annotation))}` | `{_cell(_default(info))}` | "
+            f"{_cell(info.description or '')} |"
+        )
     lines = []
     if rows:
         lines += ["| key | type | default | what it does |", "|---|---|---|---|", *rows, ""]
@@ -135,14 +142,22 @@ def _tables(model: type[BaseModel], table: str) -> list[str]:
 
 def configuration_page() -> str:
     lines = [
-        GENERATED, "", "# Configuration", "",
+        GENERATED,
+        "",
+        "# Configuration",
+        "",
         "Both files are TOML. Unknown keys and bad values stop the command with a message that names the key "
-        "(e.g. `engine.n_parallel: Input should be greater than or equal to 1`).", "",
-        "## `spcs-llm serve --config FILE`", "",
-        "Command-line flags override the file.", "",
+        "(e.g. `engine.n_parallel: Input should be greater than or equal to 1`).",
+        "",
+        "## `spcs-llm serve --config FILE`",
+        "",
+        "Command-line flags override the file.",
+        "",
         *_tables(Settings, ""),
-        "## `spcs-llm deploy --config FILE` (`spcs-llm.toml`)", "",
-        "Everything the Snowflake side needs; see [Deploy to Snowflake](../deploy.md).", "",
+        "## `spcs-llm deploy --config FILE` (`spcs-llm.toml`)",
+        "",
+        "Everything the Snowflake side needs; see [Deploy to Snowflake](../deploy.md).",
+        "",
         *_tables(DeployConfig, ""),
     ]
     return "\n".join(lines).rstrip() + "\n"
@@ -153,8 +168,11 @@ PAGES = {"functions.md": functions_page, "configuration.md": configuration_page}
 
 def stale(directory: Path = DOCS) -> list[str]:
     """Pages whose committed text differs from what the code generates."""
-    return [name for name, page in PAGES.items()
-            if not (directory / name).exists() or (directory / name).read_text(encoding="utf-8") != page()]
+    return [
+        name
+        for name, page in PAGES.items()
+        if not (directory / name).exists() or (directory / name).read_text(encoding="utf-8") != page()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

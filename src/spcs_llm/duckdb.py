@@ -41,18 +41,33 @@ DEFAULT_SCHEMAS = ("SPCS_LLM.LLM",)
 AGGREGATES = {"ai_agg", "ai_summarize_agg"}  # Cortex aggregates: the first argument is a column, not an ARRAY
 SHADOWED = {"translate"}  # DuckDB built-ins kept unqualified
 VECTOR_RETURNS = {"embed_text_768": "FLOAT[768]", "embed_text_1024": "FLOAT[1024]", "ai_embed": "FLOAT[]"}
-SQL_TYPES = {"VARCHAR": "VARCHAR", "FLOAT": "DOUBLE", "BOOLEAN": "BOOLEAN", "NUMBER": "BIGINT",
-             "OBJECT": "JSON", "ARRAY": "JSON", "VARIANT": "JSON"}
+SQL_TYPES = {
+    "VARCHAR": "VARCHAR",
+    "FLOAT": "DOUBLE",
+    "BOOLEAN": "BOOLEAN",
+    "NUMBER": "BIGINT",
+    "OBJECT": "JSON",
+    "ARRAY": "JSON",
+    "VARIANT": "JSON",
+}
 # the seed's QWEN_COMPLETE (one OpenAI chat request per row): a JSON argument, so a STRUCT arrives as JSON text
 # the client of each connection made by connect(); an entry goes when its connection is garbage-collected
 _CLIENTS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, BatchClient] = weakref.WeakKeyDictionary()
 QWEN_COMPLETE = SqlFunction(
-    SEED_CHAT.name, (Overload((("request", "JSON"),), "VARCHAR", SEED_CHAT.overloads[0].prepare),))
+    SEED_CHAT.name, (Overload((("request", "JSON"),), "VARCHAR", SEED_CHAT.overloads[0].prepare),)
+)
 
 
-def connect(url: str | None = None, database: str = ":memory:", *, settings: Settings | None = None,
-            app: Any = None, schemas: Sequence[str] = DEFAULT_SCHEMAS, max_batch_rows: int = 64,
-            **client_options: Any) -> duckdb.DuckDBPyConnection:
+def connect(
+    url: str | None = None,
+    database: str = ":memory:",
+    *,
+    settings: Settings | None = None,
+    app: Any = None,
+    schemas: Sequence[str] = DEFAULT_SCHEMAS,
+    max_batch_rows: int = 64,
+    **client_options: Any,
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with every Cortex function. With ``url``, rows go to that running server; without it,
     the service runs in this process (``settings``: default the packaged model; or around ``app``)."""
     con = duckdb.connect(database)
@@ -106,7 +121,7 @@ def _split(qualified: str) -> tuple[str, str]:
 def _ensure_schema(con: duckdb.DuckDBPyConnection, catalog: str, schema: str) -> None:
     attached = {row[0] for row in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()}
     if catalog not in attached:
-        con.execute(f'ATTACH \':memory:\' AS "{catalog}"')
+        con.execute(f"ATTACH ':memory:' AS \"{catalog}\"")
     con.execute(f'CREATE SCHEMA IF NOT EXISTS "{catalog}"."{schema}"')
 
 
@@ -121,8 +136,15 @@ def _returns(fn: SqlFunction, overload: Overload) -> str:
 def _create_udf(con: duckdb.DuckDBPyConnection, client: BatchClient, fn: SqlFunction, overload: Overload) -> None:
     params = [SQL_TYPES.get(t, t) for _, t in overload.args]
     returns = _returns(fn, overload)
-    con.create_function(_udf_name(fn, overload), _vectorised(client, fn.name, params, returns), params, returns,
-                        type="arrow", null_handling="special", side_effects=False)  # type: ignore[call-overload]
+    con.create_function(
+        _udf_name(fn, overload),
+        _vectorised(client, fn.name, params, returns),
+        params,
+        returns,
+        type="arrow",
+        null_handling="special",
+        side_effects=False,
+    )  # type: ignore[call-overload]
 
 
 def _vectorised(client: BatchClient, name: str, params: list[str], returns: str) -> Callable[..., pa.Array]:
@@ -139,7 +161,8 @@ def _vectorised(client: BatchClient, name: str, params: list[str], returns: str)
         return pa.array([None if a is None else encode(a) for a in answers], type=arrow_type)
 
     udf.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(params))])
+        [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(len(params))]
+    )
     return udf
 
 
@@ -159,8 +182,13 @@ def _arrow_type(returns: str) -> pa.DataType:
     if returns.startswith("FLOAT["):
         size = returns[6:-1]
         return pa.list_(pa.float32(), int(size)) if size else pa.list_(pa.float32())
-    return {"VARCHAR": pa.string(), "JSON": pa.json_(pa.string()), "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_(),
-            "BIGINT": pa.int64()}[returns]
+    return {
+        "VARCHAR": pa.string(),
+        "JSON": pa.json_(pa.string()),
+        "DOUBLE": pa.float64(),
+        "BOOLEAN": pa.bool_(),
+        "BIGINT": pa.int64(),
+    }[returns]
 
 
 def _create_macro(con: duckdb.DuckDBPyConnection, fn: SqlFunction, schema: str | None, *, aggregate: bool) -> None:

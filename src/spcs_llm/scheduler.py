@@ -192,10 +192,19 @@ class RowRate:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, metrics: Metrics, *, max_concurrency: int | None = None,
-                 max_queue_rows: int = 20_000, max_queue_seconds: float | None = None,
-                 max_queue_bytes: int | None = None, cold_limit: bool = True,
-                 cache_bytes: int = 256 * 2**20, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        max_concurrency: int | None = None,
+        max_queue_rows: int = 20_000,
+        max_queue_seconds: float | None = None,
+        max_queue_bytes: int | None = None,
+        cold_limit: bool = True,
+        cache_bytes: int = 256 * 2**20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_concurrency = max_concurrency or engine.max_concurrency
@@ -420,7 +429,7 @@ class Scheduler:
         cached = self.cache.get(request)
         if cached is not None:
             self._chat_hits.inc()
-            return cached  # type: ignore[no-any-return]
+            return cached
         shared = self._scoring.get(request)
         if shared is not None:
             self.metrics.dedup_hits.inc()
@@ -446,8 +455,9 @@ class Scheduler:
             del self._scoring[request]
         future.set_result(scores)
         if scores is not None:
-            self.cache.put(request, scores, 200 + 2 * sum(len(m.content) for m in request.messages)
-                           + 100 * len(request.labels))
+            self.cache.put(
+                request, scores, 200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels)
+            )
         return scores
 
     async def _score(self, request: ScoreRequest) -> LabelScores | None:
@@ -581,11 +591,13 @@ class _EmbedBatcher:
             try:
                 # an embedder that can fail one text alone (embed_rows) keeps that text's neighbours answered
                 rows = getattr(self.embedder, "embed_rows", None)
-                vectors: Any = await rows(texts) if rows is not None else np.asarray(
-                    await self.embedder.embed_array(texts)).view()
+                vectors: Any = (
+                    await rows(texts) if rows is not None else np.asarray(await self.embedder.embed_array(texts)).view()
+                )
                 if len(vectors) != len(texts):
-                    raise EngineUnavailable(f"{self.embedder.model_name} returned {len(vectors)} vectors "
-                                            f"for {len(texts)} texts")
+                    raise EngineUnavailable(
+                        f"{self.embedder.model_name} returned {len(vectors)} vectors for {len(texts)} texts"
+                    )
             except Exception as exc:  # every waiter of this pass gets the failure
                 for futures in waiters:
                     for f in futures:
@@ -601,8 +613,13 @@ class _EmbedBatcher:
                 vectors.flags.writeable = False  # rows are shared by the cache and every caller: nobody may write
             self._finish(texts, waiters, vectors, share)
 
-    def _finish(self, texts: list[str], waiters: list[list[asyncio.Future[tuple[np.ndarray, float | None]]]],
-                vectors: Sequence[Any], share: float) -> None:
+    def _finish(
+        self,
+        texts: list[str],
+        waiters: list[list[asyncio.Future[tuple[np.ndarray, float | None]]]],
+        vectors: Sequence[Any],
+        share: float,
+    ) -> None:
         cache, name = self.scheduler.cache, self.embedder.model_name
         for text, futures, vector in zip(texts, waiters, vectors, strict=True):
             if isinstance(vector, BaseException):  # this text alone failed (embed_rows): only its callers see it

@@ -24,8 +24,11 @@ from .config import Settings
 
 # Snowflake's vector functions, as sqlglot's Snowflake parser names them, and DuckDB's for FLOAT[n] arrays.
 # (sqlglot reads VECTOR_COSINE_SIMILARITY as CosineDistance and would write a *distance*: the similarity is meant.)
-VECTOR_FUNCTIONS = {"CosineDistance": "array_cosine_similarity", "DotProduct": "array_inner_product",
-                    "EuclideanDistance": "array_distance"}
+VECTOR_FUNCTIONS = {
+    "CosineDistance": "array_cosine_similarity",
+    "DotProduct": "array_inner_product",
+    "EuclideanDistance": "array_distance",
+}
 FORMATS = ("csv", "json", "parquet")
 RESULT = "__spcs_llm_result"
 MISSING = "spcs-llm sql needs DuckDB and sqlglot: pip install 'spcs-llm[sql]'"
@@ -60,27 +63,55 @@ def transpile(sql: str) -> list[str]:
 
     statements = sqlglot.parse(sql, read="snowflake")
     # two passes: a node that transform() replaces is not descended into
-    return [s.transform(_vector_types).transform(_vector_functions).sql(dialect="duckdb")
-            for s in statements if s is not None]
+    return [
+        s.transform(_vector_types).transform(_vector_functions).sql(dialect="duckdb")
+        for s in statements
+        if s is not None
+    ]
 
 
 def add_command(sub: Any) -> None:
-    sql = sub.add_parser("sql", help="run Cortex SQL locally in DuckDB (a shell, -c SQL, or a file)",
-                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sql = sub.add_parser(
+        "sql",
+        help="run Cortex SQL locally in DuckDB (a shell, -c SQL, or a file)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sql.add_argument("file", nargs="?", type=Path, help="a file of SQL statements (default: -c, else a shell)")
     sql.add_argument("-c", "--command", dest="sql_text", help="SQL to run")
-    sql.add_argument("--url", default=os.environ.get("SPCS_LLM_URL"),
-                     help="a running spcs-llm server (default $SPCS_LLM_URL; unset: run the engine in process)")
+    sql.add_argument(
+        "--url",
+        default=os.environ.get("SPCS_LLM_URL"),
+        help="a running spcs-llm server (default $SPCS_LLM_URL; unset: run the engine in process)",
+    )
     sql.add_argument("--config", type=Path, help="in process: the service's TOML config (default: packaged model)")
     sql.add_argument("--database", default=":memory:", help="a DuckDB database file (default: in memory)")
-    sql.add_argument("--dialect", choices=["auto", "snowflake", "duckdb"], default="auto",
-                     help="auto: Snowflake when the query names SNOWFLAKE.CORTEX or a deployed schema")
-    sql.add_argument("--schema", action="append", dest="schemas", metavar="DB.SCHEMA",
-                     help="a deployed schema whose functions resolve locally (default SPCS_LLM.LLM); repeatable")
-    sql.add_argument("--table", action="append", default=[], metavar="NAME=FILE",
-                     help="expose a CSV/Parquet/JSON file as a table NAME; repeatable")
-    sql.add_argument("--output", nargs=2, metavar=("FORMAT", "FILE"),
-                     help=f"write the last result to FILE as one of {', '.join(FORMATS)} instead of printing it")
+    sql.add_argument(
+        "--dialect",
+        choices=["auto", "snowflake", "duckdb"],
+        default="auto",
+        help="auto: Snowflake when the query names SNOWFLAKE.CORTEX or a deployed schema",
+    )
+    sql.add_argument(
+        "--schema",
+        action="append",
+        dest="schemas",
+        metavar="DB.SCHEMA",
+        help="a deployed schema whose functions resolve locally (default SPCS_LLM.LLM); repeatable",
+    )
+    sql.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="expose a CSV/Parquet/JSON file as a table NAME; repeatable",
+    )
+    sql.add_argument(
+        "--output",
+        nargs=2,
+        metavar=("FORMAT", "FILE"),
+        help=f"write the last result to FILE as one of {', '.join(FORMATS)} instead of printing it",
+    )
     sql.add_argument("--max-batch-rows", type=int, default=64, help="rows per batch, as MAX_BATCH_ROWS (64)")
     sql.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -158,8 +189,7 @@ def run(args: argparse.Namespace) -> int:
 
     schemas = args.schemas or list(local.DEFAULT_SCHEMAS)
     settings = Settings.load(args.config) if args.url is None else None
-    con = local.connect(args.url, args.database, settings=settings, schemas=schemas,
-                        max_batch_rows=args.max_batch_rows)
+    con = local.connect(args.url, args.database, settings=settings, schemas=schemas, max_batch_rows=args.max_batch_rows)
     client = local.client_of(con)
     try:
         for spec in args.table:
@@ -167,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             if not name or not path:
                 print(f"spcs-llm sql: --table {spec!r}: expected NAME=FILE", file=sys.stderr)
                 return 2
-            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM \'{path.replace(chr(39), chr(39) * 2)}\'')
+            con.execute(f"CREATE OR REPLACE VIEW \"{name}\" AS SELECT * FROM '{path.replace(chr(39), chr(39) * 2)}'")
         interactive = args.sql_text is None and args.file is None
         for text in _statements(args):
             try:

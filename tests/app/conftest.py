@@ -29,8 +29,11 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log_path = tmp_path_factory.mktemp("fake-server") / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "spcs_llm", "serve", "--engine", "fake", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spcs_llm", "serve", "--engine", "fake", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         if not wait_healthy(base, timeout_s=60, still_running=lambda: proc.poll() is None):

@@ -13,7 +13,7 @@ from spcs_llm.functions import FUNCTIONS
 
 from .conftest import APPS, free_port
 
-CSV = b"id,text\n1,alpha\n2,\n3,gamma delta\n4,O'Brien says \"hi\"\n5,epsilon\n"
+CSV = b'id,text\n1,alpha\n2,\n3,gamma delta\n4,O\'Brien says "hi"\n5,epsilon\n'
 
 
 @pytest.fixture
@@ -37,8 +37,12 @@ def test_chat_answers_and_keeps_the_conversation(app: AppTest) -> None:
     app.chat_input[0].set_value("hello there").run()
     app.chat_input[0].set_value("and again").run()
     assert not app.exception and not app.error
-    assert _messages(app) == [("user", "hello there"), ("assistant", "echo:hello there"),
-                              ("user", "and again"), ("assistant", "echo:and again")]
+    assert _messages(app) == [
+        ("user", "hello there"),
+        ("assistant", "echo:hello there"),
+        ("user", "and again"),
+        ("assistant", "echo:and again"),
+    ]
 
 
 def test_chat_error_is_shown_not_raised(fake_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,7 +68,7 @@ def test_batch_over_a_csv_gives_one_result_per_row_in_order(app: AppTest) -> Non
     assert list(result["id"]) == ["1", "2", "3", "4", "5"]
     answers = list(result["COMPLETE"])
     assert answers[0] == "echo:alpha" and answers[2] == "echo:gamma delta"
-    assert answers[3] == "echo:O'Brien says \"hi\"" and answers[4] == "echo:epsilon"
+    assert answers[3] == 'echo:O\'Brien says "hi"' and answers[4] == "echo:epsilon"
     assert _is_null(answers[1])  # NULL in, NULL out (the dataframe shows None as NaN)
     assert app.success[0].value == "5 rows answered"
     assert app.get("download_button")  # the results can be downloaded
@@ -104,8 +108,11 @@ def test_try_complete_gives_null_for_the_bad_row(app: AppTest) -> None:
 def test_function_list_is_the_server_registry(app: AppTest) -> None:
     app.sidebar.radio(key="page").set_value("Batch").run()
     shown = app.selectbox(key="batch_function").options
-    expected = [f"{fn.name.upper()}{o.signature} → {o.returns}" for fn in FUNCTIONS.values()
-                for o in sorted(fn.overloads, key=lambda o: o.arity)]
+    expected = [
+        f"{fn.name.upper()}{o.signature} → {o.returns}"
+        for fn in FUNCTIONS.values()
+        for o in sorted(fn.overloads, key=lambda o: o.arity)
+    ]
     assert shown == expected
 
 

@@ -81,8 +81,10 @@ def test_rows_are_bound_not_spliced_and_answers_keep_their_order() -> None:
     assert values == [f"answer:row {i}" for i in range(5)] + ["answer:O'Brien'); DROP TABLE t; --"]
     assert progress == [(4, 6), (6, 6)]
     query, params = session.queries[0]
-    assert query == ("SELECT APPDB.LLM.COMPLETE(f.value[0]::VARCHAR, f.value[1]::VARCHAR) AS result "
-                     "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?))) f ORDER BY f.index")
+    assert query == (
+        "SELECT APPDB.LLM.COMPLETE(f.value[0]::VARCHAR, f.value[1]::VARCHAR) AS result "
+        "FROM TABLE(FLATTEN(INPUT => PARSE_JSON(?))) f ORDER BY f.index"
+    )
     assert json.loads(params[0]) == rows[:4] and "O'Brien" not in session.queries[1][0]
     _parses(query)
 
@@ -104,8 +106,10 @@ def test_functions_from_show_when_the_registry_is_not_importable() -> None:
     session = FakeSession()
     specs = SnowparkBackend(session, use_registry=False).functions()
     assert session.queries[0][0] == "SHOW USER FUNCTIONS IN SCHEMA APPDB.LLM"
-    assert specs == [FunctionSpec("COMPLETE", (("arg1", "VARCHAR"), ("arg2", "VARCHAR")), "VARCHAR"),
-                     FunctionSpec("COMPLETE", (("arg1", "VARCHAR"), ("arg2", "ARRAY"), ("arg3", "OBJECT")), "VARCHAR")]
+    assert specs == [
+        FunctionSpec("COMPLETE", (("arg1", "VARCHAR"), ("arg2", "VARCHAR")), "VARCHAR"),
+        FunctionSpec("COMPLETE", (("arg1", "VARCHAR"), ("arg2", "ARRAY"), ("arg3", "OBJECT")), "VARCHAR"),
+    ]
 
 
 def test_read_table_checks_the_name_and_limits_rows() -> None:

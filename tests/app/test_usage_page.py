@@ -22,8 +22,11 @@ def _charts(at: AppTest) -> list[Any]:
 
 def test_usage_page_shows_todays_tokens_from_the_server(fake_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     rows = {"data": [[0, "llama3.1-8b", "count these words"], [1, "llama3.1-8b", "and these"]]}
-    headers = {"sf-external-function-current-query-id": "q-usage", "sf-context-current-user": "ALICE",
-               "sf-context-current-role": "ANALYST"}
+    headers = {
+        "sf-external-function-current-query-id": "q-usage",
+        "sf-context-current-user": "ALICE",
+        "sf-context-current-role": "ANALYST",
+    }
     assert httpx.post(f"{fake_server}/functions/complete", json=rows, headers=headers).status_code == 200
     monkeypatch.setenv("SPCS_LLM_URL", fake_server)
     at = AppTest.from_file(str(APPS / "streamlit_app.py"), default_timeout=60).run()
@@ -61,8 +64,13 @@ class UsageSession:
     def sql(self, query: str, params: list[Any] | None = None) -> _Result:
         self.queries.append((query, params))
         if '"role"' in query:
-            return _Result([("2026-11-27", "ANALYST", 10, 1200, 0.5), ("2026-11-28", "ANALYST", 4, 300, 0.1),
-                            ("2026-11-28", "OPS", 2, 100, 0.05)])
+            return _Result(
+                [
+                    ("2026-11-27", "ANALYST", 10, 1200, 0.5),
+                    ("2026-11-28", "ANALYST", 4, 300, 0.1),
+                    ("2026-11-28", "OPS", 2, 100, 0.05),
+                ]
+            )
         return _Result([("2026-11-27", 10, 1200, 0.5), ("2026-11-28", 6, 400, 0.15)])
 
 

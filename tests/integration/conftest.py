@@ -38,8 +38,20 @@ class LiveServer:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "spcs_llm", "serve", "--port", str(port), "--n-parallel", "4",
-           "--ctx-per-slot", str(CTX_PER_SLOT), "--max-output-tokens", str(MAX_OUTPUT_TOKENS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "spcs_llm",
+        "serve",
+        "--port",
+        str(port),
+        "--n-parallel",
+        "4",
+        "--ctx-per-slot",
+        str(CTX_PER_SLOT),
+        "--max-output-tokens",
+        str(MAX_OUTPUT_TOKENS),
+    ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     base = f"http://127.0.0.1:{port}"

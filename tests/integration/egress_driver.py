@@ -59,8 +59,20 @@ def free_port() -> int:
 
 def main(result_path: str, strace_log: str) -> None:
     port = free_port()
-    serve = [sys.executable, "-m", "spcs_llm", "serve", "--port", str(port), "--n-parallel", "2",
-             "--ctx-per-slot", "1024", "--max-output-tokens", "48"]
+    serve = [
+        sys.executable,
+        "-m",
+        "spcs_llm",
+        "serve",
+        "--port",
+        str(port),
+        "--n-parallel",
+        "2",
+        "--ctx-per-slot",
+        "1024",
+        "--max-output-tokens",
+        "48",
+    ]
     trace = ["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect,sendto,sendmsg", "-o", strace_log]
     with open(strace_log + ".server.log", "wb") as log:  # the server's own log, for a failure's explanation
         # its own process group: stopping must reach the server itself, since strace detaches when signalled
@@ -76,13 +88,17 @@ def main(result_path: str, strace_log: str) -> None:
             rows = ROWS.get(name)
             if rows is None:
                 continue
-            r = httpx.post(f"{base}/functions/{name}", json={"data": [[i, *a] for i, a in enumerate(rows)]},
-                           timeout=600)
+            r = httpx.post(
+                f"{base}/functions/{name}", json={"data": [[i, *a] for i, a in enumerate(rows)]}, timeout=600
+            )
             statuses[name] = [r.status_code, r.text[:200] if r.status_code != 200 else len(r.json()["data"])]
         result["statuses"] = statuses
         start = time.monotonic()
-        chat = httpx.post(f"{base}/v1/chat/completions", timeout=600,
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        chat = httpx.post(
+            f"{base}/v1/chat/completions",
+            timeout=600,
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )
         result["openai_chat"] = [chat.status_code, round(time.monotonic() - start, 2)]
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -29,8 +29,7 @@ DEBIAN_MIRROR = os.environ.get("SPCS_LLM_DEBIAN_MIRROR", "http://deb.debian.org/
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-pip", "ca-certificates")
 # python:3.11-slim's own environment (docker-library/python): PATH with /usr/local/bin first, UTF-8 locale.
-BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-            "HOME": "/root"}
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 HOST_CA = "/etc/ssl/certs/build-host-ca.crt"  # where the build host's CA bundle goes inside the root
 
 
@@ -55,8 +54,12 @@ def build_base(root: Path, cache: Path | None = None) -> None:
         with tarfile.open(tarball) as tar:
             tar.extractall(root, filter="fully_trusted")
         return
-    done = subprocess.run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE,
-                           str(root), DEBIAN_MIRROR], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(root), DEBIAN_MIRROR],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"debootstrap failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     # python:*-slim has no EXTERNALLY-MANAGED marker: its pip installs into the system Python
@@ -71,12 +74,18 @@ def build_base(root: Path, cache: Path | None = None) -> None:
 
 def build_env() -> dict[str, str]:
     """What the build host gives RUN steps: its CA bundle (copied into the root) and its proxy settings."""
-    env = {k: os.environ[k] for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-                                      "no_proxy") if k in os.environ}
+    env = {
+        k: os.environ[k]
+        for k in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+        if k in os.environ
+    }
     if os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE"):
         env |= {"PIP_CERT": HOST_CA, "SSL_CERT_FILE": HOST_CA, "REQUESTS_CA_BUNDLE": HOST_CA}
-    return env | {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_DEFAULT_TIMEOUT": "180", "DEBIAN_FRONTEND":
-                  "noninteractive"}
+    return env | {
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_DEFAULT_TIMEOUT": "180",
+        "DEBIAN_FRONTEND": "noninteractive",
+    }
 
 
 def prepare_network(root: Path) -> None:
@@ -95,16 +104,28 @@ class Mount:
     inside: str
 
 
-def chroot_argv(root: Path, argv: list[str], env: dict[str, str], workdir: str = "/",
-                mounts: tuple[Mount, ...] = ()) -> list[str]:
+def chroot_argv(
+    root: Path, argv: list[str], env: dict[str, str], workdir: str = "/", mounts: tuple[Mount, ...] = ()
+) -> list[str]:
     """``argv`` run in ``root`` with exactly ``env``, in a private mount namespace with /proc mounted."""
     setup = [f"mount -t proc proc {shlex.quote(str(root / 'proc'))}"]
     for m in mounts:
         target = shlex.quote(str(root / m.inside.lstrip("/")))
-        setup += [f"mkdir -p {target}", f"mount --bind {shlex.quote(str(m.host))} {target}",
-                  f"mount -o remount,bind,ro {target}"]
-    inner = shlex.join(["/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), "/bin/sh", "-c",
-                        f"cd {shlex.quote(workdir)} && exec {shlex.join(argv)}"])
+        setup += [
+            f"mkdir -p {target}",
+            f"mount --bind {shlex.quote(str(m.host))} {target}",
+            f"mount -o remount,bind,ro {target}",
+        ]
+    inner = shlex.join(
+        [
+            "/usr/bin/env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            "/bin/sh",
+            "-c",
+            f"cd {shlex.quote(workdir)} && exec {shlex.join(argv)}",
+        ]
+    )
     script = " && ".join(setup) + f" && exec chroot {shlex.quote(str(root))} {inner}"
     return ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", script]
 
@@ -147,13 +168,17 @@ class Image:
     log: list[str] = field(default_factory=list)
 
 
-def replay(dockerfile: str, context: Path, root: Path, *, mounts: tuple[Mount, ...] = (),
-           timeout_s: float = 900) -> Image:
+def replay(
+    dockerfile: str, context: Path, root: Path, *, mounts: tuple[Mount, ...] = (), timeout_s: float = 900
+) -> Image:
     """Run the Dockerfile's instructions in ``root``; a failing RUN raises with its output."""
     patterns = []
     if (context / ".dockerignore").is_file():
-        patterns = [p.strip() for p in (context / ".dockerignore").read_text().splitlines()
-                    if p.strip() and not p.startswith("#")]
+        patterns = [
+            p.strip()
+            for p in (context / ".dockerignore").read_text().splitlines()
+            if p.strip() and not p.startswith("#")
+        ]
     image = Image(root)
     for op, arg in instructions(dockerfile):
         if op == "FROM":
@@ -173,8 +198,9 @@ def replay(dockerfile: str, context: Path, root: Path, *, mounts: tuple[Mount, .
             done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
             image.log.append(f"RUN {arg}\n{done.stdout[-4000:]}{done.stderr[-4000:]}")
             if done.returncode != 0:
-                raise RuntimeError(f"RUN {arg} failed ({done.returncode}):\n{done.stdout[-4000:]}\n"
-                                   f"{done.stderr[-4000:]}")
+                raise RuntimeError(
+                    f"RUN {arg} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+                )
         elif op == "EXPOSE":
             image.exposed += [int(p.split("/")[0]) for p in arg.split()]
         elif op == "ENTRYPOINT":

@@ -28,7 +28,8 @@ def async_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     port = _free_port()
     tmp = tmp_path_factory.mktemp("async")
     config, log_path = tmp / "spcs-llm.toml", tmp / "server.log"
-    config.write_text(f"""embeddings = []
+    config.write_text(
+        f"""embeddings = []
 
 [server]
 port = {port}
@@ -39,10 +40,16 @@ kind = "llamacpp"
 n_parallel = 2
 ctx_per_slot = 1024
 max_output_tokens = 12
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "spcs_llm", "serve", "--config", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spcs_llm", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         if not wait_healthy(base, timeout_s=300, still_running=lambda: proc.poll() is None):

@@ -31,8 +31,20 @@ def test_serve_a_catalogue_name_pulls_its_gguf_and_serves_it(tmp_path: Path) -> 
     log = tmp_path / "serve.log"
     with HubServer(hub) as url:
         env = dict(os.environ, SPCS_LLM_CACHE=str(tmp_path / "cache"), SPCS_LLM_SOURCES=f"hf={url},modelscope={url}")
-        cmd = [sys.executable, "-m", "spcs_llm", "serve", "--model", NAME, "--port", str(port), "--n-parallel", "2",
-               "--ctx-per-slot", "512"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "spcs_llm",
+            "serve",
+            "--model",
+            NAME,
+            "--port",
+            str(port),
+            "--n-parallel",
+            "2",
+            "--ctx-per-slot",
+            "512",
+        ]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         base = f"http://127.0.0.1:{port}"

@@ -19,13 +19,16 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    settings = Settings.load(overrides={"engine": {"n_parallel": 4, "ctx_per_slot": CTX_PER_SLOT,
-                                                   "max_output_tokens": MAX_OUTPUT_TOKENS}})
+    settings = Settings.load(
+        overrides={"engine": {"n_parallel": 4, "ctx_per_slot": CTX_PER_SLOT, "max_output_tokens": MAX_OUTPUT_TOKENS}}
+    )
     connection = local.connect(settings=settings)  # the packaged SmolLM2 and all-mpnet-base-v2, in this process
-    connection.execute("CREATE TABLE reviews AS SELECT * FROM (VALUES "
-                       "('I loved this restaurant, the food was wonderful and the staff so kind.', 'a'), "
-                       "('Terrible service, cold food, and rude staff. Never again.', 'a'), "
-                       "('Great coffee and a lovely view.', 'b')) v(review, product)")
+    connection.execute(
+        "CREATE TABLE reviews AS SELECT * FROM (VALUES "
+        "('I loved this restaurant, the food was wonderful and the staff so kind.', 'a'), "
+        "('Terrible service, cold food, and rude staff. Never again.', 'a'), "
+        "('Great coffee and a lovely view.', 'b')) v(review, product)"
+    )
     yield connection
     local.close(connection)
 
@@ -40,8 +43,10 @@ def test_sentiment_from_snowflake_sql_on_the_real_model(con: duckdb.DuckDBPyConn
 def test_labels_and_aggregates_on_the_real_model(con: duckdb.DuckDBPyConnection) -> None:
     label = con.execute("SELECT ai_classify(review, ['praise', 'complaint']) FROM reviews LIMIT 1").fetchone()[0]
     assert json.loads(label)["labels"][0] in {"praise", "complaint"}
-    groups = con.execute("SELECT product, ai_agg(review, 'Summarize the reviews in one sentence.') FROM reviews "
-                         "GROUP BY product ORDER BY product").fetchall()
+    groups = con.execute(
+        "SELECT product, ai_agg(review, 'Summarize the reviews in one sentence.') FROM reviews "
+        "GROUP BY product ORDER BY product"
+    ).fetchall()
     assert [g for g, _ in groups] == ["a", "b"] and all(isinstance(s, str) and s for _, s in groups)
 
 
@@ -50,5 +55,6 @@ def test_real_embeddings_compare_in_duckdb(con: duckdb.DuckDBPyConnection) -> No
         "SELECT array_cosine_similarity(embed_text_768('e5-base-v2', 'a cat sat on the mat'), "
         "embed_text_768('e5-base-v2', 'a kitten is sitting on a rug')), "
         "array_cosine_similarity(embed_text_768('e5-base-v2', 'a cat sat on the mat'), "
-        "embed_text_768('e5-base-v2', 'quarterly earnings beat expectations'))").fetchone()
+        "embed_text_768('e5-base-v2', 'quarterly earnings beat expectations'))"
+    ).fetchone()
     assert near > far

@@ -61,8 +61,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[rootfs.Ima
     libs = root / "usr" / "lib" / "x86_64-linux-gnu"
     assert not list(libs.glob("libgomp.so*")), "the base must lack libgomp1, as python:3.11-slim does"
     host_models = default_cache_dir() / "models"
-    seeded = (packaged.find_packaged_model(default_cache_dir()) is not None and (host_models / "all-mpnet-base-v2")
-              .is_dir() and os.environ.get("SPCS_LLM_ROOTFS_DOWNLOAD") != "1")
+    seeded = (
+        packaged.find_packaged_model(default_cache_dir()) is not None
+        and (host_models / "all-mpnet-base-v2").is_dir()
+        and os.environ.get("SPCS_LLM_ROOTFS_DOWNLOAD") != "1"
+    )
     mounts = (rootfs.Mount(host_models, f"{PACKAGED}/models"),) if seeded else ()
     dockerfile = docker.dockerfile(load("cpu"))
     built = rootfs.replay(dockerfile, ROOT, root, mounts=mounts)
@@ -111,13 +114,15 @@ def stop(proc: subprocess.Popen) -> None:
 def spec_env(cfg_name: str, port: int, **model: str) -> dict[str, str]:
     """The container's environment exactly as the rendered spec gives it, on a free port."""
     cfg = load(cfg_name)
-    cfg = cfg.model_copy(update={"service": cfg.service.model_copy(update={"port": port}),
-                                 "model": cfg.model.model_copy(update=model)})
+    cfg = cfg.model_copy(
+        update={"service": cfg.service.model_copy(update={"port": port}), "model": cfg.model.model_copy(update=model)}
+    )
     return dict(render.spec(cfg)["spec"]["containers"][0]["env"])
 
 
-def test_entrypoint_serves_health_and_a_sentiment_batch(image: tuple[rootfs.Image, tuple[rootfs.Mount, ...]],
-                                                        tmp_path: Path) -> None:
+def test_entrypoint_serves_health_and_a_sentiment_batch(
+    image: tuple[rootfs.Image, tuple[rootfs.Mount, ...]], tmp_path: Path
+) -> None:
     built, mounts = image
     port = _free_port()
     proc = start(built, mounts, spec_env("cpu", port), tmp_path / "serve.log")
@@ -133,8 +138,9 @@ def test_entrypoint_serves_health_and_a_sentiment_batch(image: tuple[rootfs.Imag
         stop(proc)
 
 
-def test_a_catalogue_name_on_llamacpp_in_the_container(image: tuple[rootfs.Image, tuple[rootfs.Mount, ...]],
-                                                       tmp_path: Path) -> None:
+def test_a_catalogue_name_on_llamacpp_in_the_container(
+    image: tuple[rootfs.Image, tuple[rootfs.Mount, ...]], tmp_path: Path
+) -> None:
     """engine = "llamacpp", model = "qwen2.5-0.5b-instruct": the entrypoint pulls the GGUF through the mirror
     into the cache (stage mode), and serve resolves the name to it. The stand-in hub serves the packaged SmolLM2
     GGUF under Qwen's file name (a real GGUF llama.cpp can load; the real Qwen file is not reachable here)."""
@@ -156,6 +162,9 @@ def test_a_catalogue_name_on_llamacpp_in_the_container(image: tuple[rootfs.Image
         finally:
             stop(proc)
     cache = built.root / env["SPCS_LLM_CACHE"].lstrip("/") / "hub"
-    assert (cache / "Qwen--Qwen2.5-0.5B-Instruct-GGUF--qwen2.5-0.5b-instruct-q4_k_m.gguf"
-            / "qwen2.5-0.5b-instruct-q4_k_m.gguf").is_file()
+    assert (
+        cache
+        / "Qwen--Qwen2.5-0.5B-Instruct-GGUF--qwen2.5-0.5b-instruct-q4_k_m.gguf"
+        / "qwen2.5-0.5b-instruct-q4_k_m.gguf"
+    ).is_file()
     assert hub.count("/resolve/") == 1  # pulled once by the entrypoint; serve found it in the cache

@@ -30,8 +30,11 @@ from spcs_llm.metrics import Metrics
 from spcs_llm.models.catalog import ModelResolver
 from spcs_llm.scheduler import Scheduler
 
-REVIEWS = ["I love this phone, the battery lasts for days.", "The worst meal I have ever had. Cold and bland.",
-           "The package arrived on Tuesday."]
+REVIEWS = [
+    "I love this phone, the battery lasts for days.",
+    "The worst meal I have ever had. Cold and bland.",
+    "The package arrived on Tuesday.",
+]
 
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -84,12 +87,16 @@ async def test_sentiment_reads_the_label_probabilities_of_the_constrained_answer
     text: under the JSON grammar this model writes ```json and newlines before ``"sentiment": "``, while scoring
     continues the canonical ``{"sentiment": "``, so the probabilities differ a little (measured here: up to 0.09);
     on a clear review the likeliest label and the sign of the score stay."""
-    schema = {"type": "object", "properties": {"sentiment": {"type": "string", "enum": list(POLARITY)}},
-              "required": ["sentiment"]}
+    schema = {
+        "type": "object",
+        "properties": {"sentiment": {"type": "string", "enum": list(POLARITY)}},
+        "required": ["sentiment"],
+    }
     for text in REVIEWS[:2]:
         messages = (Message("system", SENTIMENT_INSTRUCTION), Message("user", text))
-        generated = await engine.chat(ChatRequest(messages, 16, json_schema=ChatRequest.schema_key(schema),
-                                                  top_logprobs=10))
+        generated = await engine.chat(
+            ChatRequest(messages, 16, json_schema=ChatRequest.schema_key(schema), top_logprobs=10)
+        )
         before = label_distribution(generated, list(POLARITY))
         scored = await engine.score_labels(ScoreRequest(messages, SENTIMENT_PREFIX, tuple(POLARITY), 10))
         assert scored is not None and scored.steps == 1
@@ -100,8 +107,10 @@ async def test_sentiment_reads_the_label_probabilities_of_the_constrained_answer
 
 async def test_shared_first_tokens_take_another_step_on_the_real_tokenizer(engine) -> None:
     assert await engine.token_pieces("food quality") == ["food", " quality"]
-    messages = (Message("system", "Categories:\n- food\n- food quality\n- service\nAnswer with one category."),
-                Message("user", "The soup was cold and salty."))
+    messages = (
+        Message("system", "Categories:\n- food\n- food quality\n- service\nAnswer with one category."),
+        Message("user", "The soup was cold and salty."),
+    )
     scores = await engine.score_labels(ScoreRequest(messages, '{"label": "', ("food", "food quality", "service")))
     assert scores is not None and set(scores.distribution) == {"food", "food quality", "service"}
     assert sum(scores.distribution.values()) == pytest.approx(1)
@@ -115,8 +124,9 @@ async def test_an_openai_compatible_llama_server_gives_the_same_scores(engine) -
     try:
         assert await upstream.token_pieces("food quality") == ["food", " quality"]
         for text in REVIEWS:
-            request = ScoreRequest((Message("system", SENTIMENT_INSTRUCTION), Message("user", text)),
-                                   SENTIMENT_PREFIX, tuple(POLARITY), 10)
+            request = ScoreRequest(
+                (Message("system", SENTIMENT_INSTRUCTION), Message("user", text)), SENTIMENT_PREFIX, tuple(POLARITY), 10
+            )
             direct, over_http = await engine.score_labels(request), await upstream.score_labels(request)
             assert direct is not None and over_http is not None
             assert over_http.distribution == pytest.approx(direct.distribution, abs=0.02)

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.integration
 MODEL = "smollm2-135m-instruct"
 
 
-def post_batch(http: httpx.Client, fn: str, rows: list[list], *, gzipped: bool = False,
-               batch_id: str | None = None) -> httpx.Response:
+def post_batch(
+    http: httpx.Client, fn: str, rows: list[list], *, gzipped: bool = False, batch_id: str | None = None
+) -> httpx.Response:
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
     headers = sf_headers(batch_id)
     if gzipped:
@@ -33,8 +34,13 @@ def test_health_and_models(http: httpx.Client) -> None:
 
 
 def test_complete_answers_every_row_in_order_with_nulls_and_unicode(http: httpx.Client) -> None:
-    rows = [["llama3.1-8b", "What is the capital of France?"], [MODEL, None],
-            ["mistral-7b", "用中文说你好 🙂"], [None, "x"], [MODEL, "Name a colour. 🎨"]]
+    rows = [
+        ["llama3.1-8b", "What is the capital of France?"],
+        [MODEL, None],
+        ["mistral-7b", "用中文说你好 🙂"],
+        [None, "x"],
+        [MODEL, "Name a colour. 🎨"],
+    ]
     r = post_batch(http, "complete", rows)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     data = r.json()["data"]
@@ -87,8 +93,13 @@ def test_output_is_capped(http: httpx.Client) -> None:
 
 
 def test_try_complete_nulls_failed_rows(http: httpx.Client) -> None:
-    rows = [[MODEL, "Hi"], ["gpt-9", "Hi"], [MODEL, [{"content": "Hi"}], {"nope": 1}],
-            [MODEL, "word " * (CTX_PER_SLOT + 10)], [MODEL, "Bye"]]
+    rows = [
+        [MODEL, "Hi"],
+        ["gpt-9", "Hi"],
+        [MODEL, [{"content": "Hi"}], {"nope": 1}],
+        [MODEL, "word " * (CTX_PER_SLOT + 10)],
+        [MODEL, "Bye"],
+    ]
     data = post_batch(http, "try_complete", rows).json()["data"]
     assert [v is None for _, v in data] == [False, True, True, True, False]
 
@@ -137,13 +148,19 @@ def test_seed_qwen_complete_payload(http: httpx.Client) -> None:
 def test_openai_sdk(live_server: LiveServer) -> None:
     client = openai.OpenAI(base_url=f"{live_server.base_url}/v1", api_key="unused", max_retries=0)
     assert MODEL in {m.id for m in client.models.list()}
-    out = client.chat.completions.create(model="llama3.1-8b", max_tokens=8, temperature=0,
-                                         messages=[{"role": "user", "content": "Say hi"}])
+    out = client.chat.completions.create(
+        model="llama3.1-8b", max_tokens=8, temperature=0, messages=[{"role": "user", "content": "Say hi"}]
+    )
     assert out.model == MODEL and out.choices[0].message.content
     assert out.usage is not None and 1 <= out.usage.completion_tokens <= 8
-    stream = client.chat.completions.create(model=MODEL, max_tokens=8, temperature=0, stream=True,
-                                            stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": "Say hi"}])
+    stream = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Say hi"}],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == out.choices[0].message.content  # same greedy answer, streamed
@@ -159,8 +176,14 @@ def test_metrics_and_logs(http: httpx.Client, live_server: LiveServer) -> None:
     for text in ("The delivery was late and the box was crushed.", "Lovely staff, spotless room, great view."):
         assert post_batch(http, "sentiment", [[text]]).status_code == 200
     text = http.get("/metrics").text
-    for name in ("spcs_llm_rows_total", "spcs_llm_batches_total", "spcs_llm_tokens_total",
-                 "spcs_llm_engine_latency_seconds_bucket", "spcs_llm_queue_depth", "llamacpp:prompt_tokens_total"):
+    for name in (
+        "spcs_llm_rows_total",
+        "spcs_llm_batches_total",
+        "spcs_llm_tokens_total",
+        "spcs_llm_engine_latency_seconds_bucket",
+        "spcs_llm_queue_depth",
+        "llamacpp:prompt_tokens_total",
+    ):
         assert name in text, name
     cached = next(line for line in text.splitlines() if line.startswith("spcs_llm_prompt_tokens_cached_total "))
     assert float(cached.split()[1]) > 0

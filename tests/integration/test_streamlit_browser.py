@@ -24,14 +24,23 @@ from .conftest import LiveServer, _free_port
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("SPCS_LLM_TEST_ARTIFACTS", REPO / "tests" / "artifacts"))
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PROMPT = "Name three colours."
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: run .ci/run or "
-                                                     "`apt-get install -y chromium` as root"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is absent: run .ci/run or `apt-get install -y chromium` as root",
+    ),
 ]
 
 
@@ -39,9 +48,23 @@ pytestmark = [
 def streamlit_url(live_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "apps" / "streamlit_app.py"),
-           "--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(REPO / "apps" / "streamlit_app.py"),
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
     env = {**os.environ, "SPCS_LLM_URL": live_server.base_url}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -73,15 +96,22 @@ def test_chat_in_headless_chromium(streamlit_url: str, live_server: LiveServer) 
     # What the server answers for this conversation with the app's defaults (first model, greedy, 512 tokens):
     # the app's streamed answer must be the same text. Digits are left out: markdown turns "1." into list items.
     model = httpx.get(f"{live_server.base_url}/v1/models").json()["data"][0]["id"]
-    expected = httpx.post(f"{live_server.base_url}/v1/chat/completions", timeout=120, json={
-        "model": model, "messages": [{"role": "user", "content": PROMPT}],
-        "temperature": 0, "max_tokens": 512}).json()["choices"][0]["message"]["content"]
+    expected = httpx.post(
+        f"{live_server.base_url}/v1/chat/completions",
+        timeout=120,
+        json={"model": model, "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": 512},
+    ).json()["choices"][0]["message"]["content"]
     assert _words(expected), "the model gave an empty answer; nothing to look for in the page"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "streamlit_chat.png"
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
-        browser = pw.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), headless=True,
-                                                        args=CHROMIUM_FLAGS, viewport={"width": 1280, "height": 900})
+        browser = pw.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
         try:
             page = browser.new_page()
             page.goto(streamlit_url)
@@ -91,10 +121,14 @@ def test_chat_in_headless_chromium(streamlit_url: str, live_server: LiveServer) 
             box.press("Enter")
             messages = page.get_by_test_id("stChatMessage")
             messages.nth(1).wait_for(timeout=60_000)
-            page.wait_for_function("""expected => {
+            page.wait_for_function(
+                """expected => {
                 const m = document.querySelectorAll('[data-testid="stChatMessage"]');
                 return m.length >= 2 && m[1].innerText.toLowerCase().replace(/[^a-z]+/g, ' ').includes(expected);
-            }""", arg=" ".join(_words(expected)), timeout=120_000)
+            }""",
+                arg=" ".join(_words(expected)),
+                timeout=120_000,
+            )
             question, answer = messages.nth(0).inner_text(), messages.nth(1).inner_text()
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -111,6 +145,7 @@ def test_http_backend_streams_the_real_model_in_pieces(live_server: LiveServer) 
     from spcs_llm_app.http_backend import HttpBackend
 
     backend = HttpBackend(live_server.base_url)
-    pieces = list(backend.chat_stream(backend.models()[0], [{"role": "user", "content": PROMPT}],
-                                      temperature=0, max_tokens=32))
+    pieces = list(
+        backend.chat_stream(backend.models()[0], [{"role": "user", "content": PROMPT}], temperature=0, max_tokens=32)
+    )
     assert len(pieces) > 1 and "".join(pieces).strip()

@@ -60,8 +60,11 @@ class Server:
     def start(self) -> None:
         port = _free_port()
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "spcs_llm", "serve", "--config", str(self.config),
-                                          "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "spcs_llm", "serve", "--config", str(self.config), "--port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         self.base = f"http://127.0.0.1:{port}"
         if not wait_healthy(self.base, timeout_s=300, still_running=lambda: self.proc.poll() is None):
             raise RuntimeError(f"server not healthy:\n{self.log.read_text()}")
@@ -90,8 +93,11 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 def batch(base: str, fn: str, rows: list[list], role: str = "ANALYST") -> httpx.Response:
-    headers = {**sf_headers(query_id=f"q-{fn}-{role}"), "sf-context-current-user": "ALICE",
-               "sf-context-current-role": role}
+    headers = {
+        **sf_headers(query_id=f"q-{fn}-{role}"),
+        "sf-context-current-user": "ALICE",
+        "sf-context-current-role": role,
+    }
     body = orjson.dumps({"data": [[i, *r] for i, r in enumerate(rows)]})
     return post_batch_like_snowflake(f"{base}/functions/{fn}", body, headers, timeout=300)
 
@@ -133,8 +139,12 @@ def test_metering_budgets_and_history_on_the_real_server(server: Server) -> None
     again = batch(server.base, "complete", [["llama3.1-8b", "Say hello."]])
     assert (again.status_code, again.text) == (402, "budget exceeded")  # the spent budget survived the restart
 
-    out = subprocess.run([sys.executable, "-m", "spcs_llm", "usage", "--url", server.base, "--since", "1d",
-                          "--by", "role"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "spcs_llm", "usage", "--url", server.base, "--since", "1d", "--by", "role"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[1].split()[:3] == ["role", "rows", "in"] and any(line.startswith("ANALYST") for line in lines)

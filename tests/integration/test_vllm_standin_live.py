@@ -31,19 +31,25 @@ def model_dir(parent: Path, name: str, **config: object) -> Path:
 
 @pytest.mark.parametrize("version", ["0.11.0", "0.33.0"])
 def test_complete_and_embed_on_vllm_answer_every_row(tmp_path: Path, version: str) -> None:
-    yi = model_dir(tmp_path, "Yi-1.5-6B-Chat", num_attention_heads=32, num_key_value_heads=4,
-                   max_position_embeddings=4096)
-    arctic = model_dir(tmp_path, "snowflake-arctic-embed-m-v1.5", num_attention_heads=12,
-                       max_position_embeddings=512)
+    yi = model_dir(
+        tmp_path, "Yi-1.5-6B-Chat", num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096
+    )
+    arctic = model_dir(tmp_path, "snowflake-arctic-embed-m-v1.5", num_attention_heads=12, max_position_embeddings=512)
     port = _free_port()
     config = tmp_path / "vllm.toml"
     config.write_text(
         f'[engine]\nkind = "vllm"\nmodel = "{yi}"\nvllm_command = ["{sys.executable}", "{STANDIN}"]\n'
         f'embedding_model = "{arctic}"\nembedding_port = {port}\n'
         f'[[embeddings]]\nkind = "openai"\nupstream = "http://127.0.0.1:{port}/v1"\n'
-        f'model = "snowflake-arctic-embed-m-v1.5"\ndimension = 768\n')
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7", "STANDIN_VLLM_VERSION": version,
-           "STANDIN_EMBED_DIM": "768", "STANDIN_RECORD": str(tmp_path / "launches.jsonl")}
+        f'model = "snowflake-arctic-embed-m-v1.5"\ndimension = 768\n'
+    )
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7",
+        "STANDIN_VLLM_VERSION": version,
+        "STANDIN_EMBED_DIM": "768",
+        "STANDIN_RECORD": str(tmp_path / "launches.jsonl"),
+    }
     with serve(tmp_path, f"vllm-{version}", "--config", str(config), env=env) as svc:
         assert httpx.get(f"{svc.base_url}/health").json()["status"] == "ok"
         launched = [json.loads(line)["argv"] for line in (tmp_path / "launches.jsonl").read_text().splitlines()]

@@ -33,8 +33,11 @@ def off_loopback(strace_log: str) -> list[str]:
     for line in strace_log.splitlines():
         for family, v4, v6 in ADDRESS.findall(line):
             address = v4 or v6
-            loop = address.startswith("127.") if family == "AF_INET" else address in ("::1", "::") or (
-                address.startswith("::ffff:127."))
+            loop = (
+                address.startswith("127.")
+                if family == "AF_INET"
+                else address in ("::1", "::") or (address.startswith("::ffff:127."))
+            )
             if not loop:
                 bad.append(line.strip())
     return bad
@@ -64,12 +67,17 @@ def test_the_detector_sees_an_off_loopback_attempt(tmp_path: Path) -> None:
     base = _namespace_command()
     log = tmp_path / "control.strace"
     attempt = "import socket\ntry: socket.create_connection(('10.255.0.1', 443), timeout=1)\nexcept OSError: pass"
-    proc = _in_namespace(base, ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(log),
-                                sys.executable, "-c", attempt], 60)
+    proc = _in_namespace(
+        base,
+        ["strace", "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(log), sys.executable, "-c", attempt],
+        60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert any("10.255.0.1" in line for line in off_loopback(log.read_text()))
-    assert off_loopback('123 connect(3, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("127.0.0.1")}, 16)'
-                        ) == []
+    assert (
+        off_loopback('123 connect(3, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("127.0.0.1")}, 16)')
+        == []
+    )
 
 
 def test_serving_every_function_attempts_no_connection_off_loopback(tmp_path: Path) -> None:
@@ -90,5 +98,7 @@ def test_serving_every_function_attempts_no_connection_off_loopback(tmp_path: Pa
     traced = log.read_text()
     assert "connect(" in traced  # the trace is real: the server's own loopback connections are in it
     assert off_loopback(traced) == []
-    print(f"\nzero egress: {len(statuses)} functions answered, {traced.count('connect(')} connect calls traced, "
-          "all on loopback")
+    print(
+        f"\nzero egress: {len(statuses)} functions answered, {traced.count('connect(')} connect calls traced, "
+        "all on loopback"
+    )

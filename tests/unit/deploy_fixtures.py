@@ -25,15 +25,21 @@ def _fn(name: str, *overloads: tuple[tuple[tuple[str, str], ...], str], null_on_
     return SqlFunction(name, tuple(Overload(a, r, _never) for a, r in overloads), null_on_error)
 
 
-GOLDEN_FUNCTIONS: dict[str, SqlFunction] = {f.name: f for f in (
-    _fn("complete", ((("model", "VARCHAR"), ("prompt", "VARCHAR")), "VARCHAR"),
-        ((("model", "VARCHAR"), ("prompt", "ARRAY"), ("options", "OBJECT")), "VARCHAR")),
-    _fn("try_complete", ((("model", "VARCHAR"), ("prompt", "VARCHAR")), "VARCHAR"), null_on_error=True),
-    _fn("sentiment", ((("text", "VARCHAR"),), "FLOAT")),
-    _fn("embed_text_768", ((("model", "VARCHAR"), ("text", "VARCHAR")), "ARRAY")),
-    _fn("embed_text_1024", ((("model", "VARCHAR"), ("text", "VARCHAR")), "ARRAY")),
-    _fn("ai_agg", ((("texts", "ARRAY"), ("instruction", "VARCHAR")), "VARCHAR"), null_on_error=True),
-)}
+GOLDEN_FUNCTIONS: dict[str, SqlFunction] = {
+    f.name: f
+    for f in (
+        _fn(
+            "complete",
+            ((("model", "VARCHAR"), ("prompt", "VARCHAR")), "VARCHAR"),
+            ((("model", "VARCHAR"), ("prompt", "ARRAY"), ("options", "OBJECT")), "VARCHAR"),
+        ),
+        _fn("try_complete", ((("model", "VARCHAR"), ("prompt", "VARCHAR")), "VARCHAR"), null_on_error=True),
+        _fn("sentiment", ((("text", "VARCHAR"),), "FLOAT")),
+        _fn("embed_text_768", ((("model", "VARCHAR"), ("text", "VARCHAR")), "ARRAY")),
+        _fn("embed_text_1024", ((("model", "VARCHAR"), ("text", "VARCHAR")), "ARRAY")),
+        _fn("ai_agg", ((("texts", "ARRAY"), ("instruction", "VARCHAR")), "VARCHAR"), null_on_error=True),
+    )
+}
 
 
 def load(name: str) -> DeployConfig:

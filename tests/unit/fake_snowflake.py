@@ -34,13 +34,25 @@ ACCOUNT = "MYACCT"
 # SHOW COMPUTE POOL INSTANCE FAMILIES in an AWS region (instance-families-aws; columns from
 # show-compute-pool-instance-families).
 AWS_FAMILIES = [
-    {"name": n, "description": d, "vcpu": c, "memory_gib": m, "storage_gib": 100, "gpu": g, "gpu_count": gc,
-     "gpu_memory_gib": gm, "current_node_usage": 0, "message": ""}
+    {
+        "name": n,
+        "description": d,
+        "vcpu": c,
+        "memory_gib": m,
+        "storage_gib": 100,
+        "gpu": g,
+        "gpu_count": gc,
+        "gpu_memory_gib": gm,
+        "current_node_usage": 0,
+        "message": "",
+    }
     for n, d, c, m, g, gc, gm in (
-        ("CPU_X64_XS", "Extra small", 1, 6, "", 0, 0), ("CPU_X64_S", "Small", 3, 13, "", 0, 0),
-        ("CPU_X64_M", "Medium", 6, 28, "", 0, 0), ("CPU_X64_L", "Large", 28, 116, "", 0, 0),
-        ("GPU_NV_S", "NVIDIA A10G, small", 6, 27, "A10G", 1, 24), ("GPU_NV_M", "NVIDIA A10G, medium", 44, 178,
-                                                                   "A10G", 4, 24),
+        ("CPU_X64_XS", "Extra small", 1, 6, "", 0, 0),
+        ("CPU_X64_S", "Small", 3, 13, "", 0, 0),
+        ("CPU_X64_M", "Medium", 6, 28, "", 0, 0),
+        ("CPU_X64_L", "Large", 28, 116, "", 0, 0),
+        ("GPU_NV_S", "NVIDIA A10G, small", 6, 27, "A10G", 1, 24),
+        ("GPU_NV_M", "NVIDIA A10G, medium", 44, 178, "A10G", 4, 24),
     )
 ]
 
@@ -50,19 +62,22 @@ class FakeSnowflakeError(Exception):
 
 
 def _denied(what: str) -> FakeSnowflakeError:
-    return FakeSnowflakeError("003001 (42501): SQL access control error:\n"
-                              f"Insufficient privileges to operate on {what}")
+    return FakeSnowflakeError(
+        f"003001 (42501): SQL access control error:\nInsufficient privileges to operate on {what}"
+    )
 
 
 def _missing(kind: str, name: str) -> FakeSnowflakeError:
-    return FakeSnowflakeError(f"002003 (02000): SQL compilation error:\n{kind} '{name}' does not exist or not "
-                              "authorized.")
+    return FakeSnowflakeError(
+        f"002003 (02000): SQL compilation error:\n{kind} '{name}' does not exist or not authorized."
+    )
 
 
 def _syntax(sql: str, token: str) -> FakeSnowflakeError:
     pos = sql.find(token)
-    return FakeSnowflakeError(f"001003 (42000): SQL compilation error:\nsyntax error line 1 at position {pos} "
-                              f"unexpected '{token}'.")
+    return FakeSnowflakeError(
+        f"001003 (42000): SQL compilation error:\nsyntax error line 1 at position {pos} unexpected '{token}'."
+    )
 
 
 def _types(decl: str) -> tuple[str, ...]:
@@ -81,12 +96,34 @@ def _types(decl: str) -> tuple[str, ...]:
     return tuple(p.split(None, 1)[1].strip() if " " in p and not p.upper().startswith("VECTOR") else p for p in parts)
 
 
-_KINDS = ("DATABASES", "SCHEMAS", "COMPUTE POOLS", "NETWORK RULES", "EXTERNAL ACCESS INTEGRATIONS",
-          "IMAGE REPOSITORIES", "STAGES", "SERVICES", "ROLES", "WAREHOUSES", "TABLES", "VIEWS")
-_GRANTED_ON = {"DATABASES": "DATABASE", "SCHEMAS": "SCHEMA", "COMPUTE POOLS": "COMPUTE_POOL",
-               "NETWORK RULES": "NETWORK_RULE", "EXTERNAL ACCESS INTEGRATIONS": "INTEGRATION",
-               "IMAGE REPOSITORIES": "IMAGE_REPOSITORY", "STAGES": "STAGE", "SERVICES": "SERVICE", "ROLES": "ROLE",
-               "WAREHOUSES": "WAREHOUSE", "TABLES": "TABLE", "VIEWS": "VIEW"}
+_KINDS = (
+    "DATABASES",
+    "SCHEMAS",
+    "COMPUTE POOLS",
+    "NETWORK RULES",
+    "EXTERNAL ACCESS INTEGRATIONS",
+    "IMAGE REPOSITORIES",
+    "STAGES",
+    "SERVICES",
+    "ROLES",
+    "WAREHOUSES",
+    "TABLES",
+    "VIEWS",
+)
+_GRANTED_ON = {
+    "DATABASES": "DATABASE",
+    "SCHEMAS": "SCHEMA",
+    "COMPUTE POOLS": "COMPUTE_POOL",
+    "NETWORK RULES": "NETWORK_RULE",
+    "EXTERNAL ACCESS INTEGRATIONS": "INTEGRATION",
+    "IMAGE REPOSITORIES": "IMAGE_REPOSITORY",
+    "STAGES": "STAGE",
+    "SERVICES": "SERVICE",
+    "ROLES": "ROLE",
+    "WAREHOUSES": "WAREHOUSE",
+    "TABLES": "TABLE",
+    "VIEWS": "VIEW",
+}
 
 
 class FakeSnowflake:
@@ -105,8 +142,9 @@ class FakeSnowflake:
         self.objects["WAREHOUSES"]["COMPUTE_WH"] = {"name": "COMPUTE_WH", "owner": "SYSADMIN"}
         self.functions: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         self.grants: set[tuple[str, str, str, str]] = set()  # (grantee role, privilege, granted_on, name)
-        self.role_grants: set[tuple[str, str, str]] = {(role, "USER", user) for role in
-                                                       ("ACCOUNTADMIN", "SYSADMIN", "PUBLIC")}
+        self.role_grants: set[tuple[str, str, str]] = {
+            (role, "USER", user) for role in ("ACCOUNTADMIN", "SYSADMIN", "PUBLIC")
+        }
         self.images: dict[str, list[dict[str, Any]]] = {}  # repository fq -> SHOW IMAGES rows
         self.answers: dict[str, Any] = {}  # SELECT of a function -> value
 
@@ -121,24 +159,43 @@ class FakeSnowflake:
     def mutations(self) -> list[str]:
         return [s for s in self.statements if not s.startswith(("SHOW", "DESCRIBE", "SELECT", "USE "))]
 
-    def push_image(self, repository: str, name: str = "spcs-llm", tag: str = "0.1.0", owner: str = "",
-                   digest: str = "sha256:" + "0" * 64) -> None:
+    def push_image(
+        self,
+        repository: str,
+        name: str = "spcs-llm",
+        tag: str = "0.1.0",
+        owner: str = "",
+        digest: str = "sha256:" + "0" * 64,
+    ) -> None:
         """What `spcs-llm image push` leaves behind: the repository (created by ``owner`` if it was missing) and a
         row of SHOW IMAGES IN IMAGE REPOSITORY."""
         db, sch, repo = repository.lower().split(".")
-        self.objects["IMAGE REPOSITORIES"].setdefault(repository.upper(), {
-            "name": repo.upper(), "owner": owner,
-            "repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{repo}"})
+        self.objects["IMAGE REPOSITORIES"].setdefault(
+            repository.upper(),
+            {
+                "name": repo.upper(),
+                "owner": owner,
+                "repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{repo}",
+            },
+        )
         images = self.images.setdefault(repository.upper(), [])
         images[:] = [i for i in images if not i["image_path"].endswith(f"/{name}:{tag}")]  # the tag moves
-        images.append({"created_on": "2026-11-29 12:00:00.000 -0800", "image_name": name, "tags": tag,
-                       "digest": digest, "image_path": f"{db}/{sch}/{repo}/{name}:{tag}"})
+        images.append(
+            {
+                "created_on": "2026-11-29 12:00:00.000 -0800",
+                "image_name": name,
+                "tags": tag,
+                "digest": digest,
+                "image_path": f"{db}/{sch}/{repo}/{name}:{tag}",
+            }
+        )
 
     def run(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         self.statements.append(sql)
         if self.fail_on and re.search(self.fail_on, sql):
-            raise FakeSnowflakeError("003001 (42501): SQL access control error:\nInsufficient privileges to operate "
-                                     f"on account '{ACCOUNT}'")
+            raise FakeSnowflakeError(
+                f"003001 (42501): SQL access control error:\nInsufficient privileges to operate on account '{ACCOUNT}'"
+            )
         rows = self._dispatch(sql)
         if not rows:
             return ["status"], [] if sql.startswith(("SHOW", "SELECT")) else [("ok",)]
@@ -208,58 +265,107 @@ class FakeSnowflake:
             (r"^SELECT CURRENT_WAREHOUSE\(\) AS w$", lambda m, s: [{"w": self.warehouse}]),
             (r"^SELECT CURRENT_REGION\(\) AS r$", lambda m, s: [{"r": self.region}]),
             (r"^SHOW COMPUTE POOL INSTANCE FAMILIES$", lambda m, s: [dict(f) for f in self.families]),
-            (r"^SHOW PARAMETERS LIKE 'EVENT_TABLE' IN ACCOUNT$", lambda m, s: [
-                {"key": "EVENT_TABLE", "value": self.event_table, "default": "", "level": "ACCOUNT" if
-                 self.event_table else ""}]),
+            (
+                r"^SHOW PARAMETERS LIKE 'EVENT_TABLE' IN ACCOUNT$",
+                lambda m, s: [
+                    {
+                        "key": "EVENT_TABLE",
+                        "value": self.event_table,
+                        "default": "",
+                        "level": "ACCOUNT" if self.event_table else "",
+                    }
+                ],
+            ),
             (r"^SHOW IMAGES IN IMAGE REPOSITORY (\S+)$", self._show_images),
             (r"^SHOW GRANTS TO ROLE (\S+)$", self._show_grants_to),
             (r"^SHOW GRANTS OF ROLE (\S+)$", self._show_grants_of),
             (r"^SHOW USER FUNCTIONS LIKE '([^']+)' IN SCHEMA (\S+)$", self._show_functions),
-            (r"^SHOW SERVICE CONTAINERS IN SERVICE (\S+)$", lambda m, s: [
-                {"instance_id": "0", "container_name": "server", "status": "READY", "message": "Running",
-                 "restart_count": 0}]),
-            (r"^SHOW ENDPOINTS IN SERVICE (\S+)$", lambda m, s: [
-                {"name": "api", "port": 8001, "protocol": "HTTP", "is_public": "false", "ingress_url": None}]),
+            (
+                r"^SHOW SERVICE CONTAINERS IN SERVICE (\S+)$",
+                lambda m, s: [
+                    {
+                        "instance_id": "0",
+                        "container_name": "server",
+                        "status": "READY",
+                        "message": "Running",
+                        "restart_count": 0,
+                    }
+                ],
+            ),
+            (
+                r"^SHOW ENDPOINTS IN SERVICE (\S+)$",
+                lambda m, s: [
+                    {"name": "api", "port": 8001, "protocol": "HTTP", "is_public": "false", "ingress_url": None}
+                ],
+            ),
             (r"^SHOW ([A-Z ]+?) LIKE '([^']+)'(?: IN (?:SCHEMA|DATABASE) (\S+))?$", self._show),
             (r"^CREATE DATABASE IF NOT EXISTS (\S+)$", self._create_database),
             (r"^CREATE SCHEMA IF NOT EXISTS (\S+)$", self._create_schema),
-            (r"^CREATE COMPUTE POOL IF NOT EXISTS (\S+) MIN_NODES = (\d+) MAX_NODES = (\d+) INSTANCE_FAMILY = (\S+) "
-             r"AUTO_RESUME = (\S+) AUTO_SUSPEND_SECS = (\d+)$", self._create_pool),
-            (r"^CREATE NETWORK RULE (?:IF NOT EXISTS )?(\S+) MODE = EGRESS TYPE = HOST_PORT VALUE_LIST = \((.*)\) "
-             r"COMMENT = '([^']*)'$", self._create_rule),
-            (r"^CREATE EXTERNAL ACCESS INTEGRATION (?:IF NOT EXISTS )?(\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
-             r"ENABLED = TRUE$", self._create_eai),
+            (
+                r"^CREATE COMPUTE POOL IF NOT EXISTS (\S+) MIN_NODES = (\d+) MAX_NODES = (\d+) INSTANCE_FAMILY = (\S+) "
+                r"AUTO_RESUME = (\S+) AUTO_SUSPEND_SECS = (\d+)$",
+                self._create_pool,
+            ),
+            (
+                r"^CREATE NETWORK RULE (?:IF NOT EXISTS )?(\S+) MODE = EGRESS TYPE = HOST_PORT VALUE_LIST = \((.*)\) "
+                r"COMMENT = '([^']*)'$",
+                self._create_rule,
+            ),
+            (
+                r"^CREATE EXTERNAL ACCESS INTEGRATION (?:IF NOT EXISTS )?(\S+) ALLOWED_NETWORK_RULES = \((\S+)\) "
+                r"ENABLED = TRUE$",
+                self._create_eai,
+            ),
             (r"^CREATE IMAGE REPOSITORY IF NOT EXISTS (\S+)$", self._create_repo),
             (r"^CREATE TABLE IF NOT EXISTS (\S+) \((.*)\) COMMENT = '[^']*'$", self._create_table),
             (r"^CREATE OR REPLACE VIEW (\S+) COMMENT = '[^']*' AS (SELECT .*)$", self._create_view),
-            (r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) "
-             r"DIRECTORY = \(ENABLE = TRUE\)$", self._create_stage),
-            (r"^CREATE SERVICE IF NOT EXISTS (\S+)\n  IN COMPUTE POOL (\S+)\n"
-             r"  FROM SPECIFICATION \$\$\n(.*)\$\$\n(.*)$", self._create_service),
+            (
+                r"^CREATE STAGE IF NOT EXISTS (\S+) ENCRYPTION = \(TYPE = 'SNOWFLAKE_SSE'\) "
+                r"DIRECTORY = \(ENABLE = TRUE\)$",
+                self._create_stage,
+            ),
+            (
+                r"^CREATE SERVICE IF NOT EXISTS (\S+)\n  IN COMPUTE POOL (\S+)\n"
+                r"  FROM SPECIFICATION \$\$\n(.*)\$\$\n(.*)$",
+                self._create_service,
+            ),
             (r"^ALTER SERVICE (\S+) FROM SPECIFICATION \$\$\n(.*)\$\$$", self._alter_spec),
-            (r"^ALTER SERVICE (\S+) UNSET EXTERNAL_ACCESS_INTEGRATIONS$", lambda m, s: self._own_service(m[1]).update(
-                external_access_integrations=None)),
+            (
+                r"^ALTER SERVICE (\S+) UNSET EXTERNAL_ACCESS_INTEGRATIONS$",
+                lambda m, s: self._own_service(m[1]).update(external_access_integrations=None),
+            ),
             (r"^ALTER SERVICE (\S+) SET (.*)$", self._alter_service),
-            (r"^ALTER SERVICE (\S+) (SUSPEND|RESUME)$", lambda m, s: self._own_service(m[1]).update(
-                status="SUSPENDED" if m[2] == "SUSPEND" else "RUNNING")),
+            (
+                r"^ALTER SERVICE (\S+) (SUSPEND|RESUME)$",
+                lambda m, s: self._own_service(m[1]).update(status="SUSPENDED" if m[2] == "SUSPEND" else "RUNNING"),
+            ),
             (r"^ALTER COMPUTE POOL (\S+) SET (.*)$", self._alter_pool),
             (r"^ALTER COMPUTE POOL (\S+) (SUSPEND|RESUME)$", self._suspend_pool),
             (r"^ALTER NETWORK RULE (\S+) SET VALUE_LIST = \((.*)\)(?: COMMENT = '([^']*)')?$", self._alter_rule),
             (r"^ALTER NETWORK RULE (\S+) SET (.*)$", lambda m, s: (_ for _ in ()).throw(_syntax(s, m[2].split()[0]))),
             (r"^ALTER FUNCTION (\S+?)(\(.*?\)) SET COMMENT = '([^']*)'$", self._comment_function),
-            (r"^CREATE (OR ALTER |OR REPLACE )?FUNCTION (\S+?)(\(.*?\)) RETURNS (.+?) (SERVICE = .*|COMMENT = .*)$",
-             self._create_function),
+            (
+                r"^CREATE (OR ALTER |OR REPLACE )?FUNCTION (\S+?)(\(.*?\)) RETURNS (.+?) (SERVICE = .*|COMMENT = .*)$",
+                self._create_function,
+            ),
             (r"^CREATE ROLE IF NOT EXISTS (\S+)$", self._create_role),
             (r"^GRANT ROLE (\S+) TO (ROLE|USER) (\S+)$", self._grant_role),
-            (r"^GRANT ([A-Z ,]+?) ON (DATABASE|SCHEMA|COMPUTE POOL|INTEGRATION|WAREHOUSE) (\S+) TO ROLE (\S+)$",
-             self._grant_on),
+            (
+                r"^GRANT ([A-Z ,]+?) ON (DATABASE|SCHEMA|COMPUTE POOL|INTEGRATION|WAREHOUSE) (\S+) TO ROLE (\S+)$",
+                self._grant_on,
+            ),
             (r"^GRANT USAGE ON FUNCTION (\S+?)(\(.*\)) TO ROLE (\S+)$", self._grant_function),
-            (r"^SELECT SYSTEM\$GET_SERVICE_LOGS\('([^']+)', '(\d+)', 'server', (\d+)\) AS log$",
-             lambda m, s: [{"log": "INFO started\nINFO ready"}]),
+            (
+                r"^SELECT SYSTEM\$GET_SERVICE_LOGS\('([^']+)', '(\d+)', 'server', (\d+)\) AS log$",
+                lambda m, s: [{"log": "INFO started\nINFO ready"}],
+            ),
             (r"^SELECT (\S+?)\((.*)\) AS v$", self._call),
             (r"^DROP SERVICE IF EXISTS (\S+)( FORCE)?$", self._drop_service),
-            (r"^DROP (FUNCTION|EXTERNAL ACCESS INTEGRATION|NETWORK RULE|COMPUTE POOL|ROLE|STAGE"
-             r"|IMAGE REPOSITORY) IF EXISTS (.+)$", self._drop),
+            (
+                r"^DROP (FUNCTION|EXTERNAL ACCESS INTEGRATION|NETWORK RULE|COMPUTE POOL|ROLE|STAGE"
+                r"|IMAGE REPOSITORY) IF EXISTS (.+)$",
+                self._drop,
+            ),
         ]
 
     def _use_role(self, m: re.Match[str], sql: str) -> None:
@@ -275,8 +381,7 @@ class FakeSnowflake:
         self.warehouse = m[1].upper()
 
     def _put(self, kind: str, name: str, row: dict[str, Any]) -> None:
-        self.objects[kind].setdefault(name.upper(), {"name": name.split(".")[-1].upper(), "owner": self.role,
-                                                     **row})
+        self.objects[kind].setdefault(name.upper(), {"name": name.split(".")[-1].upper(), "owner": self.role, **row})
 
     def _get(self, kind: str, name: str) -> dict[str, Any]:
         row = self.objects[kind].get(name.upper())
@@ -326,9 +431,19 @@ class FakeSnowflake:
         self._need_account("CREATE COMPUTE POOL")
         if m[4] not in {f["name"] for f in self.families}:
             raise FakeSnowflakeError(f"391420 (22023): Invalid instance family '{m[4]}'.")  # UNCONFIRMED text
-        self._put("COMPUTE POOLS", m[1], {"state": "IDLE", "min_nodes": int(m[2]), "max_nodes": int(m[3]),
-                                          "instance_family": m[4], "auto_resume": m[5].lower(),
-                                          "auto_suspend_secs": int(m[6]), "comment": None})
+        self._put(
+            "COMPUTE POOLS",
+            m[1],
+            {
+                "state": "IDLE",
+                "min_nodes": int(m[2]),
+                "max_nodes": int(m[3]),
+                "instance_family": m[4],
+                "auto_resume": m[5].lower(),
+                "auto_suspend_secs": int(m[6]),
+                "comment": None,
+            },
+        )
 
     def _create_rule(self, m: re.Match[str], sql: str) -> None:
         db, sch, _ = m[1].upper().split(".")
@@ -344,8 +459,11 @@ class FakeSnowflake:
     def _create_repo(self, m: re.Match[str], sql: str) -> None:
         self._need_schema("CREATE IMAGE REPOSITORY", m[1])
         db, sch, name = m[1].lower().split(".")
-        self._put("IMAGE REPOSITORIES", m[1], {
-            "repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{name}"})
+        self._put(
+            "IMAGE REPOSITORIES",
+            m[1],
+            {"repository_url": f"myorg-myacct.registry.snowflakecomputing.com/{db}/{sch}/{name}"},
+        )
 
     def _create_table(self, m: re.Match[str], sql: str) -> None:
         self._need_schema("CREATE TABLE", m[1])
@@ -367,8 +485,10 @@ class FakeSnowflake:
 
     def _create_service(self, m: re.Match[str], sql: str) -> None:
         if self.role in PRIVILEGED:  # UNCONFIRMED text; the rule is documented (see the module docstring)
-            raise FakeSnowflakeError(f"003001 (42501): SQL access control error:\nThe owner role of a service "
-                                     f"cannot be the privileged role {self.role}.")
+            raise FakeSnowflakeError(
+                f"003001 (42501): SQL access control error:\nThe owner role of a service "
+                f"cannot be the privileged role {self.role}."
+            )
         self._need_schema("CREATE SERVICE", m[1])
         if m[1].upper() in self.objects["SERVICES"]:
             return
@@ -385,13 +505,23 @@ class FakeSnowflake:
         repo = ".".join(image.groups()[:3]).upper() if image else ""
         if not image or not any(i["image_path"].endswith("/" + image[4]) for i in self.images.get(repo, [])):
             # UNCONFIRMED whether Snowflake fails here or leaves the service PENDING (deploy-audit U1)
-            raise FakeSnowflakeError(f"395002 (22023): Image '/{image[1] if image else ''}/...' does not exist or "
-                                     "not authorized.")
-        self._put("SERVICES", m[1], {
-            "status": "RUNNING", "compute_pool": m[2], "spec": m[3], "min_instances": int(p["min_instances"]),
-            "max_instances": int(p["max_instances"]), "auto_suspend_secs": int(p["auto_suspend_secs"]),
-            "external_access_integrations": f"[{', '.join(repr(e) for e in eais)}]" if eais else None,
-            "comment": p.get("comment", "").strip("'")})
+            raise FakeSnowflakeError(
+                f"395002 (22023): Image '/{image[1] if image else ''}/...' does not exist or not authorized."
+            )
+        self._put(
+            "SERVICES",
+            m[1],
+            {
+                "status": "RUNNING",
+                "compute_pool": m[2],
+                "spec": m[3],
+                "min_instances": int(p["min_instances"]),
+                "max_instances": int(p["max_instances"]),
+                "auto_suspend_secs": int(p["auto_suspend_secs"]),
+                "external_access_integrations": f"[{', '.join(repr(e) for e in eais)}]" if eais else None,
+                "comment": p.get("comment", "").strip("'"),
+            },
+        )
 
     @staticmethod
     def _block(spec: str) -> str | None:
@@ -402,8 +532,9 @@ class FakeSnowflake:
         row = self._own_service(m[1])
         if self._block(row["spec"]) != self._block(m[2]) and (self._block(row["spec"]) or self._block(m[2])):
             # block-storage-volume: no volume added, removed or resized. UNCONFIRMED text
-            raise FakeSnowflakeError("391419 (22023): Block storage volumes cannot be added, removed or modified "
-                                     "by ALTER SERVICE.")
+            raise FakeSnowflakeError(
+                "391419 (22023): Block storage volumes cannot be added, removed or modified by ALTER SERVICE."
+            )
         row["spec"] = m[2]
 
     def _alter_service(self, m: re.Match[str], sql: str) -> None:
@@ -411,8 +542,9 @@ class FakeSnowflake:
         props = self._props(m[2])
         if {"min_instances", "max_instances"} & props.keys() and self._block(row["spec"]):
             # UNCONFIRMED text; the rule is block-storage-volume's
-            raise FakeSnowflakeError("391419 (22023): The number of instances of a service with block storage "
-                                     "volumes cannot be changed.")
+            raise FakeSnowflakeError(
+                "391419 (22023): The number of instances of a service with block storage volumes cannot be changed."
+            )
         for k, v in props.items():
             if k == "external_access_integrations":
                 names = [e.strip() for e in v.strip("()").split(",") if e.strip()]
@@ -446,8 +578,10 @@ class FakeSnowflake:
         self._need_schema("CREATE FUNCTION", fq)
         name = fq.split(".")[-1]
         if name in self.refuse_names:  # UNCONFIRMED text (deploy-audit W2)
-            raise FakeSnowflakeError(f"002141 (42601): SQL compilation error:\nCannot create function '{name}': the "
-                                     "name is used by a system-defined function.")
+            raise FakeSnowflakeError(
+                f"002141 (42601): SQL compilation error:\nCannot create function '{name}': the "
+                "name is used by a system-defined function."
+            )
         key = (fq, _types(decl))
         comment = re.search(r"COMMENT = '([^']*)'", sql)
         if key in self.functions:
@@ -458,11 +592,15 @@ class FakeSnowflake:
             if verb == "OR REPLACE":  # a replaced function loses its grants
                 self.grants = {g for g in self.grants if not g[3].replace('"', "").startswith(fq + "(")}
         self.functions[key] = {
-            "name": name, "schema": fq.rsplit(".", 1)[0], "returns": returns, "owner": self.role,
+            "name": name,
+            "schema": fq.rsplit(".", 1)[0],
+            "returns": returns,
+            "owner": self.role,
             "arguments": f"{name}({', '.join(key[1])}) RETURN {returns}",
             # create-or-alter: "If a previously set property ... is absent in the modified object definition, it's
             # unset." A COMMENT left out is unset.
-            "description": comment[1] if comment else "user-defined function", "sql": sql,
+            "description": comment[1] if comment else "user-defined function",
+            "sql": sql,
         }
 
     def _function_key(self, fq: str, decl: str) -> tuple[str, tuple[str, ...]]:
@@ -475,8 +613,7 @@ class FakeSnowflake:
         self.functions[key]["description"] = m[3]
 
     def _show_functions(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
-        return [r for (fq, _), r in self.functions.items()
-                if r["name"] == m[1].upper() and r["schema"] == m[2].upper()]
+        return [r for (fq, _), r in self.functions.items() if r["name"] == m[1].upper() and r["schema"] == m[2].upper()]
 
     def _grant_role(self, m: re.Match[str], sql: str) -> None:
         role, kind, to = m[1].upper(), m[2], m[3].upper()
@@ -487,8 +624,13 @@ class FakeSnowflake:
         self.role_grants.add((role, kind, to))
 
     def _grant_on(self, m: re.Match[str], sql: str) -> None:
-        kind = {"DATABASE": "DATABASES", "SCHEMA": "SCHEMAS", "COMPUTE POOL": "COMPUTE POOLS",
-                "INTEGRATION": "EXTERNAL ACCESS INTEGRATIONS", "WAREHOUSE": "WAREHOUSES"}[m[2]]
+        kind = {
+            "DATABASE": "DATABASES",
+            "SCHEMA": "SCHEMAS",
+            "COMPUTE POOL": "COMPUTE POOLS",
+            "INTEGRATION": "EXTERNAL ACCESS INTEGRATIONS",
+            "WAREHOUSE": "WAREHOUSES",
+        }[m[2]]
         self._get(kind, m[3])
         if not self._owns(kind, m[3]):
             raise _denied(f"{m[2].lower()} '{m[3]}'")
@@ -504,14 +646,22 @@ class FakeSnowflake:
             raise _denied(f"function '{m[1]}'")
         db, sch, name = key[0].split(".")
         args = ", ".join(f"ARG{i} {t}" for i, t in enumerate(key[1]))
-        self.grants.add((m[3].upper(), "USAGE", "FUNCTION",
-                         f'{db}.{sch}."{name}({args}):{self.functions[key]["returns"]}"'))
+        self.grants.add(
+            (m[3].upper(), "USAGE", "FUNCTION", f'{db}.{sch}."{name}({args}):{self.functions[key]["returns"]}"')
+        )
 
     def _owned_rows(self, role: str) -> list[dict[str, Any]]:
-        rows = [{"privilege": "OWNERSHIP", "granted_on": _GRANTED_ON[k], "name": fq, "grantee_name": role}
-                for k in _KINDS for fq, row in self.objects[k].items() if row.get("owner") == role]
-        return rows + [{"privilege": "OWNERSHIP", "granted_on": "FUNCTION", "name": f"{fq}({', '.join(a)})",
-                        "grantee_name": role} for (fq, a), r in self.functions.items() if r["owner"] == role]
+        rows = [
+            {"privilege": "OWNERSHIP", "granted_on": _GRANTED_ON[k], "name": fq, "grantee_name": role}
+            for k in _KINDS
+            for fq, row in self.objects[k].items()
+            if row.get("owner") == role
+        ]
+        return rows + [
+            {"privilege": "OWNERSHIP", "granted_on": "FUNCTION", "name": f"{fq}({', '.join(a)})", "grantee_name": role}
+            for (fq, a), r in self.functions.items()
+            if r["owner"] == role
+        ]
 
     def _show_grants_to(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
         role = m[1].upper()
@@ -519,15 +669,19 @@ class FakeSnowflake:
             raise _missing("Role", role)
         if role not in self.roles_of(self.role) and self.role not in ("ACCOUNTADMIN", "SECURITYADMIN"):
             raise _denied(f"role '{role}'")
-        return [{"privilege": p, "granted_on": on, "name": n, "grantee_name": r}
-                for r, p, on, n in sorted(self.grants) if r == role] + self._owned_rows(role)
+        return [
+            {"privilege": p, "granted_on": on, "name": n, "grantee_name": r}
+            for r, p, on, n in sorted(self.grants)
+            if r == role
+        ] + self._owned_rows(role)
 
     def _show_grants_of(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
         role = m[1].upper()
         if role not in self.objects["ROLES"]:
             raise _missing("Role", role)
-        return [{"role": r, "granted_to": kind, "grantee_name": to}
-                for r, kind, to in sorted(self.role_grants) if r == role]
+        return [
+            {"role": r, "granted_to": kind, "grantee_name": to} for r, kind, to in sorted(self.role_grants) if r == role
+        ]
 
     def _call(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
         name = m[1].upper()
@@ -543,8 +697,10 @@ class FakeSnowflake:
             return
         self._own_service(m[1])
         if self._block(row["spec"]) and not m[2]:  # drop-service: "an error is returned". UNCONFIRMED text
-            raise FakeSnowflakeError("391418 (22023): Service uses block storage volumes; use DROP SERVICE ... FORCE "
-                                     "to drop it together with its volumes.")
+            raise FakeSnowflakeError(
+                "391418 (22023): Service uses block storage volumes; use DROP SERVICE ... FORCE "
+                "to drop it together with its volumes."
+            )
         del self.objects["SERVICES"][m[1].upper()]
 
     def _drop(self, m: re.Match[str], sql: str) -> None:
@@ -553,9 +709,14 @@ class FakeSnowflake:
             fq, decl = target.split("(", 1)
             self.functions.pop(self._function_key(fq, "(" + decl), None)
             return
-        plural = {"EXTERNAL ACCESS INTEGRATION": "EXTERNAL ACCESS INTEGRATIONS",
-                  "NETWORK RULE": "NETWORK RULES", "COMPUTE POOL": "COMPUTE POOLS", "ROLE": "ROLES",
-                  "STAGE": "STAGES", "IMAGE REPOSITORY": "IMAGE REPOSITORIES"}[kind]
+        plural = {
+            "EXTERNAL ACCESS INTEGRATION": "EXTERNAL ACCESS INTEGRATIONS",
+            "NETWORK RULE": "NETWORK RULES",
+            "COMPUTE POOL": "COMPUTE POOLS",
+            "ROLE": "ROLES",
+            "STAGE": "STAGES",
+            "IMAGE REPOSITORY": "IMAGE REPOSITORIES",
+        }[kind]
         row = self.objects[plural].get(target.upper())
         if row is not None and not self._owns(plural, target):
             raise _denied(f"{kind.lower()} '{target}'")

@@ -62,8 +62,9 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
         for table in tree.expression.find_all(exp.Table):
             name = ".".join(p.name for p in table.parts).upper()
             if name not in self.tables:
-                raise FakeSnowflakeError(f"002003 (42S02): SQL compilation error: Object '{name}' does not exist "
-                                         "or not authorized.")
+                raise FakeSnowflakeError(
+                    f"002003 (42S02): SQL compilation error: Object '{name}' does not exist or not authorized."
+                )
         self.views[m[1].upper()] = sql
 
     def _create_view_if_missing(self, m: re.Match[str], sql: str) -> None:
@@ -74,8 +75,9 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
         name = m[1].upper()
         table = self.tables.get(name)
         if table is None:
-            raise FakeSnowflakeError(f"002003 (42S02): SQL compilation error: Object '{name}' does not exist or "
-                                     "not authorized.")
+            raise FakeSnowflakeError(
+                f"002003 (42S02): SQL compilation error: Object '{name}' does not exist or not authorized."
+            )
         tree = sqlglot.parse_one(sql, read="snowflake")
         assert isinstance(tree, exp.Merge), sql[:80]
         select = tree.args["using"].this
@@ -84,8 +86,9 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
         for tup in select.args["from_"].this.expressions:
             values = [_value(v) for v in tup.expressions]
             if len(values) != len(names):
-                raise FakeSnowflakeError("002020 (21S01): SQL compilation error: Insert value list does not match "
-                                         "column list")
+                raise FakeSnowflakeError(
+                    "002020 (21S01): SQL compilation error: Insert value list does not match column list"
+                )
             source.append(dict(zip(names, values, strict=True)))
         on = [eq.this.name.upper() for eq in tree.args["on"].find_all(exp.EQ)]
         (when,) = tree.args["whens"].expressions
@@ -104,13 +107,13 @@ class FakeSnowflakeWithUsage(FakeSnowflake):
             inserted += 1
         return [{"number of rows inserted": inserted}]
 
-
     def _spent(self, m: re.Match[str], sql: str) -> list[dict[str, Any]]:
         """The budgets' read: a sum over the rows that satisfy every condition of the WHERE (AND only)."""
         table = self.tables.get(m[1].upper())
         if table is None:
-            raise FakeSnowflakeError(f"002003 (42S02): SQL compilation error: Object '{m[1].upper()}' does not "
-                                     "exist or not authorized.")
+            raise FakeSnowflakeError(
+                f"002003 (42S02): SQL compilation error: Object '{m[1].upper()}' does not exist or not authorized."
+            )
         where = sqlglot.parse_one(sql, read="snowflake").args["where"].this
         conditions = list(where.flatten()) if isinstance(where, exp.And) else [where]
         rows = [r for r in table["rows"] if all(_holds(c, r) for c in conditions)]

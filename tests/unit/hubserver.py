@@ -47,8 +47,13 @@ class Hub:
 
 def hf_entry(path: str, data: bytes) -> dict:
     if path.endswith(LFS_SUFFIXES):
-        return {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest(),
-                "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}}
+        return {
+            "type": "file",
+            "path": path,
+            "size": len(data),
+            "oid": hashlib.sha1(data).hexdigest(),
+            "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134},
+        }
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     return {"type": "file", "path": path, "size": len(data), "oid": blob}
 
@@ -69,7 +74,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             if "resolve" not in parts:
                 return self._send(404, b"", "text/plain", head=True)
             i = parts.index("resolve")
-            return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2:]), head=True)
+            return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2 :]), head=True)
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
@@ -87,7 +92,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 return self._file("/".join(parts[2:4]), "/".join(parts[5:]))
             if "resolve" in parts:
                 i = parts.index("resolve")
-                return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2:]), head=False)
+                return self._resolve("/".join(parts[:i]), "/".join(parts[i + 2 :]), head=False)
             if parts[:3] == ["api", "v1", "models"] and parts[-2:] == ["repo", "files"]:
                 return self._ms_files("/".join(parts[3:-2]))
             if parts[:3] == ["api", "v1", "models"] and parts[-1] == "repo":
@@ -97,29 +102,38 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
         def _resolve(self, repo: str, path: str, *, head: bool) -> None:
             """The Hub's resolve endpoint: LFS files redirect to the CDN, small files are served here."""
             if repo not in hub.repos:
-                return self._send(404, b"Repository not found", "text/plain", {"X-Error-Code": "RepoNotFound"},
-                                  head=head)
+                return self._send(
+                    404, b"Repository not found", "text/plain", {"X-Error-Code": "RepoNotFound"}, head=head
+                )
             data = hub.repos[repo].get(path)
             if data is None:
-                return self._send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"},
-                                  head=head)
+                return self._send(404, b"Entry not found", "text/plain", {"X-Error-Code": "EntryNotFound"}, head=head)
             entry = hf_entry(path, data)
             headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{entry["oid"]}"'}
             if "lfs" in entry:
                 sha = entry["lfs"]["oid"]
-                headers |= {"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
-                            "Location": f"{hub.url}/cdn-lfs/repos/{repo}/{sha}/{path}"}
+                headers |= {
+                    "X-Linked-Etag": f'"{sha}"',
+                    "X-Linked-Size": str(len(data)),
+                    "Location": f"{hub.url}/cdn-lfs/repos/{repo}/{sha}/{path}",
+                }
                 return self._send(302, b"", "text/plain", headers, head=head)
             if head:
-                return self._send(200, b"", "application/octet-stream", headers | {"X-Size": str(len(data))},
-                                  head=True, length=len(data))
+                return self._send(
+                    200,
+                    b"",
+                    "application/octet-stream",
+                    headers | {"X-Size": str(len(data))},
+                    head=True,
+                    length=len(data),
+                )
             return self._file(repo, path, headers)
 
         def _hf_tree(self, repo: str, cursor: int) -> None:
             if repo not in hub.repos:
                 return self._send(404, b'{"error":"Repository not found"}', "application/json")
             entries = [hf_entry(p, d) for p, d in sorted(hub.repos[repo].items())]
-            page = entries[cursor:cursor + hub.page_size]
+            page = entries[cursor : cursor + hub.page_size]
             headers = {}
             if cursor + hub.page_size < len(entries):
                 nxt = f"{hub.url}/api/models/{repo}/tree/main?recursive=true&cursor={cursor + hub.page_size}"
@@ -130,9 +144,17 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             if repo not in hub.repos:
                 body = {"Code": 10010205001, "Message": "model not found", "Success": False}
                 return self._send(404, json.dumps(body).encode(), "application/json")
-            files = [{"Name": p.rsplit("/", 1)[-1], "Path": p, "Type": "blob", "Size": len(d),
-                      "Sha256": hashlib.sha256(d).hexdigest(), "Revision": "abc"}
-                     for p, d in sorted(hub.repos[repo].items())]
+            files = [
+                {
+                    "Name": p.rsplit("/", 1)[-1],
+                    "Path": p,
+                    "Type": "blob",
+                    "Size": len(d),
+                    "Sha256": hashlib.sha256(d).hexdigest(),
+                    "Revision": "abc",
+                }
+                for p, d in sorted(hub.repos[repo].items())
+            ]
             body = {"Code": 200, "Data": {"Files": files}, "Success": True}
             self._send(200, json.dumps(body).encode(), "application/json")
 
@@ -142,9 +164,16 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 return self._send(404, b"not found", "text/plain")
             if path in hub.rate_limit_once:  # as the Hub answers over its quota: 429 with both headers
                 wait = hub.rate_limit_once.pop(path)
-                return self._send(429, b"Too Many Requests", "text/plain",
-                                  {"Retry-After": str(wait), "RateLimit": f'"resolvers";r=0;t={wait}',
-                                   "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300'})
+                return self._send(
+                    429,
+                    b"Too Many Requests",
+                    "text/plain",
+                    {
+                        "Retry-After": str(wait),
+                        "RateLimit": f'"resolvers";r=0;t={wait}',
+                        "RateLimit-Policy": '"fixed window";"resolvers";q=3000;w=300',
+                    },
+                )
             if path in hub.corrupt:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
             start = 0
@@ -166,8 +195,16 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 return None
             self._send(status, body, "application/octet-stream", extra)
 
-        def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None, *,
-                  head: bool = False, length: int | None = None) -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            ctype: str,
+            headers: dict[str, str] | None = None,
+            *,
+            head: bool = False,
+            length: int | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body) if length is None else length))

@@ -13,8 +13,11 @@ from ..conftest import in_process, wait_ready
 
 async def describe(**server: object) -> dict:
     settings = Settings.load(overrides={"engine": {"kind": "fake"}, "server": server})
-    app = create_app(settings.model_copy(update={"embeddings": []}), engine=FakeEngine("fake-model"),
-                     embedders=[FakeEmbedder("fake-embed-768", 768)])
+    app = create_app(
+        settings.model_copy(update={"embeddings": []}),
+        engine=FakeEngine("fake-model"),
+        embedders=[FakeEmbedder("fake-embed-768", 768)],
+    )
     headers = {"authorization": f"Bearer {server['api_key']}"} if "api_key" in server else {}
     async with in_process(app) as client:
         await wait_ready(app)
@@ -41,7 +44,8 @@ async def test_openai_bodies_and_the_key() -> None:
     schema = await describe(api_key="k")
     chat = schema["paths"]["/v1/chat/completions"]["post"]
     assert chat["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/ChatCompletionIn"}
+        "$ref": "#/components/schemas/ChatCompletionIn"
+    }
     assert "messages" in schema["components"]["schemas"]["ChatCompletionIn"]["properties"]
     assert {"200", "400", "401", "413", "429", "503"} <= set(chat["responses"])
     assert "401" not in schema["paths"]["/health"]["get"]["responses"]

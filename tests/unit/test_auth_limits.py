@@ -33,8 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def make_app(**server: Any) -> FastAPI:
     settings = Settings.load(overrides={"engine": {"kind": "fake"}, "server": server})
-    return create_app(settings.model_copy(update={"embeddings": []}), engine=FakeEngine(context_window=4096),
-                      embedders=[FakeEmbedder("fake-embed-768", 768)])
+    return create_app(
+        settings.model_copy(update={"embeddings": []}),
+        engine=FakeEngine(context_window=4096),
+        embedders=[FakeEmbedder("fake-embed-768", 768)],
+    )
 
 
 @pytest.fixture
@@ -54,6 +57,7 @@ def assert_openai_error(r: httpx.Response, status: int) -> dict[str, Any]:
 
 # --- the API key -------------------------------------------------------------------------------------------------
 
+
 async def test_health_is_open_everything_else_needs_the_key(keyed) -> None:
     _, client = keyed
     assert (await client.get("/health")).status_code == 200
@@ -68,8 +72,9 @@ async def test_health_is_open_everything_else_needs_the_key(keyed) -> None:
     assert (await client.post("/no/such/route")).status_code == 401  # nothing about the app leaks without a key
 
 
-@pytest.mark.parametrize("header", [f"Bearer {KEY}", f"bearer  {KEY} ", f'Snowflake Token="{KEY}"',
-                                    f"Snowflake Token={KEY}"])
+@pytest.mark.parametrize(
+    "header", [f"Bearer {KEY}", f"bearer  {KEY} ", f'Snowflake Token="{KEY}"', f"Snowflake Token={KEY}"]
+)
 async def test_the_accepted_header_forms(keyed, header: str) -> None:
     _, client = keyed
     r = await client.post("/functions/sentiment", **_with(batch(["good"]), authorization=header))
@@ -77,8 +82,9 @@ async def test_the_accepted_header_forms(keyed, header: str) -> None:
     assert (await client.get("/v1/models", headers={"authorization": header})).status_code == 200
 
 
-@pytest.mark.parametrize("header", ["", "Bearer", "Bearer wrong", f"Bearer {KEY}x", f"Basic {KEY}", KEY,
-                                    f'Snowflake Token="{KEY[:-1]}"'])
+@pytest.mark.parametrize(
+    "header", ["", "Bearer", "Bearer wrong", f"Bearer {KEY}x", f"Basic {KEY}", KEY, f'Snowflake Token="{KEY[:-1]}"']
+)
 async def test_a_wrong_or_missing_key_is_401(keyed, header: str) -> None:
     _, client = keyed
     r = await client.post("/functions/sentiment", **_with(batch(["good"]), authorization=header))
@@ -131,13 +137,24 @@ def test_no_key_means_no_check() -> None:
     assert not any("ApiKey" in str(m.cls) for m in app.user_middleware)
 
 
-@pytest.mark.parametrize(("host", "extra", "refused"), [
-    ("0.0.0.0", {}, True), ("::", {}, True), ("10.1.2.3", {}, True), ("myhost.example", {}, True),
-    ("0.0.0.0", {"api_key": KEY}, False), ("0.0.0.0", {"allow_unauthenticated": True}, False),
-    ("127.0.0.1", {}, False), ("127.0.0.2", {}, False), ("::1", {}, False), ("localhost", {}, False),
-])
-def test_a_non_loopback_host_needs_a_key_or_an_explicit_opt_out(host: str, extra: dict[str, Any],
-                                                                 refused: bool) -> None:
+@pytest.mark.parametrize(
+    ("host", "extra", "refused"),
+    [
+        ("0.0.0.0", {}, True),
+        ("::", {}, True),
+        ("10.1.2.3", {}, True),
+        ("myhost.example", {}, True),
+        ("0.0.0.0", {"api_key": KEY}, False),
+        ("0.0.0.0", {"allow_unauthenticated": True}, False),
+        ("127.0.0.1", {}, False),
+        ("127.0.0.2", {}, False),
+        ("::1", {}, False),
+        ("localhost", {}, False),
+    ],
+)
+def test_a_non_loopback_host_needs_a_key_or_an_explicit_opt_out(
+    host: str, extra: dict[str, Any], refused: bool
+) -> None:
     server = Settings.load(overrides={"server": {"host": host, **extra}}).server
     if refused:
         with pytest.raises(ConfigError, match="--allow-unauthenticated"):
@@ -153,6 +170,7 @@ def test_the_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 # --- bounded input -----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def small() -> AsyncIterator[httpx.AsyncClient]:
@@ -180,7 +198,7 @@ async def test_a_streamed_body_over_the_limit_is_413(small) -> None:
         for i in range(10_000):
             sent += 1
             yield orjson.dumps([i, "y" * 100]) + b","
-        yield b"[10000, \"z\"]]}"
+        yield b'[10000, "z"]]}'
 
     r = await small.post("/functions/sentiment", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "server.max_request_mb" in r.text
@@ -222,8 +240,12 @@ def test_a_1_gb_upload_to_the_real_server_is_refused_at_once(tmp_path: Path) -> 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("SPCS_LLM_API_KEY", None)
-    server = subprocess.Popen([sys.executable, "-m", "spcs_llm", "serve", "--engine", "fake", "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spcs_llm", "serve", "--engine", "fake", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_healthy(base, 60, lambda: server.poll() is None)
@@ -239,8 +261,11 @@ def test_a_1_gb_upload_to_the_real_server_is_refused_at_once(tmp_path: Path) -> 
 def upload(host: str, port: int, size: int, chunked: bool = False) -> tuple[int, int]:
     """POST ``size`` bytes to /functions/sentiment, reading the answer while sending; stop sending once it
     arrives. Returns (status, bytes sent)."""
-    head = (f"POST /functions/sentiment HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
-            + ("transfer-encoding: chunked\r\n" if chunked else f"content-length: {size}\r\n") + "\r\n")
+    head = (
+        f"POST /functions/sentiment HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+        + ("transfer-encoding: chunked\r\n" if chunked else f"content-length: {size}\r\n")
+        + "\r\n"
+    )
     block = b"x" * (1 << 20)
     sent = 0
     with socket.create_connection((host, port)) as s:

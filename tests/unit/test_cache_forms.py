@@ -13,8 +13,12 @@ from spcs_llm.scheduler import Scheduler
 RESULTS = [
     ChatResult("plain"),
     ChatResult("two words", "length", Usage(7, 2, 3)),
-    ChatResult('{"sentiment": "positive"}', "stop", Usage(30, 1),
-               (TokenLogprob('{"', -0.5, ()), TokenLogprob("positive", -0.1, (("positive", -0.1), ("neg", -2.5))))),
+    ChatResult(
+        '{"sentiment": "positive"}',
+        "stop",
+        Usage(30, 1),
+        (TokenLogprob('{"', -0.5, ()), TokenLogprob("positive", -0.1, (("positive", -0.1), ("neg", -2.5)))),
+    ),
     ChatResult('{"a": null}', "stop", Usage(1, 1), (TokenLogprob("x", float("-inf"), (("x", float("-inf")),)),)),
 ]
 
@@ -27,10 +31,15 @@ def test_results_round_trip_field_by_field() -> None:
 
 def test_keys_differ_where_requests_differ() -> None:
     base = ChatRequest((Message("system", "s"), Message("user", "u")), max_tokens=8)
-    variants = [base, ChatRequest((Message("system", "s u"),), 8),
-                ChatRequest((Message("user", "s"), Message("user", "u")), 8),
-                ChatRequest(base.messages, 9), ChatRequest(base.messages, 8, json_schema="{}"),
-                ChatRequest(base.messages, 8, top_logprobs=10), ChatRequest(base.messages, 8, stop=("x",))]
+    variants = [
+        base,
+        ChatRequest((Message("system", "s u"),), 8),
+        ChatRequest((Message("user", "s"), Message("user", "u")), 8),
+        ChatRequest(base.messages, 9),
+        ChatRequest(base.messages, 8, json_schema="{}"),
+        ChatRequest(base.messages, 8, top_logprobs=10),
+        ChatRequest(base.messages, 8, stop=("x",)),
+    ]
     keys = [chat_key(r) for r in variants]
     assert len(set(keys)) == len(keys)
     assert chat_key(ChatRequest((Message("system", "s"), Message("user", "u")), max_tokens=8)) == keys[0]
@@ -38,8 +47,9 @@ def test_keys_differ_where_requests_differ() -> None:
 
 async def test_cached_answers_are_not_tracked_by_the_garbage_collector() -> None:
     scheduler = Scheduler(FakeEngine(record=False), Metrics())
-    request = ChatRequest((Message("system", "label it"), Message("user", "a text")), 16,
-                          json_schema='{"enum": ["a"]}', top_logprobs=10)
+    request = ChatRequest(
+        (Message("system", "label it"), Message("user", "a text")), 16, json_schema='{"enum": ["a"]}', top_logprobs=10
+    )
     first = await scheduler.chat(request)
     gc.collect()  # a cached answer outlives one collection before it is old
     (key,) = list(scheduler.cache._items)

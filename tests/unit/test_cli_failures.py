@@ -37,8 +37,14 @@ def _env(**extra: str) -> dict[str, str]:
 def cli(*argv: str, timeout: float = 120, **env: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``spcs-llm argv`` and return the finished process and the seconds it took to exit."""
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "spcs_llm", *argv], capture_output=True, text=True,
-                          timeout=timeout, env=_env(**env), cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spcs_llm", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(**env),
+        cwd=ROOT,
+    )
     return proc, time.monotonic() - start
 
 
@@ -74,8 +80,10 @@ def test_serve_a_missing_model_exits_2() -> None:
 
 def test_serve_an_unreachable_upstream_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "up.toml"
-    config.write_text(f'[server]\nport = {_free_port()}\n[engine]\nkind = "openai"\n'
-                      f'upstream = "http://127.0.0.1:{_free_port()}/v1"\nstartup_timeout_s = 1\n')
+    config.write_text(
+        f'[server]\nport = {_free_port()}\n[engine]\nkind = "openai"\n'
+        f'upstream = "http://127.0.0.1:{_free_port()}/v1"\nstartup_timeout_s = 1\n'
+    )
     proc, _ = cli("serve", "--config", str(config))
     assert_one_line_error(proc, "openai engine", "not ready after 1s")
 
@@ -84,19 +92,34 @@ def test_a_vllm_child_that_fails_at_start_ends_serve(tmp_path: Path) -> None:
     model = tmp_path / "Qwen2.5-7B-Instruct"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    proc, _ = cli("serve", "--engine", "vllm", "--model", str(model), "--port", str(_free_port()),
-                  "--vllm-command", f"{sys.executable} {STANDIN}", "--gpus", "1", STANDIN_FAIL="1")
+    proc, _ = cli(
+        "serve",
+        "--engine",
+        "vllm",
+        "--model",
+        str(model),
+        "--port",
+        str(_free_port()),
+        "--vllm-command",
+        f"{sys.executable} {STANDIN}",
+        "--gpus",
+        "1",
+        STANDIN_FAIL="1",
+    )
     assert_one_line_error(proc, "vllm engine", str(model))
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["serve", "--config", "/no/such.toml"], "cannot read config /no/such.toml"),
-    (["serve", "--engine", "fake", "--port", "70000"], "server.port"),
-    (["serve", "--engine", "fake", "--host", "0.0.0.0"], "without an API key"),
-    (["deploy", "--config", "/no/such.toml"], "/no/such.toml"),
-    (["status", "--config", "/no/such.toml"], "/no/such.toml"),
-    (["models", "info", "no-such-model"], 'unknown model "no-such-model"'),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["serve", "--config", "/no/such.toml"], "cannot read config /no/such.toml"),
+        (["serve", "--engine", "fake", "--port", "70000"], "server.port"),
+        (["serve", "--engine", "fake", "--host", "0.0.0.0"], "without an API key"),
+        (["deploy", "--config", "/no/such.toml"], "/no/such.toml"),
+        (["status", "--config", "/no/such.toml"], "/no/such.toml"),
+        (["models", "info", "no-such-model"], 'unknown model "no-such-model"'),
+    ],
+)
 def test_user_errors_are_one_line_with_status_2(argv: list[str], needle: str) -> None:
     proc, _ = cli(*argv)
     assert_one_line_error(proc, needle)
@@ -128,10 +151,25 @@ def test_a_crashed_vllm_child_is_restarted_and_serve_stays_up(tmp_path: Path) ->
     (model / "config.json").write_text("{}")
     record = tmp_path / "launches.jsonl"
     port = _free_port()
-    cmd = [sys.executable, "-m", "spcs_llm", "serve", "--engine", "vllm", "--model", str(model), "--port", str(port),
-           "--vllm-command", f"{sys.executable} {STANDIN}", "--gpus", "1"]
-    server = subprocess.Popen(cmd, env=_env(STANDIN_RECORD=str(record)), cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "spcs_llm",
+        "serve",
+        "--engine",
+        "vllm",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--vllm-command",
+        f"{sys.executable} {STANDIN}",
+        "--gpus",
+        "1",
+    ]
+    server = subprocess.Popen(
+        cmd, env=_env(STANDIN_RECORD=str(record)), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_healthy(base, 60, lambda: server.poll() is None)

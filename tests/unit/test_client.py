@@ -42,8 +42,9 @@ async def test_the_async_transport_polls_the_same_way() -> None:
 
 def test_batch_client_answers_through_the_servers_202_protocol() -> None:
     # every batch held longer than 0 s is answered 202: the rows still come back, in order
-    settings = Settings.load(overrides={"engine": {"kind": "fake"},
-                                        "server": {"async_after_secs": 0}}).model_copy(update={"embeddings": []})
+    settings = Settings.load(overrides={"engine": {"kind": "fake"}, "server": {"async_after_secs": 0}}).model_copy(
+        update={"embeddings": []}
+    )
     app = create_app(settings, engine=FakeEngine("fake-model", context_window=4096, delay=0.05), embedders=[])
     with BatchClient(app=app, max_batch_rows=4) as client:
         values = client.call("complete", [("llama3.1-8b", f"row {i}") for i in range(10)])

@@ -12,8 +12,10 @@ from ..conftest import batch
 
 
 async def test_string_form_answers_every_row_in_order_with_nulls(client, fake_engine) -> None:
-    r = await client.post("/functions/complete", **batch(
-        ["fake-model", "one"], ["fake-model", None], [None, "three"], ["FAKE-MODEL", "四 🚀"]))
+    r = await client.post(
+        "/functions/complete",
+        **batch(["fake-model", "one"], ["fake-model", None], [None, "three"], ["FAKE-MODEL", "四 🚀"]),
+    )
     assert r.status_code == 200
     assert r.json() == {"data": [[0, "echo:one"], [1, None], [2, None], [3, "echo:四 🚀"]]}
     assert len(fake_engine.calls) == 2  # NULL rows never reach the engine
@@ -34,8 +36,9 @@ async def test_string_form_uses_cortex_defaults(client, fake_engine) -> None:
 
 async def test_options_form_returns_the_cortex_json_string(client, fake_engine) -> None:
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b c"}]
-    r = await client.post("/functions/complete", **batch(
-        ["mistral-7b", messages, {"temperature": 0.5, "top_p": 0.9, "max_tokens": 2}]))
+    r = await client.post(
+        "/functions/complete", **batch(["mistral-7b", messages, {"temperature": 0.5, "top_p": 0.9, "max_tokens": 2}])
+    )
     assert r.status_code == 200
     value = r.json()["data"][0][1]
     assert isinstance(value, str)
@@ -67,9 +70,21 @@ async def test_max_tokens_is_capped_by_the_model(client, fake_engine) -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"temperature": 2}, {"temperature": -0.1}, {"temperature": "hot"}, {"top_p": 1.5}, {"max_tokens": 0},
-     {"max_tokens": 2.5}, {"max_tokens": True}, {"guardrails": True}, {"unknown": 1},
-     {"response_format": {"type": "xml"}}, {"response_format": {"type": "json", "schema": "x"}}, [1], "{bad"],
+    [
+        {"temperature": 2},
+        {"temperature": -0.1},
+        {"temperature": "hot"},
+        {"top_p": 1.5},
+        {"max_tokens": 0},
+        {"max_tokens": 2.5},
+        {"max_tokens": True},
+        {"guardrails": True},
+        {"unknown": 1},
+        {"response_format": {"type": "xml"}},
+        {"response_format": {"type": "json", "schema": "x"}},
+        [1],
+        "{bad",
+    ],
 )
 def test_bad_options_are_the_cortex_error(options) -> None:
     with pytest.raises(InvalidOptions, match="^invalid options object$"):
@@ -77,15 +92,29 @@ def test_bad_options_are_the_cortex_error(options) -> None:
 
 
 def test_good_options() -> None:
-    o = parse_options({"temperature": 1, "top_p": 0, "max_tokens": 10.0, "guardrails": False,
-                       "response_format": {"type": "json", "schema": {"type": "object"}}})
+    o = parse_options(
+        {
+            "temperature": 1,
+            "top_p": 0,
+            "max_tokens": 10.0,
+            "guardrails": False,
+            "response_format": {"type": "json", "schema": {"type": "object"}},
+        }
+    )
     assert (o.temperature, o.top_p, o.max_tokens, o.json_schema) == (1.0, 0.0, 10, '{"type": "object"}')
 
 
 @pytest.mark.parametrize(
     "prompt",
-    [[], [{"role": "robot", "content": "x"}], [{"role": "user"}], [{"role": "user", "content": 3}],
-     [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}], ["x"], {"role": "user"}],
+    [
+        [],
+        [{"role": "robot", "content": "x"}],
+        [{"role": "user"}],
+        [{"role": "user", "content": 3}],
+        [{"role": "user", "content": "x"}, {"role": "system", "content": "late"}],
+        ["x"],
+        {"role": "user"},
+    ],
 )
 def test_bad_prompt_arrays(prompt) -> None:
     with pytest.raises(InvalidPrompt, match="^invalid prompt object$"):
@@ -111,9 +140,16 @@ async def test_a_bad_row_fails_the_batch_before_the_engine_is_called(client, fak
 
 
 async def test_try_complete_nulls_only_the_failed_rows(client) -> None:
-    r = await client.post("/functions/try_complete", **batch(
-        ["fake-model", "ok"], ["gpt-nope", "x"], ["fake-model", [{"content": "y"}], {"bogus": 1}],
-        ["fake-model", "word " * 100], ["fake-model", "fine"]))
+    r = await client.post(
+        "/functions/try_complete",
+        **batch(
+            ["fake-model", "ok"],
+            ["gpt-nope", "x"],
+            ["fake-model", [{"content": "y"}], {"bogus": 1}],
+            ["fake-model", "word " * 100],
+            ["fake-model", "fine"],
+        ),
+    )
     assert r.status_code == 200
     assert r.json() == {"data": [[0, "echo:ok"], [1, None], [2, None], [3, None], [4, "echo:fine"]]}
 

@@ -24,12 +24,14 @@ def account(cfg: DeployConfig, image: bool = True) -> FakeSnowflake:
     return db
 
 
-def deploy(db: FakeSnowflake, cfg: DeployConfig, admin: str | None = "ACCOUNTADMIN",
-           functions: dict | None = None) -> tuple[int, list[str], list[str]]:
+def deploy(
+    db: FakeSnowflake, cfg: DeployConfig, admin: str | None = "ACCOUNTADMIN", functions: dict | None = None
+) -> tuple[int, list[str], list[str]]:
     out: list[str] = []
     err: list[str] = []
-    rc = deploy_cli.run_deploy(cfg, Session(db), GOLDEN_FUNCTIONS if functions is None else functions, admin,
-                               out.append, err.append)
+    rc = deploy_cli.run_deploy(
+        cfg, Session(db), GOLDEN_FUNCTIONS if functions is None else functions, admin, out.append, err.append
+    )
     return rc, out, err
 
 
@@ -49,17 +51,22 @@ def test_first_deploy_runs_each_phase_as_its_role_in_order() -> None:
     user_grant = f"GRANT ROLE {cfg.deployer} TO USER DEPLOYER"  # the connecting user gets the deploy role
     # the image repository exists already: `spcs-llm image push` created it (as the deploy role) to push the image;
     # the service's COMMENT carries the pushed image's digest (U2)
-    deploy_steps = [render.with_image_digest(s, "sha256:" + "0" * 64) if s.kind == "service" else s
-                    for s in deploy_steps]
+    deploy_steps = [
+        render.with_image_digest(s, "sha256:" + "0" * 64) if s.kind == "service" else s for s in deploy_steps
+    ]
     assert [s.kind for s in deploy_steps[:5]] == ["image_repository", "stage", "table", "view", "service"]
     assert "image=0000000000000000'" in deploy_steps[4].sql
-    expected = [s.sql for s in admin[:2]] + [user_grant] + [s.facts.get("create_sql", s.sql)
-                                                           for s in admin[2:] + deploy_steps[1:]]
+    expected = (
+        [s.sql for s in admin[:2]]
+        + [user_grant]
+        + [s.facts.get("create_sql", s.sql) for s in admin[2:] + deploy_steps[1:]]
+    )
     # U5: the executor sends the documented CREATE (it creates only what SHOW does not find); the script keeps
     # IF NOT EXISTS so that an admin can run it twice
     assert any(m.startswith("CREATE NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS\n") for m in db.mutations)
-    assert any(m.startswith("CREATE EXTERNAL ACCESS INTEGRATION SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI\n")
-               for m in db.mutations)
+    assert any(
+        m.startswith("CREATE EXTERNAL ACCESS INTEGRATION SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI\n") for m in db.mutations
+    )
     assert db.mutations == expected
     uses = [s for s in db.statements if s.startswith("USE ROLE")]
     assert uses[0] == "USE ROLE ACCOUNTADMIN" and uses[-1] == f"USE ROLE {cfg.deployer}"
@@ -69,8 +76,11 @@ def test_first_deploy_runs_each_phase_as_its_role_in_order() -> None:
     assert {f["owner"] for f in db.functions.values()} == {cfg.deployer}
     assert not any(g[2] == "SERVICE_ROLE" for g in db.grants)
     assert ("SPCS_LLM_LLM_USER", "ROLE", "ANALYST") in db.role_grants
-    assert any(n.startswith('SPCS_LLM.LLM."EMBED_TEXT_768(') for r, _, on, n in db.grants
-               if on == "FUNCTION" and r == cfg.caller_role)
+    assert any(
+        n.startswith('SPCS_LLM.LLM."EMBED_TEXT_768(')
+        for r, _, on, n in db.grants
+        if on == "FUNCTION" and r == cfg.caller_role
+    )
     assert out[-1] == f"deploy: {len(deploy_steps) - 1} of {len(deploy_steps)} objects changed"
 
 
@@ -130,8 +140,9 @@ def test_missing_image_stops_before_anything_is_created() -> None:
     text = "\n".join(out)
     assert "MISSING  image spcs-llm:0.1.0 in SPCS_LLM.LLM.SPCS_LLM_REPO" in text
     assert "run `spcs-llm image push` first" in text
-    assert not any(s.startswith(("CREATE SERVICE", "CREATE IMAGE", "CREATE STAGE", "CREATE FUNCTION"))
-                   for s in db.statements)
+    assert not any(
+        s.startswith(("CREATE SERVICE", "CREATE IMAGE", "CREATE STAGE", "CREATE FUNCTION")) for s in db.statements
+    )
     db.cursor().execute(f"USE ROLE {cfg.deployer}")
     db.cursor().execute(render.deploy_steps(cfg, {})[0].sql)  # what `image push` does first: the repository
     db.push_image("SPCS_LLM.LLM.SPCS_LLM_REPO", "spcs-llm", "0.1.0")
@@ -191,7 +202,8 @@ def test_new_model_alters_the_service_specification_only() -> None:
     comment = render.with_image_digest(render.service_step(new), "sha256:" + "0" * 64).facts["comment"]
     assert [s.split("$$")[0].strip() for s in stmts] == [
         "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE FROM SPECIFICATION",
-        f"ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET COMMENT = '{comment}'"]
+        f"ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET COMMENT = '{comment}'",
+    ]
 
 
 def test_a_new_image_under_the_same_tag_rolls_out() -> None:
@@ -239,7 +251,8 @@ def test_changed_return_type_replaces_the_function_and_grants_it_again() -> None
     assert deploy(db, cfg, admin=None, functions=fns)[0] == 0
     assert [s.split("\n")[0] for s in db.mutations[mark:]] == [
         "CREATE OR REPLACE FUNCTION SPCS_LLM.LLM.SENTIMENT(text VARCHAR)",
-        "GRANT USAGE ON FUNCTION SPCS_LLM.LLM.SENTIMENT(VARCHAR) TO ROLE SPCS_LLM_LLM_USER"]
+        "GRANT USAGE ON FUNCTION SPCS_LLM.LLM.SENTIMENT(VARCHAR) TO ROLE SPCS_LLM_LLM_USER",
+    ]
 
 
 def test_mirrors_change_is_one_alter_network_rule() -> None:
@@ -247,8 +260,10 @@ def test_mirrors_change_is_one_alter_network_rule() -> None:
     new = DeployConfig.parse({**cfg.model_dump(by_alias=True), "mirrors": ["hf-mirror.com"]})
     stmts, _ = _second(account(cfg), cfg, new)
     hosts = "'hf-mirror.com:443', 'cdn-lfs.hf-mirror.com:443', 'cdn-lfs-us-1.hf-mirror.com:443'"
-    assert stmts == [f"ALTER NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS SET VALUE_LIST = ({hosts}) "
-                     f"COMMENT = '{render.fingerprint(hosts.replace(chr(39), '').replace(' ', ''))}'"]
+    assert stmts == [
+        f"ALTER NETWORK RULE SPCS_LLM.LLM.SPCS_LLM_SERVICE_EGRESS SET VALUE_LIST = ({hosts}) "
+        f"COMMENT = '{render.fingerprint(hosts.replace(chr(39), '').replace(' ', ''))}'"
+    ]
     db = FakeSnowflake()
     # W7: the bare form is not in the documented grammar
     with pytest.raises(FakeSnowflakeError, match="(?s)001003 .*syntax error"):
@@ -268,10 +283,13 @@ def test_redeploy_with_mirrors_removed_unsets_the_integrations() -> None:
         db.cursor().execute("ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SET EXTERNAL_ACCESS_INTEGRATIONS = ()")
 
 
-@pytest.mark.parametrize(("change", "why"), [
-    ({"volumes": {"block_size": "400Gi"}}, "model cache volume changes from block:300Gi to block:400Gi"),
-    ({"volumes": {"model_cache": "stage"}}, "model cache volume changes from block:300Gi to stage"),
-])
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"volumes": {"block_size": "400Gi"}}, "model cache volume changes from block:300Gi to block:400Gi"),
+        ({"volumes": {"model_cache": "stage"}}, "model cache volume changes from block:300Gi to stage"),
+    ],
+)
 def test_block_volume_changes_are_refused_with_what_to_do(change: dict, why: str) -> None:
     cfg = load("tp4")
     db = account(cfg)
@@ -284,8 +302,9 @@ def test_block_volume_changes_are_refused_with_what_to_do(change: dict, why: str
         changed(cfg, compute_pool={"max_nodes": 2}, service={"max_instances": 2, "cpu": 4})
 
 
-def test_block_volume_teardown_uses_force_and_says_what_it_deletes(monkeypatch: pytest.MonkeyPatch,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_block_volume_teardown_uses_force_and_says_what_it_deletes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from spcs_llm.cli import main
 
     cfg = load("tp4")
@@ -329,8 +348,11 @@ def test_pool_with_another_instance_family_says_how_to_change_it() -> None:
     cfg = load("single_gpu")
     db = account(cfg)
     deploy(db, cfg)
-    with pytest.raises(DeployError, match=r"suspend the pool .* SET INSTANCE_FAMILY = GPU_NV_M` as its owner, "
-                                          r"or `spcs-llm teardown`"):
+    with pytest.raises(
+        DeployError,
+        match=r"suspend the pool .* SET INSTANCE_FAMILY = GPU_NV_M` as its owner, "
+        r"or `spcs-llm teardown`",
+    ):
         deploy(db, changed(cfg, compute_pool={"instance_family": "GPU_NV_M"}))
 
 
@@ -363,13 +385,15 @@ def test_check_reports_missing_grants_with_the_sql_that_fixes_them() -> None:
     db.grants.discard((cfg.deployer, "USAGE", "COMPUTE_POOL", "LLM_GPU_S"))
     items = check.preflight(cfg, Session(db))
     bad = [it for it in items if it.blocks]
-    assert [it.fix for it in bad] == [["GRANT USAGE, MONITOR, OPERATE, MODIFY ON COMPUTE POOL LLM_GPU_S TO ROLE "
-                                       "SPCS_LLM_LLM_DEPLOYER"]]
+    assert [it.fix for it in bad] == [
+        ["GRANT USAGE, MONITOR, OPERATE, MODIFY ON COMPUTE POOL LLM_GPU_S TO ROLE SPCS_LLM_LLM_DEPLOYER"]
+    ]
     assert check.preflight(cfg, Session(db), admin_pending=True)[0].status == "ok"
 
 
-def test_check_through_the_cli_exits_non_zero_when_blocked(monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_through_the_cli_exits_non_zero_when_blocked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from spcs_llm.cli import main
 
     cfg = load("single_gpu")
@@ -384,11 +408,14 @@ def test_check_through_the_cli_exits_non_zero_when_blocked(monkeypatch: pytest.M
 
 
 def test_parsers_of_show_output() -> None:
-    assert parse_arguments("COMPLETE(VARCHAR, ARRAY, OBJECT) RETURN VARCHAR") == (["VARCHAR", "ARRAY", "OBJECT"],
-                                                                                 "VARCHAR")
+    assert parse_arguments("COMPLETE(VARCHAR, ARRAY, OBJECT) RETURN VARCHAR") == (
+        ["VARCHAR", "ARRAY", "OBJECT"],
+        "VARCHAR",
+    )
     assert parse_arguments("F(VARCHAR(16777216)) RETURN VECTOR(FLOAT, 768)") == (["VARCHAR"], "VECTOR(FLOAT, 768)")
-    assert grant_key("usage", "FUNCTION", 'DB.S."F(MODEL VARCHAR, P ARRAY):VARCHAR(16777216)"') == \
-        grant_key("USAGE", "FUNCTION", "DB.S.F(VARCHAR, ARRAY)")
+    assert grant_key("usage", "FUNCTION", 'DB.S."F(MODEL VARCHAR, P ARRAY):VARCHAR(16777216)"') == grant_key(
+        "USAGE", "FUNCTION", "DB.S.F(VARCHAR, ARRAY)"
+    )
     assert grant_key("USAGE", "COMPUTE POOL", "p") == ("USAGE", "COMPUTE_POOL", "P")
 
 
@@ -411,10 +438,14 @@ def test_status_suspend_resume_teardown_on_the_fake() -> None:
     ops.suspend(cfg, s, out=out.append)
     ops.suspend(cfg, s, out=out.append)  # already suspended: nothing more
     assert [m for m in db.mutations if m.endswith("SUSPEND")] == [
-        "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SUSPEND", "ALTER COMPUTE POOL LLM_GPU_S SUSPEND"]
+        "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE SUSPEND",
+        "ALTER COMPUTE POOL LLM_GPU_S SUSPEND",
+    ]
     ops.resume(cfg, s, out=out.append)
-    assert db.mutations[-2:] == ["ALTER COMPUTE POOL LLM_GPU_S RESUME",
-                                 "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE RESUME"]
+    assert db.mutations[-2:] == [
+        "ALTER COMPUTE POOL LLM_GPU_S RESUME",
+        "ALTER SERVICE SPCS_LLM.LLM.SPCS_LLM_SERVICE RESUME",
+    ]
 
     plan = ops.teardown_plan(cfg, GOLDEN_FUNCTIONS)
     assert "DROP SERVICE IF EXISTS SPCS_LLM.LLM.SPCS_LLM_SERVICE" in plan.deploy  # a stage volume: no FORCE
@@ -431,8 +462,9 @@ def test_status_suspend_resume_teardown_on_the_fake() -> None:
     assert cfg.deployer not in db.objects["ROLES"]
 
 
-def test_cli_deploy_push_and_teardown_through_the_fake(monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_deploy_push_and_teardown_through_the_fake(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from spcs_llm.cli import main
 
     cfg = load("single_gpu")
@@ -452,8 +484,9 @@ def test_cli_deploy_push_and_teardown_through_the_fake(monkeypatch: pytest.Monke
     assert main(["image", "push", "--dry-run", "--config", config]) == 0
     out = capsys.readouterr().out
     url = "myorg-myacct.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo"
-    assert ("$ docker login myorg-myacct.registry.snowflakecomputing.com --username DEPLOYER --password-stdin"
-            " < (token)") in out
+    assert (
+        "$ docker login myorg-myacct.registry.snowflakecomputing.com --username DEPLOYER --password-stdin < (token)"
+    ) in out
     assert f"$ docker push {url}/spcs-llm:0.1.0" in out
 
     monkeypatch.setattr("builtins.input", lambda prompt: "no")
@@ -464,8 +497,9 @@ def test_cli_deploy_push_and_teardown_through_the_fake(monkeypatch: pytest.Monke
     assert db.objects["COMPUTE POOLS"]  # no admin role: the account-level objects stay
 
 
-def test_image_push_creates_the_repository_before_the_first_deploy(monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_image_push_creates_the_repository_before_the_first_deploy(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from spcs_llm.cli import main
 
     cfg = load("single_gpu")
@@ -476,8 +510,9 @@ def test_image_push_creates_the_repository_before_the_first_deploy(monkeypatch: 
     assert main(["image", "push", "--dry-run", "--config", config]) == 0  # says what it would create, creates nothing
     out = capsys.readouterr().out
     assert "$ (SQL) CREATE IMAGE REPOSITORY IF NOT EXISTS SPCS_LLM.LLM.SPCS_LLM_REPO" in out
-    assert ("docker push ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo/"
-            "spcs-llm:0.1.0") in out
+    assert (
+        "docker push ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo/spcs-llm:0.1.0"
+    ) in out
     assert "SPCS_LLM.LLM.SPCS_LLM_REPO" not in db.objects["IMAGE REPOSITORIES"]
     monkeypatch.setenv("SNOWFLAKE_PAT", "t")
     ran: list[list[str]] = []
@@ -497,8 +532,9 @@ def test_missing_connector_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         connect("dev")
 
 
-def test_models_recommend_asks_the_account_when_connected(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_models_recommend_asks_the_account_when_connected(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`models recommend --connection`: the families come from SHOW COMPUTE POOL INSTANCE FAMILIES."""
     from spcs_llm.cli import main
 
@@ -521,8 +557,10 @@ def test_a_configured_warehouse_is_granted_and_used() -> None:
     db = account(cfg)
     db.warehouse = None
     assert deploy(db, cfg)[0] == 0
-    assert {(cfg.deployer, "USAGE", "WAREHOUSE", "COMPUTE_WH"),
-            (cfg.caller_role, "USAGE", "WAREHOUSE", "COMPUTE_WH")} <= db.grants
+    assert {
+        (cfg.deployer, "USAGE", "WAREHOUSE", "COMPUTE_WH"),
+        (cfg.caller_role, "USAGE", "WAREHOUSE", "COMPUTE_WH"),
+    } <= db.grants
     db.role = "PUBLIC"
     from unittest import mock
 

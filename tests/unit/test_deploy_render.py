@@ -55,7 +55,8 @@ def test_every_statement_parses_or_is_listed_as_unparseable(name: str) -> None:
     steps = render.plan(cfg, GOLDEN_FUNCTIONS)
     # the script is the plan, with one USE ROLE before each phase (audit W1: the plan says which role runs what)
     assert stmts == [f"USE ROLE {render.admin_role(cfg)}"] + [s.sql for s in steps if s.phase == render.ADMIN] + [
-        f"USE ROLE {cfg.deployer}"] + [s.sql for s in steps if s.phase == render.DEPLOY]
+        f"USE ROLE {cfg.deployer}"
+    ] + [s.sql for s in steps if s.phase == render.DEPLOY]
     for stmt in stmts:
         tree = sqlglot.parse_one(stmt, read="snowflake")
         if _kind(stmt):
@@ -69,8 +70,11 @@ def _type(sql_type: str) -> exp.DataType:
 
 
 def _fn_props(tree: exp.Expression) -> dict[str, str]:
-    return {p.name.upper(): p.args["value"].sql("snowflake") for p in tree.find_all(exp.Property)
-            if isinstance(p.this, exp.Var)}
+    return {
+        p.name.upper(): p.args["value"].sql("snowflake")
+        for p in tree.find_all(exp.Property)
+        if isinstance(p.this, exp.Var)
+    }
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -124,7 +128,8 @@ def test_vector_wrappers_cast_the_array(name: str) -> None:
         cast = body.find(exp.Cast)
         assert cast.to.sql("snowflake") == f"VECTOR(FLOAT, {dim})"
         assert cast.this.name == f"{w.facts['sql_name']}_ARRAY" or cast.this.sql().endswith(
-            f"{w.facts['sql_name']}_ARRAY(model, text)")
+            f"{w.facts['sql_name']}_ARRAY(model, text)"
+        )
 
 
 def test_wrapper_mapping_is_explicit_and_skips_missing_functions() -> None:
@@ -142,8 +147,9 @@ def test_function_list_equals_registry() -> None:
     fns = render.service_functions(cfg, render.registry())
     assert render.registry() is FUNCTIONS
     rendered = sorted((f.function, f.args, f.returns, f.path) for f in fns)
-    expected = sorted((name, o.args, o.returns.upper(), f"/functions/{name}")
-                      for name, fn in FUNCTIONS.items() for o in fn.overloads)
+    expected = sorted(
+        (name, o.args, o.returns.upper(), f"/functions/{name}") for name, fn in FUNCTIONS.items() for o in fn.overloads
+    )
     assert rendered == expected and len(rendered) >= 2
     script = render.script(cfg)
     assert script.count("\nCREATE FUNCTION ") == len(expected)
@@ -184,9 +190,11 @@ def test_schema_rejects_what_spcs_rejects() -> None:
     # service-role names are letters, digits and _ (starting with a letter, ending with a letter or digit)
     block = render.spec(load("tp4"))
     jsonschema.validate(block, _schema())
-    for volume in ({"name": "models", "source": "block", "size": "300G"},
-                   {"name": "models", "source": "block", "size": "1.5Gi"},
-                   {"name": "models", "source": "block", "size": "300Gi", "uid": 1000}):
+    for volume in (
+        {"name": "models", "source": "block", "size": "300G"},
+        {"name": "models", "source": "block", "size": "1.5Gi"},
+        {"name": "models", "source": "block", "size": "300Gi", "uid": 1000},
+    ):
         bad = render.spec(load("tp4"))
         bad["spec"]["volumes"][0] = volume
         with pytest.raises(jsonschema.ValidationError):
@@ -199,8 +207,9 @@ def test_schema_rejects_what_spcs_rejects() -> None:
     unequal = render.spec(cfg)
     unequal["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}
     jsonschema.validate(unequal, _schema())  # the schema cannot compare the two ...
-    assert render.check_spec(unequal) == ["container server: nvidia.com/gpu requested 1, limited to 2; they must "
-                                          "be equal"]  # ... so check_spec does
+    assert render.check_spec(unequal) == [
+        "container server: nvidia.com/gpu requested 1, limited to 2; they must be equal"
+    ]  # ... so check_spec does
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -212,8 +221,9 @@ def test_service_config_is_valid_toml_that_the_server_reads(name: str) -> None:
     cfg = load(name)
     doc = tomllib.loads(render.service_toml(cfg))
     assert doc == render.service_config(cfg)
-    assert yaml.safe_load(render.spec_yaml(cfg))["spec"]["containers"][0]["env"]["SPCS_LLM_SERVICE_TOML"] == \
-        render.service_toml(cfg)
+    assert yaml.safe_load(render.spec_yaml(cfg))["spec"]["containers"][0]["env"][
+        "SPCS_LLM_SERVICE_TOML"
+    ] == render.service_toml(cfg)
     assert cfg.model.engine_options.keys() <= EngineSettings.model_fields.keys()
     Settings.model_validate(doc)
 
@@ -224,42 +234,63 @@ def test_example_config_renders() -> None:
     jsonschema.validate(yaml.safe_load(render.spec_yaml(cfg)), _schema())
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    ({"model": {"name": "m"}, "compute_pool": {"max_nodes": 0}}, "compute_pool.max_nodes"),
-    ({"model": {"name": "m"}, "service": {"gpus": 0}}, "model.engine = 'vllm' needs service.gpus"),
-    ({"model": {"name": "m"}, "service": {"max_instances": 3, "cpu": 2}}, "compute_pool.max_nodes >= it"),
-    ({"model": {"name": "m"}, "mirrors": ["https://hf-mirror.com"]}, "mirrors"),
-    ({"model": {"name": "m"}, "volumes": {"shm_size": "8GB"}}, "volumes.shm_size"),
-    ({"model": {"name": "m"}, "database": "my-db"}, "database"),
-    ({"model": {"name": "m"}, "servce": {}}, "servce: Extra inputs are not permitted"),
-    ({}, "model: Field required"),
-    # W9 (a) no wildcards, SPCS egress ports only
-    ({"model": {"name": "m"}, "mirrors": ["*.hf-mirror.com"]}, "no wildcards"),
-    ({"model": {"name": "m"}, "mirrors": ["hf-mirror.com:25"]}, "ports 22, 80, 443 and 1024-65535: hf-mirror.com:25"),
-    # (b) block sizes are whole Gi
-    ({"model": {"name": "m"}, "volumes": {"block_size": "200G"}}, "volumes.block_size"),
-    ({"model": {"name": "m"}, "volumes": {"block_size": "1.5Gi"}}, "whole number of Gi"),
-    ({"model": {"name": "m"}, "volumes": {"block_size": "70000Gi"}}, "65536Gi"),
-    # (c) service auto-suspend 0 or >= 300
-    ({"model": {"name": "m"}, "service": {"auto_suspend_secs": 60}}, "0 (never) or at least 300"),
-    # (d) the endpoint is an unquoted identifier in CREATE FUNCTION
-    ({"model": {"name": "m"}, "service": {"endpoint": "my-ep"}}, "service.endpoint"),
-    # (e) no stage volumes on Google Cloud
-    ({"model": {"name": "m"}, "compute_pool": {"instance_family": "GPU_GCP_NV_L4_1_24G"},
-      "volumes": {"model_cache": "stage"}}, "stage volumes are not available on Google Cloud"),
-    ({"model": {"name": "m"}, "cloud": "gcp", "volumes": {"model_cache": "stage"}}, "Google Cloud"),
-    # W8: block volumes need min == max instances; U11: scale-out needs a cpu request
-    ({"model": {"name": "m"}, "volumes": {"model_cache": "block"}, "compute_pool": {"max_nodes": 2},
-      "service": {"max_instances": 2, "cpu": 2}}, "needs service.min_instances = max_instances"),
-    ({"model": {"name": "m"}, "compute_pool": {"max_nodes": 2}, "service": {"max_instances": 2}},
-     "set service.cpu"),
-    # W1: the deploy role is never privileged, and never the callers' role
-    ({"model": {"name": "m"}, "roles": {"deployer": "SECURITYADMIN"}}, "Snowflake refuses a service owned by"),
-    ({"model": {"name": "m"}, "roles": {"deployer": "X"}, "access": {"role": "X"}}, "must differ"),
-    # W2: renames are identifiers, each used once
-    ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "a-b"}}}, "functions.rename"),
-    ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "X", "translate": "x"}}}, "same name"),
-])
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"model": {"name": "m"}, "compute_pool": {"max_nodes": 0}}, "compute_pool.max_nodes"),
+        ({"model": {"name": "m"}, "service": {"gpus": 0}}, "model.engine = 'vllm' needs service.gpus"),
+        ({"model": {"name": "m"}, "service": {"max_instances": 3, "cpu": 2}}, "compute_pool.max_nodes >= it"),
+        ({"model": {"name": "m"}, "mirrors": ["https://hf-mirror.com"]}, "mirrors"),
+        ({"model": {"name": "m"}, "volumes": {"shm_size": "8GB"}}, "volumes.shm_size"),
+        ({"model": {"name": "m"}, "database": "my-db"}, "database"),
+        ({"model": {"name": "m"}, "servce": {}}, "servce: Extra inputs are not permitted"),
+        ({}, "model: Field required"),
+        # W9 (a) no wildcards, SPCS egress ports only
+        ({"model": {"name": "m"}, "mirrors": ["*.hf-mirror.com"]}, "no wildcards"),
+        (
+            {"model": {"name": "m"}, "mirrors": ["hf-mirror.com:25"]},
+            "ports 22, 80, 443 and 1024-65535: hf-mirror.com:25",
+        ),
+        # (b) block sizes are whole Gi
+        ({"model": {"name": "m"}, "volumes": {"block_size": "200G"}}, "volumes.block_size"),
+        ({"model": {"name": "m"}, "volumes": {"block_size": "1.5Gi"}}, "whole number of Gi"),
+        ({"model": {"name": "m"}, "volumes": {"block_size": "70000Gi"}}, "65536Gi"),
+        # (c) service auto-suspend 0 or >= 300
+        ({"model": {"name": "m"}, "service": {"auto_suspend_secs": 60}}, "0 (never) or at least 300"),
+        # (d) the endpoint is an unquoted identifier in CREATE FUNCTION
+        ({"model": {"name": "m"}, "service": {"endpoint": "my-ep"}}, "service.endpoint"),
+        # (e) no stage volumes on Google Cloud
+        (
+            {
+                "model": {"name": "m"},
+                "compute_pool": {"instance_family": "GPU_GCP_NV_L4_1_24G"},
+                "volumes": {"model_cache": "stage"},
+            },
+            "stage volumes are not available on Google Cloud",
+        ),
+        ({"model": {"name": "m"}, "cloud": "gcp", "volumes": {"model_cache": "stage"}}, "Google Cloud"),
+        # W8: block volumes need min == max instances; U11: scale-out needs a cpu request
+        (
+            {
+                "model": {"name": "m"},
+                "volumes": {"model_cache": "block"},
+                "compute_pool": {"max_nodes": 2},
+                "service": {"max_instances": 2, "cpu": 2},
+            },
+            "needs service.min_instances = max_instances",
+        ),
+        (
+            {"model": {"name": "m"}, "compute_pool": {"max_nodes": 2}, "service": {"max_instances": 2}},
+            "set service.cpu",
+        ),
+        # W1: the deploy role is never privileged, and never the callers' role
+        ({"model": {"name": "m"}, "roles": {"deployer": "SECURITYADMIN"}}, "Snowflake refuses a service owned by"),
+        ({"model": {"name": "m"}, "roles": {"deployer": "X"}, "access": {"role": "X"}}, "must differ"),
+        # W2: renames are identifiers, each used once
+        ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "a-b"}}}, "functions.rename"),
+        ({"model": {"name": "m"}, "functions": {"rename": {"ai_agg": "X", "translate": "x"}}}, "same name"),
+    ],
+)
 def test_config_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
         DeployConfig.parse(data)
@@ -269,9 +300,11 @@ def test_network_rule_holds_exactly_the_mirrors() -> None:
     cfg = load("single_gpu")
     rule = next(s for s in render.plan(cfg, GOLDEN_FUNCTIONS) if s.kind == "network_rule")
     # the mirrors, then the hosts they redirect downloads to (U12)
-    assert ("VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', "
-            "'cdn-lfs-us-1.hf-mirror.com:443', 'cdn-lfs-cn-1.modelscope.cn:443', "
-            "'modelscope.oss-cn-beijing.aliyuncs.com:443')") in rule.sql
+    assert (
+        "VALUE_LIST = ('hf-mirror.com:443', 'www.modelscope.cn:443', 'cdn-lfs.hf-mirror.com:443', "
+        "'cdn-lfs-us-1.hf-mirror.com:443', 'cdn-lfs-cn-1.modelscope.cn:443', "
+        "'modelscope.oss-cn-beijing.aliyuncs.com:443')"
+    ) in rule.sql
     plain = DeployConfig.parse({**cfg.model_dump(by_alias=True), "mirror_redirects": False})
     assert plain.egress_hosts == ["hf-mirror.com:443", "www.modelscope.cn:443"]
     assert render.spec(cfg)["spec"]["containers"][0]["env"]["HF_HUB_DISABLE_XET"] == "1"
@@ -285,12 +318,28 @@ def test_docker_command_lines() -> None:
     cfg = load("single_gpu")
     url = "myorg-myacct.registry.snowflakecomputing.com/spcs_llm/llm/spcs_llm_repo"
     assert docker.build_command(cfg, "build/spcs-llm/Dockerfile") == [
-        "docker", "build", "--platform", "linux/amd64", "-f", "build/spcs-llm/Dockerfile", "-t", "spcs-llm:0.1.0", "."]
+        "docker",
+        "build",
+        "--platform",
+        "linux/amd64",
+        "-f",
+        "build/spcs-llm/Dockerfile",
+        "-t",
+        "spcs-llm:0.1.0",
+        ".",
+    ]
     assert docker.login_command(url, "DEPLOYER") == [
-        "docker", "login", "myorg-myacct.registry.snowflakecomputing.com", "--username", "DEPLOYER",
-        "--password-stdin"]
+        "docker",
+        "login",
+        "myorg-myacct.registry.snowflakecomputing.com",
+        "--username",
+        "DEPLOYER",
+        "--password-stdin",
+    ]
     assert docker.push_commands(cfg, url) == [
-        ["docker", "tag", "spcs-llm:0.1.0", f"{url}/spcs-llm:0.1.0"], ["docker", "push", f"{url}/spcs-llm:0.1.0"]]
+        ["docker", "tag", "spcs-llm:0.1.0", f"{url}/spcs-llm:0.1.0"],
+        ["docker", "push", f"{url}/spcs-llm:0.1.0"],
+    ]
     # the spec's image path is the same repository, as SPCS names it
     assert render.image_path(cfg) == "/spcs_llm/llm/spcs_llm_repo/spcs-llm:0.1.0"
     with pytest.raises(ValueError, match="registry host"):
@@ -306,13 +355,20 @@ def test_entrypoint_writes_config_pulls_model_and_execs_server(tmp_path: Path) -
     fake.chmod(0o755)
     cfg_path = tmp_path / "etc" / "service.toml"
     toml = render.service_toml(load("single_gpu"))
-    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "MODEL": "qwen2.5-7b-instruct",
-           "SPCS_LLM_ENGINE": "vllm", "SPCS_LLM_SERVICE_TOML": toml, "SPCS_LLM_CONFIG_PATH": str(cfg_path)}
+    env = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "MODEL": "qwen2.5-7b-instruct",
+        "SPCS_LLM_ENGINE": "vllm",
+        "SPCS_LLM_SERVICE_TOML": toml,
+        "SPCS_LLM_CONFIG_PATH": str(cfg_path),
+    }
     done = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert cfg_path.read_text() == toml
     assert log.read_text().splitlines() == [
-        f"models pull --config {cfg_path} qwen2.5-7b-instruct", f"serve --engine vllm --config {cfg_path}"]
+        f"models pull --config {cfg_path} qwen2.5-7b-instruct",
+        f"serve --engine vllm --config {cfg_path}",
+    ]
     env.pop("MODEL")
     failed = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert failed.returncode == 2 and "MODEL is not set" in failed.stderr
@@ -327,14 +383,20 @@ def test_packaged_models_are_baked_into_the_image_not_fetched_at_run_time(tmp_pa
     doc = render.service_config(cpu)
     assert doc["engine"]["model"] == "default" and doc["engine"]["cache_dir"] == PACKAGED_DIR
     assert render.service_config(load("single_gpu"))["embeddings"] == [
-        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}]
+        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}
+    ]
     log = tmp_path / "calls"
     fake = tmp_path / "bin" / "spcs-llm"
     fake.parent.mkdir()
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
     fake.chmod(0o755)
-    env = {"PATH": f"{fake.parent}:{os.environ['PATH']}", "MODEL": "default", "SPCS_LLM_ENGINE": "llamacpp",
-           "SPCS_LLM_SERVICE_TOML": render.service_toml(cpu), "SPCS_LLM_CONFIG_PATH": str(tmp_path / "s.toml")}
+    env = {
+        "PATH": f"{fake.parent}:{os.environ['PATH']}",
+        "MODEL": "default",
+        "SPCS_LLM_ENGINE": "llamacpp",
+        "SPCS_LLM_SERVICE_TOML": render.service_toml(cpu),
+        "SPCS_LLM_CONFIG_PATH": str(tmp_path / "s.toml"),
+    }
     done = subprocess.run([str(ROOT / "docker" / "entrypoint")], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines() == [f"serve --engine llamacpp --config {tmp_path / 's.toml'}"]
@@ -351,15 +413,28 @@ def test_defaults_per_cloud_and_derived_account_level_names() -> None:
     for attr in ("pool", "integration", "caller_role", "deployer"):
         assert getattr(a, attr) != getattr(b, attr), attr
     assert (a.pool, a.integration, a.caller_role, a.deployer) == (
-        "SPCS_LLM_TEAM_A_POOL", "SPCS_LLM_TEAM_A_SPCS_LLM_SERVICE_EAI", "SPCS_LLM_TEAM_A_USER",
-        "SPCS_LLM_TEAM_A_DEPLOYER")
+        "SPCS_LLM_TEAM_A_POOL",
+        "SPCS_LLM_TEAM_A_SPCS_LLM_SERVICE_EAI",
+        "SPCS_LLM_TEAM_A_USER",
+        "SPCS_LLM_TEAM_A_DEPLOYER",
+    )
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_function_properties_follow_the_documented_order(name: str) -> None:
     """U3: COMMENT straight after ENDPOINT, as in the CREATE FUNCTION (SPCS) syntax block."""
-    order = ["RETURNS", "SERVICE", "ENDPOINT", "COMMENT", "CONTEXT_HEADERS", "MAX_BATCH_ROWS", "MAX_BATCH_RETRIES",
-             "ON_BATCH_FAILURE", "BATCH_TIMEOUT_SECS", "AS"]
+    order = [
+        "RETURNS",
+        "SERVICE",
+        "ENDPOINT",
+        "COMMENT",
+        "CONTEXT_HEADERS",
+        "MAX_BATCH_ROWS",
+        "MAX_BATCH_RETRIES",
+        "ON_BATCH_FAILURE",
+        "BATCH_TIMEOUT_SECS",
+        "AS",
+    ]
     for step in (s for s in render.plan(load(name), GOLDEN_FUNCTIONS) if s.kind == "function"):
         keys = [line.split()[0] for line in step.sql.splitlines()[1:]]
         assert keys == order, step.sql

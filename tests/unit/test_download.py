@@ -23,8 +23,15 @@ from .hubserver import Hub, HubServer, closed_port_url
 
 REPO = "acme/tiny-model"
 SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-WANTED = {"config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json", SHARD1, SHARD2,
-          "1_Pooling/config.json"}
+WANTED = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "model.safetensors.index.json",
+    SHARD1,
+    SHARD2,
+    "1_Pooling/config.json",
+}
 
 
 def make_repo() -> dict[str, bytes]:
@@ -91,21 +98,22 @@ def test_second_pull_makes_no_request(tmp_path: Path, repo: dict[str, bytes]) ->
 
 
 @pytest.mark.parametrize("failure", ["5xx", "connection refused"])
-def test_falls_back_to_the_next_source(tmp_path: Path, repo: dict[str, bytes], failure: str,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_falls_back_to_the_next_source(
+    tmp_path: Path, repo: dict[str, bytes], failure: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken, good = Hub({REPO: repo}, fail_status=503), Hub({REPO: repo})
     with HubServer(broken) as bad_url, HubServer(good) as good_url:
         first = Source("hf", bad_url if failure == "5xx" else closed_port_url())
-        path = ensure_model(REPO, cache_dir=tmp_path, sources=[first, Source("modelscope", good_url)],
-                            progress=False)
+        path = ensure_model(REPO, cache_dir=tmp_path, sources=[first, Source("modelscope", good_url)], progress=False)
     assert_model(path, repo)
     assert json.loads((path / COMPLETE_MARKER).read_text())["source"].startswith("modelscope")
     assert ("HTTP 503" if failure == "5xx" else "ConnectError") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("client", ["builtin", "huggingface_hub"])
-def test_resumes_a_cut_connection_with_range(tmp_path: Path, repo: dict[str, bytes], client: str,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumes_a_cut_connection_with_range(
+    tmp_path: Path, repo: dict[str, bytes], client: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if client == "builtin":
         monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")
     hub = Hub({REPO: repo}, cut_once={SHARD1: 100_000})
@@ -179,16 +187,21 @@ def test_prestaged_model_is_used_offline(tmp_path: Path) -> None:
 def test_gguf_pull_fetches_one_file(tmp_path: Path, repo: dict[str, bytes]) -> None:
     hub = Hub({REPO: repo})
     with HubServer(hub) as url:
-        path = ensure_model(REPO, cache_dir=tmp_path, fmt="gguf", gguf_file="tiny-q4_k_m.gguf",
-                            sources=[Source("modelscope", url)], progress=False)
+        path = ensure_model(
+            REPO,
+            cache_dir=tmp_path,
+            fmt="gguf",
+            gguf_file="tiny-q4_k_m.gguf",
+            sources=[Source("modelscope", url)],
+            progress=False,
+        )
     assert path.name == "tiny-q4_k_m.gguf" and path.read_bytes() == repo["tiny-q4_k_m.gguf"]
     assert hub.count("FilePath=") == 1
 
 
 def test_all_sources_failing_names_each(tmp_path: Path, repo: dict[str, bytes]) -> None:
     with HubServer(Hub({REPO: repo}, fail_status=500)) as url, pytest.raises(DownloadError) as err:
-        ensure_model(REPO, cache_dir=tmp_path, sources=[Source("hf", url), Source("modelscope", url)],
-                     progress=False)
+        ensure_model(REPO, cache_dir=tmp_path, sources=[Source("hf", url), Source("modelscope", url)], progress=False)
     assert "any source" in str(err.value) and str(err.value).count("HTTP 500") == 2
 
 
@@ -196,9 +209,14 @@ def test_sources_from_env_and_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SPCS_LLM_SOURCES", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example/")
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    assert default_sources() == [Source("hf", "http://mirror.example"), Source("modelscope", "https://www.modelscope.cn")]
-    assert default_sources("modelscope,hf=http://other") == [Source("modelscope", "https://www.modelscope.cn"),
-                                                             Source("hf", "http://other")]
+    assert default_sources() == [
+        Source("hf", "http://mirror.example"),
+        Source("modelscope", "https://www.modelscope.cn"),
+    ]
+    assert default_sources("modelscope,hf=http://other") == [
+        Source("modelscope", "https://www.modelscope.cn"),
+        Source("hf", "http://other"),
+    ]
     with pytest.raises(ValueError, match="unknown model source 'github'"):
         default_sources("github")
 
@@ -207,12 +225,15 @@ def test_downloaded_config_agrees_with_the_catalogue(tmp_path: Path, repo: dict[
     config = json.loads(repo["config.json"])
     assert check_config(find_model("qwen2.5-0.5b-instruct"), config) == []
     assert check_config(find_model("qwen2.5-1.5b-instruct"), config) == [
-        "layers: catalogue 28, config.json 24", "attention heads: catalogue 12, config.json 14",
-        "head dim: catalogue 128, config.json 64"]
+        "layers: catalogue 28, config.json 24",
+        "attention heads: catalogue 12, config.json 14",
+        "head dim: catalogue 128, config.json 64",
+    ]
 
 
-def test_cli_pull_of_a_catalogue_name_warns_when_config_differs(tmp_path: Path, repo: dict[str, bytes],
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_pull_of_a_catalogue_name_warns_when_config_differs(
+    tmp_path: Path, repo: dict[str, bytes], capsys: pytest.CaptureFixture[str]
+) -> None:
     hub = Hub({"Qwen/Qwen2.5-0.5B-Instruct": repo, "Qwen/Qwen2.5-1.5B-Instruct": repo})  # a 0.5B-shaped config
     with HubServer(hub) as url:
         args = ["--cache-dir", str(tmp_path), "--sources", f"hf={url}"]
@@ -223,8 +244,9 @@ def test_cli_pull_of_a_catalogue_name_warns_when_config_differs(tmp_path: Path, 
     assert "catalogue and config.json differ: layers: catalogue 28, config.json 24" in capsys.readouterr().err
 
 
-def test_hf_token_goes_only_to_hugging_face_sources(tmp_path: Path, repo: dict[str, bytes],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_token_goes_only_to_hugging_face_sources(
+    tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     hf, ms = Hub({REPO: repo}), Hub({REPO: repo})
     with HubServer(hf) as hf_url, HubServer(ms) as ms_url:
@@ -243,8 +265,9 @@ def test_a_rate_limited_file_is_waited_out_and_fetched(tmp_path: Path, repo: dic
     assert len(hub.ranges_for(SHARD2)) == 2  # the 429, then the file
 
 
-def test_hugging_face_transfers_use_huggingface_hub(tmp_path: Path, repo: dict[str, bytes],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hugging_face_transfers_use_huggingface_hub(
+    tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With huggingface_hub installed, its http_get moves the bytes (redirect to the CDN, 429, resume); without
     it (SPCS_LLM_HF_CLIENT=builtin stands for that) our own client does, with the same result."""
     import functools
@@ -272,14 +295,20 @@ def test_egress_hosts_list_each_endpoint_and_its_redirect_hosts() -> None:
     from spcs_llm.models.download import egress_hosts
 
     assert egress_hosts([Source("hf", "https://hf-mirror.com"), Source("modelscope", "https://www.modelscope.cn")]) == [
-        "hf-mirror.com:443", "cdn-lfs.hf-mirror.com:443", "cdn-lfs-us-1.hf-mirror.com:443",
-        "www.modelscope.cn:443", "cdn-lfs-cn-1.modelscope.cn:443", "modelscope.oss-cn-beijing.aliyuncs.com:443"]
+        "hf-mirror.com:443",
+        "cdn-lfs.hf-mirror.com:443",
+        "cdn-lfs-us-1.hf-mirror.com:443",
+        "www.modelscope.cn:443",
+        "cdn-lfs-cn-1.modelscope.cn:443",
+        "modelscope.oss-cn-beijing.aliyuncs.com:443",
+    ]
     assert egress_hosts([Source("hf", "http://mirror.internal:8080")]) == ["mirror.internal:8080"]
 
 
 @pytest.mark.parametrize("client", ["builtin", "huggingface_hub"])
-def test_a_blocked_cdn_host_is_named(tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch,
-                                     client: str) -> None:
+def test_a_blocked_cdn_host_is_named(
+    tmp_path: Path, repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
     """The listing works, the redirect target is unreachable (as when the network rule lacks the CDN host)."""
     if client == "builtin":
         monkeypatch.setenv("SPCS_LLM_HF_CLIENT", "builtin")

@@ -26,8 +26,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "cortex_examples.s
 
 def _app(engine: FakeEngine | None = None):
     settings = Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32}})
-    return create_app(settings, engine=engine or FakeEngine("fake-model", context_window=4096),
-                      embedders=[FakeEmbedder("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)])
+    return create_app(
+        settings,
+        engine=engine or FakeEngine("fake-model", context_window=4096),
+        embedders=[FakeEmbedder("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)],
+    )
 
 
 @pytest.fixture
@@ -55,7 +58,7 @@ CALLS = {
     ("ai_complete", 2): "ai_complete('llama3.1-8b', 'hi')",
     ("ai_complete", 3): "ai_complete('llama3.1-8b', 'hi', {'temperature': 0})",
     ("ai_complete", 4): "ai_complete('llama3.1-8b', 'hi', {}, {'type': 'json', 'schema': {'type': 'object', "
-                        "'properties': {'a': {'type': 'string'}}, 'required': ['a']}})",
+    "'properties': {'a': {'type': 'string'}}, 'required': ['a']}})",
     ("ai_complete", 5): "ai_complete('llama3.1-8b', 'hi', {}, NULL, TRUE)",
     ("sentiment", 1): "sentiment('great food')",
     ("ai_sentiment", 1): "ai_sentiment('great food')",
@@ -83,11 +86,17 @@ CALLS = {
     ("ai_count_tokens", 3): "ai_count_tokens('ai_complete', 'llama3.1-8b', 'one two three')",
     ("split_text_recursive_character", 3): "split_text_recursive_character('hello world foo bar', 'none', 8)",
     ("split_text_recursive_character", 4): "split_text_recursive_character('hello world foo bar', 'none', 8, 2)",
-    ("split_text_recursive_character", 5):
-        "split_text_recursive_character('hello world foo bar', 'none', 8, 0, [' '])",
+    ("split_text_recursive_character", 5): "split_text_recursive_character('hello world foo bar', 'none', 8, 0, [' '])",
 }
-TYPES = {"VARCHAR": "VARCHAR", "FLOAT": "DOUBLE", "BOOLEAN": "BOOLEAN", "NUMBER": "BIGINT", "OBJECT": "JSON",
-         "ARRAY": "JSON", "VARIANT": "JSON"}
+TYPES = {
+    "VARCHAR": "VARCHAR",
+    "FLOAT": "DOUBLE",
+    "BOOLEAN": "BOOLEAN",
+    "NUMBER": "BIGINT",
+    "OBJECT": "JSON",
+    "ARRAY": "JSON",
+    "VARIANT": "JSON",
+}
 
 
 def test_every_overload_of_the_registry_is_called_here() -> None:
@@ -95,8 +104,7 @@ def test_every_overload_of_the_registry_is_called_here() -> None:
 
 
 @pytest.mark.parametrize(("name", "arity"), sorted(CALLS))
-def test_every_function_and_overload_answers_from_sql(con: duckdb.DuckDBPyConnection, name: str,
-                                                      arity: int) -> None:
+def test_every_function_and_overload_answers_from_sql(con: duckdb.DuckDBPyConnection, name: str, arity: int) -> None:
     call, _, source = CALLS[name, arity].partition(" FROM ")
     inner = f"SELECT {call} AS v" + (f" FROM {source}" if source else "")
     value, kind = con.execute(f"SELECT v, typeof(v) FROM ({inner})").fetchone()
@@ -125,8 +133,9 @@ def test_nulls_and_the_error_policy(con: duckdb.DuckDBPyConnection, engine: Fake
     with pytest.raises(duckdb.Error, match='unknown model "no-such-model"'):
         con.execute("SELECT complete('no-such-model', 'hi')").fetchall()
     with pytest.raises(duckdb.Error, match="invalid options object"):
-        con.execute("SELECT complete('llama3.1-8b', [{'role': 'user', 'content': 'hi'}], "
-                    "{'guardrails': true})").fetchall()
+        con.execute(
+            "SELECT complete('llama3.1-8b', [{'role': 'user', 'content': 'hi'}], {'guardrails': true})"
+        ).fetchall()
     with pytest.raises(duckdb.Error, match="invalid number of categories: 1"):
         con.execute("SELECT classify_text('x', ['only'])").fetchall()
 
@@ -144,18 +153,21 @@ def test_a_10k_row_csv_goes_through_in_order(tmp_path: Path) -> None:
 
 
 def test_ai_agg_is_a_real_aggregate_with_group_by(con: duckdb.DuckDBPyConnection) -> None:
-    rows = con.execute("SELECT g, ai_agg(r, 'Summarize') FROM (VALUES (1, 'a'), (1, 'b'), (2, NULL), (2, 'c')) "
-                   "v(g, r) GROUP BY g ORDER BY g").fetchall()
+    rows = con.execute(
+        "SELECT g, ai_agg(r, 'Summarize') FROM (VALUES (1, 'a'), (1, 'b'), (2, NULL), (2, 'c')) "
+        "v(g, r) GROUP BY g ORDER BY g"
+    ).fetchall()
     assert rows == [(1, "echo:[1] a\n\n[2] b"), (2, "echo:[1] c")]  # NULLs skipped, as Snowflake's aggregates do
     deployed = one(con, "SELECT SPCS_LLM.LLM.AI_AGG(list(r), 'Summarize') FROM (VALUES ('a'), ('b')) v(r)")
     assert deployed == "echo:[1] a\n\n[2] b"  # the deployed form takes ARRAY_AGG(col)
 
 
 def test_embeddings_are_duckdb_arrays(con: duckdb.DuckDBPyConnection) -> None:
-    same, other = con.execute("SELECT array_cosine_similarity(embed_text_768('e5-base-v2', 'a cat'), "
-                          "embed_text_768('e5-base-v2', 'a cat')), array_cosine_similarity("
-                          "embed_text_768('e5-base-v2', 'a cat'), embed_text_768('e5-base-v2', 'the stock market'))"
-                          ).fetchone()
+    same, other = con.execute(
+        "SELECT array_cosine_similarity(embed_text_768('e5-base-v2', 'a cat'), "
+        "embed_text_768('e5-base-v2', 'a cat')), array_cosine_similarity("
+        "embed_text_768('e5-base-v2', 'a cat'), embed_text_768('e5-base-v2', 'the stock market'))"
+    ).fetchone()
     assert same == pytest.approx(1.0, abs=1e-6)
     assert other < same
 
@@ -167,8 +179,10 @@ def _snowflake_examples() -> list[str]:
 
 @pytest.mark.parametrize("sql", _snowflake_examples())
 def test_cortex_documentation_examples_run_as_written(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    con.execute("CREATE OR REPLACE TABLE reviews AS SELECT * FROM (VALUES ('Great pizza, cold soup.', 'p1'), "
-                "('Slow service.', 'p2'), ('Loved it', 'p1')) v(review_content, product_id)")
+    con.execute(
+        "CREATE OR REPLACE TABLE reviews AS SELECT * FROM (VALUES ('Great pizza, cold soup.', 'p1'), "
+        "('Slow service.', 'p2'), ('Loved it', 'p1')) v(review_content, product_id)"
+    )
     con.execute("CREATE OR REPLACE TABLE products AS SELECT * FROM (VALUES ('kettle'), ('lamp')) v(name)")
     for statement in transpile(sql):
         rows = con.execute(statement).fetchall()
@@ -182,8 +196,10 @@ def test_the_dialect_is_snowflake_when_a_query_names_cortex_or_the_deployed_sche
 
 
 def test_vector_cosine_similarity_is_a_similarity_not_a_distance(con: duckdb.DuckDBPyConnection) -> None:
-    (sql,) = transpile("SELECT VECTOR_COSINE_SIMILARITY(SNOWFLAKE.CORTEX.EMBED_TEXT_768('e5-base-v2', 'x'), "
-                       "SNOWFLAKE.CORTEX.EMBED_TEXT_768('e5-base-v2', 'x')::VECTOR(FLOAT, 768))")
+    (sql,) = transpile(
+        "SELECT VECTOR_COSINE_SIMILARITY(SNOWFLAKE.CORTEX.EMBED_TEXT_768('e5-base-v2', 'x'), "
+        "SNOWFLAKE.CORTEX.EMBED_TEXT_768('e5-base-v2', 'x')::VECTOR(FLOAT, 768))"
+    )
     assert one(con, sql) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -199,10 +215,16 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     port = _free_port()
     config = tmp_path_factory.mktemp("srv") / "fake.toml"
-    config.write_text('[engine]\nkind = "fake"\n\n[[embeddings]]\nkind = "fake"\nmodel = "fake-embed-768"\n'
-                      "dimension = 768\n", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "spcs_llm", "serve", "--config", str(config), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    config.write_text(
+        '[engine]\nkind = "fake"\n\n[[embeddings]]\nkind = "fake"\nmodel = "fake-embed-768"\ndimension = 768\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spcs_llm", "serve", "--config", str(config), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ),
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         assert wait_healthy(base, timeout_s=60, still_running=lambda: proc.poll() is None)
@@ -215,8 +237,9 @@ def fake_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_url_mode_sends_rows_to_a_running_server(fake_server: str) -> None:
     con = local.connect(fake_server)
     try:
-        rows = con.execute("SELECT i, snowflake.cortex.complete('llama3.1-8b', 'row ' || i) FROM range(200) t(i) "
-                       "ORDER BY i").fetchall()
+        rows = con.execute(
+            "SELECT i, snowflake.cortex.complete('llama3.1-8b', 'row ' || i) FROM range(200) t(i) ORDER BY i"
+        ).fetchall()
         assert rows == [(i, f"echo:row {i}") for i in range(200)]
         with pytest.raises(duckdb.Error, match='unknown model "nope"'):
             con.execute("SELECT complete('nope', 'x')").fetchall()
@@ -233,25 +256,39 @@ def test_a_server_that_is_down_names_the_url_and_how_to_start_one() -> None:
 
 
 def _sql(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spcs_llm", "sql", *args], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "spcs_llm", "sql", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 def test_sql_command_runs_snowflake_sql_on_a_csv_and_writes_csv(fake_server: str, tmp_path: Path) -> None:
     (tmp_path / "reviews.csv").write_text("review\ngood\nbad\n", encoding="utf-8")
     out = tmp_path / "out.csv"
-    done = _sql("--url", fake_server, "--table", f"reviews={tmp_path / 'reviews.csv'}", "-c",
-                "SELECT review, SNOWFLAKE.CORTEX.COMPLETE('llama3.1-8b', CONCAT('Say: ', review)) AS answer "
-                "FROM reviews ORDER BY review", "--output", "csv", str(out))
+    done = _sql(
+        "--url",
+        fake_server,
+        "--table",
+        f"reviews={tmp_path / 'reviews.csv'}",
+        "-c",
+        "SELECT review, SNOWFLAKE.CORTEX.COMPLETE('llama3.1-8b', CONCAT('Say: ', review)) AS answer "
+        "FROM reviews ORDER BY review",
+        "--output",
+        "csv",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr
-    assert out.read_text(encoding="utf-8").splitlines() == ["review,answer", "bad,echo:Say: bad",
-                                                            "good,echo:Say: good"]
+    assert out.read_text(encoding="utf-8").splitlines() == ["review,answer", "bad,echo:Say: bad", "good,echo:Say: good"]
 
 
 def test_sql_command_prints_a_table_and_reads_a_file(fake_server: str, tmp_path: Path) -> None:
     script = tmp_path / "q.sql"
-    script.write_text("CREATE TABLE t AS SELECT 'hi' AS x;\nSELECT SNOWFLAKE.CORTEX.SENTIMENT(x) AS s FROM t;\n",
-                      encoding="utf-8")
+    script.write_text(
+        "CREATE TABLE t AS SELECT 'hi' AS x;\nSELECT SNOWFLAKE.CORTEX.SENTIMENT(x) AS s FROM t;\n", encoding="utf-8"
+    )
     done = _sql("--url", fake_server, str(script))
     assert done.returncode == 0, done.stderr
     assert "│" in done.stdout and " s " in done.stdout and "double" in done.stdout

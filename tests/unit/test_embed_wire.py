@@ -52,8 +52,14 @@ def test_rounding_arrays_gives_pythons_round_bit_for_bit() -> None:
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     ties = np.array([k / 256 for k in range(-256, 257)] + [k / 2**21 for k in range(4096)])  # exact x.5e-7 cases
     large = rng.standard_normal(500) * 1e4
-    for values in (*unit, *unit.astype(np.float32), ties, ties.astype(np.float32), large,
-                   np.array([0.0, -0.0, -4e-8, 5e-8, 1.0, -1.0])):
+    for values in (
+        *unit,
+        *unit.astype(np.float32),
+        ties,
+        ties.astype(np.float32),
+        large,
+        np.array([0.0, -0.0, -4e-8, 5e-8, 1.0, -1.0]),
+    ):
         ours = round_vector(values)
         expected = [round(v, DIGITS) for v in values.astype(np.float64).tolist()]
         assert ours.dtype == np.float64

@@ -16,8 +16,15 @@ from ..conftest import sf_headers
 
 SEED = 1313
 ENVELOPES_PER_FUNCTION = 60
-MODELS = ["fake-model", "llama3.1-8b", "fake-embed-768", "fake-embed-1024", "snowflake-arctic-embed-m-v1.5",
-          "no-such-model", ""]
+MODELS = [
+    "fake-model",
+    "llama3.1-8b",
+    "fake-embed-768",
+    "fake-embed-1024",
+    "snowflake-arctic-embed-m-v1.5",
+    "no-such-model",
+    "",
+]
 WORDS = ["good", "bad", "中文", "Größe", "\u0000", "\n\n", "🙂", "x" * 300, "", " ", '{"a":', "[1,2]", "null"]
 
 
@@ -47,9 +54,22 @@ def envelope(rng: random.Random, name: str) -> tuple[bytes, dict[str, str], list
     headers = sf_headers()
     roll = rng.random()
     if roll < 0.1:  # malformed on purpose
-        body = rng.choice([b"", b"not json", b"[]", b"{}", b'{"data": 3}', b'{"data": [1]}', b'{"data": [[]]}',
-                           b'{"data": [["0", "x"]]}', b'{"data": [[true, "x"]]}', b'{"data": [[0.5, "x"]]}',
-                           b"\xff\xfe", b'{"data": [[0, "x"]'])
+        body = rng.choice(
+            [
+                b"",
+                b"not json",
+                b"[]",
+                b"{}",
+                b'{"data": 3}',
+                b'{"data": [1]}',
+                b'{"data": [[]]}',
+                b'{"data": [["0", "x"]]}',
+                b'{"data": [[true, "x"]]}',
+                b'{"data": [[0.5, "x"]]}',
+                b"\xff\xfe",
+                b'{"data": [[0, "x"]',
+            ]
+        )
         return body, headers, None
     numbers = list(range(rng.randint(0, 12)))
     if rng.random() < 0.3:
@@ -81,5 +101,7 @@ async def test_random_envelopes_over_every_function(client) -> None:
                 assert r.text  # every refusal says why
     total = sum(statuses.values())
     assert total == len(FUNCTIONS) * ENVELOPES_PER_FUNCTION and statuses[200] > total // 3
-    print(f"\nenvelope fuzz (seed {SEED}): {total} envelopes over {len(FUNCTIONS)} functions, statuses "
-          f"{dict(sorted(statuses.items()))}")
+    print(
+        f"\nenvelope fuzz (seed {SEED}): {total} envelopes over {len(FUNCTIONS)} functions, statuses "
+        f"{dict(sorted(statuses.items()))}"
+    )

@@ -27,10 +27,28 @@ from spcs_llm.server import create_app
 from ..conftest import batch, fake_settings, in_process, wait_ready
 
 CORTEX_FUNCTIONS = {
-    "complete", "try_complete", "ai_complete", "sentiment", "ai_sentiment", "entity_sentiment", "summarize",
-    "ai_summarize_agg", "ai_agg", "translate", "ai_translate", "extract_answer", "classify_text", "ai_classify",
-    "ai_filter", "embed_text_768", "embed_text_1024", "ai_embed", "ai_similarity", "count_tokens",
-    "ai_count_tokens", "split_text_recursive_character",
+    "complete",
+    "try_complete",
+    "ai_complete",
+    "sentiment",
+    "ai_sentiment",
+    "entity_sentiment",
+    "summarize",
+    "ai_summarize_agg",
+    "ai_agg",
+    "translate",
+    "ai_translate",
+    "extract_answer",
+    "classify_text",
+    "ai_classify",
+    "ai_filter",
+    "embed_text_768",
+    "embed_text_1024",
+    "ai_embed",
+    "ai_similarity",
+    "count_tokens",
+    "ai_count_tokens",
+    "split_text_recursive_character",
 }
 
 
@@ -51,6 +69,7 @@ def test_every_cortex_function_is_registered_with_its_error_policy() -> None:
 
 # --- SPLIT_TEXT_RECURSIVE_CHARACTER ----------------------------------------------------------------------------
 
+
 async def test_split_text_gives_the_documented_example(client) -> None:
     status, data = await call(client, "split_text_recursive_character", ["hello world are you here", "none", 15, 10])
     assert status == 200 and values(data) == [["hello world are", "world are you", "are you here"]]
@@ -68,14 +87,16 @@ def test_split_text_matches_the_reference_splitter_on_random_text() -> None:
         plain = RecursiveCharacterTextSplitter(chunk_size=size, chunk_overlap=overlap).split_text(text)
         assert recursive_split(text, size, overlap) == plain, (text, size, overlap)
         markdown = RecursiveCharacterTextSplitter.from_language(
-            Language.MARKDOWN, chunk_size=size, chunk_overlap=overlap).split_text(text)
+            Language.MARKDOWN, chunk_size=size, chunk_overlap=overlap
+        ).split_text(text)
         assert recursive_split(text, size, overlap, MARKDOWN_SEPARATORS, regex=True) == markdown
 
 
 async def test_split_text_markdown_separators_and_errors(client) -> None:
     doc = "# Title\n\nIntro text.\n\n## Part\n\nBody of the part."
-    status, data = await call(client, "split_text_recursive_character", [doc, "markdown", 30, 0],
-                              ["a b c", "none", 3, 0, ["b"]])
+    status, data = await call(
+        client, "split_text_recursive_character", [doc, "markdown", 30, 0], ["a b c", "none", 3, 0, ["b"]]
+    )
     assert status == 200
     assert values(data)[0] == ["# Title\n\nIntro text.", "## Part\n\nBody of the part."]
     assert values(data)[1] == ["a", "b c"]
@@ -87,18 +108,27 @@ async def test_split_text_markdown_separators_and_errors(client) -> None:
 
 # --- COUNT_TOKENS ------------------------------------------------------------------------------------------------
 
+
 async def test_count_tokens_uses_the_named_models_tokenizer(client) -> None:
-    status, data = await call(client, "count_tokens", ["llama3.1-8b", "one two three"], ["sentiment", "a b"],
-                              ["e5-base-v2", "x y z w"], ["fake-model", None])
+    status, data = await call(
+        client,
+        "count_tokens",
+        ["llama3.1-8b", "one two three"],
+        ["sentiment", "a b"],
+        ["e5-base-v2", "x y z w"],
+        ["fake-model", None],
+    )
     assert status == 200 and values(data) == [3, 2, 4, None]  # the fake tokenizers count words
     status, text = await call(client, "count_tokens", ["gpt-17", "x"])
     assert (status, text) == (400, 'unknown model "gpt-17"')
-    status, data = await call(client, "ai_count_tokens", ["ai_sentiment", "a b"], ["no_such_fn", "a"],
-                              ["ai_complete", "fake-model", "a b c"])
+    status, data = await call(
+        client, "ai_count_tokens", ["ai_sentiment", "a b"], ["no_such_fn", "a"], ["ai_complete", "fake-model", "a b c"]
+    )
     assert status == 200 and values(data) == [2, None, 3]
 
 
 # --- SENTIMENT ---------------------------------------------------------------------------------------------------
+
 
 def _result(text: str, top: list[tuple[str, float]]) -> ChatResult:
     tokens = (TokenLogprob('"', 0.0, (('"', 0.0),)), TokenLogprob(top[0][0], top[0][1], tuple(top)))
@@ -107,19 +137,33 @@ def _result(text: str, top: list[tuple[str, float]]) -> ChatResult:
 
 def test_sentiment_score_is_the_expected_polarity_under_label_probabilities() -> None:
     labels = ["positive", "negative", "neutral"]
-    dist = label_distribution(_result('"positive"', [("positive", math.log(0.6)), ("negative", math.log(0.3)),
-                                                     ("The", math.log(0.05)), ("neutral", math.log(0.05))]), labels)
+    dist = label_distribution(
+        _result(
+            '"positive"',
+            [
+                ("positive", math.log(0.6)),
+                ("negative", math.log(0.3)),
+                ("The", math.log(0.05)),
+                ("neutral", math.log(0.05)),
+            ],
+        ),
+        labels,
+    )
     assert dist == pytest.approx({"positive": 0.6 / 0.95, "negative": 0.3 / 0.95, "neutral": 0.05 / 0.95})
     assert sentiment_score(dist) == pytest.approx(0.3 / 0.95, abs=1e-6)
     # a token that begins two labels is shared; pieces of a label count toward it ("pos" -> positive)
     dist = label_distribution(_result('"negative"', [("ne", math.log(0.5)), ("pos", math.log(0.5))]), labels)
     assert dist == pytest.approx({"positive": 0.5, "negative": 0.25, "neutral": 0.25})
     # an object answer {"sentiment": "..."}: the key and punctuation before the label are skipped
-    keyed = ChatResult('{"sentiment": "negative"}', logprobs=(
-        TokenLogprob('{"', 0.0, (("positive", math.log(0.9)),)), TokenLogprob("sent", 0.0, ()),
-        TokenLogprob('": "', 0.0, ()),
-        TokenLogprob("negative", math.log(0.6), (("negative", math.log(0.6)), ("positive", math.log(0.2)))),
-    ))
+    keyed = ChatResult(
+        '{"sentiment": "negative"}',
+        logprobs=(
+            TokenLogprob('{"', 0.0, (("positive", math.log(0.9)),)),
+            TokenLogprob("sent", 0.0, ()),
+            TokenLogprob('": "', 0.0, ()),
+            TokenLogprob("negative", math.log(0.6), (("negative", math.log(0.6)), ("positive", math.log(0.2)))),
+        ),
+    )
     assert label_distribution(keyed, labels) == pytest.approx({"positive": 0.25, "negative": 0.75, "neutral": 0})
     # no logprobs at all: the chosen label is certain
     assert label_distribution(ChatResult('"negative"'), labels) == {"positive": 0, "negative": 1, "neutral": 0}
@@ -143,7 +187,9 @@ async def test_sentiment_falls_back_to_a_constrained_label_request(client, fake_
         assert isinstance(v, float) and -1 <= v <= 1
     request = fake_engine.calls[0]
     assert orjson.loads(request.json_schema)["properties"]["sentiment"] == {
-        "enum": ["positive", "negative", "neutral"], "type": "string"}
+        "enum": ["positive", "negative", "neutral"],
+        "type": "string",
+    }
     assert request.top_logprobs > 0 and request.temperature == 0
     assert request.messages[0].role == "system" and request.messages[-1].content == "I love it"
 
@@ -157,18 +203,26 @@ async def test_ai_sentiment_scores_one_step_per_aspect(client, fake_engine) -> N
     assert set(labels) <= {"positive", "negative", "neutral", "mixed", "unknown"}
     # each step continues the object so far, with the labels chosen before it
     assert [prefix for prefix, _ in fake_engine.steps] == [
-        '{"overall": "', f'{{"overall": "{labels[0]}", "food": "',
-        f'{{"overall": "{labels[0]}", "food": "{labels[1]}", "service": "']
+        '{"overall": "',
+        f'{{"overall": "{labels[0]}", "food": "',
+        f'{{"overall": "{labels[0]}", "food": "{labels[1]}", "service": "',
+    ]
 
 
 async def test_ai_sentiment_shape_and_entity_limits(client, fake_engine) -> None:
     fake_engine.label_scoring = False  # generated under the schema: the fake answers its first enum values
-    status, data = await call(client, "ai_sentiment", ["good food, slow service", ["food", "service"]],
-                              ["fine"], ["x", ["a"] * 11])
+    status, data = await call(
+        client, "ai_sentiment", ["good food, slow service", ["food", "service"]], ["fine"], ["x", ["a"] * 11]
+    )
     assert status == 200
     assert values(data) == [
-        {"categories": [{"name": "overall", "sentiment": "positive"}, {"name": "food", "sentiment": "positive"},
-                        {"name": "service", "sentiment": "positive"}]},
+        {
+            "categories": [
+                {"name": "overall", "sentiment": "positive"},
+                {"name": "food", "sentiment": "positive"},
+                {"name": "service", "sentiment": "positive"},
+            ]
+        },
         {"categories": [{"name": "overall", "sentiment": "positive"}]},
         None,
     ]
@@ -177,6 +231,7 @@ async def test_ai_sentiment_shape_and_entity_limits(client, fake_engine) -> None
 
 
 # --- SUMMARIZE / AI_AGG ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 async def roomy() -> Any:
@@ -220,6 +275,7 @@ async def test_ai_agg_reduces_any_number_of_rows_hierarchically(roomy) -> None:
 
 # --- TRANSLATE ---------------------------------------------------------------------------------------------------
 
+
 async def test_translate_languages_and_errors(roomy) -> None:
     client, fake_engine = roomy
     status, data = await call(client, "translate", ["hello", "en", "zh"], ["bonjour", "", "en"], ["same", "de", "de"])
@@ -236,6 +292,7 @@ async def test_translate_languages_and_errors(roomy) -> None:
 
 # --- EXTRACT_ANSWER ----------------------------------------------------------------------------------------------
 
+
 async def test_extract_answer_shape(client, fake_engine) -> None:
     status, data = await call(client, "extract_answer", ["Alice moved to Paris in 2019.", "Where did Alice move?"])
     assert status == 200
@@ -246,6 +303,7 @@ async def test_extract_answer_shape(client, fake_engine) -> None:
 
 
 # --- CLASSIFY_TEXT / AI_CLASSIFY / AI_FILTER ---------------------------------------------------------------------
+
 
 async def test_classify_text_is_constrained_to_the_categories(client, fake_engine) -> None:
     cats = [{"label": "travel", "description": "trips", "examples": ["flight to Rome"]}, "cooking"]
@@ -262,23 +320,32 @@ async def test_classify_text_is_constrained_to_the_categories(client, fake_engin
     assert "topic" in system and "flight to Rome" in system
 
 
-@pytest.mark.parametrize(("row", "message"), [
-    (["x", ["only"]], "invalid number of categories: 1"),
-    (["x", [f"c{i}" for i in range(101)]], "invalid number of categories: 101"),
-    (["x", ["a", "a"]], "invalid number of categories: 2"),
-    (["x", ["a", 3]], "invalid category input type"),
-    (["x", "not json"], "invalid category input type"),
-    ([None, ["a", "b"]], "empty classification input"),
-    (["  ", ["a", "b"]], "empty classification input"),
-    (["x", ["a", "b"], {"colour": "red"}], "invalid options object"),
-])
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (["x", ["only"]], "invalid number of categories: 1"),
+        (["x", [f"c{i}" for i in range(101)]], "invalid number of categories: 101"),
+        (["x", ["a", "a"]], "invalid number of categories: 2"),
+        (["x", ["a", 3]], "invalid category input type"),
+        (["x", "not json"], "invalid category input type"),
+        ([None, ["a", "b"]], "empty classification input"),
+        (["  ", ["a", "b"]], "empty classification input"),
+        (["x", ["a", "b"], {"colour": "red"}], "invalid options object"),
+    ],
+)
 async def test_classify_text_errors_fail_the_batch_with_the_cortex_message(client, row, message) -> None:
     assert await call(client, "classify_text", row) == (400, message)
 
 
 async def test_ai_classify_single_multi_and_null_on_error(client, fake_engine) -> None:
-    status, data = await call(client, "ai_classify", ["x", ["a", "b"]],
-                              ["y", ["a", "b", "c"], {"output_mode": "multi"}], ["z", ["a"]], [None, ["a", "b"]])
+    status, data = await call(
+        client,
+        "ai_classify",
+        ["x", ["a", "b"]],
+        ["y", ["a", "b", "c"], {"output_mode": "multi"}],
+        ["z", ["a"]],
+        [None, ["a", "b"]],
+    )
     assert status == 200 and values(data)[1:] == [{"labels": ["a"]}, None, None]
     assert values(data)[0] in ({"labels": ["a"]}, {"labels": ["b"]})  # single: scored
     assert fake_engine.steps == [('{\n  "label": "', 20)]
@@ -291,7 +358,7 @@ async def test_ai_filter_returns_booleans(client, fake_engine) -> None:
     status, data = await call(client, "ai_filter", ["Is the sky blue?"], [None])
     assert status == 200 and isinstance(values(data)[0], bool) and values(data)[1] is None
     assert fake_engine.steps == [('{\n  "answer": "', 20)]  # scored (this row's fake step proposes no label: it
-    calls = len(fake_engine.calls)                            # then generates, which is the fallback)
+    calls = len(fake_engine.calls)  # then generates, which is the fallback)
     fake_engine.label_scoring = False
     status, data = await call(client, "ai_filter", ["Is the sky green?"], [None])
     assert status == 200 and values(data) == [True, None] and len(fake_engine.calls) == calls + 1
@@ -299,9 +366,15 @@ async def test_ai_filter_returns_booleans(client, fake_engine) -> None:
 
 # --- embeddings ------------------------------------------------------------------------------------------------
 
+
 async def test_embed_text_dimensions_and_model_names(client) -> None:
-    status, data = await call(client, "embed_text_768", ["snowflake-arctic-embed-m-v1.5", "hello"],
-                              ["fake-embed-768", "你好"], ["e5-base-v2", None])
+    status, data = await call(
+        client,
+        "embed_text_768",
+        ["snowflake-arctic-embed-m-v1.5", "hello"],
+        ["fake-embed-768", "你好"],
+        ["e5-base-v2", None],
+    )
     assert status == 200
     a, b, c = values(data)
     assert len(a) == len(b) == 768 and c is None
@@ -325,8 +398,14 @@ async def test_embedding_rows_are_batched_and_duplicates_computed_once(client, f
 
 
 async def test_ai_similarity(client) -> None:
-    status, data = await call(client, "ai_similarity", ["the cat sat", "the cat sat"], ["a b c", "x y z"],
-                              ["a", "b", {"model": "e5-base-v2"}], ["a", "b", {"model": "nope"}])
+    status, data = await call(
+        client,
+        "ai_similarity",
+        ["the cat sat", "the cat sat"],
+        ["a b c", "x y z"],
+        ["a", "b", {"model": "e5-base-v2"}],
+        ["a", "b", {"model": "nope"}],
+    )
     assert status == 200
     same, different, with_model, bad = values(data)
     assert same == pytest.approx(1.0) and -1 <= different <= 1 and -1 <= with_model <= 1 and bad is None
@@ -352,7 +431,8 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "require
 
 async def test_ai_complete_forms(client, fake_engine) -> None:
     status, data = await call(
-        client, "ai_complete",
+        client,
+        "ai_complete",
         ["fake-model", "hi"],
         ["fake-model", "hi", {"temperature": 0.2, "max_tokens": 5}],
         ["fake-model", "where?", None, {"type": "json", "schema": SCHEMA}],

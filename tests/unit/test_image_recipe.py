@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_lines(text: str) -> list[str]:
     """Each RUN instruction as one line (continuations joined)."""
-    return [line.removeprefix("RUN ").strip() for line in text.replace("\\\n", " ").splitlines()
-            if line.startswith("RUN ")]
+    return [
+        line.removeprefix("RUN ").strip() for line in text.replace("\\\n", " ").splitlines() if line.startswith("RUN ")
+    ]
 
 
 @pytest.mark.parametrize("name", ["cpu", "single_gpu", "scaleout", "tp4"])
@@ -30,12 +31,12 @@ def test_libgomp_then_install_then_smoke(name: str) -> None:
     runs = run_lines(docker.dockerfile(load(name)))
     gomp = next(i for i, r in enumerate(runs) if "apt-get install -y --no-install-recommends libgomp1" in r)
     install = next(i for i, r in enumerate(runs) if "pip install" in r)
-    smoke = next(i for i, r in enumerate(runs) if 'import xllamacpp' in r)
+    smoke = next(i for i, r in enumerate(runs) if "import xllamacpp" in r)
     fetch = next(i for i, r in enumerate(runs) if "models fetch-default" in r)
     assert gomp < install < smoke < fetch
     assert "apt-get update" in runs[gomp] and "rm -rf /var/lib/apt/lists/*" in runs[gomp]
     assert "spcs-llm --help" in runs[smoke]
-    assert ('import vllm' in runs[smoke]) == (load(name).image.base.startswith("vllm/"))
+    assert ("import vllm" in runs[smoke]) == (load(name).image.base.startswith("vllm/"))
 
 
 def test_entrypoint_comment_follows_the_base() -> None:
@@ -67,35 +68,46 @@ def fake_cli(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def entrypoint(env: dict[str, str], bindir: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": f"{bindir}:{os.environ['PATH']}", "SPCS_LLM_CONFIG_PATH": str(tmp_path / "service.toml"),
-            **env}
-    return subprocess.run(["bash", str(ROOT / "docker" / "entrypoint")], env=full, capture_output=True, text=True,
-                          timeout=30)
+    full = {"PATH": f"{bindir}:{os.environ['PATH']}", "SPCS_LLM_CONFIG_PATH": str(tmp_path / "service.toml"), **env}
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "entrypoint")], env=full, capture_output=True, text=True, timeout=30
+    )
 
 
 def test_entrypoint_pulls_the_gguf_for_llamacpp_then_serves(fake_cli: tuple[Path, Path], tmp_path: Path) -> None:
     bindir, record = fake_cli
     toml = '[engine]\nkind = "llamacpp"\nmodel = "qwen2.5-1.5b-instruct"\n'
-    done = entrypoint({"SPCS_LLM_SERVICE_TOML": toml, "MODEL": "qwen2.5-1.5b-instruct",
-                       "SPCS_LLM_ENGINE": "llamacpp"}, bindir, tmp_path)
+    done = entrypoint(
+        {"SPCS_LLM_SERVICE_TOML": toml, "MODEL": "qwen2.5-1.5b-instruct", "SPCS_LLM_ENGINE": "llamacpp"},
+        bindir,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     config = tmp_path / "service.toml"
     assert config.read_text() == toml
     assert record.read_text().splitlines() == [
         f"models pull --gguf --config {config} qwen2.5-1.5b-instruct",
-        f"serve --engine llamacpp --config {config}"]
+        f"serve --engine llamacpp --config {config}",
+    ]
 
 
-def test_entrypoint_pulls_the_repository_for_vllm_and_nothing_for_default(fake_cli: tuple[Path, Path],
-                                                                          tmp_path: Path) -> None:
+def test_entrypoint_pulls_the_repository_for_vllm_and_nothing_for_default(
+    fake_cli: tuple[Path, Path], tmp_path: Path
+) -> None:
     bindir, record = fake_cli
     assert entrypoint({"SPCS_LLM_SERVICE_TOML": "x", "MODEL": "qwen2.5-7b-instruct"}, bindir, tmp_path).returncode == 0
-    assert entrypoint({"SPCS_LLM_SERVICE_TOML": "x", "MODEL": "default", "SPCS_LLM_ENGINE": "llamacpp"}, bindir,
-                      tmp_path).returncode == 0
+    assert (
+        entrypoint(
+            {"SPCS_LLM_SERVICE_TOML": "x", "MODEL": "default", "SPCS_LLM_ENGINE": "llamacpp"}, bindir, tmp_path
+        ).returncode
+        == 0
+    )
     config = tmp_path / "service.toml"
     assert record.read_text().splitlines() == [
-        f"models pull --config {config} qwen2.5-7b-instruct", f"serve --engine vllm --config {config}",
-        f"serve --engine llamacpp --config {config}"]
+        f"models pull --config {config} qwen2.5-7b-instruct",
+        f"serve --engine vllm --config {config}",
+        f"serve --engine llamacpp --config {config}",
+    ]
 
 
 def test_entrypoint_refuses_without_model_or_config(fake_cli: tuple[Path, Path], tmp_path: Path) -> None:

@@ -59,14 +59,16 @@ def test_the_trie_branches_only_where_labels_share_tokens() -> None:
 
 async def test_shared_first_tokens_take_one_more_step_there_only() -> None:
     p = '{"label": "'
-    scorer = Scripted({p: [("food", 0.6), ("service", 0.3), ("w", 0.1)],
-                       p + "food": [('"', 0.2), (" quality", 0.6), ("\n", 0.2)]},
-                      {"food": ["food"], "food quality": ["food", " quality"], "service": ["service"]})
+    scorer = Scripted(
+        {p: [("food", 0.6), ("service", 0.3), ("w", 0.1)], p + "food": [('"', 0.2), (" quality", 0.6), ("\n", 0.2)]},
+        {"food": ["food"], "food quality": ["food", " quality"], "service": ["service"]},
+    )
     scores = await score_labels(scorer, ScoreRequest(MESSAGES, p, ("food", "food quality", "service")))
     assert scores is not None and scores.steps == 2 and scorer.asked == [p, p + "food"]
     # food's 0.6 is split 1:3 between the closing quote (food) and " quality"; "\n" begins neither
-    assert scores.distribution == pytest.approx({"food": 0.6 * 0.25 / 0.9, "food quality": 0.6 * 0.75 / 0.9,
-                                                 "service": 0.3 / 0.9})
+    assert scores.distribution == pytest.approx(
+        {"food": 0.6 * 0.25 / 0.9, "food quality": 0.6 * 0.75 / 0.9, "service": 0.3 / 0.9}
+    )
     assert scores.best == "food quality" and scores.usage == Usage(20, 2)
 
 
@@ -77,8 +79,9 @@ async def test_labels_with_distinct_first_tokens_take_one_step_and_match_label_d
     scores = await score_labels(scorer, ScoreRequest(MESSAGES, p, tuple(POLARITY), 10))
     assert scores is not None and scores.steps == 1 and scorer.asked == [p]
     # the rule of label_distribution: case-insensitive pieces count ("pos", "N" shared by negative and neutral)
-    assert scores.distribution == pytest.approx({"positive": 0.4 / 0.55, "negative": 0.05 / 0.55,
-                                                 "neutral": 0.1 / 0.55})
+    assert scores.distribution == pytest.approx(
+        {"positive": 0.4 / 0.55, "negative": 0.05 / 0.55, "neutral": 0.1 / 0.55}
+    )
 
 
 async def test_no_alternative_beginning_a_label_gives_none() -> None:
@@ -105,15 +108,27 @@ async def test_an_engine_that_cannot_score_returns_none() -> None:
     assert await engine.score_labels(ScoreRequest(MESSAGES, '"', ("TRUE", "FALSE"))) is None and engine.steps == []
 
 
-@pytest.mark.parametrize("text", ["I love it", "Terrible service, never again.", "It was fine I guess",
-                                  "中文 很好", "The food was cold but the staff were lovely"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I love it",
+        "Terrible service, never again.",
+        "It was fine I guess",
+        "中文 很好",
+        "The food was cold but the staff were lovely",
+    ],
+)
 async def test_the_fake_engine_gives_sentiment_the_same_score_by_both_paths(text: str) -> None:
     engine = FakeEngine()
     messages = (Message("system", SENTIMENT_INSTRUCTION), Message("user", text))
-    schema = {"type": "object", "properties": {"sentiment": {"type": "string", "enum": list(POLARITY)}},
-              "required": ["sentiment"]}
-    generated = await engine.chat(ChatRequest(messages, 16, json_schema=ChatRequest.schema_key(schema),
-                                              top_logprobs=10))
+    schema = {
+        "type": "object",
+        "properties": {"sentiment": {"type": "string", "enum": list(POLARITY)}},
+        "required": ["sentiment"],
+    }
+    generated = await engine.chat(
+        ChatRequest(messages, 16, json_schema=ChatRequest.schema_key(schema), top_logprobs=10)
+    )
     assert json.loads(generated.text)["sentiment"] in POLARITY
     scored = await engine.score_labels(ScoreRequest(messages, SENTIMENT_PREFIX, tuple(POLARITY), 10))
     assert scored is not None and scored.steps == 1
@@ -133,8 +148,9 @@ async def test_the_fake_engine_walks_shared_prefixes() -> None:
 async def test_the_scheduler_caches_and_shares_scores() -> None:
     engine = FakeEngine(delay=0.01)
     scheduler = Scheduler(engine, Metrics())
-    request = ScoreRequest((Message("system", "Answer TRUE or FALSE."), Message("user", "Is it?")), '"',
-                           ("TRUE", "FALSE"))
+    request = ScoreRequest(
+        (Message("system", "Answer TRUE or FALSE."), Message("user", "Is it?")), '"', ("TRUE", "FALSE")
+    )
     first, second = await asyncio.gather(scheduler.score_labels(request), scheduler.score_labels(request))
     third = await scheduler.score_labels(request)
     assert isinstance(first, LabelScores) and first == second == third
@@ -160,6 +176,7 @@ async def test_a_function_falls_back_to_generation_when_no_alternative_begins_a_
 
 # --- OpenAI-compatible upstreams (vLLM, llama-server, spcs-llm) ---------------------------------------------------
 
+
 def _vllm_like(seen: list[dict]) -> httpx.MockTransport:
     """As strict as vLLM about the fields scoring relies on: continuing the final message needs
     add_generation_prompt false, and it refuses more top_logprobs than its --max-logprobs (20)."""
@@ -170,19 +187,40 @@ def _vllm_like(seen: list[dict]) -> httpx.MockTransport:
         body = json.loads(request.content)
         seen.append(body)
         if body.get("continue_final_message") and body.get("add_generation_prompt", True):
-            return httpx.Response(400, json={"object": "error", "type": "BadRequestError", "code": 400, "message":
-                                             "Cannot set both `continue_final_message` and "
-                                             "`add_generation_prompt` to True."})
+            return httpx.Response(
+                400,
+                json={
+                    "object": "error",
+                    "type": "BadRequestError",
+                    "code": 400,
+                    "message": "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                },
+            )
         if body.get("top_logprobs", 0) > 20:
-            return httpx.Response(400, json={"object": "error", "type": "BadRequestError", "code": 400,
-                                             "message": "Requested sample logprobs of 21, which is greater than "
-                                                        "max allowed: 20"})
+            return httpx.Response(
+                400,
+                json={
+                    "object": "error",
+                    "type": "BadRequestError",
+                    "code": 400,
+                    "message": "Requested sample logprobs of 21, which is greater than max allowed: 20",
+                },
+            )
         top = [{"token": "positive", "logprob": math.log(0.7)}, {"token": "negative", "logprob": math.log(0.2)}]
-        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                               "content": "positive"},
-                                                      "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
-                                                      "finish_reason": "length"}],
-                                         "usage": {"prompt_tokens": 30, "completion_tokens": 1}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "positive"},
+                        "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
+                        "finish_reason": "length",
+                    }
+                ],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 1},
+            },
+        )
 
     return httpx.MockTransport(handle)
 
@@ -191,8 +229,9 @@ async def test_openai_http_scores_by_continuing_the_final_assistant_message() ->
     seen: list[dict] = []
     engine = OpenAIHttpEngine("http://upstream/v1", "m", context_window=4096, transport=_vllm_like(seen))
     scores = await engine.score_labels(ScoreRequest(MESSAGES, SENTIMENT_PREFIX, tuple(POLARITY), 10))
-    assert scores is not None and scores.distribution == pytest.approx({"positive": 0.7 / 0.9,
-                                                                        "negative": 0.2 / 0.9, "neutral": 0})
+    assert scores is not None and scores.distribution == pytest.approx(
+        {"positive": 0.7 / 0.9, "negative": 0.2 / 0.9, "neutral": 0}
+    )
     (body,) = seen
     assert body["messages"][-1] == {"role": "assistant", "content": SENTIMENT_PREFIX}
     assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 10

@@ -119,7 +119,8 @@ def test_the_default_settings_serve_the_packaged_768_model() -> None:
 async def test_a_configured_dimension_the_model_does_not_have_stops_start_up(tmp_path: Path) -> None:
     """A 32-d model configured as the 768-d entry (EMBED_TEXT_768 must never return 32 floats)."""
     settings = Settings.load(overrides={"engine": {"kind": "fake"}}).model_copy(
-        update={"embeddings": [EmbeddingSettings(model=str(tiny_model(tmp_path)), dimension=768)]})
+        update={"embeddings": [EmbeddingSettings(model=str(tiny_model(tmp_path)), dimension=768)]}
+    )
     app = create_app(settings)
     async with in_process(app) as client:
         for _ in range(1000):  # start-up runs in the background; it fails, it never becomes ready
@@ -142,7 +143,7 @@ def _split_archive_wheels(tmp_path: Path, files: dict[str, bytes], corrupt_part:
     cuts = [len(blob) * i // 5 for i in range(6)]
     wheels = []
     for i, package in enumerate(packaged_embed.PARTS):
-        part = blob[cuts[i]:cuts[i + 1]]
+        part = blob[cuts[i] : cuts[i + 1]]
         member = packaged_embed._member(package)
         digest = base64.urlsafe_b64encode(hashlib.sha256(part).digest()).rstrip(b"=").decode()
         dist = package.replace("-", "_")
@@ -186,7 +187,7 @@ def test_an_archive_without_the_model_files_is_refused(tmp_path: Path) -> None:
 
 async def test_concurrent_calls_share_forward_passes_and_get_their_own_rows(tmp_path: Path, monkeypatch) -> None:
     embedder = await _started(tiny_model(tmp_path))
-    texts = [" ".join(WORDS[i:i + 3 + i % 5]) for i in range(12)]
+    texts = [" ".join(WORDS[i : i + 3 + i % 5]) for i in range(12)]
     alone = [(await embedder.embed([t]))[0] for t in texts]
     passes: list[int] = []
     real = embedder.embed_sync

@@ -21,30 +21,42 @@ GGUF_BYTES = b"GGUF" + bytes(range(256)) * 40
 
 
 def gguf_hub() -> Hub:
-    return Hub({GGUF_REPO: {GGUF: GGUF_BYTES, "README.md": b"# q"},
-                GGUF_15_REPO: {GGUF_15: GGUF_BYTES[::-1], "README.md": b"# q"}})
+    return Hub(
+        {
+            GGUF_REPO: {GGUF: GGUF_BYTES, "README.md": b"# q"},
+            GGUF_15_REPO: {GGUF_15: GGUF_BYTES[::-1], "README.md": b"# q"},
+        }
+    )
 
 
 def test_llamacpp_catalogue_name_resolves_to_its_gguf_then_comes_from_the_cache(tmp_path: Path) -> None:
     hub = gguf_hub()
     with HubServer(hub) as url:
-        path, name = resolve_model_file(EngineSettings(model="qwen2.5-0.5b-instruct", cache_dir=tmp_path),
-                                        DownloadSettings(sources=f"hf={url}"))
+        path, name = resolve_model_file(
+            EngineSettings(model="qwen2.5-0.5b-instruct", cache_dir=tmp_path), DownloadSettings(sources=f"hf={url}")
+        )
     assert name == "qwen2.5-0.5b-instruct"
     assert path == tmp_path / "hub" / f"Qwen--Qwen2.5-0.5B-Instruct-GGUF--{GGUF}" / GGUF
     assert path.read_bytes() == GGUF_BYTES
     assert hub.count("/resolve/") == 1  # one file only, not the whole repository
     # the hub is gone: the cache answers without any request
-    again = resolve_model_file(EngineSettings(model="qwen2.5-0.5b-instruct", cache_dir=tmp_path),
-                               DownloadSettings(sources=f"hf={closed_port_url()}"))
+    again = resolve_model_file(
+        EngineSettings(model="qwen2.5-0.5b-instruct", cache_dir=tmp_path),
+        DownloadSettings(sources=f"hf={closed_port_url()}"),
+    )
     assert again == (path, "qwen2.5-0.5b-instruct")
 
 
 def test_mirrors_are_tried_in_order(tmp_path: Path) -> None:
     empty, full = Hub({}), gguf_hub()
     with HubServer(empty) as first, HubServer(full) as second:
-        path, _ = resolve_model("qwen2.5-0.5b-instruct", fmt="gguf", cache_dir=tmp_path,
-                                downloads=DownloadSettings(sources=f"hf={first},modelscope={second}"), progress=False)
+        path, _ = resolve_model(
+            "qwen2.5-0.5b-instruct",
+            fmt="gguf",
+            cache_dir=tmp_path,
+            downloads=DownloadSettings(sources=f"hf={first},modelscope={second}"),
+            progress=False,
+        )
     assert empty.count("/api/models/Qwen/Qwen2.5-0.5B-Instruct-GGUF/tree") == 1  # asked first, 404
     assert full.count("FilePath=") == 1 and path.read_bytes() == GGUF_BYTES
 
@@ -53,8 +65,10 @@ def test_service_toml_with_a_catalogue_name_on_llamacpp(tmp_path: Path) -> None:
     """The CPU container's case: engine = "llamacpp", model = "qwen2.5-1.5b-instruct", cache on the volume."""
     with HubServer(gguf_hub()) as url:
         toml = tmp_path / "service.toml"
-        toml.write_text(f'[engine]\nkind = "llamacpp"\nmodel = "qwen2.5-1.5b-instruct"\ncache_dir = "{tmp_path}"\n'
-                        f'[downloads]\nsources = "hf={url}"\n')
+        toml.write_text(
+            f'[engine]\nkind = "llamacpp"\nmodel = "qwen2.5-1.5b-instruct"\ncache_dir = "{tmp_path}"\n'
+            f'[downloads]\nsources = "hf={url}"\n'
+        )
         settings = resolve_settings(Settings.load(toml), progress=False)
     assert Path(settings.engine.model).read_bytes() == GGUF_BYTES[::-1]
     assert settings.engine.model_name == "qwen2.5-1.5b-instruct"
@@ -65,21 +79,37 @@ def test_packaged_name_on_llamacpp_is_the_packaged_gguf(tmp_path: Path) -> None:
     staged.parent.mkdir()
     staged.write_bytes(b"GGUF")
     assert resolve_model_file(EngineSettings(model="smollm2-135m-instruct", cache_dir=tmp_path)) == (
-        staged, "smollm2-135m-instruct")
+        staged,
+        "smollm2-135m-instruct",
+    )
 
 
 def test_vllm_and_local_embeddings_get_the_safetensors_repository(tmp_path: Path) -> None:
     config = json.dumps({"num_hidden_layers": 12}).encode()
-    repos = {"Qwen/Qwen2.5-7B-Instruct": {"config.json": config, "model.safetensors": b"w" * 100},
-             "Snowflake/snowflake-arctic-embed-m-v1.5": {"config.json": config, "model.safetensors": b"e" * 50,
-                                                         "tokenizer.json": b"{}"}}
+    repos = {
+        "Qwen/Qwen2.5-7B-Instruct": {"config.json": config, "model.safetensors": b"w" * 100},
+        "Snowflake/snowflake-arctic-embed-m-v1.5": {
+            "config.json": config,
+            "model.safetensors": b"e" * 50,
+            "tokenizer.json": b"{}",
+        },
+    }
     with HubServer(Hub(repos)) as url:
-        settings = Settings.load(overrides={"engine": {"kind": "vllm", "model": "qwen2.5-7b-instruct",
-                                                       "cache_dir": tmp_path},
-                                            "downloads": {"sources": f"hf={url}"}})
-        settings = settings.model_copy(update={"embeddings": [
-            settings.embeddings[0].model_copy(update={"model": "snowflake-arctic-embed-m-v1.5",
-                                                      "cache_dir": tmp_path})]})
+        settings = Settings.load(
+            overrides={
+                "engine": {"kind": "vllm", "model": "qwen2.5-7b-instruct", "cache_dir": tmp_path},
+                "downloads": {"sources": f"hf={url}"},
+            }
+        )
+        settings = settings.model_copy(
+            update={
+                "embeddings": [
+                    settings.embeddings[0].model_copy(
+                        update={"model": "snowflake-arctic-embed-m-v1.5", "cache_dir": tmp_path}
+                    )
+                ]
+            }
+        )
         got = resolve_settings(settings, progress=False)
     assert got.engine.model_name == "qwen2.5-7b-instruct"
     assert (Path(got.engine.model) / COMPLETE_MARKER).is_file()
@@ -88,7 +118,8 @@ def test_vllm_and_local_embeddings_get_the_safetensors_repository(tmp_path: Path
 
 
 def test_unresolvable_catalogue_name_is_one_line_naming_what_was_tried(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("SPCS_LLM_CACHE", str(tmp_path))
     dead = closed_port_url()
     with HubServer(Hub({}, fail_status=503)) as down:
@@ -114,8 +145,10 @@ def test_neither_a_file_nor_a_name(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["serve", "--model", "no-such-model"]) == 2
     assert main(["serve", "--model", str(tmp_path / "gone.gguf")]) == 2
     first, second = capsys.readouterr().err.strip().splitlines()
-    assert first == ("spcs-llm serve: engine.model: no such GGUF file: no-such-model, and 'no-such-model' is not a "
-                     "catalogue name (`spcs-llm models list`) or an org/repo id")
+    assert first == (
+        "spcs-llm serve: engine.model: no such GGUF file: no-such-model, and 'no-such-model' is not a "
+        "catalogue name (`spcs-llm models list`) or an org/repo id"
+    )
     assert "no such GGUF file" in second and "gone.gguf" in second
 
 

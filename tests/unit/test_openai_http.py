@@ -40,13 +40,17 @@ def req(text: str = "hi", **kw: Any) -> ChatRequest:
 
 
 def answer(text: str = "hello", **choice: Any) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                         **choice}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    return {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", **choice}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
 
 
-def upstream(chat: Handler | dict[str, Any], seen: list[httpx.Request] | None = None, **routes: Handler
-             ) -> httpx.MockTransport:
+def upstream(
+    chat: Handler | dict[str, Any], seen: list[httpx.Request] | None = None, **routes: Handler
+) -> httpx.MockTransport:
     """A stand-in upstream: /v1/models lists "qwen"; /v1/chat/completions answers with ``chat``."""
+
     def handle(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
@@ -58,12 +62,18 @@ def upstream(chat: Handler | dict[str, Any], seen: list[httpx.Request] | None = 
         if path == "/v1/chat/completions":
             return chat(request) if callable(chat) else httpx.Response(200, json=chat)
         return httpx.Response(404, json={"detail": "Not Found"})
+
     return httpx.MockTransport(handle)
 
 
 async def started(transport: httpx.AsyncBaseTransport, **kw: Any) -> OpenAIHttpEngine:
-    engine = OpenAIHttpEngine("http://up:8000/v1", kw.pop("model", "qwen"), transport=transport,
-                              startup_timeout_s=kw.pop("startup_timeout_s", 1.0), **kw)
+    engine = OpenAIHttpEngine(
+        "http://up:8000/v1",
+        kw.pop("model", "qwen"),
+        transport=transport,
+        startup_timeout_s=kw.pop("startup_timeout_s", 1.0),
+        **kw,
+    )
     await engine.start()
     return engine
 
@@ -75,24 +85,35 @@ def status(code: int, body: Any) -> Handler:
 def raising(exc: Exception) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         raise exc
+
     return handle
 
 
 # OpenAI's own older wording (no vLLM release emits it)
-OPENAI_CTX = ("This model's maximum context length is 2048 tokens. However, you requested 3000 tokens "
-              "(2000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion.")
+OPENAI_CTX = (
+    "This model's maximum context length is 2048 tokens. However, you requested 3000 tokens "
+    "(2000 in the messages, 1000 in the completion). Please reduce the length of the messages or completion."
+)
 # vLLM's texts, verbatim (vllm-audit.md §2.3): 0.11.0:vllm/entrypoints/openai/serving_engine.py:674-688 (the
 # trailing " None" is serving_chat.py:261-264's f"{e} {e.__cause__}"), 0.18.0 and 0.33.0:vllm/renderers/params.py
-VLLM_CTX_NEW = ("'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context length is "
-                "4096 tokens and your request has 3500 input tokens (1000 > 4096 - 3500). None")
-VLLM_011_PROMPT = ("This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens. "
-                   "Please reduce the length of the input messages. None")
-VLLM_018_OUTPUT = ("This model's maximum context length is 4096 tokens. However, you requested 4096 output tokens and "
-                   "your prompt contains 100 input tokens, for a total of 4196 tokens. Please reduce the length of "
-                   "the input prompt or the number of requested output tokens. (parameter=input_tokens, value=100)")
-VLLM_033_PROMPT = ("This model's maximum context length is 2048 tokens. However, your prompt contains 3000 input "
-                   "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
-                   "input prompt. (parameter=input_tokens, value=3000)")
+VLLM_CTX_NEW = (
+    "'max_tokens' or 'max_completion_tokens' is too large: 1000. This model's maximum context length is "
+    "4096 tokens and your request has 3500 input tokens (1000 > 4096 - 3500). None"
+)
+VLLM_011_PROMPT = (
+    "This model's maximum context length is 2048 tokens. However, your request has 3000 input tokens. "
+    "Please reduce the length of the input messages. None"
+)
+VLLM_018_OUTPUT = (
+    "This model's maximum context length is 4096 tokens. However, you requested 4096 output tokens and "
+    "your prompt contains 100 input tokens, for a total of 4196 tokens. Please reduce the length of "
+    "the input prompt or the number of requested output tokens. (parameter=input_tokens, value=100)"
+)
+VLLM_033_PROMPT = (
+    "This model's maximum context length is 2048 tokens. However, your prompt contains 3000 input "
+    "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
+    "input prompt. (parameter=input_tokens, value=3000)"
+)
 VLLM_PROMPT = "The decoder prompt (length 9000) is longer than the maximum model length of 8192."
 
 # (what the upstream does, the error we must raise, its HTTP status, a detail it must carry)
@@ -101,46 +122,120 @@ FAILURES: list[tuple[str, Handler, type[SpcsLlmError], int, Any]] = [
     ("reset", raising(httpx.RemoteProtocolError("peer closed")), EngineUnavailable, 503, "unreachable"),
     ("read timeout", raising(httpx.ReadTimeout("timed out")), EngineTimeout, 503, "in time"),
     ("connect timeout", raising(httpx.ConnectTimeout("timed out")), EngineTimeout, 503, "in time"),
-    ("500", status(500, {"error": {"message": "boom", "type": "InternalServerError"}}), EngineUnavailable, 503,
-     "HTTP 500"),
+    (
+        "500",
+        status(500, {"error": {"message": "boom", "type": "InternalServerError"}}),
+        EngineUnavailable,
+        503,
+        "HTTP 500",
+    ),
     ("502 text", status(502, "<html>bad gateway</html>"), EngineUnavailable, 503, "HTTP 502"),
     ("503", status(503, {"error": {"message": "loading", "code": 503}}), EngineUnavailable, 503, "HTTP 503"),
     ("504", status(504, "gateway timeout"), EngineTimeout, 503, "timed out"),
     ("429", status(429, {"error": {"message": "slow down"}}), Overloaded, 429, "overloaded"),
     ("401", status(401, {"error": "unauthorized"}), EngineUnavailable, 503, "credentials"),
-    ("404 model", status(404, {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError"}}),
-     EngineUnavailable, 503, "does not serve"),
-    ("spcs-llm unknown model", status(400, {"error": {"message": 'unknown model "x"', "type": "unknown_model"}}),
-     EngineUnavailable, 503, "does not serve"),
-    ("OpenAI context", status(400, {"error": {"message": OPENAI_CTX, "type": "BadRequestError", "code": 400}}),
-     MaxTokensExceeded, 400, 2048),
-    ("vLLM 0.11 prompt alone", status(400, {"error": {"message": VLLM_011_PROMPT, "type": "BadRequestError",
-                                                      "param": None, "code": 400}}), MaxTokensExceeded, 400, 2048),
-    ("vLLM 0.33 prompt alone", status(400, {"error": {"message": VLLM_033_PROMPT, "type": "BadRequestError",
-                                                      "param": None, "code": 400}}), MaxTokensExceeded, 400, 2048),
-    ("vLLM context, new wording", status(400, {"error": {"message": VLLM_CTX_NEW, "type": "BadRequestError"}}),
-     MaxTokensExceeded, 400, 4096),
-    ("vLLM prompt too long, flat shape", status(400, {"object": "error", "message": VLLM_PROMPT, "code": 400}),
-     MaxTokensExceeded, 400, 8192),
-    ("llama-server context", status(400, {"error": {"code": 400, "type": "exceed_context_size_error", "n_ctx": 1024,
-                                                    "message": "the request exceeds the available context size"}}),
-     MaxTokensExceeded, 400, 1024),
-    ("spcs-llm context", status(400, {"error": {"message": "max tokens of 512 exceeded",
-                                                "type": "max_tokens_exceeded", "code": 400}}),
-     MaxTokensExceeded, 400, 512),
-    ("context without a number", status(400, {"error": {"message": "prompt exceeds the context window"}}),
-     MaxTokensExceeded, 400, 2048),  # the engine's discovered window
-    ("other 400", status(400, {"error": {"message": "temperature must be <= 2", "type": "BadRequestError"}}),
-     InvalidInput, 400, "temperature must be <= 2"),
-    ("422 validation", status(422, {"detail": [{"loc": ["body", "top_p"], "msg": "bad"}]}), InvalidInput, 400,
-     "upstream rejected"),
+    (
+        "404 model",
+        status(404, {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError"}}),
+        EngineUnavailable,
+        503,
+        "does not serve",
+    ),
+    (
+        "spcs-llm unknown model",
+        status(400, {"error": {"message": 'unknown model "x"', "type": "unknown_model"}}),
+        EngineUnavailable,
+        503,
+        "does not serve",
+    ),
+    (
+        "OpenAI context",
+        status(400, {"error": {"message": OPENAI_CTX, "type": "BadRequestError", "code": 400}}),
+        MaxTokensExceeded,
+        400,
+        2048,
+    ),
+    (
+        "vLLM 0.11 prompt alone",
+        status(400, {"error": {"message": VLLM_011_PROMPT, "type": "BadRequestError", "param": None, "code": 400}}),
+        MaxTokensExceeded,
+        400,
+        2048,
+    ),
+    (
+        "vLLM 0.33 prompt alone",
+        status(400, {"error": {"message": VLLM_033_PROMPT, "type": "BadRequestError", "param": None, "code": 400}}),
+        MaxTokensExceeded,
+        400,
+        2048,
+    ),
+    (
+        "vLLM context, new wording",
+        status(400, {"error": {"message": VLLM_CTX_NEW, "type": "BadRequestError"}}),
+        MaxTokensExceeded,
+        400,
+        4096,
+    ),
+    (
+        "vLLM prompt too long, flat shape",
+        status(400, {"object": "error", "message": VLLM_PROMPT, "code": 400}),
+        MaxTokensExceeded,
+        400,
+        8192,
+    ),
+    (
+        "llama-server context",
+        status(
+            400,
+            {
+                "error": {
+                    "code": 400,
+                    "type": "exceed_context_size_error",
+                    "n_ctx": 1024,
+                    "message": "the request exceeds the available context size",
+                }
+            },
+        ),
+        MaxTokensExceeded,
+        400,
+        1024,
+    ),
+    (
+        "spcs-llm context",
+        status(400, {"error": {"message": "max tokens of 512 exceeded", "type": "max_tokens_exceeded", "code": 400}}),
+        MaxTokensExceeded,
+        400,
+        512,
+    ),
+    (
+        "context without a number",
+        status(400, {"error": {"message": "prompt exceeds the context window"}}),
+        MaxTokensExceeded,
+        400,
+        2048,
+    ),  # the engine's discovered window
+    (
+        "other 400",
+        status(400, {"error": {"message": "temperature must be <= 2", "type": "BadRequestError"}}),
+        InvalidInput,
+        400,
+        "temperature must be <= 2",
+    ),
+    (
+        "422 validation",
+        status(422, {"detail": [{"loc": ["body", "top_p"], "msg": "bad"}]}),
+        InvalidInput,
+        400,
+        "upstream rejected",
+    ),
     ("Ollama string error", status(400, {"error": "invalid stop"}), InvalidInput, 400, "invalid stop"),
 ]
 
 
 @pytest.mark.parametrize(("case", "handler", "error", "code", "detail"), FAILURES, ids=[f[0] for f in FAILURES])
-async def test_every_upstream_failure_is_translated(case: str, handler: Handler, error: type[SpcsLlmError],
-                                                    code: int, detail: Any) -> None:
+async def test_every_upstream_failure_is_translated(
+    case: str, handler: Handler, error: type[SpcsLlmError], code: int, detail: Any
+) -> None:
     engine = await started(upstream(handler))
     with pytest.raises(error) as caught:
         await engine.chat(req())
@@ -159,7 +254,7 @@ async def test_every_upstream_failure_is_translated(case: str, handler: Handler,
 # vLLM 0.11.0's structured-output refusals (M8): backend "auto" tries xgrammar, then llguidance, whose text is last
 # (v1/engine/processor.py:273-289, v1/structured_output/backend_guidance.py:243-245, backend_xgrammar.py:284-293).
 GRAMMAR_ERRORS = [
-    "Grammar error: Unimplemented keys: [\"if\"]",
+    'Grammar error: Unimplemented keys: ["if"]',
     "Failed to transform json schema into a grammar: Unsupported keyword",
     "The provided JSON schema contains features not supported by xgrammar.",
 ]
@@ -178,26 +273,39 @@ async def test_schema_rejection_is_schema_validation_failed_only_with_a_schema(m
 
 def refusing_vllm_011(window: int, prompt_tokens: int, seen: list[dict[str, Any]]) -> Handler:
     """Chat as vLLM 0.11.0 answers it: 400 when prompt + max_tokens is over the window, else the budget used up."""
+
     def handle(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         seen.append(body)
         asked = body["max_tokens"]
         if prompt_tokens >= window:
-            text = (f"This model's maximum context length is {window} tokens. However, your request has "
-                    f"{prompt_tokens} input tokens. Please reduce the length of the input messages. None")
-            return httpx.Response(400, json={"error": {"message": text, "type": "BadRequestError", "param": None,
-                                                       "code": 400}})
+            text = (
+                f"This model's maximum context length is {window} tokens. However, your request has "
+                f"{prompt_tokens} input tokens. Please reduce the length of the input messages. None"
+            )
+            return httpx.Response(
+                400, json={"error": {"message": text, "type": "BadRequestError", "param": None, "code": 400}}
+            )
         if prompt_tokens + asked > window:
-            text = (f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum context "
-                    f"length is {window} tokens and your request has {prompt_tokens} input tokens ({asked} > "
-                    f"{window} - {prompt_tokens}). None")
-            return httpx.Response(400, json={"error": {"message": text, "type": "BadRequestError", "param": None,
-                                                       "code": 400}})
+            text = (
+                f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. This model's maximum context "
+                f"length is {window} tokens and your request has {prompt_tokens} input tokens ({asked} > "
+                f"{window} - {prompt_tokens}). None"
+            )
+            return httpx.Response(
+                400, json={"error": {"message": text, "type": "BadRequestError", "param": None, "code": 400}}
+            )
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": asked}
         if body.get("stream"):
             return sse(chunk("x" * 3), chunk(finish="length"), {"choices": [], "usage": usage}, "[DONE]")(request)
-        return httpx.Response(200, json={"choices": [{"index": 0, "message": {"content": "x" * 3},
-                                                      "finish_reason": "length"}], "usage": usage})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"index": 0, "message": {"content": "x" * 3}, "finish_reason": "length"}],
+                "usage": usage,
+            },
+        )
+
     return handle
 
 
@@ -236,8 +344,17 @@ async def test_newer_vllm_wording_is_clamped_too() -> None:
     def handle(request: httpx.Request) -> httpx.Response:
         bodies.append(json.loads(request.content))
         if bodies[-1]["max_tokens"] > 3996:
-            return httpx.Response(400, json={"error": {"message": VLLM_018_OUTPUT, "type": "BadRequestError",
-                                                       "param": "input_tokens", "code": 400}})
+            return httpx.Response(
+                400,
+                json={
+                    "error": {
+                        "message": VLLM_018_OUTPUT,
+                        "type": "BadRequestError",
+                        "param": "input_tokens",
+                        "code": 400,
+                    }
+                },
+            )
         return httpx.Response(200, json=answer("ok", finish_reason="length"))
 
     engine = await started(upstream(handle))
@@ -253,6 +370,7 @@ async def _drain(stream: Any) -> None:
 
 def test_every_exception_httpx_raises_is_translated() -> None:
     """Like httpx's own test of its httpcore mapping: no transport exception escapes untranslated."""
+
     def subclasses(cls: type) -> set[type]:
         return {cls} | {s for c in cls.__subclasses__() for s in subclasses(c)}
 
@@ -262,8 +380,9 @@ def test_every_exception_httpx_raises_is_translated() -> None:
         assert type(err) is expected and err.status == 503, cls
 
 
-@pytest.mark.parametrize(("structured", "field"), [("structured_outputs", "structured_outputs"),
-                                                   ("response_format", "response_format")])
+@pytest.mark.parametrize(
+    ("structured", "field"), [("structured_outputs", "structured_outputs"), ("response_format", "response_format")]
+)
 async def test_request_body_carries_schema_logprobs_and_options(structured: str, field: str) -> None:
     seen: list[httpx.Request] = []
     engine = await started(upstream(answer(), seen), structured_output=structured)
@@ -286,16 +405,25 @@ async def test_request_body_carries_schema_logprobs_and_options(structured: str,
 
 
 async def test_answer_usage_and_logprobs_are_parsed() -> None:
-    logprobs = {"content": [
-        {"token": "hel", "logprob": -0.25, "bytes": [104], "top_logprobs": [
-            {"token": "hel", "logprob": -0.25}, {"token": "hi", "logprob": -1.5}]},
-        {"token": "lo", "logprob": -0.01, "top_logprobs": [{"token": "lo", "logprob": -0.01}]}]}
+    logprobs = {
+        "content": [
+            {
+                "token": "hel",
+                "logprob": -0.25,
+                "bytes": [104],
+                "top_logprobs": [{"token": "hel", "logprob": -0.25}, {"token": "hi", "logprob": -1.5}],
+            },
+            {"token": "lo", "logprob": -0.01, "top_logprobs": [{"token": "lo", "logprob": -0.01}]},
+        ]
+    }
     engine = await started(upstream(answer("hello", logprobs=logprobs)))
     result = await engine.chat(req(top_logprobs=2))
     assert result.text == "hello" and result.finish_reason == "stop"
     assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (3, 1)
     assert [(t.token, t.logprob, t.top) for t in result.logprobs] == [
-        ("hel", -0.25, (("hel", -0.25), ("hi", -1.5))), ("lo", -0.01, (("lo", -0.01),))]
+        ("hel", -0.25, (("hel", -0.25), ("hi", -1.5))),
+        ("lo", -0.01, (("lo", -0.01),)),
+    ]
     await engine.aclose()
 
 
@@ -310,8 +438,14 @@ def chunk(text: str = "", finish: str | None = None) -> dict[str, Any]:
 
 async def test_stream_yields_text_finish_and_usage() -> None:
     seen: list[httpx.Request] = []
-    events = sse(chunk(), chunk("hel"), chunk("lo"), chunk(finish="stop"),
-                 {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}}, "[DONE]")
+    events = sse(
+        chunk(),
+        chunk("hel"),
+        chunk("lo"),
+        chunk(finish="stop"),
+        {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+        "[DONE]",
+    )
     engine = await started(upstream(events, seen))
     deltas = [d async for d in engine.chat_stream(req())]
     assert "".join(d.text for d in deltas) == "hello"
@@ -335,19 +469,37 @@ async def test_error_inside_a_stream_is_translated() -> None:
 
 # (the event vLLM sends inside a 200 stream, what it must become): 0.11.0 labels everything code 400
 STREAM_EVENTS = [
-    ({"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                "type": "BadRequestError", "param": None, "code": 400}}, EngineUnavailable),
-    ({"error": {"message": "The server had an error while processing your request.", "type": "InternalServerError",
-                "param": None, "code": 500}}, EngineUnavailable),  # 0.33.0
+    (
+        {
+            "error": {
+                "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+        EngineUnavailable,
+    ),
+    (
+        {
+            "error": {
+                "message": "The server had an error while processing your request.",
+                "type": "InternalServerError",
+                "param": None,
+                "code": 500,
+            }
+        },
+        EngineUnavailable,
+    ),  # 0.33.0
     ({"error": {"message": "", "type": "BadRequestError", "param": None, "code": 400}}, EngineUnavailable),
-    ({"error": {"message": "Grammar error: bad", "type": "BadRequestError", "param": None, "code": 400}},
-     InvalidInput),
+    ({"error": {"message": "Grammar error: bad", "type": "BadRequestError", "param": None, "code": 400}}, InvalidInput),
 ]
 
 
 @pytest.mark.parametrize(("event", "error"), STREAM_EVENTS)
-async def test_engine_death_inside_a_stream_is_503_other_errors_stay_row_errors(event: dict[str, Any],
-                                                                                error: type[Exception]) -> None:
+async def test_engine_death_inside_a_stream_is_503_other_errors_stay_row_errors(
+    event: dict[str, Any], error: type[Exception]
+) -> None:
     engine = await started(upstream(sse(chunk("par"), event, "[DONE]")))
     with pytest.raises(error) as caught:
         await _drain(engine.chat_stream(req()))
@@ -355,11 +507,18 @@ async def test_engine_death_inside_a_stream_is_503_other_errors_stay_row_errors(
     await engine.aclose()
 
 
-@pytest.mark.parametrize(("version", "structured", "refused"), [
-    ("0.10.2", "structured_outputs", True), ("0.11.0", "structured_outputs", False),
-    ("0.12.0rc1.dev5+g1234", "structured_outputs", False), ("0.10.2", "response_format", False)])
-async def test_vllm_older_than_0_11_is_refused_when_structured_outputs_is_sent(version: str, structured: str,
-                                                                               refused: bool) -> None:
+@pytest.mark.parametrize(
+    ("version", "structured", "refused"),
+    [
+        ("0.10.2", "structured_outputs", True),
+        ("0.11.0", "structured_outputs", False),
+        ("0.12.0rc1.dev5+g1234", "structured_outputs", False),
+        ("0.10.2", "response_format", False),
+    ],
+)
+async def test_vllm_older_than_0_11_is_refused_when_structured_outputs_is_sent(
+    version: str, structured: str, refused: bool
+) -> None:
     models = {"data": [{"id": "qwen", "owned_by": "vllm", "max_model_len": 2048}]}
     routes = {"/v1/models": status(200, models), "/version": status(200, {"version": version})}
     if refused:
@@ -398,8 +557,9 @@ async def test_start_discovers_context_window_and_default_model() -> None:
 async def test_llama_server_context_comes_from_props() -> None:
     models = {"data": [{"id": "m.gguf", "object": "model"}]}
     props = {"default_generation_settings": {"n_ctx": 1536}}
-    engine = await started(upstream(answer(), **{"/v1/models": status(200, models), "/props": status(200, props)}),
-                           model="m.gguf")
+    engine = await started(
+        upstream(answer(), **{"/v1/models": status(200, models), "/props": status(200, props)}), model="m.gguf"
+    )
     assert engine.context_window == 1536
     await engine.aclose()
 
@@ -423,14 +583,18 @@ async def test_start_waits_for_the_upstream_then_gives_up() -> None:
     assert calls == 3 and engine.context_window == 2048
     await engine.aclose()
     with pytest.raises(EngineUnavailable, match="not ready after"):
-        await started(upstream(answer(), **{"/v1/models": raising(httpx.ConnectError("refused"))}),
-                      startup_timeout_s=0.2)
+        await started(
+            upstream(answer(), **{"/v1/models": raising(httpx.ConnectError("refused"))}), startup_timeout_s=0.2
+        )
 
 
 async def test_count_tokens_vllm_shape_llama_shape_and_absent() -> None:
     seen: list[httpx.Request] = []
-    vllm = await started(upstream(answer(), seen, **{"/tokenize": status(200, {"count": 5, "max_model_len": 2048,
-                                                                                "tokens": [1, 2, 3, 4, 5]})}))
+    vllm = await started(
+        upstream(
+            answer(), seen, **{"/tokenize": status(200, {"count": 5, "max_model_len": 2048, "tokens": [1, 2, 3, 4, 5]})}
+        )
+    )
     assert await vllm.count_tokens("a b c") == 5
     sent = json.loads(seen[-1].content)
     assert str(seen[-1].url) == "http://up:8000/tokenize" and sent["prompt"] == "a b c" and sent["model"] == "qwen"
@@ -502,16 +666,19 @@ def embedding_upstream(dim: int, seen: list[Any]) -> httpx.MockTransport:
         texts = json.loads(request.content)["input"]
         seen.append(texts)
         # vectors of 3, 4, 0, ...; answered in reverse index order to check the reordering
-        data = [{"index": i, "embedding": [3.0 * (i + 1), 4.0 * (i + 1)] + [0.0] * (dim - 2)}
-                for i in range(len(texts))]
+        data = [
+            {"index": i, "embedding": [3.0 * (i + 1), 4.0 * (i + 1)] + [0.0] * (dim - 2)} for i in range(len(texts))
+        ]
         return httpx.Response(200, json={"data": data[::-1]})
+
     return httpx.MockTransport(handle)
 
 
 async def test_embedder_probes_dimension_normalises_and_keeps_order() -> None:
     seen: list[Any] = []
-    embedder = OpenAIEmbedder("http://up/v1", "e5", dimension=768, transport=embedding_upstream(8, seen),
-                              startup_timeout_s=1)
+    embedder = OpenAIEmbedder(
+        "http://up/v1", "e5", dimension=768, transport=embedding_upstream(8, seen), startup_timeout_s=1
+    )
     await embedder.start()
     assert embedder.dimension == 8  # the real one; the app refuses to start when the config says otherwise
     texts = [f"t{i}" for i in range(150)]
@@ -524,6 +691,7 @@ async def test_embedder_probes_dimension_normalises_and_keeps_order() -> None:
 
 def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> httpx.MockTransport:
     """vLLM's /v1/embeddings: a text over 512 "tokens" (words) fails the whole call unless truncation is asked."""
+
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "e5", "owned_by": owner, "max_model_len": 512}]})
@@ -533,12 +701,17 @@ def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> http
         if body.get("truncate_prompt_tokens") == -1:
             lengths = [min(n, 512) for n in lengths]
         if too_long := [n for n in lengths if n > 512]:
-            message = (f"This model's maximum context length is 512 tokens. However, your request has {too_long[0]} "
-                       "input tokens. Please reduce the length of the input messages.")
-            return httpx.Response(400, json={"error": {"message": message, "type": "BadRequestError",
-                                                       "param": None, "code": 400}})
-        return httpx.Response(200, json={"data": [{"index": i, "embedding": [float(n), 1.0]}
-                                                  for i, n in enumerate(lengths)]})
+            message = (
+                f"This model's maximum context length is 512 tokens. However, your request has {too_long[0]} "
+                "input tokens. Please reduce the length of the input messages."
+            )
+            return httpx.Response(
+                400, json={"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
+            )
+        return httpx.Response(
+            200, json={"data": [{"index": i, "embedding": [float(n), 1.0]} for i, n in enumerate(lengths)]}
+        )
+
     return httpx.MockTransport(handle)
 
 
@@ -551,8 +724,9 @@ async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:
     assert all(b["truncate_prompt_tokens"] == -1 for b in seen) and len(seen) == 2  # the probe, then one call
     assert vectors[0][0] / vectors[0][1] == pytest.approx(512) and len(vectors) == 64
     seen.clear()
-    other = OpenAIEmbedder("http://up/v1", "e5", transport=refusing_embeddings(seen, owner="someone"),
-                           startup_timeout_s=1)
+    other = OpenAIEmbedder(
+        "http://up/v1", "e5", transport=refusing_embeddings(seen, owner="someone"), startup_timeout_s=1
+    )
     await other.start()
     assert other.truncate is False and "truncate_prompt_tokens" not in seen[-1]
     for e in (vllm, other):
@@ -561,8 +735,9 @@ async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:
 
 async def test_a_text_the_upstream_refuses_fails_only_its_own_row() -> None:
     seen: list[dict[str, Any]] = []
-    embedder = OpenAIEmbedder("http://up/v1", "e5", transport=refusing_embeddings(seen), startup_timeout_s=1,
-                              truncate=False)
+    embedder = OpenAIEmbedder(
+        "http://up/v1", "e5", transport=refusing_embeddings(seen), startup_timeout_s=1, truncate=False
+    )
     await embedder.start()
     texts = [f"short {i}" for i in range(64)]
     texts[40] = "w " * 3000
@@ -576,8 +751,9 @@ async def test_a_text_the_upstream_refuses_fails_only_its_own_row() -> None:
 
 
 async def test_embedder_with_wrong_dimension_stops_app_start() -> None:
-    embedder = OpenAIEmbedder("http://up/v1", "e5", dimension=768, transport=embedding_upstream(8, []),
-                              startup_timeout_s=1)
+    embedder = OpenAIEmbedder(
+        "http://up/v1", "e5", dimension=768, transport=embedding_upstream(8, []), startup_timeout_s=1
+    )
     await embedder.start()
     settings = Settings.load(overrides={"engine": {"kind": "fake"}})
     settings.embeddings = [EmbeddingSettings(kind="openai", model="e5", upstream="http://up/v1", dimension=768)]

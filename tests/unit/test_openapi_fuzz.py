@@ -36,11 +36,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def live_app() -> Iterator[str]:
-    settings_ = Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 16},
-                                         "server": {"max_request_mb": 1}})
-    app = create_app(settings_, engine=FakeEngine("fake-model", context_window=4096, record=False),
-                     embedders=[FakeEmbedder("fake-embed-768", 768, record=False),
-                                FakeEmbedder("fake-embed-1024", 1024, record=False)])
+    settings_ = Settings.load(
+        overrides={"engine": {"kind": "fake", "max_output_tokens": 16}, "server": {"max_request_mb": 1}}
+    )
+    app = create_app(
+        settings_,
+        engine=FakeEngine("fake-model", context_window=4096, record=False),
+        embedders=[
+            FakeEmbedder("fake-embed-768", 768, record=False),
+            FakeEmbedder("fake-embed-1024", 1024, record=False),
+        ],
+    )
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,8 +65,9 @@ def live_app() -> Iterator[str]:
 
 
 def load_schema(base: str) -> schemathesis.schemas.BaseSchema:
-    config = SchemathesisConfig.from_dict({"checks": {"positive_data_acceptance": {
-        "expected-statuses": ["2xx", "400", "413"]}}})
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "400", "413"]}}}
+    )
     return schemathesis.openapi.from_url(f"{base}/openapi.json", config=config)
 
 
@@ -78,8 +85,13 @@ def test_every_route_against_its_description(live_app: str, mode: GenerationMode
             continue  # nothing in the request can be made invalid (GET /health, /metrics, /v1/models)
 
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None,
-                  derandomize=True)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            derandomize=True,
+        )
         def run(case: schemathesis.Case) -> None:
             nonlocal calls
             calls += 1

@@ -42,8 +42,9 @@ class GatedEngine(FakeEngine):
 @contextlib.asynccontextmanager
 async def served(**server: Any) -> AsyncIterator[tuple[Any, httpx.AsyncClient, GatedEngine]]:
     engine = GatedEngine()
-    settings = Settings.load(overrides={"engine": {"kind": "fake", "max_output_tokens": 32},
-                                        "server": server}).model_copy(update={"embeddings": []})
+    settings = Settings.load(
+        overrides={"engine": {"kind": "fake", "max_output_tokens": 32}, "server": server}
+    ).model_copy(update={"embeddings": []})
     app = create_app(settings, engine=engine, embedders=[])
     async with in_process(app) as client:
         await wait_ready(app)
@@ -78,13 +79,19 @@ def metric(app: Any, name: str, **labels: str) -> float:
 async def test_a_busy_pool_holds_batches_that_the_old_admission_refused() -> None:
     """Ten queries of 8 rows each against 4 engine places: the old rule (before any rate: 4 x 4 = 16 rows) refused
     most of them with 429; holding admits them all, and every row comes back in order."""
+
     async def load(admission: str) -> tuple[list[httpx.Response], Any]:
         async with served(admission=admission, async_responses=False) as (app, client, engine):
-            posts = [asyncio.ensure_future(client.post("/functions/complete",
-                                                       **batch(*rows(8, f"b{k}-"), query_id=f"query-{k}")))
-                     for k in range(10)]
-            await until(lambda: sum(p.done() for p in posts) + app.state.runtime.scheduler.queued_rows // 8 >= 10,
-                        "every batch was admitted or refused")
+            posts = [
+                asyncio.ensure_future(
+                    client.post("/functions/complete", **batch(*rows(8, f"b{k}-"), query_id=f"query-{k}"))
+                )
+                for k in range(10)
+            ]
+            await until(
+                lambda: sum(p.done() for p in posts) + app.state.runtime.scheduler.queued_rows // 8 >= 10,
+                "every batch was admitted or refused",
+            )
             engine.gate.set()
             return list(await asyncio.gather(*posts)), app
 
@@ -113,16 +120,24 @@ async def test_only_what_cannot_fit_in_memory_gets_429() -> None:
 
 def test_the_byte_bound_and_the_batch_timeout_bound_admission() -> None:
     now = [0.0]
-    sched = Scheduler(FakeEngine(), Metrics(), max_queue_rows=10**6, max_queue_bytes=1000,
-                      max_queue_seconds=1800, cold_limit=False, clock=lambda: now[0])
+    sched = Scheduler(
+        FakeEngine(),
+        Metrics(),
+        max_queue_rows=10**6,
+        max_queue_bytes=1000,
+        max_queue_seconds=1800,
+        cold_limit=False,
+        clock=lambda: now[0],
+    )
     with sched.admit(5000, nbytes=600):  # no rate yet: only rows and bytes bound the queue
         with pytest.raises(Overloaded):
             with sched.admit(1, nbytes=500):
                 pass
         assert sched.refusal(1, nbytes=400) is None
     assert sched.queued_bytes == 0
-    sched = Scheduler(FakeEngine(), Metrics(), max_queue_rows=10**6, max_queue_seconds=1800, cold_limit=False,
-                      clock=lambda: now[0])
+    sched = Scheduler(
+        FakeEngine(), Metrics(), max_queue_rows=10**6, max_queue_seconds=1800, cold_limit=False, clock=lambda: now[0]
+    )
     with sched.admit(10) as row_done:
         now[0] = 1.0
         for _ in range(10):
@@ -284,8 +299,12 @@ async def test_the_batch_log_line_says_how_long_it_waited(caplog: pytest.LogCapt
         lines = [r for r in caplog.records if r.getMessage() == "batch"]
         assert lines and "wait_ms" in lines[-1].fields and lines[-1].fields["wait_ms"] >= 0
         text = (await client.get("/metrics")).text
-        for name in ("spcs_llm_queue_wait_seconds_bucket", "spcs_llm_queue_depth", "spcs_llm_queue_bytes",
-                     "spcs_llm_async_held"):
+        for name in (
+            "spcs_llm_queue_wait_seconds_bucket",
+            "spcs_llm_queue_depth",
+            "spcs_llm_queue_bytes",
+            "spcs_llm_async_held",
+        ):
             assert name in text
 
 

@@ -27,8 +27,11 @@ from spcs_llm.models.catalog import ModelResolver, catalog_entry
 @pytest.mark.parametrize(
     ("error", "expected", "message"),
     [
-        ({"type": "exceed_context_size_error", "message": "req", "n_ctx": 512}, MaxTokensExceeded,
-         "max tokens of 512 exceeded"),
+        (
+            {"type": "exceed_context_size_error", "message": "req", "n_ctx": 512},
+            MaxTokensExceeded,
+            "max tokens of 512 exceeded",
+        ),
         ({"type": "invalid_request_error", "message": "bad field"}, InvalidInput, "bad field"),
         ({"type": "unavailable_error", "message": "loading"}, EngineUnavailable, "llama.cpp: loading"),
         ({"type": "server_error", "message": "boom"}, EngineUnavailable, "llama.cpp: boom"),
@@ -75,8 +78,12 @@ def test_config_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "spcs-llm.toml"
     path.write_text('[server]\nport = 9000\n[engine]\nn_parallel = 2\n[aliases]\n"llama3.1-8b" = "m"\n')
     s = Settings.load(path, {"server": {"port": 9100, "host": None}})
-    assert (s.server.port, s.server.host, s.engine.n_parallel, s.aliases) == (9100, "127.0.0.1", 2,
-                                                                               {"llama3.1-8b": "m"})
+    assert (s.server.port, s.server.host, s.engine.n_parallel, s.aliases) == (
+        9100,
+        "127.0.0.1",
+        2,
+        {"llama3.1-8b": "m"},
+    )
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:

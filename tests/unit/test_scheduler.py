@@ -157,14 +157,18 @@ async def test_big_and_small_batches_of_two_queries_over_http(app, client, fake_
     fake_engine.delay = 0.002
     sched = app.state.runtime.scheduler
     sched.max_queue_seconds = None  # admission is not what this test is about
-    big = asyncio.ensure_future(client.post("/functions/complete", **batch(
-        *[["fake-model", f"big {i}"] for i in range(60)], query_id="query-big")))
+    big = asyncio.ensure_future(
+        client.post(
+            "/functions/complete", **batch(*[["fake-model", f"big {i}"] for i in range(60)], query_id="query-big")
+        )
+    )
     for _ in range(5000):  # the big batch's rows are queued before the small batch arrives
         if sched._slots.waiting >= 40:
             break
         await asyncio.sleep(0.001)
-    small = await client.post("/functions/complete", **batch(
-        *[["fake-model", f"small {i}"] for i in range(4)], query_id="query-small"))
+    small = await client.post(
+        "/functions/complete", **batch(*[["fake-model", f"small {i}"] for i in range(4)], query_id="query-small")
+    )
     assert small.json()["data"] == [[i, f"echo:small {i}"] for i in range(4)]
     assert (await big).json()["data"] == [[i, f"echo:big {i}"] for i in range(60)]
     order = [c.messages[-1].content for c in fake_engine.calls]
@@ -382,8 +386,10 @@ def test_the_rate_follows_the_engine_when_it_slows_down() -> None:
 
 
 async def test_prompt_tokens_the_engine_reused_are_counted_in_metrics(client) -> None:
-    rows = [["fake-model", [{"role": "system", "content": "one shared instruction"}, {"content": f"row {i}"}], {}]
-            for i in range(4)]
+    rows = [
+        ["fake-model", [{"role": "system", "content": "one shared instruction"}, {"content": f"row {i}"}], {}]
+        for i in range(4)
+    ]
     assert (await client.post("/functions/complete", **batch(*rows))).status_code == 200
     text = (await client.get("/metrics")).text
     # the fake engine caches the 4-token system message after the first row: 3 rows reuse it

@@ -13,10 +13,12 @@ from spcs_llm.engines.fake import FakeEngine
 
 def test_tune_gc_freezes_the_start_up_heap_and_raises_the_young_threshold() -> None:
     # in a child process: a frozen heap is never collected, which a test process must not inherit
-    code = ("import gc; from spcs_llm.server.tuning import GEN0_THRESHOLD, tune_gc; before = gc.get_threshold(); "
-            "tune_gc(); after = gc.get_threshold(); "
-            "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count(); "
-            "assert after == (GEN0_THRESHOLD, *before[1:]), (before, after)")
+    code = (
+        "import gc; from spcs_llm.server.tuning import GEN0_THRESHOLD, tune_gc; before = gc.get_threshold(); "
+        "tune_gc(); after = gc.get_threshold(); "
+        "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count(); "
+        "assert after == (GEN0_THRESHOLD, *before[1:]), (before, after)"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -57,15 +57,31 @@ def test_memory_estimate_matches_hand_computation() -> None:
 def test_recommend_picks_the_smallest_family_that_fits() -> None:
     llama = find_model("llama-3.1-8b-instruct")
     # 15.0 weights + 1.0 KV + 2 = 18.0 GiB <= 22.5 x 0.9 = 20.25: one A10G
-    assert [r.family.name for r in recommend(llama, context=8192, concurrency=1)] == \
-        ["GPU_NV_S", "GPU_NV_SM", "GPU_GCP_NV_L4_1_24G"]
+    assert [r.family.name for r in recommend(llama, context=8192, concurrency=1)] == [
+        "GPU_NV_S",
+        "GPU_NV_SM",
+        "GPU_GCP_NV_L4_1_24G",
+    ]
     # 8 sequences: 25.0 GiB no longer fits 24 GB cards; L40S on AWS, 2 x A10 on Azure, 4 x L4 on GCP
     picks = recommend(llama, context=8192, concurrency=8)
-    assert [(r.family.name, r.tensor_parallel) for r in picks] == \
-        [("GPU_L40S_G1_8", 1), ("GPU_NV_2M", 2), ("GPU_GCP_NV_L4_4_24G", 4)]
+    assert [(r.family.name, r.tensor_parallel) for r in picks] == [
+        ("GPU_L40S_G1_8", 1),
+        ("GPU_NV_2M", 2),
+        ("GPU_GCP_NV_L4_4_24G", 4),
+    ]
     aws = picks[0]
-    assert aws.vllm_args() == ["--tensor-parallel-size", "1", "--max-model-len", "8192",
-                               "--gpu-memory-utilization", "0.90", "--max-num-seqs", "23", "--dtype", "bfloat16"]
+    assert aws.vllm_args() == [
+        "--tensor-parallel-size",
+        "1",
+        "--max-model-len",
+        "8192",
+        "--gpu-memory-utilization",
+        "0.90",
+        "--max-num-seqs",
+        "23",
+        "--dtype",
+        "bfloat16",
+    ]
     # (45 x 0.9 - 14.96 - 2) / (131072 x 8192 / GiB = 1 GiB per sequence) = 23.5 -> 23 full-context sequences
 
 
@@ -85,8 +101,22 @@ def test_recommend_refuses_what_cannot_fit() -> None:
 
 
 def test_recommend_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "recommend", "llama-3.1-8b-instruct", "--context", "8192", "--concurrency", "8",
-                 "--cloud", "aws"]) == 0
+    assert (
+        main(
+            [
+                "models",
+                "recommend",
+                "llama-3.1-8b-instruct",
+                "--context",
+                "8192",
+                "--concurrency",
+                "8",
+                "--cloud",
+                "aws",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "GPU_L40S_G1_8" in out and "--max-num-seqs 23" in out and "azure" not in out
     assert main(["models", "recommend", "qwen3-32b", "--context", "32768", "--concurrency", "512"]) == 2

@@ -70,6 +70,7 @@ def stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StageRule
             if rules.under(src) or rules.under(dst):
                 rules.refuse(f"rename {src} -> {dst}")
             return real(src, dst, *args, **kw)  # type: ignore[operator]
+
         return guarded
 
     def no_lock(real: object) -> object:
@@ -78,6 +79,7 @@ def stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StageRule
             if rules.under(os.readlink(f"/proc/self/fd/{num}")):
                 rules.refuse("flock")
             return real(fd, *args)  # type: ignore[operator]
+
         return guarded
 
     monkeypatch.setattr(builtins, "open", guarded_open)
@@ -104,8 +106,7 @@ def test_stage_mode_downloads_on_local_disk_and_copies_finished_files_in(stage: 
     repo = make_repo()
     hub = Hub({REPO: repo}, cut_once={"model-00001-of-00002.safetensors": 70_000})  # a resume appends: locally
     with HubServer(hub) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
-                            cache_mode="stage")
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False, cache_mode="stage")
     assert stage.refused == []
     assert path == stage.root / "hub" / "acme--tiny-model"
     assert_model(path, repo)
@@ -116,8 +117,10 @@ def test_stage_mode_downloads_on_local_disk_and_copies_finished_files_in(stage: 
     assert not list(stage.root.rglob("*.part")) and not list(stage.root.rglob("*.lock"))
     # a restarted container (empty local disk) finds it on the stage without a request
     before = len(hub.requests)
-    assert ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", "http://127.0.0.1:9")],
-                        cache_mode="stage") == path
+    assert (
+        ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", "http://127.0.0.1:9")], cache_mode="stage")
+        == path
+    )
     assert len(hub.requests) == before
 
 
@@ -126,19 +129,19 @@ def test_an_interrupted_copy_is_finished_without_rewriting_good_files(stage: Sta
     final = stage.root / "hub" / "acme--tiny-model"
     final.mkdir(parents=True)
     (final / "config.json").write_bytes(repo["config.json"])  # copied before the crash, intact
-    (final / "tokenizer.json").write_bytes(b"{\"ver")  # cut off mid-copy
+    (final / "tokenizer.json").write_bytes(b'{"ver')  # cut off mid-copy
     stage.writes.clear()
     with HubServer(Hub({REPO: repo})) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
-                            cache_mode="stage")
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False, cache_mode="stage")
     assert stage.refused == [] and path == final
     assert_model(path, repo)
     written = {Path(w).relative_to(final).as_posix() for w in stage.writes if Path(w).is_relative_to(final)}
     assert "config.json" not in written and "tokenizer.json" in written  # deleted, then created anew
 
 
-def test_a_second_instance_serves_its_local_copy_and_leaves_the_stage_alone(stage: StageRules, tmp_path: Path,
-                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_instance_serves_its_local_copy_and_leaves_the_stage_alone(
+    stage: StageRules, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
     import time
 
@@ -148,8 +151,7 @@ def test_a_second_instance_serves_its_local_copy_and_leaves_the_stage_alone(stag
     stage.writes.clear()
     repo = make_repo()
     with HubServer(Hub({REPO: repo})) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
-                            cache_mode="stage")
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False, cache_mode="stage")
     assert path == tmp_path / "local-disk" / "hub" / "acme--tiny-model"
     assert_model(path, repo)
     assert stage.writes == [] and stage.refused == []
@@ -163,8 +165,7 @@ def test_a_stale_claim_does_not_block_the_copy(stage: StageRules) -> None:
     claims.mkdir(parents=True)
     (claims / "aaa-died").write_text(json.dumps({"host": "aaa-died", "time": 0}))
     with HubServer(Hub({REPO: make_repo()})) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
-                            cache_mode="stage")
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False, cache_mode="stage")
     assert path.parent == stage.root / "hub" and stage.refused == []
 
 
@@ -176,8 +177,7 @@ def test_our_own_stale_claim_is_replaced_not_updated(stage: StageRules) -> None:
     claims.mkdir(parents=True)
     (claims / socket.gethostname()).write_text(json.dumps({"host": "me", "time": 0}))  # a start hours ago
     with HubServer(Hub({REPO: make_repo()})) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False,
-                            cache_mode="stage")
+        path = ensure_model(REPO, cache_dir=stage.root, sources=[Source("hf", url)], progress=False, cache_mode="stage")
     assert path.parent == stage.root / "hub" and stage.refused == []
     assert json.loads((claims / socket.gethostname()).read_text())["time"] > 0
 
@@ -186,24 +186,37 @@ def test_gguf_in_stage_mode_via_the_environment(stage: StageRules, monkeypatch: 
     monkeypatch.setenv("SPCS_LLM_CACHE_MODE", "stage")
     repo = make_repo()
     with HubServer(Hub({REPO: repo})) as url:
-        path = ensure_model(REPO, cache_dir=stage.root, fmt="gguf", gguf_file="tiny-q4_k_m.gguf",
-                            sources=[Source("modelscope", url)], progress=False)
+        path = ensure_model(
+            REPO,
+            cache_dir=stage.root,
+            fmt="gguf",
+            gguf_file="tiny-q4_k_m.gguf",
+            sources=[Source("modelscope", url)],
+            progress=False,
+        )
     assert path.read_bytes() == repo["tiny-q4_k_m.gguf"] and path.is_relative_to(stage.root)
     assert stage.refused == []
 
 
-def test_readonly_mode_never_writes_and_says_what_is_missing(stage: StageRules,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_readonly_mode_never_writes_and_says_what_is_missing(
+    stage: StageRules, capsys: pytest.CaptureFixture[str]
+) -> None:
     staged = stage.root / "models" / "qwen2.5-0.5b-instruct"
     staged.mkdir(parents=True)
     (staged / "config.json").write_text("{}")
     stage.writes.clear()
     assert ensure_model("qwen2.5-0.5b-instruct", cache_dir=stage.root, cache_mode="readonly") == staged
     with pytest.raises(ModelNotAvailable, match="read-only cache"):
-        ensure_model("qwen2.5-1.5b-instruct", cache_dir=stage.root, cache_mode="readonly",
-                     sources=[Source("hf", "http://127.0.0.1:9")])
-    assert main(["models", "pull", "qwen2.5-1.5b-instruct", "--cache-dir", str(stage.root),
-                 "--cache-mode", "readonly"]) == 2
+        ensure_model(
+            "qwen2.5-1.5b-instruct",
+            cache_dir=stage.root,
+            cache_mode="readonly",
+            sources=[Source("hf", "http://127.0.0.1:9")],
+        )
+    assert (
+        main(["models", "pull", "qwen2.5-1.5b-instruct", "--cache-dir", str(stage.root), "--cache-mode", "readonly"])
+        == 2
+    )
     assert "read-only cache" in capsys.readouterr().err
     assert stage.writes == [] and stage.refused == []
 

@@ -15,20 +15,29 @@ from ..conftest import SF_HEADERS, batch, fake_settings, in_process, wait_ready
 
 
 async def test_chat_completion_openai_shape(client) -> None:
-    r = await client.post("/v1/chat/completions", json={
-        "model": "fake-model", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 10})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 10},
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["object"] == "chat.completion" and body["model"] == "fake-model"
-    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "echo:hi there"},
-                                "finish_reason": "stop"}]
+    assert body["choices"] == [
+        {"index": 0, "message": {"role": "assistant", "content": "echo:hi there"}, "finish_reason": "stop"}
+    ]
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
 
 
 async def test_chat_completion_streams_sse(client) -> None:
-    r = await client.post("/v1/chat/completions", json={
-        "model": "fake-model", "messages": [{"role": "user", "content": "a b"}], "stream": True,
-        "stream_options": {"include_usage": True}})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "a b"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
     events = [line[6:] for line in r.text.split("\n\n") if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [orjson.loads(e) for e in events[:-1]]
@@ -40,8 +49,9 @@ async def test_chat_completion_streams_sse(client) -> None:
 async def test_openai_errors_use_the_openai_body(client) -> None:
     r = await client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"content": "x"}]})
     assert r.status_code == 400
-    assert r.json() == {"error": {"message": 'unknown model "nope"', "type": "unknown_model", "param": "model",
-                                  "code": 400}}
+    assert r.json() == {
+        "error": {"message": 'unknown model "nope"', "type": "unknown_model", "param": "model", "code": 400}
+    }
     r = await client.post("/v1/chat/completions", json={"model": "fake-model", "messages": []})
     assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}
     assert "messages" in r.json()["error"]["message"]
@@ -53,8 +63,12 @@ async def test_models_lists_the_served_model_and_its_aliases(client) -> None:
 
 
 async def test_seed_envelope_on_the_chat_path(client, fake_engine) -> None:
-    request = {"model": "fake-model", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 20,
-               "temperature": 0}
+    request = {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "你好"}],
+        "max_tokens": 20,
+        "temperature": 0,
+    }
     r = await client.post("/v1/chat/completions", **batch([orjson.dumps(request).decode()], [request], [None]))
     assert r.status_code == 200
     assert r.json() == {"data": [[0, "echo:你好"], [1, "echo:你好"], [2, None]]}
@@ -120,8 +134,11 @@ async def test_metrics_count_rows_batches_errors_tokens(client) -> None:
         "spcs_llm_queue_depth 0.0",
     ]:
         assert line in text, line
-    shared = [line for line in text.splitlines()
-              if line.startswith(("spcs_llm_dedup_hits_total ", 'spcs_llm_result_cache_hits_total{kind="chat"} '))]
+    shared = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("spcs_llm_dedup_hits_total ", 'spcs_llm_result_cache_hits_total{kind="chat"} '))
+    ]
     assert sum(float(line.split()[-1]) for line in shared) == 1
     assert "spcs_llm_engine_latency_seconds_bucket" in text
 

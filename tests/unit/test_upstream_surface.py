@@ -9,8 +9,15 @@ import pytest
 
 
 async def test_logprobs_and_top_logprobs_in_openai_shape(client, fake_engine) -> None:
-    r = await client.post("/v1/chat/completions", json={
-        "model": "fake-model", "messages": [{"role": "user", "content": "a b"}], "logprobs": True, "top_logprobs": 2})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "a b"}],
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+    )
     assert r.status_code == 200
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert [t["token"] for t in content] == ["echo:a", "b"]
@@ -20,16 +27,25 @@ async def test_logprobs_and_top_logprobs_in_openai_shape(client, fake_engine) ->
 
 
 async def test_logprobs_without_top_logprobs_gives_no_alternatives(client, fake_engine) -> None:
-    r = await client.post("/v1/chat/completions", json={
-        "model": "fake-model", "messages": [{"role": "user", "content": "a"}], "logprobs": True})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={"model": "fake-model", "messages": [{"role": "user", "content": "a"}], "logprobs": True},
+    )
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert [t["token"] for t in content] == ["echo:a"] and content[0]["top_logprobs"] == []
     assert fake_engine.calls[-1].top_logprobs == 1  # the engine is asked for the token's own log-probability
 
 
 async def test_top_logprobs_out_of_range_is_a_400(client) -> None:
-    r = await client.post("/v1/chat/completions", json={
-        "model": "fake-model", "messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": 21})
+    r = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "fake-model",
+            "messages": [{"role": "user", "content": "a"}],
+            "logprobs": True,
+            "top_logprobs": 21,
+        },
+    )
     assert r.status_code == 400 and "top_logprobs" in r.json()["error"]["message"]
 
 
@@ -72,8 +88,11 @@ async def test_embeddings_in_base64_as_the_openai_sdk_asks(client) -> None:
     import struct
 
     plain = (await client.post("/v1/embeddings", json={"model": "fake-embed-768", "input": "a b"})).json()
-    b64 = (await client.post("/v1/embeddings", json={"model": "fake-embed-768", "input": "a b",
-                                                     "encoding_format": "base64"})).json()
+    b64 = (
+        await client.post(
+            "/v1/embeddings", json={"model": "fake-embed-768", "input": "a b", "encoding_format": "base64"}
+        )
+    ).json()
     raw = base64.b64decode(b64["data"][0]["embedding"])
     assert struct.unpack(f"<{len(raw) // 4}f", raw) == pytest.approx(plain["data"][0]["embedding"], abs=1e-7)
 

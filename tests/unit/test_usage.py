@@ -32,15 +32,19 @@ QUERY_ID = "01b02bdf-0000-7b58-0003-27d60056b5a6"
 
 
 def usage_settings(db: Path, budgets: list[dict[str, Any]] | None = None, **usage: Any) -> Settings:
-    return Settings.model_validate({
-        "engine": {"kind": "fake", "max_output_tokens": 32}, "embeddings": [],
-        "usage": {"db_path": str(db), "flush_seconds": 3600, **usage},
-        "budgets": budgets or [],
-    })
+    return Settings.model_validate(
+        {
+            "engine": {"kind": "fake", "max_output_tokens": 32},
+            "embeddings": [],
+            "usage": {"db_path": str(db), "flush_seconds": 3600, **usage},
+            "budgets": budgets or [],
+        }
+    )
 
 
-def sf_batch(*rows: list[Any], user: str = "ALICE", role: str = "ANALYST", query_id: str = QUERY_ID,
-             base64_user: bool = False) -> dict[str, Any]:
+def sf_batch(
+    *rows: list[Any], user: str = "ALICE", role: str = "ANALYST", query_id: str = QUERY_ID, base64_user: bool = False
+) -> dict[str, Any]:
     """A Snowflake batch carrying CONTEXT_HEADERS = (CURRENT_USER, CURRENT_ROLE), as the deploy declares them."""
     kwargs = batch(*rows, query_id=query_id)
     kwargs["headers"]["sf-context-current-role"] = role
@@ -54,8 +58,7 @@ def sf_batch(*rows: list[Any], user: str = "ALICE", role: str = "ANALYST", query
 
 async def engine_tokens(prompt: str) -> tuple[int, int]:
     """What the fake engine reports for COMPLETE(model, prompt) (one user message, greedy)."""
-    result = await FakeEngine().chat(ChatRequest(messages=(Message("user", prompt),), max_tokens=32,
-                                                 temperature=0.0))
+    result = await FakeEngine().chat(ChatRequest(messages=(Message("user", prompt),), max_tokens=32, temperature=0.0))
     return result.usage.prompt_tokens, result.usage.completion_tokens
 
 
@@ -73,15 +76,21 @@ async def test_rows_and_tokens_are_counted_against_the_snowflake_context_headers
         await wait_ready(app)
         r = await c.post("/functions/complete", **sf_batch(*[["llama3.1-8b", p] for p in prompts]))
         assert r.status_code == 200
-        r = await c.post("/functions/try_complete", **sf_batch(["no-such-model", "x"], ["llama3.1-8b", "one"],
-                                                               user="BOB", role="ADMIN", query_id="q2"))
+        r = await c.post(
+            "/functions/try_complete",
+            **sf_batch(["no-such-model", "x"], ["llama3.1-8b", "one"], user="BOB", role="ADMIN", query_id="q2"),
+        )
         assert r.status_code == 200 and r.json()["data"][0] == [0, None]
         rows = await usage_rows(c, "user,role,query_id,function,model")
     expected = [await engine_tokens(p) for p in prompts]
     by_user = {r["user"]: r for r in rows}
     alice = by_user["ALICE"]
     assert (alice["role"], alice["query_id"], alice["function"], alice["model"]) == (
-        "ANALYST", QUERY_ID, "complete", "fake-model")
+        "ANALYST",
+        QUERY_ID,
+        "complete",
+        "fake-model",
+    )
     assert alice["rows"] == 3 and alice["errors"] == 0 and alice["engine_calls"] == 3
     assert alice["input_tokens"] == sum(i for i, _ in expected) > 0
     assert alice["output_tokens"] == sum(o for _, o in expected) > 0
@@ -89,8 +98,11 @@ async def test_rows_and_tokens_are_counted_against_the_snowflake_context_headers
     bob = by_user["BOB"]
     assert (bob["role"], bob["query_id"], bob["function"]) == ("ADMIN", "q2", "try_complete")
     assert bob["rows"] == 2 and bob["errors"] == 1 and bob["engine_calls"] == 1  # the bad row cost no engine call
-    history = (tmp_path / "u.db").read_bytes() + (tmp_path / "u.db-wal").read_bytes() \
-        if (tmp_path / "u.db-wal").exists() else (tmp_path / "u.db").read_bytes()
+    history = (
+        (tmp_path / "u.db").read_bytes() + (tmp_path / "u.db-wal").read_bytes()
+        if (tmp_path / "u.db-wal").exists()
+        else (tmp_path / "u.db").read_bytes()
+    )
     assert b"secret customer text" not in history and b"echo:" not in history  # counts and names only
 
 
@@ -103,8 +115,7 @@ async def test_cached_prompt_tokens_and_the_base64_user_header(tmp_path: Path) -
         await wait_ready(app)
         for text in ("hi", "there"):  # the second call reuses the system message: the fake reports it cached
             messages[1]["content"] = text
-            r = await c.post("/functions/complete", **sf_batch([M, messages, options], user=user,
-                                                               base64_user=True))
+            r = await c.post("/functions/complete", **sf_batch([M, messages, options], user=user, base64_user=True))
             assert r.status_code == 200
         (row,) = await usage_rows(c, "user")
     assert row["user"] == user
@@ -122,8 +133,9 @@ async def test_openai_callers_are_anonymous_without_a_key_and_named_with_one(tmp
         await wait_ready(app)
         client = openai.AsyncOpenAI(base_url="http://t/v1", api_key="x", http_client=c)
         await client.chat.completions.create(model="fake-model", messages=[{"role": "user", "content": "hello"}])
-        stream = await client.chat.completions.create(model="fake-model", stream=True,
-                                                      messages=[{"role": "user", "content": "streamed words"}])
+        stream = await client.chat.completions.create(
+            model="fake-model", stream=True, messages=[{"role": "user", "content": "streamed words"}]
+        )
         async for _ in stream:
             pass
         rows = await usage_rows(c, "user,function")
@@ -148,8 +160,7 @@ async def test_history_survives_a_restart(tmp_path: Path) -> None:
 
 
 async def test_get_usage_json_csv_windows_and_errors(tmp_path: Path) -> None:
-    app = create_app(usage_settings(tmp_path / "u.db", credits_per_node_hour=2.0), engine=FakeEngine(),
-                     embedders=[])
+    app = create_app(usage_settings(tmp_path / "u.db", credits_per_node_hour=2.0), engine=FakeEngine(), embedders=[])
     async with in_process(app) as c:
         await wait_ready(app)
         await c.post("/functions/complete", **sf_batch([M, "one two"]))
@@ -186,8 +197,9 @@ async def test_prometheus_counts_by_function_and_model_never_by_user(tmp_path: P
 
 
 async def test_budget_exceeded_on_every_surface(tmp_path: Path) -> None:
-    app = create_app(usage_settings(tmp_path / "u.db", budgets=[{"role": "analyst", "tokens": 5}]),
-                     engine=FakeEngine(), embedders=[])
+    app = create_app(
+        usage_settings(tmp_path / "u.db", budgets=[{"role": "analyst", "tokens": 5}]), engine=FakeEngine(), embedders=[]
+    )
     async with in_process(app) as c:
         await wait_ready(app)
         first = await c.post("/functions/complete", **sf_batch([M, "spend the whole budget here"]))
@@ -207,8 +219,11 @@ async def test_budget_exceeded_on_every_surface(tmp_path: Path) -> None:
 
 
 async def test_openai_gets_429_with_budget_exceeded(tmp_path: Path) -> None:
-    app = create_app(usage_settings(tmp_path / "u.db", budgets=[{"user": "anonymous", "tokens": 1}]),
-                     engine=FakeEngine(), embedders=[])
+    app = create_app(
+        usage_settings(tmp_path / "u.db", budgets=[{"user": "anonymous", "tokens": 1}]),
+        engine=FakeEngine(),
+        embedders=[],
+    )
     async with in_process(app) as c:
         await wait_ready(app)
         client = openai.AsyncOpenAI(base_url="http://t/v1", api_key="x", http_client=c, max_retries=0)
@@ -249,8 +264,9 @@ async def test_overshoot_under_concurrent_batches_stays_within_the_calls_in_flig
     per_call = sum(await engine_tokens(prompts[0][0]))
     async with in_process(app) as c:
         await wait_ready(app)
-        answers = await asyncio.gather(*(
-            c.post("/functions/try_complete", **sf_batch(*[[M, p] for p in ps])) for ps in prompts))
+        answers = await asyncio.gather(
+            *(c.post("/functions/try_complete", **sf_batch(*[[M, p] for p in ps])) for ps in prompts)
+        )
         body = (await c.get("/usage")).json()
     values = [v for a in answers for _, v in a.json()["data"]]
     (total,) = body["rows"]
@@ -277,8 +293,9 @@ def test_sqlite_file_holds_one_row_per_interval_and_key(tmp_path: Path) -> None:
     """The schema's primary key is what makes a retried interval write idempotent."""
     app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[])
     service = app.state.usage
-    service.meter.rows(type("A", (), {"user": "u", "role": "r", "query_id": "q", "function": "f",
-                                      "model": "m"})(), 3, 0)
+    service.meter.rows(
+        type("A", (), {"user": "u", "role": "r", "query_id": "q", "function": "f", "model": "m"})(), 3, 0
+    )
     service.collect()
     interval = service._unwritten[0]
     service.write_pending()
@@ -295,12 +312,14 @@ def test_budget_error_message_matches_cortex() -> None:
 async def test_embedding_rows_count_against_the_embedding_model(tmp_path: Path) -> None:
     from spcs_llm.engines import FakeEmbedder
 
-    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(),
-                     embedders=[FakeEmbedder("fake-embed-768", 768)])
+    app = create_app(
+        usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[FakeEmbedder("fake-embed-768", 768)]
+    )
     async with in_process(app) as c:
         await wait_ready(app)
-        r = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "one"], ["e5-base-v2", "two"],
-                                                                 ["e5-base-v2", "one"]))
+        r = await c.post(
+            "/functions/embed_text_768", **sf_batch(["e5-base-v2", "one"], ["e5-base-v2", "two"], ["e5-base-v2", "one"])
+        )
         assert r.status_code == 200
         rows = await usage_rows(c, "function,model")
     (row,) = rows
@@ -324,15 +343,20 @@ async def test_a_retried_batch_answered_from_memory_is_not_counted_again(tmp_pat
 
 
 async def test_cortex_rest_calls_are_attributed_and_refused_with_402_once_over_budget(tmp_path: Path) -> None:
-    app = create_app(usage_settings(tmp_path / "u.db", budgets=[{"user": "anonymous", "tokens": 6}]),
-                     engine=FakeEngine(), embedders=[])
+    app = create_app(
+        usage_settings(tmp_path / "u.db", budgets=[{"user": "anonymous", "tokens": 6}]),
+        engine=FakeEngine(),
+        embedders=[],
+    )
     body = {"model": "fake-model", "messages": [{"content": "one two three"}], "stream": False}
     async with in_process(app) as c:
         await wait_ready(app)
         first = await c.post("/api/v2/cortex/inference:complete", json=body)
         assert first.status_code == 200
-        refused = [await c.post("/api/v2/cortex/inference:complete", json={**body, "stream": stream})
-                   for stream in (False, True)]
+        refused = [
+            await c.post("/api/v2/cortex/inference:complete", json={**body, "stream": stream})
+            for stream in (False, True)
+        ]
         rows = await usage_rows(c, "user,function")
     assert [r.status_code for r in refused] == [402, 402]
     assert all(b"budget exceeded" in r.content for r in refused)

@@ -74,8 +74,11 @@ def test_kill_9_loses_at_most_the_last_interval_and_never_double_counts(tmp_path
             proc.kill()
             proc.wait()
     # (each interval also holds one idle-time row: these rows cost no engine time)
-    rows = sqlite3.connect(db).execute("SELECT flush_id, COUNT(*), SUM(rows) FROM usage WHERE user != ? "
-                                       "GROUP BY flush_id", (IDLE_USER,)).fetchall()
+    rows = (
+        sqlite3.connect(db)
+        .execute("SELECT flush_id, COUNT(*), SUM(rows) FROM usage WHERE user != ? GROUP BY flush_id", (IDLE_USER,))
+        .fetchall()
+    )
     assert all(count == KEYS_PER_INTERVAL and total == KEYS_PER_INTERVAL for _, count, total in rows)  # no halves
     assert acked <= len(rows) <= acked + 1  # every acknowledged interval is there; at most the one in flight more
     (total,) = sqlite3.connect(db).execute("SELECT SUM(rows) FROM usage").fetchone()
@@ -83,11 +86,12 @@ def test_kill_9_loses_at_most_the_last_interval_and_never_double_counts(tmp_path
 
 
 def _store_with_history(tmp_path: Path, intervals: int = 3) -> UsageService:
-    service = UsageService(UsageSettings(db_path=tmp_path / "u.db", credits_per_node_hour=1.0), [],
-                           CollectorRegistry())
+    service = UsageService(UsageSettings(db_path=tmp_path / "u.db", credits_per_node_hour=1.0), [], CollectorRegistry())
     for i in range(intervals):
-        for attr, rows, errors in ((Attribution("O'BRIEN\\X", "ANALYST", f"q{i}", "complete"), 2, 1),
-                                   (Attribution("BOB", "", "", "chat.completions"), 1, 0)):
+        for attr, rows, errors in (
+            (Attribution("O'BRIEN\\X", "ANALYST", f"q{i}", "complete"), 2, 1),
+            (Attribution("BOB", "", "", "chat.completions"), 1, 0),
+        ):
             token = current.set(attr)
             service.meter.engine_call("fake-model", Usage(7, 3, 1), 0.5)
             current.reset(token)
@@ -113,7 +117,8 @@ def test_export_merges_each_row_once_even_when_retried(tmp_path: Path) -> None:
     assert exporter.export_pending(store) == 0  # nothing new: no statement
     table = fake.rows_of("DB.SCH.SPCS_LLM_USAGE")
     assert sorted((r["FLUSH_ID"], r["USER_NAME"], r["ROW_COUNT"], r["ERRORS"]) for r in table) == sorted(
-        (r["flush_id"], r["user"], r["rows"], r["errors"]) for r in local)
+        (r["flush_id"], r["user"], r["rows"], r["errors"]) for r in local
+    )
     assert {r["USER_NAME"] for r in table} == {"O'BRIEN\\X", "BOB"}  # quotes and backslashes survive
 
     # the acknowledgement of a MERGE is lost: nothing is marked, the retry re-sends it and inserts nothing twice
@@ -150,8 +155,12 @@ def test_export_into_a_missing_table_fails_like_snowflake(tmp_path: Path) -> Non
 
 def test_the_service_exports_what_it_flushes_when_it_stops(tmp_path: Path) -> None:
     fake = _deployed()
-    service = UsageService(UsageSettings(db_path=tmp_path / "u.db"), [], CollectorRegistry(),
-                           exporter=Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE"))
+    service = UsageService(
+        UsageSettings(db_path=tmp_path / "u.db"),
+        [],
+        CollectorRegistry(),
+        exporter=Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE"),
+    )
     service.meter.rows(Attribution("ALICE", "ANALYST", "q", "complete", "m"), 4, 0)
     import asyncio
 
@@ -178,8 +187,12 @@ def test_the_service_creates_its_table_when_deploy_did_not(tmp_path: Path) -> No
 
 def test_spcs_detection_and_table_name(tmp_path: Path) -> None:
     token = tmp_path / "token"
-    env = {"SNOWFLAKE_HOST": "acct.snowflakecomputing.com", "SNOWFLAKE_DATABASE": "LLM_DB",
-           "SNOWFLAKE_SCHEMA": "SERVING", "SNOWFLAKE_ACCOUNT": "ACCT"}
+    env = {
+        "SNOWFLAKE_HOST": "acct.snowflakecomputing.com",
+        "SNOWFLAKE_DATABASE": "LLM_DB",
+        "SNOWFLAKE_SCHEMA": "SERVING",
+        "SNOWFLAKE_ACCOUNT": "ACCT",
+    }
     assert not in_spcs(env, token)
     token.write_text("t0k3n")
     assert in_spcs(env, token)
@@ -194,23 +207,52 @@ def test_sql_parses_as_snowflake_and_the_view_is_shaped_like_cortex() -> None:
     tree = sqlglot.parse_one(view, read="snowflake")
     assert isinstance(tree, exp.Create) and tree.args["kind"] == "VIEW"
     columns = [e.alias_or_name for e in tree.expression.expressions]
-    cortex = ["START_TIME", "END_TIME", "FUNCTION_NAME", "MODEL_NAME", "QUERY_ID", "WAREHOUSE_ID", "TOKENS",
-              "TOKEN_CREDITS"]
+    cortex = [
+        "START_TIME",
+        "END_TIME",
+        "FUNCTION_NAME",
+        "MODEL_NAME",
+        "QUERY_ID",
+        "WAREHOUSE_ID",
+        "TOKENS",
+        "TOKEN_CREDITS",
+    ]
     assert set(cortex) | {"USER_NAME", "ROLE_NAME"} <= set(columns)
-    merge = sql.merge_sql("DB.SCH.SPCS_LLM_USAGE", [{
-        "flush_id": "p-1", "start_time": 1.0, "end_time": 2.5, "user": "it's", "role": "", "query_id": "q",
-        "function": "complete", "model": "m", "rows": 1, "input_tokens": 2, "output_tokens": 3,
-        "cached_tokens": 0, "busy_seconds": 0.25, "errors": 0, "engine_calls": 1, "node_seconds": 1.5,
-        "credits": None}])
+    merge = sql.merge_sql(
+        "DB.SCH.SPCS_LLM_USAGE",
+        [
+            {
+                "flush_id": "p-1",
+                "start_time": 1.0,
+                "end_time": 2.5,
+                "user": "it's",
+                "role": "",
+                "query_id": "q",
+                "function": "complete",
+                "model": "m",
+                "rows": 1,
+                "input_tokens": 2,
+                "output_tokens": 3,
+                "cached_tokens": 0,
+                "busy_seconds": 0.25,
+                "errors": 0,
+                "engine_calls": 1,
+                "node_seconds": 1.5,
+                "credits": None,
+            }
+        ],
+    )
     assert isinstance(sqlglot.parse_one(merge, read="snowflake"), exp.Merge)
     assert sql.literal(float("nan")) == "NULL" and sql.literal("a\\'b") == "'a\\\\''b'"
 
 
 def test_node_time_is_apportioned_by_engine_busy_time() -> None:
     settings = UsageSettings(credits_per_node_hour=3.6)
-    pending = {("A", "R1", "q1", "complete", "m"): [10, 100, 50, 0, 3.0, 0, 10],
-               ("B", "R2", "q2", "complete", "m"): [5, 10, 5, 0, 1.0, 0, 5],
-               ("C", "R2", "q3", "complete", "m"): [7, 0, 0, 0, 0.0, 0, 0]}  # answered from the cache only
+    pending = {
+        ("A", "R1", "q1", "complete", "m"): [10, 100, 50, 0, 3.0, 0, 10],
+        ("B", "R2", "q2", "complete", "m"): [5, 10, 5, 0, 1.0, 0, 5],
+        ("C", "R2", "q3", "complete", "m"): [7, 0, 0, 0, 0.0, 0, 0],
+    }  # answered from the cache only
     rows = {r[3]: r for r in interval_rows("p-1", 1000.0, 1100.0, pending, settings)}
     assert rows["A"][15] == pytest.approx(75.0) and rows["A"][16] == pytest.approx(0.075)
     assert rows["B"][15] == pytest.approx(25.0) and rows["B"][16] == pytest.approx(0.025)
@@ -223,8 +265,11 @@ def test_node_time_is_apportioned_by_engine_busy_time() -> None:
 
 def test_budgets_roll_over_by_utc_day_and_month_and_split_across_instances() -> None:
     now = [datetime(2026, 1, 31, 23, 59, tzinfo=UTC).timestamp()]
-    budgets = Budgets([BudgetSettings(role="analyst", tokens=100), BudgetSettings(tokens=1000, period="month")],
-                      instances=2, clock=lambda: now[0])
+    budgets = Budgets(
+        [BudgetSettings(role="analyst", tokens=100), BudgetSettings(tokens=1000, period="month")],
+        instances=2,
+        clock=lambda: now[0],
+    )
     analyst = ("ALICE", "ANALYST", "q", "complete", "m")
     other = ("BOB", "OPS", "q", "complete", "m")
     assert [b.limit for b in budgets.items] == [50, 500]
@@ -236,7 +281,9 @@ def test_budgets_roll_over_by_utc_day_and_month_and_split_across_instances() -> 
     budgets.check(analyst)
     assert [b.spent for b in budgets.items] == [0, 0]
     assert period_bounds("month", datetime(2024, 2, 10, tzinfo=UTC).timestamp()) == (
-        datetime(2024, 2, 1, tzinfo=UTC).timestamp(), datetime(2024, 3, 1, tzinfo=UTC).timestamp())
+        datetime(2024, 2, 1, tzinfo=UTC).timestamp(),
+        datetime(2024, 3, 1, tzinfo=UTC).timestamp(),
+    )
 
 
 def test_a_stage_volume_is_refused(tmp_path: Path) -> None:
@@ -281,8 +328,12 @@ def test_instances_share_budgets_through_the_exported_table(tmp_path: Path) -> N
     budgets = [BudgetSettings(role="ANALYST", tokens=100)]
 
     def instance(name: str) -> UsageService:
-        return UsageService(UsageSettings(db_path=tmp_path / name / "u.db", budget_instances=4), budgets,
-                            CollectorRegistry(), exporter=Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE"))
+        return UsageService(
+            UsageSettings(db_path=tmp_path / name / "u.db", budget_instances=4),
+            budgets,
+            CollectorRegistry(),
+            exporter=Exporter(lambda: fake, "DB.SCH.SPCS_LLM_USAGE"),
+        )
 
     a, b = instance("a"), instance("b")
     assert [x.limit for x in a.budgets.items] == [100]  # shared through the table: the whole allowance
@@ -315,8 +366,9 @@ def test_instances_share_budgets_through_the_exported_table(tmp_path: Path) -> N
         s.store.close()
 
 
-def test_without_the_connector_inside_spcs_the_history_stays_local(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_connector_inside_spcs_the_history_stays_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from spcs_llm.usage import build
 
     monkeypatch.setattr(build, "in_spcs", lambda: True)

@@ -42,8 +42,9 @@ def req(text: str) -> ChatRequest:
 
 
 def vllm_settings(model: Path, **kw: Any) -> EngineSettings:
-    return Settings.load(overrides={"engine": {"kind": "vllm", "model": str(model),
-                                               "vllm_command": [sys.executable, STANDIN], **kw}}).engine
+    return Settings.load(
+        overrides={"engine": {"kind": "vllm", "model": str(model), "vllm_command": [sys.executable, STANDIN], **kw}}
+    ).engine
 
 
 def launches(record: Path) -> list[dict[str, Any]]:
@@ -68,8 +69,9 @@ def hf_dir(parent: Path, name: str, **config: Any) -> Path:
 
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:  # Qwen2.5-7B-Instruct's config.json numbers
-    return hf_dir(tmp_path, "Qwen2.5-7B-Instruct", num_attention_heads=28, num_key_value_heads=4,
-                  max_position_embeddings=32768)
+    return hf_dir(
+        tmp_path, "Qwen2.5-7B-Instruct", num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768
+    )
 
 
 @pytest.fixture
@@ -78,17 +80,45 @@ def embed_dir(tmp_path: Path) -> Path:  # snowflake-arctic-embed-m-v1.5: BERT-ba
 
 
 def standin_env(tmp_path: Path, version: str = "0.11.0", gpus: int = 2, **extra: str) -> dict[str, str]:
-    return {**os.environ, "STANDIN_RECORD": str(tmp_path / "launches.jsonl"), "STANDIN_VLLM_VERSION": version,
-            "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus)), **extra}
+    return {
+        **os.environ,
+        "STANDIN_RECORD": str(tmp_path / "launches.jsonl"),
+        "STANDIN_VLLM_VERSION": version,
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(gpus)),
+        **extra,
+    }
 
 
 def test_serve_args_from_config_and_gpus(model_dir: Path) -> None:
-    s = vllm_settings(model_dir, context_window=8192, gpu_memory_utilization=0.85, upstream_concurrency=128,
-                      vllm_extra_args=["--dtype", "bfloat16"])
+    s = vllm_settings(
+        model_dir,
+        context_window=8192,
+        gpu_memory_utilization=0.85,
+        upstream_concurrency=128,
+        vllm_extra_args=["--dtype", "bfloat16"],
+    )
     assert serve_args(str(model_dir), "qwen2.5-7b-instruct", 9100, s, gpus=4) == [
-        "serve", str(model_dir), "--host", "127.0.0.1", "--port", "9100", "--served-model-name", "qwen2.5-7b-instruct",
-        "--tensor-parallel-size", "4", "--gpu-memory-utilization", "0.85", "--max-num-seqs", "128",
-        "--enable-prefix-caching", "--enable-prompt-tokens-details", "--max-model-len", "8192", "--dtype", "bfloat16"]
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9100",
+        "--served-model-name",
+        "qwen2.5-7b-instruct",
+        "--tensor-parallel-size",
+        "4",
+        "--gpu-memory-utilization",
+        "0.85",
+        "--max-num-seqs",
+        "128",
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+        "--max-model-len",
+        "8192",
+        "--dtype",
+        "bfloat16",
+    ]
     # without a configured context the catalogue's is used; with no GPU seen, tensor parallel is 1
     args = serve_args("/m", "qwen2.5-7b-instruct", 9100, vllm_settings(model_dir), gpus=0)
     assert args[args.index("--max-model-len") + 1] == "32768" and args[args.index("--tensor-parallel-size") + 1] == "1"
@@ -105,8 +135,21 @@ def test_embedding_child_args(model_dir: Path) -> None:
 
 
 # (attention heads, KV heads, GPUs, size): the largest power of two <= GPUs that splits both evenly (M3)
-TP_CASES = [(28, 4, 8, 4), (28, 4, 2, 2), (12, 12, 8, 4), (14, 2, 8, 2), (32, 8, 8, 8), (40, 8, 8, 8), (9, 3, 8, 1),
-            (16, 8, 4, 4), (64, 8, 6, 4), (32, 2, 8, 8), (0, 0, 8, 8), (28, 4, 0, 1), (24, 8, 8, 8)]
+TP_CASES = [
+    (28, 4, 8, 4),
+    (28, 4, 2, 2),
+    (12, 12, 8, 4),
+    (14, 2, 8, 2),
+    (32, 8, 8, 8),
+    (40, 8, 8, 8),
+    (9, 3, 8, 1),
+    (16, 8, 4, 4),
+    (64, 8, 6, 4),
+    (32, 2, 8, 8),
+    (0, 0, 8, 8),
+    (28, 4, 0, 1),
+    (24, 8, 8, 8),
+]
 
 
 @pytest.mark.parametrize(("heads", "kv", "gpus", "size"), TP_CASES)
@@ -132,12 +175,12 @@ def test_attention_heads_from_the_catalogue_or_config_json(tmp_path: Path) -> No
 
 def test_config_refuses_gpu_memory_over_one(model_dir: Path) -> None:
     with pytest.raises(ValueError, match="over 1"):
-        vllm_settings(model_dir, embedding_model="/e", gpu_memory_utilization=0.95,
-                      embedding_gpu_memory_utilization=0.1)
+        vllm_settings(
+            model_dir, embedding_model="/e", gpu_memory_utilization=0.95, embedding_gpu_memory_utilization=0.1
+        )
 
 
-@pytest.mark.parametrize(("visible", "count"), [("0,1,2", 3), ("3", 1), ("", 0), ("-1", 0),
-                                                ("GPU-8a1b,GPU-22cd", 2)])
+@pytest.mark.parametrize(("visible", "count"), [("0,1,2", 3), ("3", 1), ("", 0), ("-1", 0), ("GPU-8a1b,GPU-22cd", 2)])
 def test_visible_gpus_from_cuda_visible_devices(visible: str, count: int) -> None:
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": visible}) == count
 
@@ -152,20 +195,24 @@ def test_visible_gpus_from_nvidia_smi(tmp_path: Path, monkeypatch: pytest.Monkey
     assert visible_gpus({}) == 0
 
 
-def test_resolve_model_local_dir_catalogue_name_and_unknown(model_dir: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_model_local_dir_catalogue_name_and_unknown(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert resolve_model(str(model_dir), None) == (str(model_dir), "qwen2.5-7b-instruct")
     calls: list[tuple[str, Any]] = []
 
-    def ensure_model(name: str, *, cache_dir: Path | None = None, offline: bool = False,
-                     sources: list[Any] | None = None) -> Path:
+    def ensure_model(
+        name: str, *, cache_dir: Path | None = None, offline: bool = False, sources: list[Any] | None = None
+    ) -> Path:
         calls.append((name, cache_dir, offline, [s.endpoint for s in sources or []]))
         return tmp_path / "cache" / name
 
     monkeypatch.setattr("spcs_llm.models.download.ensure_model", ensure_model)
     downloads = DownloadSettings(sources="modelscope,hf=http://mirror.test", offline=True)
     assert resolve_model("qwen2.5-1.5b-instruct", tmp_path, downloads) == (
-        str(tmp_path / "cache" / "qwen2.5-1.5b-instruct"), "qwen2.5-1.5b-instruct")
+        str(tmp_path / "cache" / "qwen2.5-1.5b-instruct"),
+        "qwen2.5-1.5b-instruct",
+    )
     (name, cache, offline, urls) = calls[0]
     assert (name, cache, offline) == ("qwen2.5-1.5b-instruct", tmp_path, True)
     assert urls[1] == "http://mirror.test"  # the [downloads] sources, in their order
@@ -234,30 +281,40 @@ async def test_no_gpu_is_a_clear_start_up_error(model_dir: Path, tmp_path: Path)
 
 async def test_a_flag_vllm_does_not_know_fails_start_up_as_vllm_does(model_dir: Path, tmp_path: Path) -> None:
     engine = VllmEngine(vllm_settings(model_dir, vllm_extra_args=["--bogus-flag", "1"]), env=standin_env(tmp_path))
-    with pytest.raises(EngineUnavailable, match=r"exited with code 2 (.|\n)*vllm: error: unrecognized arguments: "
-                                                r"--bogus-flag 1"):
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"exited with code 2 (.|\n)*vllm: error: unrecognized arguments: "
+        r"--bogus-flag 1",
+    ):
         await engine.start()
     await engine.aclose()
 
 
 def test_standin_refuses_what_vllm_0_11_0_refuses(embed_dir: Path) -> None:
     """The stand-in's own strictness, so that the tests above mean something: argparse and the heads check."""
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, STANDIN, *args], capture_output=True, text=True, timeout=60)
 
     bad_choice = run("serve", str(embed_dir), "--runner", "embed")
-    assert bad_choice.returncode == 2 and "vllm serve: error: argument --runner: invalid choice: 'embed'" in \
-        bad_choice.stderr
+    assert (
+        bad_choice.returncode == 2
+        and "vllm serve: error: argument --runner: invalid choice: 'embed'" in bad_choice.stderr
+    )
     typo = run("serve", str(embed_dir), "--enable-prefix-cache", "--port", "8000")  # ambiguous with no match
     assert typo.returncode == 2 and "unrecognized arguments: --enable-prefix-cache" in typo.stderr
     indivisible = run("serve", str(embed_dir), "--port", "1", "--tensor-parallel-size", "8")
-    assert indivisible.returncode == 1 and ("ValueError: Total number of attention heads (12) must be divisible by "
-                                            "tensor parallel size (8).") in indivisible.stderr
+    assert (
+        indivisible.returncode == 1
+        and ("ValueError: Total number of attention heads (12) must be divisible by tensor parallel size (8).")
+        in indivisible.stderr
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_eight_gpus_start_chat_at_a_valid_size_then_embeddings_at_one(
-        model_dir: Path, embed_dir: Path, tmp_path: Path, version: str) -> None:
+    model_dir: Path, embed_dir: Path, tmp_path: Path, version: str
+) -> None:
     from spcs_llm.engines.openai_http import OpenAIEmbedder
     from spcs_llm.engines.vllm import free_port
 
@@ -265,8 +322,9 @@ async def test_eight_gpus_start_chat_at_a_valid_size_then_embeddings_at_one(
     port = free_port()
     settings = vllm_settings(model_dir, embedding_model=str(embed_dir), embedding_port=port)
     engine = VllmEngine(settings, env=standin_env(tmp_path, version, gpus=8))
-    embedder = OpenAIEmbedder(f"http://127.0.0.1:{port}/v1", "snowflake-arctic-embed-m-v1.5", dimension=4,
-                              startup_timeout_s=60)
+    embedder = OpenAIEmbedder(
+        f"http://127.0.0.1:{port}/v1", "snowflake-arctic-embed-m-v1.5", dimension=4, startup_timeout_s=60
+    )
     try:
         starting = asyncio.ensure_future(engine.start())
         await wait_for(lambda: asyncio.sleep(0, len(engine.children) == 2))
@@ -303,8 +361,7 @@ async def test_vllm_older_than_0_11_0_is_refused_at_start(model_dir: Path, tmp_p
 async def test_complete_on_a_4096_context_model_is_clamped_not_refused(tmp_path: Path, version: str) -> None:
     """M1: yi-1.5-6b-chat has 4096 tokens of context and COMPLETE's cap is 4096 output tokens. vLLM 0.11.0
     refuses prompt + max_tokens over 4096; the engine asks again for what fits and the answer says "length"."""
-    yi = hf_dir(tmp_path, "Yi-1.5-6B-Chat", num_attention_heads=32, num_key_value_heads=4,
-                max_position_embeddings=4096)
+    yi = hf_dir(tmp_path, "Yi-1.5-6B-Chat", num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=4096)
     engine = VllmEngine(vllm_settings(yi), env=standin_env(tmp_path, version))
     await engine.start()
     try:
@@ -349,8 +406,9 @@ async def test_engine_death_mid_stream_is_a_retryable_503(model_dir: Path, tmp_p
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_long_text_embeds_truncated_beside_63_short_ones(embed_dir: Path, model_dir: Path, tmp_path: Path,
-                                                               version: str) -> None:
+async def test_long_text_embeds_truncated_beside_63_short_ones(
+    embed_dir: Path, model_dir: Path, tmp_path: Path, version: str
+) -> None:
     """M2: vLLM refuses a text over 512 tokens, failing the whole call; spcs-llm asks it to truncate, and a text
     an upstream still refuses fails only its own row."""
     from spcs_llm.engines.openai_http import OpenAIEmbedder
@@ -386,21 +444,46 @@ async def test_long_text_embeds_truncated_beside_63_short_ones(embed_dir: Path, 
 
 def test_build_engine_picks_vllm_and_openai(model_dir: Path) -> None:
     assert isinstance(build_engine(vllm_settings(model_dir)), VllmEngine)
-    openai = build_engine(Settings.load(overrides={"engine": {"kind": "openai", "upstream": "http://h:1/v1",
-                                                              "model": "m"}}).engine)
+    openai = build_engine(
+        Settings.load(overrides={"engine": {"kind": "openai", "upstream": "http://h:1/v1", "model": "m"}}).engine
+    )
     assert openai.kind == "openai" and openai.structured_output == "response_format"  # type: ignore[attr-defined]
 
 
 def test_cli_flags_reach_the_engine_settings() -> None:
     from spcs_llm.cli import _overrides, _parser
 
-    args = _parser().parse_args([
-        "serve", "--engine", "vllm", "--model", "qwen2.5-7b-instruct", "--gpus", "2", "--context-window", "8192",
-        "--gpu-memory-utilization", "0.8", "--upstream-concurrency", "32", "--structured-output", "response_format",
-        "--vllm-command", "python3 -m vllm.entrypoints.cli.main", "--embedding-model", "/e"])
+    args = _parser().parse_args(
+        [
+            "serve",
+            "--engine",
+            "vllm",
+            "--model",
+            "qwen2.5-7b-instruct",
+            "--gpus",
+            "2",
+            "--context-window",
+            "8192",
+            "--gpu-memory-utilization",
+            "0.8",
+            "--upstream-concurrency",
+            "32",
+            "--structured-output",
+            "response_format",
+            "--vllm-command",
+            "python3 -m vllm.entrypoints.cli.main",
+            "--embedding-model",
+            "/e",
+        ]
+    )
     e = Settings.load(overrides=_overrides(args)).engine
     assert (e.kind, e.model, e.gpus, e.context_window, e.gpu_memory_utilization) == (
-        "vllm", "qwen2.5-7b-instruct", 2, 8192, 0.8)
+        "vllm",
+        "qwen2.5-7b-instruct",
+        2,
+        8192,
+        0.8,
+    )
     assert (e.upstream_concurrency, e.structured_output, e.embedding_model) == (32, "response_format", "/e")
     assert e.vllm_command == ["python3", "-m", "vllm.entrypoints.cli.main"]
     args = _parser().parse_args(["serve", "--engine", "openai", "--upstream", "http://h:8000/v1", "--model", "m"])
@@ -441,14 +524,18 @@ async def test_health_names_the_child_that_is_not_ready() -> None:
 async def test_a_model_whose_weights_cannot_fit_the_gpus_is_a_clear_start_up_error(tmp_path: Path) -> None:
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
-    smi.write_text("#!/bin/sh\ncase \"$1\" in -L) echo 'GPU 0: NVIDIA A10G (UUID: GPU-1)';;\n"
-                   "*) echo 23028;; esac\n")  # an A10G: 22.5 GiB
+    smi.write_text(
+        "#!/bin/sh\ncase \"$1\" in -L) echo 'GPU 0: NVIDIA A10G (UUID: GPU-1)';;\n*) echo 23028;; esac\n"
+    )  # an A10G: 22.5 GiB
     smi.chmod(0o755)
     qwen3 = hf_dir(tmp_path, "Qwen3-32B", num_attention_heads=64, num_key_value_heads=8)
     env = {**standin_env(tmp_path, gpus=1), "PATH": f"{smi.parent}:{os.environ['PATH']}"}
     engine = VllmEngine(vllm_settings(qwen3), env=env)
-    with pytest.raises(EngineUnavailable, match=r"qwen3-32b's weights take about 61\.1 GiB per GPU at tensor-parallel "
-                                                r"size 1, more than the 20\.2 GiB .* of a 22 GiB GPU"):
+    with pytest.raises(
+        EngineUnavailable,
+        match=r"qwen3-32b's weights take about 61\.1 GiB per GPU at tensor-parallel "
+        r"size 1, more than the 20\.2 GiB .* of a 22 GiB GPU",
+    ):
         await engine.start()
     assert launches(tmp_path / "launches.jsonl") == []  # refused before vLLM is launched
     from spcs_llm.engines.vllm import weights_do_not_fit

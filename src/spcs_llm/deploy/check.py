@@ -46,21 +46,38 @@ def check_role(cfg: DeployConfig, s: Session, admin_pending: bool) -> list[Item]
         s.use_role(cfg.deployer)
     except Exception as exc:
         status = TODO if admin_pending else MISSING
-        return [Item(status, f"deploy role {cfg.deployer}", _first_line(exc),
-                     [f"an admin runs `spcs-llm deploy --admin-sql` (it creates the role), then "
-                      f"GRANT ROLE {cfg.deployer} TO USER <you>"])]
+        return [
+            Item(
+                status,
+                f"deploy role {cfg.deployer}",
+                _first_line(exc),
+                [
+                    f"an admin runs `spcs-llm deploy --admin-sql` (it creates the role), then "
+                    f"GRANT ROLE {cfg.deployer} TO USER <you>"
+                ],
+            )
+        ]
     role = s.current_role()
     if role in PRIVILEGED_ROLES or role != cfg.deployer:
-        return [Item(MISSING, f"current role {role}",
-                     f"deploy must run as {cfg.deployer}; Snowflake refuses a service owned by "
-                     f"{'/'.join(PRIVILEGED_ROLES)}", [f"USE ROLE {cfg.deployer}"])]
+        return [
+            Item(
+                MISSING,
+                f"current role {role}",
+                f"deploy must run as {cfg.deployer}; Snowflake refuses a service owned by {'/'.join(PRIVILEGED_ROLES)}",
+                [f"USE ROLE {cfg.deployer}"],
+            )
+        ]
     return [Item(OK, f"deploy role {cfg.deployer}", "in use, not a privileged role")]
 
 
 def _admin_item(ex: Executor, step: Step, admin_pending: bool) -> Item:
     if step.kind == "network_rule":  # owned by the admin; the deploy role cannot SHOW it
-        return Item(SKIP, step.label, "owned by the admin role and not visible to the deploy role; "
-                                      "`--admin-sql` keeps it in step with the mirrors")
+        return Item(
+            SKIP,
+            step.label,
+            "owned by the admin role and not visible to the deploy role; "
+            "`--admin-sql` keeps it in step with the mirrors",
+        )
     try:
         action = ex.compare_step(step)
     except DeployError as exc:
@@ -88,8 +105,14 @@ def check_cloud(cfg: DeployConfig, s: Session) -> list[Item]:
         return [Item(WARN, "region", f"cannot tell: {_first_line(exc)}")]
     cloud = next((c for c in ("aws", "azure", "gcp") if region.split(".")[-1].startswith(c.upper() + "_")), None)
     if cloud == "gcp" and cfg.volumes.model_cache == "stage":
-        return [Item(MISSING, f"region {region}", "stage volumes are not available on Google Cloud",
-                     ['set volumes.model_cache = "block" (or cloud = "gcp", which makes it the default)'])]
+        return [
+            Item(
+                MISSING,
+                f"region {region}",
+                "stage volumes are not available on Google Cloud",
+                ['set volumes.model_cache = "block" (or cloud = "gcp", which makes it the default)'],
+            )
+        ]
     if cloud and cfg.cloud and cloud != cfg.cloud:
         return [Item(WARN, f"region {region}", f"the config says cloud = {cfg.cloud!r}")]
     return [Item(OK, f"region {region}", f"model cache: {cfg.volumes.model_cache} volume")]
@@ -100,16 +123,23 @@ def check_family(cfg: DeployConfig, s: Session) -> list[Item]:
     try:
         rows = instance_families(s)
     except Exception as exc:
-        return [Item(WARN, f"instance family {family}", f"SHOW COMPUTE POOL INSTANCE FAMILIES failed: "
-                                                        f"{_first_line(exc)}")]
+        return [
+            Item(WARN, f"instance family {family}", f"SHOW COMPUTE POOL INSTANCE FAMILIES failed: {_first_line(exc)}")
+        ]
     names = [str(r.get("name", "")).upper() for r in rows]
     if family in names:
         row = rows[names.index(family)]
         gpus = f", {row.get('gpu_count')} x {row.get('gpu')}" if row.get("gpu") else ""
         items = [Item(OK, f"instance family {family}", f"{row.get('vcpu')} vCPU, {row.get('memory_gib')} GiB{gpus}")]
         return items + check_memory(cfg, float(row.get("memory_gib") or 0))
-    return [Item(MISSING, f"instance family {family}", "not available in this account's region",
-                 [f"set compute_pool.instance_family to one of: {', '.join(names) or '(none listed)'}"])]
+    return [
+        Item(
+            MISSING,
+            f"instance family {family}",
+            "not available in this account's region",
+            [f"set compute_pool.instance_family to one of: {', '.join(names) or '(none listed)'}"],
+        )
+    ]
 
 
 def gib(size: str) -> float:
@@ -132,10 +162,14 @@ def check_memory(cfg: DeployConfig, node_gib: float, headroom: float = 2.0) -> l
     if need <= node_gib - headroom:
         return []
     most = max(node_gib - headroom - shm, 1)
-    return [Item(WARN, f"memory {cfg.service.memory}" + (f" + /dev/shm {cfg.volumes.shm_size}" if cfg.service.gpus
-                                                         else ""),
-                 f"{need:g} GiB of the node's {node_gib:g} GiB leaves under {headroom:g} GiB for the system",
-                 [f"lower service.memory to at most {most:g}Gi, or leave it unset (the limit is then the node's)"])]
+    return [
+        Item(
+            WARN,
+            f"memory {cfg.service.memory}" + (f" + /dev/shm {cfg.volumes.shm_size}" if cfg.service.gpus else ""),
+            f"{need:g} GiB of the node's {node_gib:g} GiB leaves under {headroom:g} GiB for the system",
+            [f"lower service.memory to at most {most:g}Gi, or leave it unset (the limit is then the node's)"],
+        )
+    ]
 
 
 def instance_families(s: Session) -> list[dict[str, Any]]:
@@ -170,8 +204,10 @@ def image_digest(cfg: DeployConfig, s: Session) -> str:
 def check_image(cfg: DeployConfig, s: Session) -> list[Item]:
     repo = cfg.fq(cfg.image.repository)
     what = f"image {cfg.image.name}:{cfg.image.tag} in {repo}"
-    fix = ["run `spcs-llm image push` first (it creates the repository if needed); Snowflake resolves the image "
-           "when the service is created"]
+    fix = [
+        "run `spcs-llm image push` first (it creates the repository if needed); Snowflake resolves the image "
+        "when the service is created"
+    ]
     try:
         present = image_present(cfg, s)
     except Exception as exc:
@@ -192,9 +228,17 @@ def check_warehouse(cfg: DeployConfig, s: Session) -> list[Item]:
         return [Item(WARN, "warehouse", f"cannot tell: {_first_line(exc)}")]
     if name:
         return [Item(OK, f"warehouse {name}", "for the test calls of `spcs-llm status`")]
-    return [Item(WARN, "warehouse", "none in use: `spcs-llm status` cannot make its test calls",
-                 ["set warehouse = \"<NAME>\" in spcs-llm.toml (the admin phase grants USAGE on it), or give the "
-                  "connection a default warehouse"])]
+    return [
+        Item(
+            WARN,
+            "warehouse",
+            "none in use: `spcs-llm status` cannot make its test calls",
+            [
+                'set warehouse = "<NAME>" in spcs-llm.toml (the admin phase grants USAGE on it), or give the '
+                "connection a default warehouse"
+            ],
+        )
+    ]
 
 
 def check_event_table(cfg: DeployConfig, s: Session) -> list[Item]:
@@ -207,10 +251,19 @@ def check_event_table(cfg: DeployConfig, s: Session) -> list[Item]:
     if value:
         return [Item(OK, f"event table {value}", "service logs are exported there")]
     table = f"{cfg.schema_fq}.SPCS_LLM_EVENTS"
-    return [Item(WARN, "event table", "none set for the account: service logs are not kept (logs still work "
-                                      "through SYSTEM$GET_SERVICE_LOGS while a container runs)",
-                 [f"USE ROLE {admin_role(cfg)}", f"CREATE EVENT TABLE IF NOT EXISTS {table}",
-                  f"ALTER ACCOUNT SET EVENT_TABLE = {table}"])]
+    return [
+        Item(
+            WARN,
+            "event table",
+            "none set for the account: service logs are not kept (logs still work "
+            "through SYSTEM$GET_SERVICE_LOGS while a container runs)",
+            [
+                f"USE ROLE {admin_role(cfg)}",
+                f"CREATE EVENT TABLE IF NOT EXISTS {table}",
+                f"ALTER ACCOUNT SET EVENT_TABLE = {table}",
+            ],
+        )
+    ]
 
 
 def preflight(cfg: DeployConfig, s: Session, admin_pending: bool = False) -> list[Item]:
@@ -232,8 +285,10 @@ def checklist(cfg: DeployConfig, items: list[Item], out: Callable[[str], None] =
         for line in it.fix:
             out(f"           fix: {line}")
     blocking = sum(it.blocks for it in items)
-    if any(it.blocks and it.what.split()[0] in {"role", "grant", "database", "schema", "compute", "integration"}
-           for it in items):
+    if any(
+        it.blocks and it.what.split()[0] in {"role", "grant", "database", "schema", "compute", "integration"}
+        for it in items
+    ):
         out("  The admin phase is incomplete: an admin runs the output of `spcs-llm deploy --admin-sql`.")
     out(f"{blocking} blocking" if blocking else "nothing blocks the deploy")
 
@@ -253,13 +308,22 @@ def account_gpu_families(s: Session) -> list[Any]:
     for r in instance_families(s):
         count = int(r.get("gpu_count") or 0)
         if count > 0:
-            out.append(GpuFamily(str(r["name"]).upper(), "account", str(r.get("gpu") or "GPU"), count,
-                                 float(r.get("gpu_memory_gib") or 0), bf16="T4" not in str(r.get("gpu") or "")))
+            out.append(
+                GpuFamily(
+                    str(r["name"]).upper(),
+                    "account",
+                    str(r.get("gpu") or "GPU"),
+                    count,
+                    float(r.get("gpu_memory_gib") or 0),
+                    bf16="T4" not in str(r.get("gpu") or ""),
+                )
+            )
     return out
 
 
-def recommend_in_account(info: Any, families: list[Any], context: int, concurrency: int,
-                         utilization: float) -> list[Any]:
+def recommend_in_account(
+    info: Any, families: list[Any], context: int, concurrency: int, utilization: float
+) -> list[Any]:
     """Every family of the account that fits ``info``, smallest first (sizing.fit on each)."""
     from ..models.sizing import fit
 

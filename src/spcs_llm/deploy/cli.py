@@ -38,13 +38,21 @@ def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_commands(sub: argparse._SubParsersAction) -> None:
     d = _with_config(sub.add_parser("deploy", help="create or update everything in Snowflake from the config"))
     d.add_argument("--dry-run", action="store_true", help="print every statement and file; connect to nothing")
-    d.add_argument("--sql", action="store_true",
-                   help="with --dry-run: print only the runnable SQL script (e.g. > deploy.sql for SnowSQL)")
-    d.add_argument("--admin-sql", action="store_true",
-                   help="print the one-time admin script (roles, pool, integration, grants); connect to nothing")
-    d.add_argument("--check", action="store_true",
-                   help="pre-flight: check role, grants, instance family, image, warehouse, event table; "
-                        "create nothing")
+    d.add_argument(
+        "--sql",
+        action="store_true",
+        help="with --dry-run: print only the runnable SQL script (e.g. > deploy.sql for SnowSQL)",
+    )
+    d.add_argument(
+        "--admin-sql",
+        action="store_true",
+        help="print the one-time admin script (roles, pool, integration, grants); connect to nothing",
+    )
+    d.add_argument(
+        "--check",
+        action="store_true",
+        help="pre-flight: check role, grants, instance family, image, warehouse, event table; create nothing",
+    )
     d.add_argument("--admin-role", help="run the admin phase too, as this role (default: [roles] admin)")
     image = sub.add_parser("image", help="build the container image, or push it to the image repository")
     isub = image.add_subparsers(dest="image_command", required=True)
@@ -66,8 +74,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _with_config(sub.add_parser("resume", help="resume the compute pool, then the service"))
     t = _with_config(sub.add_parser("teardown", help="drop what deploy created (asks first)"))
     t.add_argument("--yes", action="store_true", help="do not ask")
-    t.add_argument("--purge", action="store_true",
-                   help="also drop the image repository, the model stage and the deploy role")
+    t.add_argument(
+        "--purge", action="store_true", help="also drop the image repository, the model stage and the deploy role"
+    )
     t.add_argument("--admin-role", help="drop the account-level objects too, as this role (default: [roles] admin)")
     t.add_argument("--dry-run", action="store_true", help="print the DROP statements only")
 
@@ -82,8 +91,10 @@ def _session(cfg: DeployConfig) -> Session:
     try:
         s.use_role(cfg.deployer)
     except DeployError as exc:
-        raise DeployError(f"cannot use the deploy role {cfg.deployer}: {exc}. An admin runs "
-                          f"`spcs-llm deploy --admin-sql` and grants the role to you") from exc
+        raise DeployError(
+            f"cannot use the deploy role {cfg.deployer}: {exc}. An admin runs "
+            f"`spcs-llm deploy --admin-sql` and grants the role to you"
+        ) from exc
     if cfg.warehouse:  # status test calls are SELECTs and need one
         s.query(f"USE WAREHOUSE {cfg.warehouse}")
     return s
@@ -115,8 +126,14 @@ def _admin_phase(cfg: DeployConfig, s: Session, role: str, out: Out) -> None:
     Executor(s, out).apply(steps)
 
 
-def run_deploy(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], admin: str | None = None,
-               out: Out = print, err: Out = _stderr) -> int:
+def run_deploy(
+    cfg: DeployConfig,
+    s: Session,
+    functions: Mapping[str, SqlFunction],
+    admin: str | None = None,
+    out: Out = print,
+    err: Out = _stderr,
+) -> int:
     """deploy: [the admin phase as ``admin``], the pre-flight as the deploy role, then the deploy phase.
     Nothing is created when the pre-flight finds something blocking. Returns the exit status."""
     for w in cfg.warnings():
@@ -131,16 +148,20 @@ def run_deploy(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunctio
     out(f"deploy phase, as {cfg.deployer}:")
     ex = Executor(s, out)
     digest = check.image_digest(cfg, s)
-    steps = [render.with_image_digest(st, digest) if st.kind == "service" else st
-             for st in render.deploy_steps(cfg, functions)]
+    steps = [
+        render.with_image_digest(st, digest) if st.kind == "service" else st
+        for st in render.deploy_steps(cfg, functions)
+    ]
     actions = ex.apply(steps)
     changed = sum(a.verb not in ("unchanged", "skipped", "refused") for a in actions)
     out(f"deploy: {changed} of {len(actions)} objects changed")
     if ex.refused:
         first = next(iter(ex.refused))
-        err(f"spcs-llm deploy: Snowflake refused the function name(s) {', '.join(ex.refused)} "
+        err(
+            f"spcs-llm deploy: Snowflake refused the function name(s) {', '.join(ex.refused)} "
             f"({ex.refused[first]}); everything else is deployed. Rename them in spcs-llm.toml, e.g. "
-            f"[functions] rename = {{ {first} = \"SPCS_{first}\" }}, and deploy again")
+            f'[functions] rename = {{ {first} = "SPCS_{first}" }}, and deploy again'
+        )
         return 1
     return 0
 
@@ -170,8 +191,10 @@ def recommend_connected(info: object, args: argparse.Namespace) -> int:
         return 2
     ctx = args.context or info.context_window  # type: ignore[attr-defined]
     picks = check.recommend_in_account(info, families, ctx, args.concurrency, args.utilization)
-    print(f"{info.name}: context {ctx} x {args.concurrency} concurrent sequences "  # type: ignore[attr-defined]
-          f"(instance families of this account's region)")
+    print(
+        f"{info.name}: context {ctx} x {args.concurrency} concurrent sequences "  # type: ignore[attr-defined]
+        f"(instance families of this account's region)"
+    )
     for r in picks:
         f, e = r.family, r.estimate
         print(f"  {f.name:22} {f.gpus} x {f.gpu} ({f.gib_per_gpu:g} GiB each)")
@@ -204,14 +227,20 @@ def _image(cfg: DeployConfig, args: argparse.Namespace) -> int:
                 repo = next(st for st in render.deploy_steps(cfg, {}) if st.kind == "image_repository")
                 if args.dry_run:
                     print(f"$ (SQL) {repo.sql}")
-                    rows = [{"repository_url": "ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/"
-                                               + "/".join(cfg.fq(cfg.image.repository).lower().split("."))}]
+                    rows = [
+                        {
+                            "repository_url": "ORGNAME-ACCOUNTNAME.registry.snowflakecomputing.com/"
+                            + "/".join(cfg.fq(cfg.image.repository).lower().split("."))
+                        }
+                    ]
                 else:
                     s.query(repo.sql)
                     rows = s.show("IMAGE REPOSITORIES", cfg.image.repository, f"SCHEMA {cfg.schema_fq}")
             if not rows:
-                raise DeployError(f"image repository {cfg.fq(cfg.image.repository)} does not exist and could not "
-                                  "be created: run `spcs-llm deploy --check`")
+                raise DeployError(
+                    f"image repository {cfg.fq(cfg.image.repository)} does not exist and could not "
+                    "be created: run `spcs-llm deploy --check`"
+                )
             url = str(rows[0]["repository_url"])
         user = user or str(s.query("SELECT CURRENT_USER() AS u")[0]["u"])
     token = os.environ.get(cfg.image.pat_env)
@@ -243,8 +272,10 @@ def _teardown(cfg: DeployConfig, args: argparse.Namespace) -> int:
         s.use_role(admin)
         ops.teardown(s, plan.admin)
     else:
-        print(f"teardown: the account-level objects are left to an admin (or pass --admin-role):\n"
-              f"USE ROLE {render.admin_role(cfg)};\n" + "\n".join(f"{x};" for x in plan.admin))
+        print(
+            f"teardown: the account-level objects are left to an admin (or pass --admin-role):\n"
+            f"USE ROLE {render.admin_role(cfg)};\n" + "\n".join(f"{x};" for x in plan.admin)
+        )
     return 0
 
 

@@ -97,8 +97,10 @@ class Model(_Section):
 
 class Volumes(_Section):
     model_cache: Literal["stage", "block"] | None = Field(
-        None, description="Where downloaded weights persist (default: stage; block on Google Cloud, which has no "
-                          "stage volumes)")
+        None,
+        description="Where downloaded weights persist (default: stage; block on Google Cloud, which has no "
+        "stage volumes)",
+    )
     stage: str = Field("SPCS_LLM_MODELS", description="Stage name for a stage volume (in database.schema)")
     block_size: str = Field("200Gi", description="Size of the block volume (model_cache = block)")
     mount: str = Field("/models", pattern=r"^/", description="Where the model cache is mounted")
@@ -124,9 +126,12 @@ class Volumes(_Section):
 
 class Service(_Section):
     name: str = Field("SPCS_LLM_SERVICE", description="Service name (in database.schema)")
-    endpoint: str = Field("api", pattern=r"^[a-z][a-z0-9]{0,62}$",
-                          description="Endpoint the functions call (lower-case letters and digits: it is an "
-                                      "unquoted identifier in CREATE FUNCTION ... ENDPOINT = <name>)")
+    endpoint: str = Field(
+        "api",
+        pattern=r"^[a-z][a-z0-9]{0,62}$",
+        description="Endpoint the functions call (lower-case letters and digits: it is an "
+        "unquoted identifier in CREATE FUNCTION ... ENDPOINT = <name>)",
+    )
     port: int = Field(8001, ge=1024, le=65535, description="Port spcs-llm serve listens on in the container")
     min_instances: int = Field(1, ge=1, description="MIN_INSTANCES")
     max_instances: int = Field(1, ge=1, description="MAX_INSTANCES (Snowflake's load balancer spreads batches)")
@@ -136,8 +141,11 @@ class Service(_Section):
     auto_suspend_secs: int = Field(0, ge=0, description="AUTO_SUSPEND_SECS of the service (0 = never, else >= 300)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level")
     env: dict[str, str] = Field(default_factory=dict, description="Extra container environment (e.g. HF_ENDPOINT)")
-    public: bool = Field(False, description="Expose the endpoint through SPCS ingress, for the Cortex REST routes "
-                         "from outside Snowflake (callers authenticated by Snowflake; see python-and-rest.md)")
+    public: bool = Field(
+        False,
+        description="Expose the endpoint through SPCS ingress, for the Cortex REST routes "
+        "from outside Snowflake (callers authenticated by Snowflake; see python-and-rest.md)",
+    )
 
     _name = field_validator("name")(_ident)
 
@@ -148,12 +156,16 @@ class Service(_Section):
         if self.memory is not None and not SIZE.match(self.memory):
             raise ValueError(f"memory {self.memory!r} is not a size such as 24Gi")
         if 0 < self.auto_suspend_secs < 300:
-            raise ValueError("auto_suspend_secs must be 0 (never) or at least 300: Snowflake suspends services "
-                             "only after 300 seconds or more")
+            raise ValueError(
+                "auto_suspend_secs must be 0 (never) or at least 300: Snowflake suspends services "
+                "only after 300 seconds or more"
+            )
         if self.max_instances > self.min_instances and not self.cpu:
-            raise ValueError("max_instances > min_instances scales out only on CPU load (80% of the requested cpu), "
-                             "and without a cpu request no autoscaling happens: set service.cpu, or make "
-                             "min_instances = max_instances")
+            raise ValueError(
+                "max_instances > min_instances scales out only on CPU load (80% of the requested cpu), "
+                "and without a cpu request no autoscaling happens: set service.cpu, or make "
+                "min_instances = max_instances"
+            )
         return self
 
 
@@ -163,14 +175,18 @@ class Functions(_Section):
         default_factory=dict, description="Per-function MAX_BATCH_ROWS, keyed by function name (lower case)"
     )
     max_batch_retries: int | None = Field(
-        None, ge=0, validate_default=False,
+        None,
+        ge=0,
+        validate_default=False,
         description="MAX_BATCH_RETRIES (default: as many as Snowflake's doubling back-off can spend within the part "
-        "of batch_timeout_secs that holding leaves over: 10 for 3600 s; see the overload docs)")
+        "of batch_timeout_secs that holding leaves over: 10 for 3600 s; see the overload docs)",
+    )
     batch_timeout_secs: int = Field(3600, ge=1, le=604800, description="BATCH_TIMEOUT_SECS (includes retries)")
     on_batch_failure: Literal["ABORT", "RETURN_NULL"] = Field("ABORT", description="ON_BATCH_FAILURE")
     rename: dict[str, str] = Field(
         default_factory=dict,
-        description="SQL names for functions whose Cortex name Snowflake refuses, e.g. { AI_AGG = \"SPCS_AI_AGG\" }")
+        description='SQL names for functions whose Cortex name Snowflake refuses, e.g. { AI_AGG = "SPCS_AI_AGG" }',
+    )
 
     @model_validator(mode="after")
     def _retries(self) -> Functions:
@@ -195,8 +211,11 @@ class Functions(_Section):
 
 
 class Access(_Section):
-    role: str | None = Field(None, description="Role that plays CORTEX_USER: USAGE on the functions "
-                                               "(account-level; default <DATABASE>_<SCHEMA>_USER)")
+    role: str | None = Field(
+        None,
+        description="Role that plays CORTEX_USER: USAGE on the functions "
+        "(account-level; default <DATABASE>_<SCHEMA>_USER)",
+    )
     grant_to: list[str] = Field(default_factory=list, description="Existing roles that receive that role")
 
     @field_validator("role")
@@ -214,10 +233,16 @@ class Roles(_Section):
     """Who runs what (see docs/deploy.md, "Roles"). The admin phase (account-level objects and grants) runs once as
     an admin role; everything else runs as ``deployer``, which owns the service and the functions."""
 
-    deployer: str | None = Field(None, description="Dedicated deploy role that owns the service and functions "
-                                                    "(default <DATABASE>_<SCHEMA>_DEPLOYER); never a privileged role")
-    admin: str | None = Field(None, description="When set, `deploy` runs the admin phase itself as this role "
-                                                "(e.g. ACCOUNTADMIN); otherwise an admin runs `deploy --admin-sql`")
+    deployer: str | None = Field(
+        None,
+        description="Dedicated deploy role that owns the service and functions "
+        "(default <DATABASE>_<SCHEMA>_DEPLOYER); never a privileged role",
+    )
+    admin: str | None = Field(
+        None,
+        description="When set, `deploy` runs the admin phase itself as this role "
+        "(e.g. ACCOUNTADMIN); otherwise an admin runs `deploy --admin-sql`",
+    )
     users: list[str] = Field(default_factory=list, description="Users who receive the deploy role")
 
     @field_validator("deployer", "admin")
@@ -253,10 +278,14 @@ class DeployConfig(_Section):
     access: Access = Field(default_factory=Access)
     roles: Roles = Field(default_factory=Roles)
     cloud: Literal["aws", "azure", "gcp"] | None = Field(
-        None, description="Cloud of the account (default: from a GPU instance family's name, else unknown)")
+        None, description="Cloud of the account (default: from a GPU instance family's name, else unknown)"
+    )
     warehouse: str | None = Field(None, description="Warehouse for status test calls (default: the connection's)")
-    mirror_redirects: bool = Field(True, description="Add the hosts the known mirrors redirect downloads to "
-                                                     "(deploy.config.REDIRECT_HOSTS) to the network rule")
+    mirror_redirects: bool = Field(
+        True,
+        description="Add the hosts the known mirrors redirect downloads to "
+        "(deploy.config.REDIRECT_HOSTS) to the network rule",
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -298,9 +327,11 @@ class DeployConfig(_Section):
     @model_validator(mode="after")
     def _roles(self) -> DeployConfig:
         if self.roles.deployer in PRIVILEGED_ROLES:
-            raise ValueError(f"roles.deployer = {self.roles.deployer!r}: Snowflake refuses a service owned by "
-                             f"{'/'.join(PRIVILEGED_ROLES)}; use a dedicated role (the default is "
-                             f"{self.database}_{self.schema_}_DEPLOYER)")
+            raise ValueError(
+                f"roles.deployer = {self.roles.deployer!r}: Snowflake refuses a service owned by "
+                f"{'/'.join(PRIVILEGED_ROLES)}; use a dedicated role (the default is "
+                f"{self.database}_{self.schema_}_DEPLOYER)"
+            )
         if self.roles.deployer == self.access.role:
             raise ValueError("roles.deployer and access.role must differ: callers get USAGE only")
         return self
@@ -308,11 +339,14 @@ class DeployConfig(_Section):
     @model_validator(mode="after")
     def _volumes(self) -> DeployConfig:
         if self.volumes.model_cache == "stage" and self.cloud == "gcp":
-            raise ValueError("volumes.model_cache = 'stage': stage volumes are not available on Google Cloud; "
-                             "use 'block'")
+            raise ValueError(
+                "volumes.model_cache = 'stage': stage volumes are not available on Google Cloud; use 'block'"
+            )
         if self.volumes.model_cache == "block" and self.service.min_instances != self.service.max_instances:
-            raise ValueError("volumes.model_cache = 'block' needs service.min_instances = max_instances: Snowflake "
-                             "requires it of services with block volumes")
+            raise ValueError(
+                "volumes.model_cache = 'block' needs service.min_instances = max_instances: Snowflake "
+                "requires it of services with block volumes"
+            )
         return self
 
     @model_validator(mode="after")
@@ -373,7 +407,8 @@ class DeployConfig(_Section):
             out.append(
                 "scale-out follows CPU load only (80% of service.cpu over 5 minutes); a GPU-bound vLLM instance may "
                 "never reach it. Set service.cpu low enough that a busy instance crosses it, or set "
-                "min_instances = max_instances for fixed capacity")
+                "min_instances = max_instances for fixed capacity"
+            )
         return out
 
     @property

@@ -68,20 +68,31 @@ def smoke_command(base: str) -> str:
 def entrypoint_comment(base: str) -> str:
     """What the ENTRYPOINT line replaces depends on the base image."""
     if is_vllm_base(base):
-        return ("# Whatever the base image's ENTRYPOINT is (python3 -m vllm.entrypoints.openai.api_server up to\n"
-                "# v0.11.0, vllm serve later), spcs-llm replaces it: it starts and supervises vLLM itself.")
+        return (
+            "# Whatever the base image's ENTRYPOINT is (python3 -m vllm.entrypoints.openai.api_server up to\n"
+            "# v0.11.0, vllm serve later), spcs-llm replaces it: it starts and supervises vLLM itself."
+        )
     name = base.split("/")[-1]
     if name.startswith("python:"):
-        return (f"# {name} declares no ENTRYPOINT (only CMD python3). This one writes the config, gets the model\n"
-                "# and runs `spcs-llm serve`.")
-    return ("# Replaces whatever ENTRYPOINT the base image declares: writes the config, gets the model and runs "
-            "`spcs-llm serve`.")
+        return (
+            f"# {name} declares no ENTRYPOINT (only CMD python3). This one writes the config, gets the model\n"
+            "# and runs `spcs-llm serve`."
+        )
+    return (
+        "# Replaces whatever ENTRYPOINT the base image declares: writes the config, gets the model and runs "
+        "`spcs-llm serve`."
+    )
 
 
 def dockerfile(cfg: DeployConfig) -> str:
     base = cfg.image.base
-    return DOCKERFILE.format(base=base, port=cfg.service.port, packaged=PACKAGED_DIR, smoke=smoke_command(base),
-                             entrypoint_comment=entrypoint_comment(base))
+    return DOCKERFILE.format(
+        base=base,
+        port=cfg.service.port,
+        packaged=PACKAGED_DIR,
+        smoke=smoke_command(base),
+        entrypoint_comment=entrypoint_comment(base),
+    )
 
 
 def local_tag(cfg: DeployConfig) -> str:
@@ -101,8 +112,7 @@ def remote_tag(cfg: DeployConfig, repository_url: str) -> str:
 
 
 def build_command(cfg: DeployConfig, dockerfile_path: str, context: str = ".") -> list[str]:
-    return ["docker", "build", "--platform", cfg.image.platform, "-f", dockerfile_path,
-            "-t", local_tag(cfg), context]
+    return ["docker", "build", "--platform", cfg.image.platform, "-f", dockerfile_path, "-t", local_tag(cfg), context]
 
 
 def login_command(repository_url: str, user: str) -> list[str]:

@@ -18,14 +18,20 @@ Out = Callable[[str], None]
 # the error it returns comes from the server, and status prints it.
 _BY_NAME = {
     ("prompt", "VARCHAR"): "'Reply with the word OK.'",
-    ("prompt", "ARRAY"): "PARSE_JSON('[{\"role\": \"user\", \"content\": \"Reply with the word OK.\"}]')",
+    ("prompt", "ARRAY"): 'PARSE_JSON(\'[{"role": "user", "content": "Reply with the word OK."}]\')',
     ("options", "OBJECT"): "OBJECT_CONSTRUCT('max_tokens', 8)",
     ("categories", "ARRAY"): "ARRAY_CONSTRUCT('positive', 'negative')",
 }
 _BY_TYPE = {
-    "VARCHAR": "'Snowflake is a data platform.'", "ARRAY": "ARRAY_CONSTRUCT('Snowflake is a data platform.')",
-    "OBJECT": "OBJECT_CONSTRUCT()", "NUMBER": "100", "INT": "100", "INTEGER": "100", "FLOAT": "0.5",
-    "BOOLEAN": "FALSE", "VARIANT": "TO_VARIANT('x')",
+    "VARCHAR": "'Snowflake is a data platform.'",
+    "ARRAY": "ARRAY_CONSTRUCT('Snowflake is a data platform.')",
+    "OBJECT": "OBJECT_CONSTRUCT()",
+    "NUMBER": "100",
+    "INT": "100",
+    "INTEGER": "100",
+    "FLOAT": "0.5",
+    "BOOLEAN": "FALSE",
+    "VARIANT": "TO_VARIANT('x')",
 }
 
 
@@ -47,8 +53,14 @@ def _table(out: Out, rows: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
         out("  " + "  ".join(f"{c}={r.get(c)}" for c in cols if c in r))
 
 
-def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], out: Out = print,
-           log_lines: int = 20, test_calls: bool = True) -> bool:
+def status(
+    cfg: DeployConfig,
+    s: Session,
+    functions: Mapping[str, SqlFunction],
+    out: Out = print,
+    log_lines: int = 20,
+    test_calls: bool = True,
+) -> bool:
     """Print pool, service, containers, endpoints, recent logs and one test call per function.
     Returns False when something is not running or a test call failed."""
     ok = True
@@ -64,8 +76,11 @@ def status(cfg: DeployConfig, s: Session, functions: Mapping[str, SqlFunction], 
         return False
     ok &= str(services[0].get("status", "")).upper() == "RUNNING"
     out("containers:")
-    _table(out, s.query(f"SHOW SERVICE CONTAINERS IN SERVICE {svc}"),
-           ("instance_id", "container_name", "status", "message", "restart_count", "start_time"))
+    _table(
+        out,
+        s.query(f"SHOW SERVICE CONTAINERS IN SERVICE {svc}"),
+        ("instance_id", "container_name", "status", "message", "restart_count", "start_time"),
+    )
     out("endpoints:")
     _table(out, s.query(f"SHOW ENDPOINTS IN SERVICE {svc}"), ("name", "port", "protocol", "is_public", "ingress_url"))
     out(f"last {log_lines} log lines of instance 0:")
@@ -104,8 +119,10 @@ def _state(rows: list[dict[str, Any]], key: str) -> str:
 def suspend(cfg: DeployConfig, s: Session, pool: bool = True, out: Out = print) -> None:
     """Service first (its instances stop), then the pool (its nodes stop billing)."""
     svc = cfg.fq(cfg.service.name)
-    if _state(s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}"), "status") not in {"SUSPENDED",
-                                                                                                  "MISSING"}:
+    if _state(s.show("SERVICES", cfg.service.name, f"SCHEMA {cfg.schema_fq}"), "status") not in {
+        "SUSPENDED",
+        "MISSING",
+    }:
         s.query(f"ALTER SERVICE {svc} SUSPEND")
         out(f"service {svc}: suspended")
     if pool and _state(s.show("COMPUTE POOLS", cfg.pool), "state") not in {"SUSPENDED", "MISSING"}:
@@ -147,15 +164,19 @@ def teardown_plan(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge
     """Everything deploy created, in reverse order. The database and schema stay (they may hold other data);
     the image repository, the model stage and the deploy role go only with ``purge``."""
     svc = cfg.fq(cfg.service.name)
-    deploy = [f"DROP FUNCTION IF EXISTS {cfg.fq(name)}({', '.join(types)})"
-              for name, types in reversed(callable_functions(cfg, functions))]
+    deploy = [
+        f"DROP FUNCTION IF EXISTS {cfg.fq(name)}({', '.join(types)})"
+        for name, types in reversed(callable_functions(cfg, functions))
+    ]
     warnings = []
     if cfg.volumes.model_cache == "block":
         # "If FORCE is not specified and the service uses a block storage volume an error is returned."
         deploy.append(f"DROP SERVICE IF EXISTS {svc} FORCE")
-        warnings.append(f"the service's block volume ({cfg.volumes.block_size}, the downloaded weights) is deleted "
-                        "with it; Snowflake keeps a snapshot of it (snapshotOnDelete defaults to true), which is "
-                        "billed until it expires")
+        warnings.append(
+            f"the service's block volume ({cfg.volumes.block_size}, the downloaded weights) is deleted "
+            "with it; Snowflake keeps a snapshot of it (snapshotOnDelete defaults to true), which is "
+            "billed until it expires"
+        )
     else:
         deploy.append(f"DROP SERVICE IF EXISTS {svc}")
     if purge:
@@ -166,8 +187,10 @@ def teardown_plan(cfg: DeployConfig, functions: Mapping[str, SqlFunction], purge
         warnings.append(f"--purge: the image repository {cfg.fq(cfg.image.repository)} and its images are deleted")
     admin = []
     if cfg.mirrors:
-        admin += [f"DROP EXTERNAL ACCESS INTEGRATION IF EXISTS {cfg.integration}",
-                  f"DROP NETWORK RULE IF EXISTS {cfg.fq(cfg.network_rule)}"]
+        admin += [
+            f"DROP EXTERNAL ACCESS INTEGRATION IF EXISTS {cfg.integration}",
+            f"DROP NETWORK RULE IF EXISTS {cfg.fq(cfg.network_rule)}",
+        ]
     admin += [f"DROP COMPUTE POOL IF EXISTS {cfg.pool}", f"DROP ROLE IF EXISTS {cfg.caller_role}"]
     if purge:
         admin.append(f"DROP ROLE IF EXISTS {cfg.deployer}")

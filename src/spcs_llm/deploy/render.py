@@ -63,13 +63,20 @@ class Step:
 def service_config(cfg: DeployConfig) -> dict[str, Any]:
     """The service's own config (``spcs-llm serve --config``), as a TOML document."""
     packaged = cfg.model.name == "default"  # the packaged GGUF is baked into the image, not on the volume
-    engine: dict[str, Any] = {"kind": cfg.model.engine, "model": cfg.model.name,
-                              "cache_dir": PACKAGED_DIR if packaged else cfg.volumes.mount}
+    engine: dict[str, Any] = {
+        "kind": cfg.model.engine,
+        "model": cfg.model.name,
+        "cache_dir": PACKAGED_DIR if packaged else cfg.volumes.mount,
+    }
     engine.update(cfg.model.engine_options)
     # the service holds a batch only as long as the function's timeout allows (docs/overload.md); whether a polling
     # GET reaches the instance that took the POST is unconfirmed, so the 202 protocol is off with several instances
-    server: dict[str, Any] = {"host": "0.0.0.0", "port": cfg.service.port, "log_level": cfg.service.log_level,
-                              "batch_timeout_secs": cfg.functions.batch_timeout_secs}
+    server: dict[str, Any] = {
+        "host": "0.0.0.0",
+        "port": cfg.service.port,
+        "log_level": cfg.service.log_level,
+        "batch_timeout_secs": cfg.functions.batch_timeout_secs,
+    }
     if cfg.service.max_instances > 1:
         server["async_responses"] = False
     doc: dict[str, Any] = {"server": server, "engine": engine}
@@ -85,7 +92,8 @@ def service_config(cfg: DeployConfig) -> dict[str, Any]:
         doc["aliases"] = dict(cfg.aliases)
     # Without configured embedding models, the packaged 768-d one baked into the image serves EMBED_TEXT_768.
     doc["embeddings"] = [dict(e) for e in cfg.embeddings] or [
-        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}]
+        {"kind": "local", "model": "default", "dimension": 768, "cache_dir": PACKAGED_DIR}
+    ]
     return doc
 
 
@@ -175,8 +183,9 @@ def check_spec(doc: dict[str, Any]) -> list[str]:
         res = c.get("resources", {})
         want, cap = res.get("requests", {}).get("nvidia.com/gpu"), res.get("limits", {}).get("nvidia.com/gpu")
         if want != cap:
-            problems.append(f"container {c.get('name')}: nvidia.com/gpu requested {want}, limited to {cap}; "
-                            "they must be equal")
+            problems.append(
+                f"container {c.get('name')}: nvidia.com/gpu requested {want}, limited to {cap}; they must be equal"
+            )
     return problems
 
 
@@ -252,12 +261,24 @@ def function_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
     comment = sql.split("COMMENT = '")[1].split("'")[0]
     # CREATE OR ALTER's list of supported alterations omits COMMENT (audit U4), so the changed definition goes
     # without one and the fingerprint follows in ALTER FUNCTION ... SET COMMENT, both documented forms.
-    alter = [_function_sql(cfg, f, "CREATE OR ALTER", comment=False),
-             f"ALTER FUNCTION {cfg.fq(f.sql_name)}{f.arg_types} SET COMMENT = '{comment}'"]
-    return Step("function", f"{cfg.fq(f.sql_name)}{f.arg_types}", sql, {
-        "sql_name": f.sql_name, "function": f.function, "arg_types": [t for _, t in f.args], "returns": f.returns,
-        "comment": comment, "alter_sql": alter, "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
-    })
+    alter = [
+        _function_sql(cfg, f, "CREATE OR ALTER", comment=False),
+        f"ALTER FUNCTION {cfg.fq(f.sql_name)}{f.arg_types} SET COMMENT = '{comment}'",
+    ]
+    return Step(
+        "function",
+        f"{cfg.fq(f.sql_name)}{f.arg_types}",
+        sql,
+        {
+            "sql_name": f.sql_name,
+            "function": f.function,
+            "arg_types": [t for _, t in f.args],
+            "returns": f.returns,
+            "comment": comment,
+            "alter_sql": alter,
+            "replace_sql": _function_sql(cfg, f, "CREATE OR REPLACE"),
+        },
+    )
 
 
 def wrapper_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
@@ -271,18 +292,27 @@ def wrapper_step(cfg: DeployConfig, f: ServiceFunction) -> Step:
         f"  AS $$ {call}::VECTOR(FLOAT, {dim}) $$"
     )
     comment = fingerprint(call + str(dim))
-    return Step("wrapper", f"{cfg.fq(name)}{f.arg_types}", sql, {
-        "sql_name": name, "calls": f.sql_name, "arg_types": [t for _, t in f.args],
-        "returns": f"VECTOR(FLOAT, {dim})", "comment": comment,
-    })
+    return Step(
+        "wrapper",
+        f"{cfg.fq(name)}{f.arg_types}",
+        sql,
+        {
+            "sql_name": name,
+            "calls": f.sql_name,
+            "arg_types": [t for _, t in f.args],
+            "returns": f"VECTOR(FLOAT, {dim})",
+            "comment": comment,
+        },
+    )
 
 
 def _wrapped(f: ServiceFunction) -> bool:
     return f.function in VECTOR_WRAPPERS and f.returns == "ARRAY"
 
 
-def callable_overloads(cfg: DeployConfig, functions: Mapping[str, SqlFunction]
-                       ) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+def callable_overloads(
+    cfg: DeployConfig, functions: Mapping[str, SqlFunction]
+) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
     """(SQL name, (argument name, type) pairs) of every function users call: service functions and the VECTOR
     wrappers (which take the same arguments as the service function they call)."""
     out = []
@@ -308,19 +338,36 @@ def _quote_list(items: list[str]) -> str:
 def _grant(privileges: tuple[str, ...], on: str, obj: str, grantee: str, phase: str = ADMIN) -> Step:
     """GRANT <privileges> ON <on> <obj> TO ROLE <grantee>; the executor checks each privilege in SHOW GRANTS."""
     sql = f"GRANT {', '.join(privileges)} ON {on} {obj} TO ROLE {grantee}"
-    return Step("grant", f"{', '.join(privileges)} ON {on} {obj} TO {grantee}", sql,
-                {"privileges": list(privileges), "on": on, "object": obj, "grantee": grantee}, phase)
+    return Step(
+        "grant",
+        f"{', '.join(privileges)} ON {on} {obj} TO {grantee}",
+        sql,
+        {"privileges": list(privileges), "on": on, "object": obj, "grantee": grantee},
+        phase,
+    )
 
 
 def role_grant(role: str, to: str, kind: str = "ROLE") -> Step:
-    return Step("role_grant", f"ROLE {role} TO {kind} {to}", f"GRANT ROLE {role} TO {kind} {to}",
-                {"role": role, "grantee": to, "granted_to": kind}, ADMIN)
+    return Step(
+        "role_grant",
+        f"ROLE {role} TO {kind} {to}",
+        f"GRANT ROLE {role} TO {kind} {to}",
+        {"role": role, "grantee": to, "granted_to": kind},
+        ADMIN,
+    )
 
 
 # What the deploy role needs, and nothing more: it owns what it creates in the schema (repository, stage, service,
 # functions), uses the pool and the integration, and may operate the pool (suspend/resume/alter node counts).
-SCHEMA_PRIVILEGES = ("USAGE", "CREATE SERVICE", "CREATE FUNCTION", "CREATE STAGE", "CREATE IMAGE REPOSITORY",
-                     "CREATE TABLE", "CREATE VIEW")  # the last two: the usage history (spcs_llm.usage.sql)
+SCHEMA_PRIVILEGES = (
+    "USAGE",
+    "CREATE SERVICE",
+    "CREATE FUNCTION",
+    "CREATE STAGE",
+    "CREATE IMAGE REPOSITORY",
+    "CREATE TABLE",
+    "CREATE VIEW",
+)  # the last two: the usage history (spcs_llm.usage.sql)
 POOL_PRIVILEGES = ("USAGE", "MONITOR", "OPERATE", "MODIFY")
 
 
@@ -345,25 +392,45 @@ def admin_steps(cfg: DeployConfig) -> list[Step]:
         Step("schema", cfg.schema_fq, f"CREATE SCHEMA IF NOT EXISTS {cfg.schema_fq}", phase=ADMIN),
         _grant(("USAGE",), "DATABASE", cfg.database, d),
         _grant(SCHEMA_PRIVILEGES, "SCHEMA", cfg.schema_fq, d),
-        Step("compute_pool", cfg.pool, (
-            f"CREATE COMPUTE POOL IF NOT EXISTS {cfg.pool}\n"
-            f"  MIN_NODES = {pool.min_nodes}\n  MAX_NODES = {pool.max_nodes}\n"
-            f"  INSTANCE_FAMILY = {pool.instance_family}\n"
-            f"  AUTO_RESUME = {str(pool.auto_resume).upper()}\n  AUTO_SUSPEND_SECS = {pool.auto_suspend_secs}"
-        ), {"min_nodes": pool.min_nodes, "max_nodes": pool.max_nodes, "instance_family": pool.instance_family,
-            "auto_suspend_secs": pool.auto_suspend_secs, "auto_resume": pool.auto_resume}, ADMIN),
+        Step(
+            "compute_pool",
+            cfg.pool,
+            (
+                f"CREATE COMPUTE POOL IF NOT EXISTS {cfg.pool}\n"
+                f"  MIN_NODES = {pool.min_nodes}\n  MAX_NODES = {pool.max_nodes}\n"
+                f"  INSTANCE_FAMILY = {pool.instance_family}\n"
+                f"  AUTO_RESUME = {str(pool.auto_resume).upper()}\n  AUTO_SUSPEND_SECS = {pool.auto_suspend_secs}"
+            ),
+            {
+                "min_nodes": pool.min_nodes,
+                "max_nodes": pool.max_nodes,
+                "instance_family": pool.instance_family,
+                "auto_suspend_secs": pool.auto_suspend_secs,
+                "auto_resume": pool.auto_resume,
+            },
+            ADMIN,
+        ),
         _grant(POOL_PRIVILEGES, "COMPUTE POOL", cfg.pool, d),
     ]
     if cfg.mirrors:
         hosts = cfg.egress_hosts
         comment = fingerprint(",".join(hosts))
-        rule = (f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
-                f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(hosts)}\n  COMMENT = '{comment}'")
-        integration = (f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
-                       f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE")
+        rule = (
+            f"CREATE NETWORK RULE IF NOT EXISTS {cfg.fq(cfg.network_rule)}\n"
+            f"  MODE = EGRESS\n  TYPE = HOST_PORT\n  VALUE_LIST = {_quote_list(hosts)}\n  COMMENT = '{comment}'"
+        )
+        integration = (
+            f"CREATE EXTERNAL ACCESS INTEGRATION IF NOT EXISTS {cfg.integration}\n"
+            f"  ALLOWED_NETWORK_RULES = ({cfg.fq(cfg.network_rule)})\n  ENABLED = TRUE"
+        )
         steps += [
-            Step("network_rule", cfg.fq(cfg.network_rule), rule,
-                 {"value_list": hosts, "comment": comment, "create_sql": _documented(rule)}, ADMIN),
+            Step(
+                "network_rule",
+                cfg.fq(cfg.network_rule),
+                rule,
+                {"value_list": hosts, "comment": comment, "create_sql": _documented(rule)},
+                ADMIN,
+            ),
             Step("integration", cfg.integration, integration, {"create_sql": _documented(integration)}, ADMIN),
             _grant(("USAGE",), "INTEGRATION", cfg.integration, d),
         ]
@@ -388,16 +455,31 @@ def service_step(cfg: DeployConfig) -> Step:
     # The volume goes into the COMMENT beside the spec fingerprint: Snowflake refuses to add, remove or resize a
     # block volume on an existing service, so the executor must know the old one without parsing DESCRIBE.
     comment = f"{fingerprint(text)} volume={volume}"
-    tail = [f"  MIN_INSTANCES = {svc.min_instances}", f"  MAX_INSTANCES = {svc.max_instances}",
-            f"  AUTO_SUSPEND_SECS = {svc.auto_suspend_secs}"]
+    tail = [
+        f"  MIN_INSTANCES = {svc.min_instances}",
+        f"  MAX_INSTANCES = {svc.max_instances}",
+        f"  AUTO_SUSPEND_SECS = {svc.auto_suspend_secs}",
+    ]
     if eais:
         tail.append(f"  EXTERNAL_ACCESS_INTEGRATIONS = ({', '.join(eais)})")
-    return Step("service", cfg.fq(svc.name), (
-        f"CREATE SERVICE IF NOT EXISTS {cfg.fq(svc.name)}\n  IN COMPUTE POOL {cfg.pool}\n"
-        f"  FROM SPECIFICATION $$\n{text}$$\n" + "\n".join(tail) + f"\n  COMMENT = '{comment}'"
-    ), {"spec": text, "comment": comment, "volume": volume, "min_instances": svc.min_instances,
-        "max_instances": svc.max_instances, "auto_suspend_secs": svc.auto_suspend_secs,
-        "external_access_integrations": eais, "image": f"{cfg.image.name}:{cfg.image.tag}"})
+    return Step(
+        "service",
+        cfg.fq(svc.name),
+        (
+            f"CREATE SERVICE IF NOT EXISTS {cfg.fq(svc.name)}\n  IN COMPUTE POOL {cfg.pool}\n"
+            f"  FROM SPECIFICATION $$\n{text}$$\n" + "\n".join(tail) + f"\n  COMMENT = '{comment}'"
+        ),
+        {
+            "spec": text,
+            "comment": comment,
+            "volume": volume,
+            "min_instances": svc.min_instances,
+            "max_instances": svc.max_instances,
+            "auto_suspend_secs": svc.auto_suspend_secs,
+            "external_access_integrations": eais,
+            "image": f"{cfg.image.name}:{cfg.image.tag}",
+        },
+    )
 
 
 def with_image_digest(step: Step, digest: str) -> Step:
@@ -414,13 +496,24 @@ def with_image_digest(step: Step, digest: str) -> Step:
 
 def deploy_steps(cfg: DeployConfig, functions: Mapping[str, SqlFunction]) -> list[Step]:
     """What the deploy role creates and owns: repository, stage, service, functions, and USAGE for callers."""
-    steps = [Step("image_repository", cfg.fq(cfg.image.repository),
-                  f"CREATE IMAGE REPOSITORY IF NOT EXISTS {cfg.fq(cfg.image.repository)}")]
+    steps = [
+        Step(
+            "image_repository",
+            cfg.fq(cfg.image.repository),
+            f"CREATE IMAGE REPOSITORY IF NOT EXISTS {cfg.fq(cfg.image.repository)}",
+        )
+    ]
     if cfg.volumes.model_cache == "stage":  # stage volumes need server-side encryption
-        steps.append(Step("stage", cfg.fq(cfg.volumes.stage), (
-            f"CREATE STAGE IF NOT EXISTS {cfg.fq(cfg.volumes.stage)}\n"
-            f"  ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')\n  DIRECTORY = (ENABLE = TRUE)"
-        )))
+        steps.append(
+            Step(
+                "stage",
+                cfg.fq(cfg.volumes.stage),
+                (
+                    f"CREATE STAGE IF NOT EXISTS {cfg.fq(cfg.volumes.stage)}\n"
+                    f"  ENCRYPTION = (TYPE = 'SNOWFLAKE_SSE')\n  DIRECTORY = (ENABLE = TRUE)"
+                ),
+            )
+        )
     # the usage history the service exports to, and its view shaped like Cortex's usage views (docs/usage.md)
     table, view = usage_sql.deploy_statements(cfg.database, cfg.schema_)
     steps += [Step("table", cfg.fq(usage_sql.TABLE), table), Step("view", cfg.fq(usage_sql.VIEW), view)]
@@ -467,8 +560,9 @@ def admin_script(cfg: DeployConfig) -> str:
         "-- by that role, never by ACCOUNTADMIN (Snowflake refuses services owned by a privileged role).",
     ]
     if not cfg.roles.users:
-        head.append("-- Grant the deploy role to whoever runs `spcs-llm deploy`: "
-                    f"GRANT ROLE {cfg.deployer} TO USER <you>;")
+        head.append(
+            f"-- Grant the deploy role to whoever runs `spcs-llm deploy`: GRANT ROLE {cfg.deployer} TO USER <you>;"
+        )
     return "\n".join(head) + "\n\n" + f"USE ROLE {admin_role(cfg)};\n\n" + "\n".join(_phase_sql(admin_steps(cfg)))
 
 
@@ -483,8 +577,10 @@ def script(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None
     ]
     for name, usage in AGGREGATE_USAGE.items():
         if name in functions:
-            head.append(f"-- {name.upper()} is an aggregate in Cortex; a service function is scalar: call "
-                        f"{cfg.schema_fq}.{usage.replace(name.upper(), sql_name(cfg, name), 1)}")
+            head.append(
+                f"-- {name.upper()} is an aggregate in Cortex; a service function is scalar: call "
+                f"{cfg.schema_fq}.{usage.replace(name.upper(), sql_name(cfg, name), 1)}"
+            )
     head += [f"-- Note: {w}" for w in cfg.warnings()]
     deploy = deploy_steps(cfg, functions)
     n = next(i for i, s in enumerate(deploy) if s.kind == "service")
@@ -492,9 +588,11 @@ def script(cfg: DeployConfig, functions: Mapping[str, SqlFunction] | None = None
     before, after = deploy[:n], deploy[n:]
     body = [
         "-- ===== 1. admin phase (account-level; `spcs-llm deploy --admin-sql` prints it alone)\n",
-        f"USE ROLE {admin_role(cfg)};\n", *_phase_sql(admin_steps(cfg)),
+        f"USE ROLE {admin_role(cfg)};\n",
+        *_phase_sql(admin_steps(cfg)),
         "-- ===== 2. deploy phase, owned by the deploy role (never a privileged role)\n",
-        f"USE ROLE {cfg.deployer};\n", *_phase_sql(before),
+        f"USE ROLE {cfg.deployer};\n",
+        *_phase_sql(before),
         f"-- The image must be in the repository before CREATE SERVICE ({image}):\n"
         f"-- run `spcs-llm image push` now if `SHOW IMAGES IN IMAGE REPOSITORY {cfg.fq(cfg.image.repository)}`"
         f" does not list it.\n",

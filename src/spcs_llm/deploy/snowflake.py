@@ -28,11 +28,25 @@ from .render import Step
 # with the same name as any of the system-defined functions" (udf-stored-procedure-naming-conventions); whether that
 # is enforced for a schema-qualified service function is unconfirmed (deploy-audit W2), so a refusal of one of these
 # names is reported and the deploy goes on (rename it in [functions] rename).
-SYSTEM_FUNCTION_NAMES = frozenset({
-    "AI_AGG", "AI_CLASSIFY", "AI_COMPLETE", "AI_COUNT_TOKENS", "AI_EMBED", "AI_EXTRACT", "AI_FILTER",
-    "AI_PARSE_DOCUMENT", "AI_REDACT", "AI_SENTIMENT", "AI_SIMILARITY", "AI_SUMMARIZE_AGG", "AI_TRANSCRIBE",
-    "AI_TRANSLATE", "TRANSLATE",
-})
+SYSTEM_FUNCTION_NAMES = frozenset(
+    {
+        "AI_AGG",
+        "AI_CLASSIFY",
+        "AI_COMPLETE",
+        "AI_COUNT_TOKENS",
+        "AI_EMBED",
+        "AI_EXTRACT",
+        "AI_FILTER",
+        "AI_PARSE_DOCUMENT",
+        "AI_REDACT",
+        "AI_SENTIMENT",
+        "AI_SIMILARITY",
+        "AI_SUMMARIZE_AGG",
+        "AI_TRANSCRIBE",
+        "AI_TRANSLATE",
+        "TRANSLATE",
+    }
+)
 _NAME_REFUSAL = re.compile(r"system|built-?in|reserved", re.I)
 _PRIVILEGE_ERROR = re.compile(r"insufficient privileges|access control|not authorized", re.I)
 
@@ -84,8 +98,10 @@ class Session:
         try:
             self.query(f"USE ROLE {role}")
         except Exception as exc:
-            raise DeployError(f"USE ROLE {role} failed ({' '.join(str(exc).split())}): the role must exist and be "
-                              "granted to your user") from exc
+            raise DeployError(
+                f"USE ROLE {role} failed ({' '.join(str(exc).split())}): the role must exist and be "
+                "granted to your user"
+            ) from exc
 
     def current_role(self) -> str:
         rows = self.query("SELECT CURRENT_ROLE() AS r")
@@ -119,8 +135,15 @@ def _scope(name: str) -> str:
 
 
 def _exists(s: Session, step: Step) -> Action:
-    what = {"database": "DATABASES", "image_repository": "IMAGE REPOSITORIES", "stage": "STAGES",
-            "integration": "EXTERNAL ACCESS INTEGRATIONS", "role": "ROLES", "table": "TABLES", "view": "VIEWS"}
+    what = {
+        "database": "DATABASES",
+        "image_repository": "IMAGE REPOSITORIES",
+        "stage": "STAGES",
+        "integration": "EXTERNAL ACCESS INTEGRATIONS",
+        "role": "ROLES",
+        "table": "TABLES",
+        "view": "VIEWS",
+    }
     if step.kind == "schema":
         db, schema = step.name.split(".")
         found = s.show("SCHEMAS", schema, f"DATABASE {db}")
@@ -147,8 +170,9 @@ def _compute_pool(s: Session, step: Step) -> Action:
             f"(`spcs-llm suspend`) and run `ALTER COMPUTE POOL {step.name} SET INSTANCE_FAMILY = "
             f"{f['instance_family']}` as its owner, or `spcs-llm teardown`, or rename the pool"
         )
-    sets = [f"{k.upper()} = {f[k]}" for k in ("min_nodes", "max_nodes", "auto_suspend_secs")
-            if str(row.get(k)) != str(f[k])]
+    sets = [
+        f"{k.upper()} = {f[k]}" for k in ("min_nodes", "max_nodes", "auto_suspend_secs") if str(row.get(k)) != str(f[k])
+    ]
     if _truthy(row.get("auto_resume")) != f["auto_resume"]:
         sets.append(f"AUTO_RESUME = {str(f['auto_resume']).upper()}")
     if not sets:
@@ -165,9 +189,13 @@ def _network_rule(s: Session, step: Step) -> Action:
         return Action(step, "unchanged")
     values = ", ".join(f"'{v}'" for v in step.facts["value_list"])
     # One statement: the grammar is SET VALUE_LIST = (...) [ COMMENT = '...' ]; a bare SET COMMENT is not in it.
-    return Action(step, "altered", [
-        f"ALTER NETWORK RULE {step.name} SET VALUE_LIST = ({values}) COMMENT = '{step.facts['comment']}'",
-    ])
+    return Action(
+        step,
+        "altered",
+        [
+            f"ALTER NETWORK RULE {step.name} SET VALUE_LIST = ({values}) COMMENT = '{step.facts['comment']}'",
+        ],
+    )
 
 
 def _names(value: Any) -> set[str]:
@@ -203,12 +231,18 @@ def _service(s: Session, step: Step) -> Action:
         raise DeployError(
             f"service {step.name} uses a block volume and {why}, which Snowflake does not allow on an existing "
             "service: run `spcs-llm teardown` (it drops the service and its block volume; Snowflake keeps a "
-            "snapshot) and deploy again, or keep the old setting")
+            "snapshot) and deploy again, or keep the old setting"
+        )
     if row.get("comment") != f["comment"]:
-        out += [f"ALTER SERVICE {step.name} FROM SPECIFICATION $$\n{f['spec']}$$",
-                f"ALTER SERVICE {step.name} SET COMMENT = '{f['comment']}'"]
-    sets = [f"{k.upper()} = {f[k]}" for k in ("min_instances", "max_instances", "auto_suspend_secs")
-            if str(row.get(k)) != str(f[k])]
+        out += [
+            f"ALTER SERVICE {step.name} FROM SPECIFICATION $$\n{f['spec']}$$",
+            f"ALTER SERVICE {step.name} SET COMMENT = '{f['comment']}'",
+        ]
+    sets = [
+        f"{k.upper()} = {f[k]}"
+        for k in ("min_instances", "max_instances", "auto_suspend_secs")
+        if str(row.get(k)) != str(f[k])
+    ]
     if sets:
         out.append(f"ALTER SERVICE {step.name} SET " + " ".join(sets))
     if _names(row.get("external_access_integrations")) != set(f["external_access_integrations"]):
@@ -246,8 +280,10 @@ def parse_arguments(arguments: str) -> tuple[list[str], str]:
     m = re.match(r"^\s*[^(]*\((.*)\)\s+RETURN\s+(.+?)\s*$", arguments, re.S | re.I)
     if not m:
         return [], ""
-    types = [_norm_type(a.split()[-1] if not a.upper().startswith("VECTOR") and " " in a else a)
-             for a in _split_args(m.group(1))]
+    types = [
+        _norm_type(a.split()[-1] if not a.upper().startswith("VECTOR") and " " in a else a)
+        for a in _split_args(m.group(1))
+    ]
     return types, _norm_type(m.group(2))
 
 
@@ -297,8 +333,10 @@ class _Grants:
     def has(self, s: Session, role: str, key: tuple[str, str, str]) -> bool:
         if role not in self.cache:
             rows = s.query(f"SHOW GRANTS TO ROLE {role}")
-            self.cache[role] = {grant_key(str(r.get("privilege", "")), str(r.get("granted_on", "")),
-                                          str(r.get("name", ""))) for r in rows}
+            self.cache[role] = {
+                grant_key(str(r.get("privilege", "")), str(r.get("granted_on", "")), str(r.get("name", "")))
+                for r in rows
+            }
         return key in self.cache[role]
 
 
@@ -326,11 +364,21 @@ class Executor:
         self.grants = _Grants()
         self.refused: dict[str, str] = {}
         self.compare: dict[str, Callable[[Session, Step], Action]] = {
-            "database": _exists, "schema": _exists, "image_repository": _exists, "stage": _exists,
-            "table": _exists, "view": _exists,
-            "integration": _exists, "role": _exists, "compute_pool": _compute_pool,
-            "network_rule": _network_rule, "service": _service, "function": _function, "wrapper": _wrapper,
-            "grant": self._grant, "role_grant": self._role_grant,
+            "database": _exists,
+            "schema": _exists,
+            "image_repository": _exists,
+            "stage": _exists,
+            "table": _exists,
+            "view": _exists,
+            "integration": _exists,
+            "role": _exists,
+            "compute_pool": _compute_pool,
+            "network_rule": _network_rule,
+            "service": _service,
+            "function": _function,
+            "wrapper": _wrapper,
+            "grant": self._grant,
+            "role_grant": self._role_grant,
         }
 
     def _grant(self, s: Session, step: Step) -> Action:
@@ -342,8 +390,11 @@ class Executor:
     def _role_grant(self, s: Session, step: Step) -> Action:
         f = step.facts
         rows = s.query(f"SHOW GRANTS OF ROLE {f['role']}")
-        held = {str(r.get("grantee_name", "")).upper() for r in rows
-                if str(r.get("granted_to", "")).upper() == f.get("granted_to", "ROLE")}
+        held = {
+            str(r.get("grantee_name", "")).upper()
+            for r in rows
+            if str(r.get("granted_to", "")).upper() == f.get("granted_to", "ROLE")
+        }
         return Action(step, "unchanged") if f["grantee"] in held else Action(step, "granted", [step.sql])
 
     def compare_step(self, step: Step) -> Action:
@@ -392,5 +443,6 @@ class Executor:
                 raise DeployError(
                     f"refusing to create the service as {role}: Snowflake does not let a privileged role own a "
                     "service. Run `spcs-llm deploy` as the deploy role ([roles] deployer); an admin sets it up "
-                    "with `spcs-llm deploy --admin-sql`")
+                    "with `spcs-llm deploy --admin-sql`"
+                )
         return self.compare_step(step)

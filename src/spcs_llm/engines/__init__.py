@@ -11,8 +11,18 @@ from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelt
 from .fake import FakeEmbedder, FakeEngine
 
 __all__ = [
-    "ChatRequest", "ChatResult", "Embedder", "Engine", "FakeEmbedder", "FakeEngine", "Message", "StreamDelta",
-    "Usage", "build_embedder", "build_engine", "resolve_model_file",
+    "ChatRequest",
+    "ChatResult",
+    "Embedder",
+    "Engine",
+    "FakeEmbedder",
+    "FakeEngine",
+    "Message",
+    "StreamDelta",
+    "Usage",
+    "build_embedder",
+    "build_engine",
+    "resolve_model_file",
 ]
 
 
@@ -36,8 +46,12 @@ def build_engine(settings: EngineSettings, downloads: DownloadSettings | None = 
 def _build_engine(settings: EngineSettings, downloads: DownloadSettings | None = None) -> Engine:
     if settings.kind == "fake":
         # A configured fake engine is served: nobody reads its calls, so it keeps none.
-        return FakeEngine(settings.model_name or "fake-model", context_window=settings.ctx_per_slot,
-                          max_concurrency=settings.n_parallel, record=False)
+        return FakeEngine(
+            settings.model_name or "fake-model",
+            context_window=settings.ctx_per_slot,
+            max_concurrency=settings.n_parallel,
+            record=False,
+        )
     if settings.kind == "openai":
         return build_openai_engine(settings)
     if settings.kind == "vllm":
@@ -47,8 +61,9 @@ def _build_engine(settings: EngineSettings, downloads: DownloadSettings | None =
     from .llamacpp import LlamaCppEngine
 
     path, name = resolve_model_file(settings, downloads)
-    return LlamaCppEngine(path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot,
-                          threads=settings.threads)
+    return LlamaCppEngine(
+        path, name, n_parallel=settings.n_parallel, ctx_per_slot=settings.ctx_per_slot, threads=settings.threads
+    )
 
 
 def build_openai_engine(settings: EngineSettings) -> Engine:
@@ -57,11 +72,16 @@ def build_openai_engine(settings: EngineSettings) -> Engine:
 
     assert settings.upstream is not None  # the config refuses kind = openai without one
     return OpenAIHttpEngine(
-        settings.upstream, settings.model, model_name=settings.model_name, context_window=settings.context_window,
+        settings.upstream,
+        settings.model,
+        model_name=settings.model_name,
+        context_window=settings.context_window,
         max_concurrency=settings.upstream_concurrency,
         structured_output=settings.structured_output or "response_format",
-        request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
-        startup_timeout_s=settings.startup_timeout_s, api_key=settings.api_key,
+        request_timeout_s=settings.request_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        startup_timeout_s=settings.startup_timeout_s,
+        api_key=settings.api_key,
     )
 
 

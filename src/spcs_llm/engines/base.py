@@ -92,8 +92,11 @@ def usage_of(raw: Mapping[str, Any] | None) -> Usage:
     if not raw:
         return Usage()
     details = raw.get("prompt_tokens_details") or {}
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                 int(details.get("cached_tokens") or 0))
+    return Usage(
+        int(raw.get("prompt_tokens") or 0),
+        int(raw.get("completion_tokens") or 0),
+        int(details.get("cached_tokens") or 0),
+    )
 
 
 @dataclass(frozen=True)

@@ -88,10 +88,26 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # Names of each layer's tensors, per architecture: q, k, v, attention out, its LayerNorm, FFN in, FFN out, its LN.
 _LAYER_NAMES = {
-    "bert": ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
-             "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"),
-    "mpnet": ("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
-              "attention.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"),
+    "bert": (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "attention.output.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    ),
+    "mpnet": (
+        "attention.attn.q",
+        "attention.attn.k",
+        "attention.attn.v",
+        "attention.attn.o",
+        "attention.LayerNorm",
+        "intermediate.dense",
+        "output.dense",
+        "output.LayerNorm",
+    ),
 }
 _ARCH = {"bert": "bert", "xlm-roberta": "bert", "roberta": "bert", "mpnet": "mpnet"}
 
@@ -115,11 +131,17 @@ class EncoderConfig:
             raise ValueError(f"unsupported model_type {model_type!r} (supported: {', '.join(sorted(_ARCH))})")
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError(f"unsupported position_embedding_type {cfg['position_embedding_type']!r} (absolute only)")
-        return cls(model_type=model_type, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
-                   num_heads=cfg["num_attention_heads"], layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
-                   hidden_act=cfg.get("hidden_act", "gelu"), max_positions=cfg["max_position_embeddings"],
-                   pad_token_id=cfg.get("pad_token_id", 0) or 0,
-                   relative_buckets=cfg.get("relative_attention_num_buckets", 32))
+        return cls(
+            model_type=model_type,
+            hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=cfg["num_attention_heads"],
+            layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
+            hidden_act=cfg.get("hidden_act", "gelu"),
+            max_positions=cfg["max_position_embeddings"],
+            pad_token_id=cfg.get("pad_token_id", 0) or 0,
+            relative_buckets=cfg.get("relative_attention_num_buckets", 32),
+        )
 
     @property
     def position_offset(self) -> int:
@@ -146,8 +168,13 @@ class Encoder:
                 self._get(f"encoder.layer.{i}.{n}.weight")
         self._act = _act(config.hidden_act)
         # q, k and v as one (3 * hidden, hidden) matrix per layer: one larger matmul is faster than three
-        self._qkv = [tuple(np.concatenate([self._get(f"encoder.layer.{i}.{n}.{part}") for n in self._names[:3]])
-                           for part in ("weight", "bias")) for i in range(config.num_layers)]
+        self._qkv = [
+            tuple(
+                np.concatenate([self._get(f"encoder.layer.{i}.{n}.{part}") for n in self._names[:3]])
+                for part in ("weight", "bias")
+            )
+            for i in range(config.num_layers)
+        ]
 
     @property
     def hidden_size(self) -> int:
@@ -155,8 +182,10 @@ class Encoder:
         return int(self._get("embeddings.word_embeddings.weight").shape[1])
 
     def _get(self, name: str) -> np.ndarray:
-        for alias in (name, name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias",
-                                                                                          "LayerNorm.beta")):
+        for alias in (
+            name,
+            name.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"),
+        ):
             if alias in self._t:
                 return self._t[alias]
         raise ValueError(f"checkpoint has no tensor {name}")
@@ -173,8 +202,10 @@ class Encoder:
             positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
         else:  # RoBERTa/MPNet: real tokens count from pad_token_id + 1, padding sits at pad_token_id
             positions = np.cumsum(mask, axis=1) * mask + cfg.pad_token_id
-        x = self._get("embeddings.word_embeddings.weight")[ids] + self._get("embeddings.position_embeddings.weight")[
-            positions]
+        x = (
+            self._get("embeddings.word_embeddings.weight")[ids]
+            + self._get("embeddings.position_embeddings.weight")[positions]
+        )
         if "embeddings.token_type_embeddings.weight" in self._t:
             types = type_ids if type_ids is not None else np.zeros_like(ids)
             x = x + self._get("embeddings.token_type_embeddings.weight")[types]
@@ -190,8 +221,9 @@ class Encoder:
         n = np.abs(n)
         # float32 like the reference, so the buckets at exact powers (n = 16, 32, 64) round the same way
         ratio = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(max_exact))
-        large = max_exact + (ratio / np.float32(math.log(max_distance / max_exact))
-                             * np.float32(half - max_exact)).astype(np.int64)
+        large = max_exact + (
+            ratio / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
+        ).astype(np.int64)
         bucket += np.where(n < max_exact, n, np.minimum(large, half - 1))
         table = self._get("encoder.relative_attention_bias.weight")  # (buckets, heads)
         return np.ascontiguousarray(table[bucket].transpose(2, 0, 1))

@@ -52,10 +52,12 @@ def fake_alternatives(messages: Sequence[Message], prefix: str, top: int) -> Top
         if piece is not None:
             candidates.add(piece.group())
     seed = f"{messages[-1].content}\0{prefix}\0" if messages else f"\0{prefix}\0"
-    logits = {c: 6 * int.from_bytes(hashlib.blake2b((seed + c).encode(), digest_size=4).digest(), "little")
-              / 2**32 for c in candidates}
+    logits = {
+        c: 6 * int.from_bytes(hashlib.blake2b((seed + c).encode(), digest_size=4).digest(), "little") / 2**32
+        for c in candidates
+    }
     norm = math.log(sum(math.exp(v) for v in logits.values()))
-    ranked = sorted(logits.items(), key=lambda kv: (-kv[1], kv[0]))[:max(1, top)]
+    ranked = sorted(logits.items(), key=lambda kv: (-kv[1], kv[0]))[: max(1, top)]
     return tuple((c, v - norm) for c, v in ranked)
 
 
@@ -149,8 +151,11 @@ class FakeEngine(Engine):
         last = request.messages[-1].content
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
-        labelled = (label_prefix(json.loads(request.json_schema))
-                    if request.json_schema is not None and request.top_logprobs > 0 else None)
+        labelled = (
+            label_prefix(json.loads(request.json_schema))
+            if request.json_schema is not None and request.top_logprobs > 0
+            else None
+        )
         if labelled is not None:
             return self._label_answer(request, *labelled, prompt_tokens)
         if request.json_schema is not None:
@@ -167,13 +172,17 @@ class FakeEngine(Engine):
         (case-sensitive, as a grammar allows) chooses the first label it begins; the label token carries the same
         alternatives that :meth:`next_token` gives for that prefix."""
         top = fake_alternatives(request.messages, prefix, max(request.top_logprobs, 20))
-        token, logprob = next(((t, lp) for t, lp in top if t and any(x.startswith(t) for x in labels)),
-                              (labels[0], top[-1][1]))
+        token, logprob = next(
+            ((t, lp) for t, lp in top if t and any(x.startswith(t) for x in labels)), (labels[0], top[-1][1])
+        )
         label = next(x for x in labels if x.startswith(token))
         body = json.dumps(label, ensure_ascii=False)
         text = prefix + body[1:] + ("}" if prefix != '"' else "")
-        tokens = (TokenLogprob(prefix, 0.0), TokenLogprob(token, logprob, top[:request.top_logprobs]),
-                  TokenLogprob(text[len(prefix) + len(token):], 0.0))
+        tokens = (
+            TokenLogprob(prefix, 0.0),
+            TokenLogprob(token, logprob, top[: request.top_logprobs]),
+            TokenLogprob(text[len(prefix) + len(token) :], 0.0),
+        )
         usage = Usage(prompt_tokens, len(tokens), self._cached_prefix(request.messages))
         return ChatResult(text, "stop", usage, tokens if request.top_logprobs > 0 else ())
 
@@ -241,8 +250,9 @@ class FakeEmbedder(Embedder):
 
     kind = "fake"
 
-    def __init__(self, model_name: str = "fake-embed", dimension: int = 768, max_input_tokens: int = 512,
-                 record: bool = True) -> None:
+    def __init__(
+        self, model_name: str = "fake-embed", dimension: int = 768, max_input_tokens: int = 512, record: bool = True
+    ) -> None:
         self.model_name, self.dimension, self.max_input_tokens = model_name, dimension, max_input_tokens
         self.record = record
         self.calls: list[list[str]] = []
@@ -273,10 +283,12 @@ class FakeEmbedder(Embedder):
         counts: list[int] = []
         known = self._codes.get
         for text in texts:
-            row = list(map(known, text.lower().split()[: self.max_input_tokens]))
-            if None in row:  # words not seen before
-                row = [c or self._code(w) for c, w in zip(row, text.lower().split(), strict=False)]
-            codes.extend(row)
+            seen = list(map(known, text.lower().split()[: self.max_input_tokens]))
+            # words not seen before get their code now
+            row = (
+                [c or self._code(w) for c, w in zip(seen, text.lower().split(), strict=False)] if None in seen else seen
+            )
+            codes.extend(row)  # type: ignore[arg-type]
             counts.append(len(row))
         code = np.array(codes, dtype=np.intp)
         flat = np.repeat(np.arange(len(texts)) * self.dimension, counts) + np.abs(code) - 1
@@ -284,8 +296,7 @@ class FakeEmbedder(Embedder):
         out = out.reshape(len(texts), self.dimension)
         norms = np.sqrt(np.einsum("ij,ij->i", out, out))
         norms[norms == 0] = 1.0
-        out /= norms[:, None]
-        return out
+        return out / norms[:, None]
 
     def _code(self, word: str) -> int:
         """Where a word lands in a fake vector, and with which sign (a hash, so the same word always lands alike)."""

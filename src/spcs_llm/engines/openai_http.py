@@ -177,15 +177,17 @@ def parse_logprobs(choice: Mapping[str, Any]) -> tuple[TokenLogprob, ...]:
     content = (choice.get("logprobs") or {}).get("content") or ()
     return tuple(
         TokenLogprob(
-            str(t.get("token", "")), float(t.get("logprob", -math.inf)),
+            str(t.get("token", "")),
+            float(t.get("logprob", -math.inf)),
             tuple((str(a.get("token", "")), float(a.get("logprob", -math.inf))) for a in t.get("top_logprobs") or ()),
         )
         for t in content
     )
 
 
-def chat_body(request: ChatRequest, model: str | None, structured: StructuredField, *, stream: bool = False
-              ) -> dict[str, Any]:
+def chat_body(
+    request: ChatRequest, model: str | None, structured: StructuredField, *, stream: bool = False
+) -> dict[str, Any]:
     """An OpenAI chat-completions body for ``request``; the JSON schema goes where the upstream reads it."""
     body: dict[str, Any] = {
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -207,8 +209,10 @@ def chat_body(request: ChatRequest, model: str | None, structured: StructuredFie
         if structured == "structured_outputs":
             body["structured_outputs"] = {"json": schema}
         else:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": True},
+            }
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -221,8 +225,15 @@ def server_root(upstream: str) -> str:
     return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
-def _client(upstream: str, *, concurrency: int, request_timeout: float, connect_timeout: float,
-            api_key: str | None, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+def _client(
+    upstream: str,
+    *,
+    concurrency: int,
+    request_timeout: float,
+    connect_timeout: float,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> httpx.AsyncClient:
     key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
     return httpx.AsyncClient(
         base_url=upstream.rstrip("/") + "/",
@@ -236,12 +247,26 @@ def _client(upstream: str, *, concurrency: int, request_timeout: float, connect_
 class _Upstream:
     """The pooled client, the concurrency bound and the request helpers shared by the engine and the embedder."""
 
-    def __init__(self, upstream: str, *, concurrency: int, request_timeout: float, connect_timeout: float,
-                 api_key: str | None, transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        concurrency: int,
+        request_timeout: float,
+        connect_timeout: float,
+        api_key: str | None,
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
         self.url = upstream.rstrip("/")
         self.root = server_root(upstream)
-        self.client = _client(upstream, concurrency=concurrency, request_timeout=request_timeout,
-                              connect_timeout=connect_timeout, api_key=api_key, transport=transport)
+        self.client = _client(
+            upstream,
+            concurrency=concurrency,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+            api_key=api_key,
+            transport=transport,
+        )
         self.slots = asyncio.Semaphore(concurrency)
         self.tokenize_missing = False
 
@@ -266,8 +291,9 @@ class _Upstream:
                 return await self.models()
             except EngineError as exc:
                 if time.monotonic() >= deadline:
-                    raise EngineUnavailable(f"{what} at {self.url} is not ready after {timeout_s:.0f}s: "
-                                            f"{exc.message}") from exc
+                    raise EngineUnavailable(
+                        f"{what} at {self.url} is not ready after {timeout_s:.0f}s: {exc.message}"
+                    ) from exc
             await asyncio.sleep(0.5)
 
     async def count_tokens(self, model: str, text: str) -> int | None:
@@ -277,8 +303,9 @@ class _Upstream:
             return None
         async with self.slots:
             with transport_errors():
-                response = await self.client.post(f"{self.root}/tokenize",
-                                                  json={"model": model, "prompt": text, "content": text})
+                response = await self.client.post(
+                    f"{self.root}/tokenize", json={"model": model, "prompt": text, "content": text}
+                )
         if response.status_code in (404, 405):
             self.tokenize_missing = True
             return None
@@ -321,7 +348,8 @@ def check_vllm_version(version: str | None, where: str) -> None:
     if parsed is not None and parsed < MIN_VLLM:
         raise EngineUnavailable(
             f"{where} runs vLLM {version}; spcs-llm needs vLLM 0.11.0 or later (older versions silently ignore "
-            f"structured_outputs, so COMPLETE with a response_format would return unconstrained text)")
+            f"structured_outputs, so COMPLETE with a response_format would return unconstrained text)"
+        )
 
 
 def _json_or_raise(response: httpx.Response, **translate: Any) -> Any:
@@ -350,9 +378,17 @@ class _LabelScoring:
     label_scoring: bool
 
     async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
-        body = {"model": self.upstream_model, "messages": prefill_messages(messages, prefix), "max_tokens": 1,
-                "temperature": 0.0, "logprobs": True, "top_logprobs": top,
-                "continue_final_message": True, "add_generation_prompt": False, "ignore_eos": True}
+        body = {
+            "model": self.upstream_model,
+            "messages": prefill_messages(messages, prefix),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": top,
+            "continue_final_message": True,
+            "add_generation_prompt": False,
+            "ignore_eos": True,
+        }
         try:
             out = await self._up.post("chat/completions", body, context_window=self.context_window)
         except InvalidInput:
@@ -369,14 +405,21 @@ class _LabelScoring:
         pieces: dict[str, list[str] | None] = self.__dict__.setdefault("_pieces", {})
         if text not in pieces:
             with transport_errors():
-                response = await self._up.client.post(f"{self._up.root}/tokenize", json={
-                    "model": self.upstream_model, "content": text, "prompt": text, "with_pieces": True,
-                    "add_special_tokens": False})
+                response = await self._up.client.post(
+                    f"{self._up.root}/tokenize",
+                    json={
+                        "model": self.upstream_model,
+                        "content": text,
+                        "prompt": text,
+                        "with_pieces": True,
+                        "add_special_tokens": False,
+                    },
+                )
             try:
                 tokens = response.json().get("tokens") if response.status_code == 200 else None
             except (ValueError, AttributeError):  # not a JSON object: no pieces from this upstream
                 tokens = None
-            found = [t.get("piece") for t in tokens or () if isinstance(t, dict)]
+            found: list[Any] = [t.get("piece") for t in tokens or () if isinstance(t, dict)]
             if len(pieces) >= 10_000:
                 pieces.clear()
             pieces[text] = found if found and all(isinstance(p, str) for p in found) else None
@@ -416,8 +459,14 @@ class OpenAIHttpEngine(_LabelScoring, Engine):
         self.structured_output = structured_output
         self.startup_timeout_s = startup_timeout_s
         self.vllm_version: str | None = None  # set by start() when the upstream is vLLM
-        self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
-                             connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
+        self._up = _Upstream(
+            upstream,
+            concurrency=max_concurrency,
+            request_timeout=request_timeout_s,
+            connect_timeout=connect_timeout_s,
+            api_key=api_key,
+            transport=transport,
+        )
 
     @property
     def upstream(self) -> str:
@@ -432,8 +481,10 @@ class OpenAIHttpEngine(_LabelScoring, Engine):
             self.upstream_model = ids[0]
             self.model_name = self.model_name if self.model_name != "default" else ids[0]
         elif self.upstream_model not in ids:
-            raise EngineUnavailable(f"upstream {self.upstream} does not serve {self.upstream_model!r}; it serves "
-                                    f"{', '.join(ids) or 'nothing'}")
+            raise EngineUnavailable(
+                f"upstream {self.upstream} does not serve {self.upstream_model!r}; it serves "
+                f"{', '.join(ids) or 'nothing'}"
+            )
         listed = next(m for m in models if m.get("id") == self.upstream_model)
         self.context_window = self._configured_context or await self._discover_context(listed)
         self.vllm_version = await self._up.vllm_version(models)
@@ -471,8 +522,12 @@ class OpenAIHttpEngine(_LabelScoring, Engine):
             text = (choice.get("message") or {}).get("content") or ""
         except (KeyError, IndexError, TypeError) as exc:
             raise EngineUnavailable("upstream answered without choices") from exc
-        return ChatResult(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          usage=usage_of(out.get("usage")), logprobs=parse_logprobs(choice))
+        return ChatResult(
+            text=text,
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=usage_of(out.get("usage")),
+            logprobs=parse_logprobs(choice),
+        )
 
     async def chat_stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         body = chat_body(request, self.upstream_model, self.structured_output, stream=True)
@@ -543,18 +598,35 @@ class OpenAIEmbedder(Embedder):
     kind = "openai"
     batch_size = 64
 
-    def __init__(self, upstream: str, model: str, *, model_name: str | None = None, dimension: int = 768,
-                 max_concurrency: int = 4, request_timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
-                 startup_timeout_s: float = 900.0, api_key: str | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, truncate: bool | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        model: str,
+        *,
+        model_name: str | None = None,
+        dimension: int = 768,
+        max_concurrency: int = 4,
+        request_timeout_s: float = 120.0,
+        connect_timeout_s: float = 10.0,
+        startup_timeout_s: float = 900.0,
+        api_key: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        truncate: bool | None = None,
+    ) -> None:
         self.upstream_model = model
         self.model_name = model_name or model
         self.dimension = dimension
         self.truncate = truncate
         self.max_concurrency = max_concurrency
         self.startup_timeout_s = startup_timeout_s
-        self._up = _Upstream(upstream, concurrency=max_concurrency, request_timeout=request_timeout_s,
-                             connect_timeout=connect_timeout_s, api_key=api_key, transport=transport)
+        self._up = _Upstream(
+            upstream,
+            concurrency=max_concurrency,
+            request_timeout=request_timeout_s,
+            connect_timeout=connect_timeout_s,
+            api_key=api_key,
+            transport=transport,
+        )
 
     @classmethod
     def from_settings(cls, settings: Any) -> OpenAIEmbedder:
@@ -584,7 +656,7 @@ class OpenAIEmbedder(Embedder):
 
     async def embed_rows(self, texts: Sequence[str]) -> list[list[float] | RowError]:
         """One vector per text, or the row error of a text the upstream refuses; its neighbours still embed."""
-        chunks = [list(texts[i:i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
+        chunks = [list(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
         parts = await asyncio.gather(*(self._isolating(c) for c in chunks))
         rows = [v for part in parts for v in part]
         for v in rows:

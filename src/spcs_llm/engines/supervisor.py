@@ -37,9 +37,20 @@ class Supervisor:
     stayed up for ``stable_s``.
     """
 
-    def __init__(self, name: str, command: Sequence[str], base_url: str, model: str, *,
-                 startup_timeout_s: float = 900.0, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 stable_s: float = 60.0, stop_grace_s: float = 30.0, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        base_url: str,
+        model: str,
+        *,
+        startup_timeout_s: float = 900.0,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        stable_s: float = 60.0,
+        stop_grace_s: float = 30.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.command = list(command)
         self.base_url = base_url.rstrip("/")
@@ -73,8 +84,11 @@ class Supervisor:
     async def _launch(self) -> None:
         self.ready = False
         self.proc = await asyncio.create_subprocess_exec(
-            *self.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            *self.command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             env=self.env,
         )
         self._pump = asyncio.create_task(self._pass_output(self.proc))
@@ -93,8 +107,10 @@ class Supervisor:
             while time.monotonic() < deadline:
                 if self.proc is None or self.proc.returncode is not None:
                     await self._drain()
-                    raise EngineUnavailable(f"{self.name} exited with code {self.returncode} before it was ready; "
-                                            f"last output:\n" + "\n".join(self.tail))
+                    raise EngineUnavailable(
+                        f"{self.name} exited with code {self.returncode} before it was ready; "
+                        f"last output:\n" + "\n".join(self.tail)
+                    )
                 if await self._answers(client):
                     self.ready, self.ready_at = True, time.time()
                     logs.event("child_ready", child=self.name, pid=self.proc.pid)

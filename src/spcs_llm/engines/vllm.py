@@ -58,16 +58,21 @@ def gpu_memory_gib(env: dict[str, str] | None = None) -> float | None:
     if shutil.which("nvidia-smi", path=(os.environ if env is None else env).get("PATH")) is None:
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20, check=True, env=env).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+            env=env,
+        ).stdout
         sizes = [float(line) for line in out.split() if line.strip()]
     except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return min(sizes) / 1024 if sizes else None
 
 
-def weights_do_not_fit(served_name: str, tensor_parallel: int, gpu_gib: float | None,
-                       utilization: float) -> str | None:
+def weights_do_not_fit(served_name: str, tensor_parallel: int, gpu_gib: float | None, utilization: float) -> str | None:
     """Why the model's weights alone cannot fit its share of the GPUs, or None (fits, or unknown). Only the weights
     are compared, so this never refuses a model vLLM could run; the KV cache comes on top."""
     from ..models.sizing import estimate_memory
@@ -82,10 +87,12 @@ def weights_do_not_fit(served_name: str, tensor_parallel: int, gpu_gib: float | 
     budget = gpu_gib * utilization
     if weights <= budget:
         return None
-    return (f"{served_name}'s weights take about {weights:.1f} GiB per GPU at tensor-parallel size "
-            f"{tensor_parallel}, more than the {budget:.1f} GiB that gpu_memory_utilization = {utilization} leaves "
-            f"of a {gpu_gib:.0f} GiB GPU; use more GPUs, a quantised model, or see `spcs-llm models recommend "
-            f"{served_name}`")
+    return (
+        f"{served_name}'s weights take about {weights:.1f} GiB per GPU at tensor-parallel size "
+        f"{tensor_parallel}, more than the {budget:.1f} GiB that gpu_memory_utilization = {utilization} leaves "
+        f"of a {gpu_gib:.0f} GiB GPU; use more GPUs, a quantised model, or see `spcs-llm models recommend "
+        f"{served_name}`"
+    )
 
 
 def free_port() -> int:
@@ -94,8 +101,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def resolve_model(model: str, cache_dir: Path | None,
-                  downloads: DownloadSettings | None = None) -> tuple[str, str]:
+def resolve_model(model: str, cache_dir: Path | None, downloads: DownloadSettings | None = None) -> tuple[str, str]:
     """(what to pass to ``vllm serve``, the name to serve it under) for a local directory or a catalogue name.
 
     A catalogue name is fetched (or found in the cache) by :func:`spcs_llm.models.download.ensure_model`, from the
@@ -142,7 +148,7 @@ def tensor_parallel_size(heads: int, kv_heads: int, gpus: int) -> int:
     if heads <= 0:
         return gpus
     kv = kv_heads or heads
-    sizes = [t for t in (2 ** i for i in range(gpus.bit_length())) if t <= gpus]
+    sizes = [t for t in (2**i for i in range(gpus.bit_length())) if t <= gpus]
     fits = [t for t in sizes if heads % t == 0 and (kv % t == 0 if t < kv else t % kv == 0)]
     return max(fits)
 
@@ -151,11 +157,24 @@ def serve_args(model_path: str, served_name: str, port: int, settings: EngineSet
     """``vllm serve`` arguments for the chat model (after ``settings.vllm_command``), on the largest valid
     tensor-parallel size up to ``gpus``."""
     tp = tensor_parallel_size(*attention_heads(model_path, served_name), gpus)
-    args = ["serve", model_path, "--host", LOOPBACK, "--port", str(port), "--served-model-name", served_name,
-            "--tensor-parallel-size", str(tp),
-            "--gpu-memory-utilization", str(settings.gpu_memory_utilization),
-            "--max-num-seqs", str(settings.upstream_concurrency), "--enable-prefix-caching",
-            "--enable-prompt-tokens-details"]
+    args = [
+        "serve",
+        model_path,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--served-model-name",
+        served_name,
+        "--tensor-parallel-size",
+        str(tp),
+        "--gpu-memory-utilization",
+        str(settings.gpu_memory_utilization),
+        "--max-num-seqs",
+        str(settings.upstream_concurrency),
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+    ]
     context = settings.context_window or _catalog_context(served_name)
     if context:
         args += ["--max-model-len", str(context)]
@@ -165,9 +184,22 @@ def serve_args(model_path: str, served_name: str, port: int, settings: EngineSet
 def embedding_args(model_path: str, served_name: str, settings: EngineSettings) -> list[str]:
     """``vllm serve`` arguments for the embedding child: a pooling runner on ``embedding_port``, on one GPU (a
     110M-parameter encoder gains nothing from more, and its 12 heads do not split over 8)."""
-    return ["serve", model_path, "--host", LOOPBACK, "--port", str(settings.embedding_port),
-            "--served-model-name", served_name, "--runner", "pooling", "--tensor-parallel-size", "1",
-            "--gpu-memory-utilization", str(settings.embedding_gpu_memory_utilization)]
+    return [
+        "serve",
+        model_path,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(settings.embedding_port),
+        "--served-model-name",
+        served_name,
+        "--runner",
+        "pooling",
+        "--tensor-parallel-size",
+        "1",
+        "--gpu-memory-utilization",
+        str(settings.embedding_gpu_memory_utilization),
+    ]
 
 
 def _catalog_context(name: str) -> int | None:
@@ -180,8 +212,9 @@ class VllmEngine(Engine):
 
     kind = "vllm"
 
-    def __init__(self, settings: EngineSettings, *, env: dict[str, str] | None = None,
-                 downloads: DownloadSettings | None = None) -> None:
+    def __init__(
+        self, settings: EngineSettings, *, env: dict[str, str] | None = None, downloads: DownloadSettings | None = None
+    ) -> None:
         self.settings = settings
         self.downloads = downloads
         self.env = env
@@ -208,7 +241,8 @@ class VllmEngine(Engine):
         if self.gpus < 1:
             raise EngineUnavailable(
                 "the vllm engine needs a GPU and this process sees none (CUDA_VISIBLE_DEVICES is empty or "
-                "nvidia-smi lists no GPU); set engine.gpus, or use engine.kind = \"llamacpp\" on CPU")
+                'nvidia-smi lists no GPU); set engine.gpus, or use engine.kind = "llamacpp" on CPU'
+            )
         path, name = await asyncio.to_thread(resolve_model, s.model, s.cache_dir, self.downloads)
         self.model_name = s.model_name or name
         visible = visible_gpus(self.env)
@@ -220,15 +254,18 @@ class VllmEngine(Engine):
         if why := weights_do_not_fit(self.model_name, self.tensor_parallel, memory, s.gpu_memory_utilization):
             raise EngineUnavailable(why)
         if self.tensor_parallel < self.gpus:
-            logs.event("vllm_tensor_parallel", model=self.model_name, gpus=self.gpus,
-                       tensor_parallel=self.tensor_parallel,
-                       reason="the largest size the model's attention and KV heads split evenly over")
+            logs.event(
+                "vllm_tensor_parallel",
+                model=self.model_name,
+                gpus=self.gpus,
+                tensor_parallel=self.tensor_parallel,
+                reason="the largest size the model's attention and KV heads split evenly over",
+            )
         chat = self._child("vllm", chat_args, self.port, self.model_name)
         self.children.append(chat)
         embed = None
         if s.embedding_model:
-            epath, ename = await asyncio.to_thread(resolve_model, s.embedding_model, s.cache_dir,
-                                                 self.downloads)
+            epath, ename = await asyncio.to_thread(resolve_model, s.embedding_model, s.cache_dir, self.downloads)
             ename = s.embedding_model_name or ename
             embed = self._child("vllm-embed", embedding_args(epath, ename, s), s.embedding_port, ename)
             self.children.append(embed)
@@ -241,9 +278,14 @@ class VllmEngine(Engine):
             await asyncio.gather(*(c.stop() for c in self.children))
             raise
         self._http = OpenAIHttpEngine(
-            f"http://{LOOPBACK}:{self.port}/v1", self.model_name, context_window=s.context_window,
-            max_concurrency=s.upstream_concurrency, structured_output=s.structured_output or "structured_outputs",
-            request_timeout_s=s.request_timeout_s, connect_timeout_s=s.connect_timeout_s, startup_timeout_s=30.0,
+            f"http://{LOOPBACK}:{self.port}/v1",
+            self.model_name,
+            context_window=s.context_window,
+            max_concurrency=s.upstream_concurrency,
+            structured_output=s.structured_output or "structured_outputs",
+            request_timeout_s=s.request_timeout_s,
+            connect_timeout_s=s.connect_timeout_s,
+            startup_timeout_s=30.0,
         )
         await self._http.start()
         self.context_window = self._http.context_window
@@ -261,8 +303,14 @@ class VllmEngine(Engine):
 
     def _child(self, name: str, args: Sequence[str], port: int, served: str) -> Supervisor:
         env = {**(os.environ if self.env is None else self.env), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        return Supervisor(name, [*self.settings.vllm_command, *args], f"http://{LOOPBACK}:{port}", served,
-                          startup_timeout_s=self.settings.startup_timeout_s, env=env)
+        return Supervisor(
+            name,
+            [*self.settings.vllm_command, *args],
+            f"http://{LOOPBACK}:{port}",
+            served,
+            startup_timeout_s=self.settings.startup_timeout_s,
+            env=env,
+        )
 
     def unready(self) -> list[str]:
         """The children that are not ready (starting, crashed or restarting), for /health."""

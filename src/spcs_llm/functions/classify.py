@@ -46,12 +46,19 @@ def parse_categories(raw: Any) -> list[Category]:
     for item in items:
         if isinstance(item, str):
             categories.append(Category(item))
-        elif isinstance(item, dict) and isinstance(item.get("label"), str) and set(item) <= {
-                "label", "description", "examples"}:
+        elif (
+            isinstance(item, dict)
+            and isinstance(item.get("label"), str)
+            and set(item) <= {"label", "description", "examples"}
+        ):
             description = item.get("description", "")
             examples = item.get("examples", [])
-            if not isinstance(description, str) or not isinstance(examples, list) or len(examples) > MAX_EXAMPLES \
-                    or not all(isinstance(e, str) for e in examples):
+            if (
+                not isinstance(description, str)
+                or not isinstance(examples, list)
+                or len(examples) > MAX_EXAMPLES
+                or not all(isinstance(e, str) for e in examples)
+            ):
                 raise InvalidCategories.input_type()
             categories.append(Category(item["label"], description, tuple(examples)))
         else:
@@ -93,15 +100,22 @@ def instruction(categories: list[Category], settings: dict[str, Any], *, multi: 
         lines.append(line)
     for example in settings.get("examples", []):
         lines.append(f"Example: {example['input']} -> {', '.join(example['labels'])}")
-    lines.append("Answer with every category that applies to the text from the user." if multi
-                 else "Answer with the one category that fits the text from the user best.")
+    lines.append(
+        "Answer with every category that applies to the text from the user."
+        if multi
+        else "Answer with the one category that fits the text from the user best."
+    )
     return "\n".join(lines)
 
 
 def _examples(raw: Any) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("input"), str) and isinstance(e.get("labels"), list)
-            and all(isinstance(x, str) for x in e["labels"]) for e in raw):
+        isinstance(e, dict)
+        and isinstance(e.get("input"), str)
+        and isinstance(e.get("labels"), list)
+        and all(isinstance(x, str) for x in e["labels"])
+        for e in raw
+    ):
         raise InvalidOptions("examples must be [{input, labels, explanation}]")
     return raw
 
@@ -111,10 +125,18 @@ def _classify_text(rt: Runtime, args: list[Any]) -> RowJob:
     categories = parse_categories(args[1])
     settings = _settings(args[2] if len(args) > 2 else None, {"task_description"})
     labels = [c.label for c in categories]
-    request = task_request(rt, instruction(categories, settings, multi=False), text,
-                           schema={"type": "object", "properties": {"label": enum_schema(labels)},
-                                   "required": ["label"], "additionalProperties": False},
-                           max_tokens=16 + max(len(label) for label in labels))
+    request = task_request(
+        rt,
+        instruction(categories, settings, multi=False),
+        text,
+        schema={
+            "type": "object",
+            "properties": {"label": enum_schema(labels)},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+        max_tokens=16 + max(len(label) for label in labels),
+    )
 
     async def run() -> dict[str, str]:
         scores = await label_scores(rt, request, LABEL_PREFIX, labels)
@@ -139,11 +161,18 @@ def _ai_classify(rt: Runtime, args: list[Any]) -> RowJob:
     schema: dict[str, Any] = enum_schema(labels)
     if multi:
         schema = {"type": "array", "items": schema, "maxItems": len(labels)}
-    request = task_request(rt, instruction(categories, settings, multi=multi), text,
-                           schema={"type": "object", "properties": {"labels": schema}, "required": ["labels"],
-                                   "additionalProperties": False},
-                           max_tokens=16 + sum(len(label) + 4 for label in labels) if multi
-                           else 16 + max(len(label) for label in labels))
+    request = task_request(
+        rt,
+        instruction(categories, settings, multi=multi),
+        text,
+        schema={
+            "type": "object",
+            "properties": {"labels": schema},
+            "required": ["labels"],
+            "additionalProperties": False,
+        },
+        max_tokens=16 + sum(len(label) + 4 for label in labels) if multi else 16 + max(len(label) for label in labels),
+    )
 
     async def run() -> dict[str, list[str]]:
         # One label: scored like CLASSIFY_TEXT (the same step). Several: generated under the array schema
@@ -180,20 +209,48 @@ def _ai_filter(rt: Runtime, args: list[Any]) -> RowJob:
 
 
 _NULLABLE = frozenset({"input", "options", "config"})
-register(SqlFunction("classify_text", (
-    Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _classify_text, _NULLABLE),
-    Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("options", "OBJECT")), "OBJECT", _classify_text,
-             _NULLABLE),
-), doc=(
-    "`{\"label\": …}`, always one of the categories (constrained decoding). 2–100 unique categories, strings or "
-    "`{label, description, examples}`; `options.task_description`. Errors: `invalid number of categories: <n>`, "
-    "`invalid category input type`, `empty classification input` (also for a NULL input).")))
-register(SqlFunction("ai_classify", (
-    Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _ai_classify, _NULLABLE),
-    Overload((("input", "VARCHAR"), ("categories", "ARRAY"), ("config", "OBJECT")), "OBJECT", _ai_classify,
-             _NULLABLE),
-), null_on_error=True, doc=(
-    "`{\"labels\": […]}`; config `task_description`, `output_mode: 'single'|'multi'`, `examples`; the same category "
-    "limits as `CLASSIFY_TEXT`.")))
-register(SqlFunction("ai_filter", (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),), null_on_error=True,
-                     doc="Constrained TRUE/FALSE. The `(predicate, file)` and `PROMPT()` forms are not available."))
+register(
+    SqlFunction(
+        "classify_text",
+        (
+            Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _classify_text, _NULLABLE),
+            Overload(
+                (("input", "VARCHAR"), ("categories", "ARRAY"), ("options", "OBJECT")),
+                "OBJECT",
+                _classify_text,
+                _NULLABLE,
+            ),
+        ),
+        doc=(
+            '`{"label": …}`, always one of the categories (constrained decoding). 2–100 unique categories, strings or '
+            "`{label, description, examples}`; `options.task_description`. "
+            "Errors: `invalid number of categories: <n>`, "
+            "`invalid category input type`, `empty classification input` (also for a NULL input)."
+        ),
+    )
+)
+register(
+    SqlFunction(
+        "ai_classify",
+        (
+            Overload((("input", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _ai_classify, _NULLABLE),
+            Overload(
+                (("input", "VARCHAR"), ("categories", "ARRAY"), ("config", "OBJECT")), "OBJECT", _ai_classify, _NULLABLE
+            ),
+        ),
+        null_on_error=True,
+        doc=(
+            '`{"labels": […]}`; config `task_description`, `output_mode: '
+            "'single'|'multi'`, `examples`; the same category "
+            "limits as `CLASSIFY_TEXT`."
+        ),
+    )
+)
+register(
+    SqlFunction(
+        "ai_filter",
+        (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),),
+        null_on_error=True,
+        doc="Constrained TRUE/FALSE. The `(predicate, file)` and `PROMPT()` forms are not available.",
+    )
+)

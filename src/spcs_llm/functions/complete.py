@@ -106,8 +106,13 @@ DEFAULT_OPTIONS = Options()
 
 
 def _request(rt: Runtime, messages: tuple[Message, ...], opts: Options) -> ChatRequest:
-    return ChatRequest(messages=messages, max_tokens=min(opts.max_tokens, rt.max_output_tokens),
-                       temperature=opts.temperature, top_p=opts.top_p, json_schema=opts.json_schema)
+    return ChatRequest(
+        messages=messages,
+        max_tokens=min(opts.max_tokens, rt.max_output_tokens),
+        temperature=opts.temperature,
+        top_p=opts.top_p,
+        json_schema=opts.json_schema,
+    )
 
 
 def complete_text(rt: Runtime, args: list[Any]) -> RowJob:
@@ -142,8 +147,11 @@ def details(result: ChatResult, served: str, structured: Any = None) -> dict[str
     body |= {"created": int(time.time()), "model": served}
     if structured is not None:
         body["structured_output"] = [{"raw_message": structured, "type": "json"}]
-    body["usage"] = {"completion_tokens": usage.completion_tokens, "prompt_tokens": usage.prompt_tokens,
-                     "total_tokens": usage.total_tokens}
+    body["usage"] = {
+        "completion_tokens": usage.completion_tokens,
+        "prompt_tokens": usage.prompt_tokens,
+        "total_tokens": usage.total_tokens,
+    }
     return body
 
 
@@ -194,24 +202,37 @@ OVERLOADS = (
 
 COMPLETE_DOC = (
     "Text generation. `(model, prompt)` returns the answer text; `(model, messages, options)` returns Cortex's JSON "
-    "string `{\"choices\":[{\"messages\":…}],\"created\":…,\"model\":…,\"usage\":{…}}`. Options: "
+    'string `{"choices":[{"messages":…}],"created":…,"model":…,"usage":{…}}`. Options: '
     "`temperature` (default 0), `top_p` (unset: no nucleus cut), `max_tokens` (default 4096, capped by the served "
     "model's output limit; output past the context is truncated, as in Cortex), `response_format` (constrained "
     "decoding; an invalid schema gives `schema validation failed`). `guardrails: TRUE` is refused with `invalid "
     "options object`: no guard model runs here."
 )
 register(SqlFunction("complete", OVERLOADS, doc=COMPLETE_DOC))
-register(SqlFunction("try_complete", OVERLOADS, null_on_error=True,
-                     doc="`COMPLETE`, but a row error gives that row `NULL`."))
+register(
+    SqlFunction("try_complete", OVERLOADS, null_on_error=True, doc="`COMPLETE`, but a row error gives that row `NULL`.")
+)
 
 AI_COMPLETE_DOC = (
     "Positional `(model, prompt[, model_parameters[, response_format[, show_details]]])`. Returns the text; the JSON "
     "**object** with `response_format` (`{'type':'json','schema':…}` or a bare JSON schema); the detail object with "
     "`show_details`. The `PROMPT()` object form and `TYPE OBJECT(...)` literals cannot cross a service function."
 )
-_AI_ARGS = (("model", "VARCHAR"), ("prompt", "VARCHAR"), ("model_parameters", "OBJECT"),
-            ("response_format", "OBJECT"), ("show_details", "BOOLEAN"))
+_AI_ARGS = (
+    ("model", "VARCHAR"),
+    ("prompt", "VARCHAR"),
+    ("model_parameters", "OBJECT"),
+    ("response_format", "OBJECT"),
+    ("show_details", "BOOLEAN"),
+)
 _AI_OPTIONAL = frozenset({"model_parameters", "response_format", "show_details"})
-register(SqlFunction("ai_complete", tuple(
-    Overload(_AI_ARGS[:n], "VARCHAR" if n < 4 else "VARIANT", ai_complete, _AI_OPTIONAL) for n in (2, 3, 4, 5)
-), null_on_error=True, doc=AI_COMPLETE_DOC))
+register(
+    SqlFunction(
+        "ai_complete",
+        tuple(
+            Overload(_AI_ARGS[:n], "VARCHAR" if n < 4 else "VARIANT", ai_complete, _AI_OPTIONAL) for n in (2, 3, 4, 5)
+        ),
+        null_on_error=True,
+        doc=AI_COMPLETE_DOC,
+    )
+)

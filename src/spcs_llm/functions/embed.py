@@ -125,12 +125,31 @@ _EMBED_DOC = (
 )
 register(SqlFunction("embed_text_768", (Overload(_ARGS, "ARRAY", _embed_with(768)),), doc=_EMBED_DOC.format(768)))
 register(SqlFunction("embed_text_1024", (Overload(_ARGS, "ARRAY", _embed_with(1024)),), doc=_EMBED_DOC.format(1024)))
-register(SqlFunction("ai_embed", (Overload(_ARGS, "ARRAY", _embed_with(None)),), null_on_error=True,
-                     doc="The embedding of a text (no images) by any served embedding model."))
-register(SqlFunction("ai_similarity", (
-    Overload((("input1", "VARCHAR"), ("input2", "VARCHAR")), "FLOAT", _similarity),
-    Overload((("input1", "VARCHAR"), ("input2", "VARCHAR"), ("config", "OBJECT")), "FLOAT", _similarity,
-             frozenset({"config"})),
-), null_on_error=True, doc=(
-    "Cosine similarity of the two embeddings, in [-1, 1]; default model `snowflake-arctic-embed-l-v2.0` if served, "
-    "else the first configured.")))
+register(
+    SqlFunction(
+        "ai_embed",
+        (Overload(_ARGS, "ARRAY", _embed_with(None)),),
+        null_on_error=True,
+        doc="The embedding of a text (no images) by any served embedding model.",
+    )
+)
+register(
+    SqlFunction(
+        "ai_similarity",
+        (
+            Overload((("input1", "VARCHAR"), ("input2", "VARCHAR")), "FLOAT", _similarity),
+            Overload(
+                (("input1", "VARCHAR"), ("input2", "VARCHAR"), ("config", "OBJECT")),
+                "FLOAT",
+                _similarity,
+                frozenset({"config"}),
+            ),
+        ),
+        null_on_error=True,
+        doc=(
+            "Cosine similarity of the two embeddings, in [-1, 1]; default "
+            "model `snowflake-arctic-embed-l-v2.0` if served, "
+            "else the first configured."
+        ),
+    )
+)

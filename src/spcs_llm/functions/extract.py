@@ -35,8 +35,9 @@ def _extract(rt: Runtime, args: list[Any]) -> RowJob:
     if not isinstance(document, str) or not isinstance(question, str):
         raise InvalidInput("source_document and question must be strings")
     # The question comes before the document text: it is short, and the document is the row's long part.
-    request = task_request(rt, INSTRUCTION, f"Question: {question}\n\nDocument:\n{document}",
-                           max_tokens=MAX_ANSWER_TOKENS, top_logprobs=1)
+    request = task_request(
+        rt, INSTRUCTION, f"Question: {question}\n\nDocument:\n{document}", max_tokens=MAX_ANSWER_TOKENS, top_logprobs=1
+    )
 
     async def run() -> list[dict[str, Any]]:
         result = await rt.scheduler.chat(request)
@@ -46,8 +47,13 @@ def _extract(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-register(SqlFunction("extract_answer", (
-    Overload((("source_document", "VARCHAR"), ("question", "VARCHAR")), "VARIANT", _extract),
-), doc=(
-    "`[{\"answer\": \"…\", \"score\": 0..1}]`; the score is the geometric mean of the answer tokens' "
-    "probabilities, `null` when the engine gives no logprobs.")))
+register(
+    SqlFunction(
+        "extract_answer",
+        (Overload((("source_document", "VARCHAR"), ("question", "VARCHAR")), "VARIANT", _extract),),
+        doc=(
+            '`[{"answer": "…", "score": 0..1}]`; the score is the geometric mean of the answer tokens\' '
+            "probabilities, `null` when the engine gives no logprobs."
+        ),
+    )
+)

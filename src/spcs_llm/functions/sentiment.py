@@ -115,17 +115,26 @@ async def scored_aspects(rt: Runtime, request: ChatRequest, names: list[str]) ->
     return answer
 
 
-register(SqlFunction("sentiment", (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),), doc=(
-    "A FLOAT in [-1, 1]: P(positive) − P(negative) read from the model's own token probabilities at the label "
-    "(one scored forward step after the answer's fixed start, see label scoring; engines that cannot score fall "
-    "back to a constrained positive/negative/neutral answer), not a number the model writes. An engine that gives "
-    "no logprobs yields -1, 0 or 1.")))
+register(
+    SqlFunction(
+        "sentiment",
+        (Overload((("text", "VARCHAR"),), "FLOAT", _sentiment),),
+        doc=(
+            "A FLOAT in [-1, 1]: P(positive) − P(negative) read from the model's own token probabilities at the label "
+            "(one scored forward step after the answer's fixed start, see "
+            "label scoring; engines that cannot score fall "
+            "back to a constrained positive/negative/neutral answer), not a "
+            "number the model writes. An engine that gives "
+            "no logprobs yields -1, 0 or 1."
+        ),
+    )
+)
 _ASPECT_OVERLOADS = (
     Overload((("text", "VARCHAR"),), "OBJECT", _aspects),
     Overload((("text", "VARCHAR"), ("categories", "ARRAY")), "OBJECT", _aspects, nullable=frozenset({"categories"})),
 )
 _ASPECT_DOC = (
-    "`{\"categories\":[{\"name\":\"overall\",\"sentiment\":…}, …]}` with sentiment one of positive, negative, "
+    '`{"categories":[{"name":"overall","sentiment":…}, …]}` with sentiment one of positive, negative, '
     "neutral, mixed, unknown; at most 10 entities of at most 30 characters each. `return_error_details` is not "
     "supported."
 )

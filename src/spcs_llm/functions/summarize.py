@@ -147,13 +147,34 @@ def _agg(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-register(SqlFunction("summarize", (Overload((("text", "VARCHAR"),), "VARCHAR", _summarize),), doc=(
-    "A summary. Input longer than the context is split at paragraph, line or word boundaries, each piece "
-    "summarised and the summaries combined: never silently truncated.")))
-register(SqlFunction("ai_summarize_agg", (Overload((("texts", "ARRAY"),), "VARCHAR", _agg),), null_on_error=True,
-                     doc="`AI_AGG` with Cortex's summarising instruction."))
-register(SqlFunction("ai_agg", (Overload((("texts", "ARRAY"), ("instruction", "VARCHAR")), "VARCHAR", _agg),),
-                     null_on_error=True, doc=(
-    "A service function cannot be an aggregate: call it over `ARRAY_AGG(col)`. Rows are packed into context-sized "
-    "groups and the groups' answers reduced hierarchically, so any number of rows works, within what one ARRAY "
-    "value may hold in Snowflake.")))
+register(
+    SqlFunction(
+        "summarize",
+        (Overload((("text", "VARCHAR"),), "VARCHAR", _summarize),),
+        doc=(
+            "A summary. Input longer than the context is split at paragraph, line or word boundaries, each piece "
+            "summarised and the summaries combined: never silently truncated."
+        ),
+    )
+)
+register(
+    SqlFunction(
+        "ai_summarize_agg",
+        (Overload((("texts", "ARRAY"),), "VARCHAR", _agg),),
+        null_on_error=True,
+        doc="`AI_AGG` with Cortex's summarising instruction.",
+    )
+)
+register(
+    SqlFunction(
+        "ai_agg",
+        (Overload((("texts", "ARRAY"), ("instruction", "VARCHAR")), "VARCHAR", _agg),),
+        null_on_error=True,
+        doc=(
+            "A service function cannot be an aggregate: call it over "
+            "`ARRAY_AGG(col)`. Rows are packed into context-sized "
+            "groups and the groups' answers reduced hierarchically, so any number of rows works, within what one ARRAY "
+            "value may hold in Snowflake."
+        ),
+    )
+)

@@ -32,8 +32,15 @@ T = TypeVar("T")
 TEMPLATE_TOKENS = 32
 
 
-def task_request(rt: Runtime, instruction: str, text: str, *, schema: Mapping[str, Any] | None = None,
-                 max_tokens: int = 256, top_logprobs: int = 0) -> ChatRequest:
+def task_request(
+    rt: Runtime,
+    instruction: str,
+    text: str,
+    *,
+    schema: Mapping[str, Any] | None = None,
+    max_tokens: int = 256,
+    top_logprobs: int = 0,
+) -> ChatRequest:
     """A greedy request: the instruction first (shared by every row), the row's text last."""
     return ChatRequest(
         messages=(Message("system", instruction), Message("user", text)),
@@ -44,8 +51,9 @@ def task_request(rt: Runtime, instruction: str, text: str, *, schema: Mapping[st
     )
 
 
-async def label_scores(rt: Runtime, request: ChatRequest, prefix: str, labels: Sequence[str],
-                       top_logprobs: int = 20) -> LabelScores | None:
+async def label_scores(
+    rt: Runtime, request: ChatRequest, prefix: str, labels: Sequence[str], top_logprobs: int = 20
+) -> LabelScores | None:
     """The distribution over ``labels`` as the continuation of the answer ``prefix`` to ``request``'s messages,
     or None when the engine cannot score (then generate ``request`` under its schema)."""
     return await rt.scheduler.score_labels(ScoreRequest(request.messages, prefix, tuple(labels), top_logprobs))
@@ -133,7 +141,7 @@ async def fit(rt: Runtime, text: str, room: int) -> list[str]:
     chars = max(1, int(len(text) * room / tokens * 0.9))
     pieces = recursive_split(text, chars, 0, DEFAULT_SEPARATORS)
     if len(pieces) == 1:  # one unbreakable piece: halve it
-        pieces = [text[: len(text) // 2], text[len(text) // 2:]]
+        pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
     out: list[str] = []
     for piece in pieces:
         out.extend(await fit(rt, piece, room))

@@ -21,12 +21,26 @@ from .registry import FUNCTIONS, Overload, RowJob, Runtime, SqlFunction, json_ar
 DEFAULT_SEPARATORS: tuple[str, ...] = ("\n\n", "\n", " ", "")
 # Markdown structure first (headings, code fences, rules), then paragraphs, lines, words, characters.
 MARKDOWN_SEPARATORS: tuple[str, ...] = (
-    r"\n#{1,6} ", r"```\n", r"\n\*\*\*+\n", r"\n---+\n", r"\n___+\n", r"\n\n", r"\n", " ", "",
+    r"\n#{1,6} ",
+    r"```\n",
+    r"\n\*\*\*+\n",
+    r"\n---+\n",
+    r"\n___+\n",
+    r"\n\n",
+    r"\n",
+    " ",
+    "",
 )
 
 
-def recursive_split(text: str, chunk_size: int, overlap: int = 0, separators: tuple[str, ...] = DEFAULT_SEPARATORS,
-                    *, regex: bool = False) -> list[str]:
+def recursive_split(
+    text: str,
+    chunk_size: int,
+    overlap: int = 0,
+    separators: tuple[str, ...] = DEFAULT_SEPARATORS,
+    *,
+    regex: bool = False,
+) -> list[str]:
     """Chunks of at most ``chunk_size`` characters (a piece with no separator left may be longer)."""
     if chunk_size < 1 or overlap < 0 or overlap >= chunk_size:
         raise InvalidInput("chunk_size must be positive and overlap must be at least 0 and less than chunk_size")
@@ -41,7 +55,7 @@ def _split(text: str, patterns: list[str], size: int, overlap: int) -> list[str]
             pattern = p
             break
         if re.search(p, text):
-            pattern, rest = p, patterns[i + 1:]
+            pattern, rest = p, patterns[i + 1 :]
             break
     pieces = _split_keeping_separator(text, pattern)
     chunks: list[str] = []
@@ -107,13 +121,21 @@ def _split_text(rt: Runtime, args: list[Any]) -> RowJob:
 
 
 _SPLIT_ARGS = (("text", "VARCHAR"), ("format", "VARCHAR"), ("chunk_size", "NUMBER"))
-register(SqlFunction("split_text_recursive_character", (
-    Overload(_SPLIT_ARGS, "ARRAY", _split_text),
-    Overload((*_SPLIT_ARGS, ("overlap", "NUMBER")), "ARRAY", _split_text),
-    Overload((*_SPLIT_ARGS, ("overlap", "NUMBER"), ("separators", "ARRAY")), "ARRAY", _split_text),
-), doc=(
-    "The recursive character algorithm, checked against `langchain-text-splitters` on random text; the documented "
-    "example gives the documented output. No model call.")))
+register(
+    SqlFunction(
+        "split_text_recursive_character",
+        (
+            Overload(_SPLIT_ARGS, "ARRAY", _split_text),
+            Overload((*_SPLIT_ARGS, ("overlap", "NUMBER")), "ARRAY", _split_text),
+            Overload((*_SPLIT_ARGS, ("overlap", "NUMBER"), ("separators", "ARRAY")), "ARRAY", _split_text),
+        ),
+        doc=(
+            "The recursive character algorithm, checked against "
+            "`langchain-text-splitters` on random text; the documented "
+            "example gives the documented output. No model call."
+        ),
+    )
+)
 
 
 def token_counter(rt: Runtime, model_or_function: object) -> Callable[[str], Awaitable[int]]:
@@ -140,10 +162,23 @@ def _count_tokens(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-register(SqlFunction("count_tokens", (
-    Overload((("model_or_function", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
-), doc="Tokens of `text` counted with the served model's own tokenizer (or the embedder's)."))
-register(SqlFunction("ai_count_tokens", (
-    Overload((("function_name", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
-    Overload((("function_name", "VARCHAR"), ("model", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
-), null_on_error=True, doc="`COUNT_TOKENS` by function name; the category/options argument forms are not available."))
+register(
+    SqlFunction(
+        "count_tokens",
+        (Overload((("model_or_function", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),),
+        doc="Tokens of `text` counted with the served model's own tokenizer (or the embedder's).",
+    )
+)
+register(
+    SqlFunction(
+        "ai_count_tokens",
+        (
+            Overload((("function_name", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens),
+            Overload(
+                (("function_name", "VARCHAR"), ("model", "VARCHAR"), ("text", "VARCHAR")), "NUMBER", _count_tokens
+            ),
+        ),
+        null_on_error=True,
+        doc="`COUNT_TOKENS` by function name; the category/options argument forms are not available.",
+    )
+)

@@ -14,13 +14,32 @@ from .registry import Overload, RowJob, Runtime, SqlFunction, register
 from .tasks import budget, fit, gather_all, task_request
 
 LEGACY_LANGUAGES = {
-    "zh": "Chinese", "nl": "Dutch", "en": "English", "fr": "French", "de": "German", "hi": "Hindi",
-    "it": "Italian", "ja": "Japanese", "ko": "Korean", "pl": "Polish", "pt": "Portuguese", "ru": "Russian",
-    "es": "Spanish", "sv": "Swedish",
+    "zh": "Chinese",
+    "nl": "Dutch",
+    "en": "English",
+    "fr": "French",
+    "de": "German",
+    "hi": "Hindi",
+    "it": "Italian",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "pl": "Polish",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "es": "Spanish",
+    "sv": "Swedish",
 }
 AI_LANGUAGES = {
-    **LEGACY_LANGUAGES, "ar": "Arabic", "hr": "Croatian", "cs": "Czech", "fi": "Finnish", "el": "Greek",
-    "he": "Hebrew", "no": "Norwegian", "ro": "Romanian", "tr": "Turkish",
+    **LEGACY_LANGUAGES,
+    "ar": "Arabic",
+    "hr": "Croatian",
+    "cs": "Czech",
+    "fi": "Finnish",
+    "el": "Greek",
+    "he": "Hebrew",
+    "no": "Norwegian",
+    "ro": "Romanian",
+    "tr": "Turkish",
 }
 INSTRUCTION = "Translate the text from the user {source}into {target}. Answer with the translation only."
 
@@ -52,8 +71,9 @@ def _prepare(languages: dict[str, str]) -> Any:
             out = max(16, min(rt.max_output_tokens, (rt.context_window - 64) // 2))
             room = min(out, await budget(rt, instruction, out))  # a piece's translation must fit its output
             pieces = await fit(rt, text, room)
-            answers = await gather_all([
-                rt.scheduler.chat(task_request(rt, instruction, piece, max_tokens=out)) for piece in pieces])
+            answers = await gather_all(
+                [rt.scheduler.chat(task_request(rt, instruction, piece, max_tokens=out)) for piece in pieces]
+            )
             return "\n\n".join(a.text.strip() for a in answers)
 
         return run
@@ -62,8 +82,21 @@ def _prepare(languages: dict[str, str]) -> Any:
 
 
 _ARGS = (("text", "VARCHAR"), ("source_language", "VARCHAR"), ("target_language", "VARCHAR"))
-register(SqlFunction("translate", (Overload(_ARGS, "VARCHAR", _prepare(LEGACY_LANGUAGES)),), doc=(
-    "Cortex's 14 language codes; `''` as the source detects it; `invalid language \"<x>\"`. Long input is "
-    "translated piece by piece; the same source and target return the text unchanged.")))
-register(SqlFunction("ai_translate", (Overload(_ARGS, "VARCHAR", _prepare(AI_LANGUAGES)),), null_on_error=True,
-                     doc="`TRANSLATE` with `AI_TRANSLATE`'s 23 language codes."))
+register(
+    SqlFunction(
+        "translate",
+        (Overload(_ARGS, "VARCHAR", _prepare(LEGACY_LANGUAGES)),),
+        doc=(
+            "Cortex's 14 language codes; `''` as the source detects it; `invalid language \"<x>\"`. Long input is "
+            "translated piece by piece; the same source and target return the text unchanged."
+        ),
+    )
+)
+register(
+    SqlFunction(
+        "ai_translate",
+        (Overload(_ARGS, "VARCHAR", _prepare(AI_LANGUAGES)),),
+        null_on_error=True,
+        doc="`TRANSLATE` with `AI_TRANSLATE`'s 23 language codes.",
+    )
+)

@@ -31,9 +31,14 @@ def add_subcommands(msub: argparse._SubParsersAction) -> None:
     rec.add_argument("--cloud", choices=CLOUDS, help="only this cloud's families")
     rec.add_argument("--family", choices=[f.name for f in FAMILIES], help="only this instance family")
     rec.add_argument("--utilization", type=float, default=0.90, help="vLLM --gpu-memory-utilization (0.90)")
-    rec.add_argument("--connection", nargs="?", const="", metavar="NAME",
-                     help="ask the account (SHOW COMPUTE POOL INSTANCE FAMILIES) instead of the built-in table; "
-                          "NAME from connections.toml (default: its default)")
+    rec.add_argument(
+        "--connection",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="ask the account (SHOW COMPUTE POOL INSTANCE FAMILIES) instead of the built-in table; "
+        "NAME from connections.toml (default: its default)",
+    )
     pull = msub.add_parser("pull", help="download a model into the cache (HF-Mirror, then ModelScope)")
     pull.add_argument("name", help="catalogue name or org/repo id")
     pull.add_argument("--cache-dir", type=Path, help="default: $SPCS_LLM_CACHE or ~/.cache/spcs-llm")
@@ -41,9 +46,12 @@ def add_subcommands(msub: argparse._SubParsersAction) -> None:
     pull.add_argument("--gguf", action="store_true", help="the catalogue's GGUF file (llama.cpp) instead")
     pull.add_argument("--sources", help='source order, e.g. "modelscope,hf" or "hf=https://mirror"')
     pull.add_argument("--revision", help="branch, tag or commit (default main / master)")
-    pull.add_argument("--cache-mode", choices=("posix", "stage", "readonly"),
-                      help="how the cache may be written (default $SPCS_LLM_CACHE_MODE, else posix; stage: an SPCS "
-                      "stage volume, downloaded on local disk and copied in)")
+    pull.add_argument(
+        "--cache-mode",
+        choices=("posix", "stage", "readonly"),
+        help="how the cache may be written (default $SPCS_LLM_CACHE_MODE, else posix; stage: an SPCS "
+        "stage volume, downloaded on local disk and copied in)",
+    )
     pull.add_argument("--config", type=Path, help="TOML config; its [downloads] table applies")
 
 
@@ -65,10 +73,19 @@ def _list(args: argparse.Namespace) -> int:
 def catalogue_table(*, markdown: bool = True) -> str:
     """The catalogue as a table; the README's "Models" table is this text (a test checks it)."""
     head = ["name", "kind", "params (B)", "context", "dim", "layers/heads/KV/head dim", "Hugging Face", "ModelScope"]
-    rows = [[m.name, m.kind, f"{m.params_b:g}", str(m.context_window), str(m.embed_dim or ""),
-             f"{m.layers}/{m.heads}/{m.kv_heads}/{m.head_dim}", m.hf_repo, m.ms_repo + (" †" if "unconfirmed"
-                                                                                      in m.notes else "")]
-            for m in CATALOG.values()]
+    rows = [
+        [
+            m.name,
+            m.kind,
+            f"{m.params_b:g}",
+            str(m.context_window),
+            str(m.embed_dim or ""),
+            f"{m.layers}/{m.heads}/{m.kv_heads}/{m.head_dim}",
+            m.hf_repo,
+            m.ms_repo + (" †" if "unconfirmed" in m.notes else ""),
+        ]
+        for m in CATALOG.values()
+    ]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -83,13 +100,15 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def describe(m: ModelInfo) -> str:
-    lines = [f"{m.name} ({m.kind}, {m.family or 'n/a'})",
-             f"  Hugging Face : {m.hf_repo}", f"  ModelScope   : {m.ms_repo}",
-             f"  parameters   : {m.params_b:g} B, weights {m.dtype}",
-             f"  context      : {m.context_window} tokens" + (f", max output {m.max_output_tokens}"
-                                                             if m.kind == "chat" else f", dimension {m.embed_dim}"),
-             f"  architecture : {m.layers} layers, {m.heads} attention heads, {m.kv_heads} KV heads, "
-             f"head dim {m.head_dim}"]
+    lines = [
+        f"{m.name} ({m.kind}, {m.family or 'n/a'})",
+        f"  Hugging Face : {m.hf_repo}",
+        f"  ModelScope   : {m.ms_repo}",
+        f"  parameters   : {m.params_b:g} B, weights {m.dtype}",
+        f"  context      : {m.context_window} tokens"
+        + (f", max output {m.max_output_tokens}" if m.kind == "chat" else f", dimension {m.embed_dim}"),
+        f"  architecture : {m.layers} layers, {m.heads} attention heads, {m.kv_heads} KV heads, head dim {m.head_dim}",
+    ]
     if m.gguf_file:
         lines.append(f"  GGUF         : {m.gguf_repo or '(packaged)'} / {m.gguf_file}")
     if m.notes:
@@ -97,8 +116,10 @@ def describe(m: ModelInfo) -> str:
     lines.append("  GPU memory (1 GPU, GiB: weights + KV cache + overhead):")
     for ctx, conc in ((min(4096, m.context_window), 1), (min(8192, m.context_window), 8), (m.context_window, 8)):
         e = estimate_memory(m, ctx, conc)
-        lines.append(f"    context {ctx:>6} x {conc} seqs: {e.total_gib:6.1f} = {e.weights_gib:.1f} + "
-                     f"{e.kv_cache_gib:.1f} + {e.overhead_gib:.1f}")
+        lines.append(
+            f"    context {ctx:>6} x {conc} seqs: {e.total_gib:6.1f} = {e.weights_gib:.1f} + "
+            f"{e.kv_cache_gib:.1f} + {e.overhead_gib:.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -108,19 +129,28 @@ def _recommend(args: argparse.Namespace) -> int:
         from ..deploy.cli import recommend_connected
 
         return recommend_connected(m, args)
-    picks = recommend(m, context=args.context, concurrency=args.concurrency, cloud=args.cloud, family=args.family,
-                      utilization=args.utilization)
+    picks = recommend(
+        m,
+        context=args.context,
+        concurrency=args.concurrency,
+        cloud=args.cloud,
+        family=args.family,
+        utilization=args.utilization,
+    )
     ctx = args.context or m.context_window
     print(f"{m.name}: context {ctx} x {args.concurrency} concurrent sequences")
     for r in picks:
         f, e = r.family, r.estimate
         avail = "on request" if f.on_request else "generally available"
         print(f"  {f.cloud:5} {f.name:22} {f.gpus} x {f.gpu} ({f.gib_per_gpu:g} GiB each, {avail})")
-        print(f"        per GPU: {e.total_gib:.1f} GiB = {e.weights_gib:.1f} weights + {e.kv_cache_gib:.1f} KV + "
-              f"{e.overhead_gib:.1f} overhead; KV room for {r.max_num_seqs} full-context sequences")
+        print(
+            f"        per GPU: {e.total_gib:.1f} GiB = {e.weights_gib:.1f} weights + {e.kv_cache_gib:.1f} KV + "
+            f"{e.overhead_gib:.1f} overhead; KV room for {r.max_num_seqs} full-context sequences"
+        )
         print(f"        vllm serve {m.hf_repo} " + " ".join(r.vllm_args()))
-    for cloud in sorted(set(f.cloud for f in FAMILIES if args.cloud in (None, f.cloud)) - {r.family.cloud
-                                                                                          for r in picks}):
+    for cloud in sorted(
+        set(f.cloud for f in FAMILIES if args.cloud in (None, f.cloud)) - {r.family.cloud for r in picks}
+    ):
         print(f"  {cloud:5} no instance family fits")
     return 0
 
@@ -129,13 +159,21 @@ def _pull(args: argparse.Namespace) -> int:
     settings = Settings.load(args.config) if args.config else None
     dl = settings.downloads if settings else None
     cache_dir = args.cache_dir or (settings.engine.cache_dir if settings else None)  # where serve will look
-    sources = default_sources(args.sources if args.sources is not None else (dl.sources if dl else None),
-                              hf_endpoint=dl.hf_endpoint if dl else None,
-                              modelscope_endpoint=dl.modelscope_endpoint if dl else None)
+    sources = default_sources(
+        args.sources if args.sources is not None else (dl.sources if dl else None),
+        hf_endpoint=dl.hf_endpoint if dl else None,
+        modelscope_endpoint=dl.modelscope_endpoint if dl else None,
+    )
     offline = args.offline or bool(dl and dl.offline)
-    path = ensure_model(args.name, cache_dir=cache_dir, offline=offline, sources=sources,
-                        fmt="gguf" if args.gguf else "safetensors", revision=args.revision,
-                        cache_mode=args.cache_mode or (dl.cache_mode if dl else None))
+    path = ensure_model(
+        args.name,
+        cache_dir=cache_dir,
+        offline=offline,
+        sources=sources,
+        fmt="gguf" if args.gguf else "safetensors",
+        revision=args.revision,
+        cache_mode=args.cache_mode or (dl.cache_mode if dl else None),
+    )
     config = path / "config.json"
     if config.is_file():
         try:

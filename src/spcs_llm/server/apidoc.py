@@ -26,19 +26,47 @@ from . import openai
 
 TEXT_ERROR = {"content": {"text/plain": {"schema": {"type": "string"}}}}
 OPENAI_ERROR_SCHEMA = {
-    "type": "object", "required": ["error"], "properties": {"error": {
-        "type": "object", "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]}, "code": {"type": "integer"}}}},
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": "integer"},
+            },
+        }
+    },
 }
 OPENAI_ERROR = {"content": {"application/json": {"schema": OPENAI_ERROR_SCHEMA}}}
-WHY = {400: "Bad input (the message names it)", 401: "Missing or wrong API key", 402: "budget exceeded",
-       403: "Not Authorized: another API key", 404: "Usage metering is off",
-       413: "Request body over the limit", 429: "Overloaded, or (OpenAI routes) budget exceeded: retry later",
-       503: "The model is loading, or the engine failed: retry later"}
-CORTEX_ERROR = {"content": {"application/json": {"schema": {
-    "type": "object", "required": ["message", "code", "request_id"],
-    "properties": {"message": {"type": "string"}, "code": {"type": "string"}, "request_id": {"type": "string"}}}}}}
+WHY = {
+    400: "Bad input (the message names it)",
+    401: "Missing or wrong API key",
+    402: "budget exceeded",
+    403: "Not Authorized: another API key",
+    404: "Usage metering is off",
+    413: "Request body over the limit",
+    429: "Overloaded, or (OpenAI routes) budget exceeded: retry later",
+    503: "The model is loading, or the engine failed: retry later",
+}
+CORTEX_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["message", "code", "request_id"],
+                "properties": {
+                    "message": {"type": "string"},
+                    "code": {"type": "string"},
+                    "request_id": {"type": "string"},
+                },
+            }
+        }
+    }
+}
 
 SQL_TYPES: dict[str, dict[str, Any]] = {
     "VARCHAR": {"type": ["string", "null"]},
@@ -89,13 +117,27 @@ def _function_operation(fn: SqlFunction, models: list[str] | None, embedders: li
     rows = []
     for overload in fn.overloads:
         args = [{} if fn.null_on_error else _arg_schema(n, t, models, embedders) for n, t in overload.args]
-        rows.append({"type": "array", "prefixItems": [{"type": "integer"}, *args],
-                     "minItems": overload.arity + 1, "maxItems": overload.arity + 1,
-                     "description": f"[row_number, {', '.join(n for n, _ in overload.args)}]"})
+        rows.append(
+            {
+                "type": "array",
+                "prefixItems": [{"type": "integer"}, *args],
+                "minItems": overload.arity + 1,
+                "maxItems": overload.arity + 1,
+                "description": f"[row_number, {', '.join(n for n, _ in overload.args)}]",
+            }
+        )
     row = rows[0] if len(rows) == 1 else {"anyOf": rows}
     body = {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": row}}}
-    answer = {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": {
-        "type": "array", "minItems": 2, "maxItems": 2, "description": "[row_number, value]"}}}}
+    answer = {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "data": {
+                "type": "array",
+                "items": {"type": "array", "minItems": 2, "maxItems": 2, "description": "[row_number, value]"},
+            }
+        },
+    }
     signatures = "; ".join(f"{fn.name.upper()}{o.signature} -> {o.returns}" for o in fn.overloads)
     policy = "a bad row is NULL" if fn.null_on_error else "a bad row fails the batch with 400 and Cortex's message"
     return {
@@ -103,9 +145,14 @@ def _function_operation(fn: SqlFunction, models: list[str] | None, embedders: li
         "description": f"{signatures}. One answer row per input row, in order; {policy}.",
         "operationId": f"function_{fn.name}",
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
-        "responses": _responses({"description": "One row per input row, in order",
-                                 "content": {"application/json": {"schema": answer}}},
-                                TEXT_ERROR, 400, 413, 429, 503),
+        "responses": _responses(
+            {"description": "One row per input row, in order", "content": {"application/json": {"schema": answer}}},
+            TEXT_ERROR,
+            400,
+            413,
+            429,
+            503,
+        ),
     }
 
 
@@ -117,15 +164,21 @@ def _model_schema(model: type[BaseModel], components: dict[str, Any]) -> dict[st
 
 
 def _openai_operations(paths: dict[str, Any], components: dict[str, Any]) -> None:
-    json_ok = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
-    bodies = {"/v1/chat/completions": openai.ChatCompletionIn, "/v1/embeddings": openai.EmbeddingsIn,
-              "/tokenize": openai.TokenizeIn, "/api/v2/cortex/v1/chat/completions": openai.ChatCompletionIn}
+    json_ok: dict[str, Any] = {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}
+    bodies: dict[str, type[BaseModel]] = {
+        "/v1/chat/completions": openai.ChatCompletionIn,
+        "/v1/embeddings": openai.EmbeddingsIn,
+        "/tokenize": openai.TokenizeIn,
+        "/api/v2/cortex/v1/chat/completions": openai.ChatCompletionIn,
+    }
     for path, model in bodies.items():
         operation = paths.get(path, {}).get("post")
         if operation is None:
             continue
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": _model_schema(model, components)}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _model_schema(model, components)}},
+        }
         ok = dict(json_ok)
         if path.endswith("/v1/chat/completions"):
             ok["content"] = {**json_ok["content"], "text/event-stream": {"schema": {"type": "string"}}}
@@ -135,28 +188,42 @@ def _openai_operations(paths: dict[str, Any], components: dict[str, Any]) -> Non
             ok = dict(json_ok)
             if path.endswith(":complete"):
                 ok["content"] = {**json_ok["content"], "text/event-stream": {"schema": {"type": "string"}}}
-            operation["requestBody"] = {"required": True,
-                                        "content": {"application/json": {"schema": {"type": "object"}}}}
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
             operation["responses"] = _responses(ok, CORTEX_ERROR, 400, 402, 413, 429, 503)
     if (usage := paths.get("/usage", {}).get("get")) is not None:
         usage["responses"] = _responses(
-            {"description": "Usage rows", "content": {"application/json": {"schema": {"type": "object"}},
-                                                      "text/csv": {"schema": {"type": "string"}}}},
-            TEXT_ERROR, 400, 404)
+            {
+                "description": "Usage rows",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/csv": {"schema": {"type": "string"}},
+                },
+            },
+            TEXT_ERROR,
+            400,
+            404,
+        )
     if (models := paths.get("/v1/models", {}).get("get")) is not None:
         models["responses"] = _responses(json_ok, OPENAI_ERROR, 503)
     if (health := paths.get("/health", {}).get("get")) is not None:
         health["responses"] = {"200": json_ok, "503": {"description": WHY[503], "content": json_ok["content"]}}
     if (metrics := paths.get("/metrics", {}).get("get")) is not None:
-        metrics["responses"] = {"200": {"description": "Prometheus text",
-                                        "content": {"text/plain": {"schema": {"type": "string"}}}}}
+        metrics["responses"] = {
+            "200": {"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        }
 
 
 def _common_statuses(paths: dict[str, Any], *, keyed: bool) -> None:
     """What the middlewares answer before any route runs: 413 for a body over the limit, 401 without the key."""
     for path, operations in paths.items():
-        errors = OPENAI_ERROR if path.startswith(("/v1/", "/tokenize", "/api/v2/cortex/v1/")) else (
-            CORTEX_ERROR if path.startswith("/api/v2/cortex/") else TEXT_ERROR)
+        errors = (
+            OPENAI_ERROR
+            if path.startswith(("/v1/", "/tokenize", "/api/v2/cortex/v1/"))
+            else (CORTEX_ERROR if path.startswith("/api/v2/cortex/") else TEXT_ERROR)
+        )
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             if method in ("post", "put", "patch"):

@@ -37,27 +37,40 @@ def _embedder_names(settings: Settings, embedders: list[Embedder]) -> list[tuple
     out = []
     for embedder, cfg in zip(embedders, configured, strict=True):
         if cfg is not None and embedder.dimension != cfg.dimension:
-            raise ConfigError(f"embeddings: {embedder.model_name} gives {embedder.dimension}-d vectors, "
-                              f"but its entry says dimension = {cfg.dimension}")
+            raise ConfigError(
+                f"embeddings: {embedder.model_name} gives {embedder.dimension}-d vectors, "
+                f"but its entry says dimension = {cfg.dimension}"
+            )
         names = cfg.cortex_names if cfg is not None and cfg.cortex_names is not None else None
         out.append((embedder, list(names if names is not None else CORTEX_EMBED_NAMES.get(embedder.dimension, ()))))
     return out
 
 
-def build_runtime(settings: Settings, engine: Engine, metrics: Metrics,
-                  embedders: list[Embedder] | None = None) -> Runtime:
+def build_runtime(
+    settings: Settings, engine: Engine, metrics: Metrics, embedders: list[Embedder] | None = None
+) -> Runtime:
     """What functions need once the engines are up: scheduler, model names, output cap, embedders."""
     served = engine.model_name
     aliases = settings.aliases if settings.aliases is not None else {n: served for n in CORTEX_MODEL_NAMES}
     entry = catalog_entry(served)
     cap = settings.engine.max_output_tokens or (entry.max_output_tokens if entry else DEFAULT_MAX_OUTPUT_TOKENS)
     server = settings.server
-    scheduler = Scheduler(engine, metrics, max_concurrency=server.max_concurrency,
-                          max_queue_rows=server.max_queue_rows, max_queue_seconds=_queue_seconds(settings),
-                          max_queue_bytes=server.max_queue_mb * 2**20, cold_limit=server.admission == "refuse",
-                          cache_bytes=server.result_cache_mb * 2**20)
-    return Runtime(scheduler, ModelResolver([served], aliases), min(cap, engine.context_window),
-                   EmbedderResolver(_embedder_names(settings, embedders or [])))
+    scheduler = Scheduler(
+        engine,
+        metrics,
+        max_concurrency=server.max_concurrency,
+        max_queue_rows=server.max_queue_rows,
+        max_queue_seconds=_queue_seconds(settings),
+        max_queue_bytes=server.max_queue_mb * 2**20,
+        cold_limit=server.admission == "refuse",
+        cache_bytes=server.result_cache_mb * 2**20,
+    )
+    return Runtime(
+        scheduler,
+        ModelResolver([served], aliases),
+        min(cap, engine.context_window),
+        EmbedderResolver(_embedder_names(settings, embedders or [])),
+    )
 
 
 def _queue_seconds(settings: Settings) -> float | None:
@@ -72,16 +85,23 @@ async def _start_engine(app: FastAPI, engine: Engine | None, embedders: list[Emb
     state, settings = app.state, app.state.settings
     try:
         state.engine = engine or await asyncio.to_thread(build_engine, settings.engine, settings.downloads)
-        state.embedders = embedders if embedders is not None else [
-            await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
+        state.embedders = (
+            embedders
+            if embedders is not None
+            else [await asyncio.to_thread(build_embedder, e) for e in settings.embeddings]
+        )
         await asyncio.gather(state.engine.start(), *(e.start() for e in state.embedders))
         state.runtime = build_runtime(settings, state.engine, state.metrics, state.embedders)
         if state.usage is not None:
             state.runtime.scheduler.meter = state.usage.meter
-        logs.event("engine_ready", engine=state.engine.kind, model=state.engine.model_name,
-                   context_window=state.engine.context_window,
-                   max_concurrency=state.runtime.scheduler.max_concurrency,
-                   seconds=round(time.time() - state.started_at, 2))
+        logs.event(
+            "engine_ready",
+            engine=state.engine.kind,
+            model=state.engine.model_name,
+            context_window=state.engine.context_window,
+            max_concurrency=state.runtime.scheduler.max_concurrency,
+            seconds=round(time.time() - state.started_at, 2),
+        )
     except Exception as exc:  # reported by /health (503) and the log; `serve` then ends the process
         state.startup_error = startup_message(settings, exc)
         logs.event("engine_start_failed", logging.ERROR, error=state.startup_error)
@@ -97,8 +117,7 @@ def startup_message(settings: Settings, exc: BaseException) -> str:
     return f"cannot start the {engine.kind} engine with model {engine.model!r}: {reason}"
 
 
-def create_app(settings: Settings, engine: Engine | None = None,
-               embedders: list[Embedder] | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Engine | None = None, embedders: list[Embedder] | None = None) -> FastAPI:
     """Build the service. ``engine`` and ``embedders`` default to those the settings describe; they are built and
     started in the background, so /health answers 503 while the models load. A failure to start is reported by
     /health and passed to ``app.state.on_startup_failure`` when set."""
@@ -131,8 +150,13 @@ def create_app(settings: Settings, engine: Engine | None = None,
     app.state.batches = BatchMemory(app.state.metrics, settings.server.batch_memory_mb * 2**20)
     server = settings.server
     app.state.async_batches = AsyncBatches(
-        app.state.batches, app.state.metrics, enabled=server.async_responses, after_s=server.async_after_secs,
-        keep_s=server.async_keep_secs, unknown_status=server.async_unknown_status)
+        app.state.batches,
+        app.state.metrics,
+        enabled=server.async_responses,
+        after_s=server.async_after_secs,
+        keep_s=server.async_keep_secs,
+        unknown_status=server.async_unknown_status,
+    )
     app.state.runtime = None
     app.state.usage = build_usage(settings.usage, settings.budgets, app.state.metrics.registry)
     app.state.startup_error = None
@@ -172,8 +196,13 @@ def _wire(request: Request) -> str:
 async def _handle_error(request: Request, exc: SpcsLlmError) -> Response:
     request.app.state.metrics.errors.labels(exc.kind).inc()
     reason = getattr(exc, "reason", "")
-    logs.event("request_failed", status=exc.status, kind=exc.kind, path=request.url.path,
-               **({"reason": reason} if reason else {}))
+    logs.event(
+        "request_failed",
+        status=exc.status,
+        kind=exc.kind,
+        path=request.url.path,
+        **({"reason": reason} if reason else {}),
+    )
     wire = _wire(request)
     if wire == "cortex":
         return cortex_rest.error_response(exc)

@@ -47,19 +47,27 @@ class UnknownBatch(SpcsLlmError):
 
 
 class AsyncBatches:
-    def __init__(self, memory: BatchMemory, metrics: Metrics, *, enabled: bool = True, after_s: float = 10.0,
-                 keep_s: float = 600.0, unknown_status: int = 404) -> None:
+    def __init__(
+        self,
+        memory: BatchMemory,
+        metrics: Metrics,
+        *,
+        enabled: bool = True,
+        after_s: float = 10.0,
+        keep_s: float = 600.0,
+        unknown_status: int = 404,
+    ) -> None:
         self.memory = memory
         self.metrics = metrics
         self.enabled = enabled and memory.enabled
         self.after_s = after_s
         self.keep_s = keep_s
         self.unknown_status = unknown_status
-        metrics.async_held.set_function(
-            lambda: sum(1 for _, b in self.memory.items() if b.awaiting_get))
+        metrics.async_held.set_function(lambda: sum(1 for _, b in self.memory.items() if b.awaiting_get))
 
-    async def post(self, batch_id: str | None, function: str, request_body: bytes,
-                   compute: Compute) -> tuple[bytes | None, _Batch | None]:
+    async def post(
+        self, batch_id: str | None, function: str, request_body: bytes, compute: Compute
+    ) -> tuple[bytes | None, _Batch | None]:
         """The answer body (200), or None: answered 202, the answer is for a polling GET. Also the batch's record
         (None when it is not remembered: no batch id, or batch memory off)."""
         if batch_id is None or not self.memory.enabled:
@@ -78,8 +86,11 @@ class AsyncBatches:
         or :class:`UnknownBatch` for a batch this instance does not hold."""
         self.sweep()
         batch = self.memory.get(batch_id) if batch_id is not None else None
-        if batch is None or batch.function != function or (batch.running is None and batch.body is None
-                                                           and batch.error is None):
+        if (
+            batch is None
+            or batch.function != function
+            or (batch.running is None and batch.body is None and batch.error is None)
+        ):
             self.metrics.async_polls.labels("unknown").inc()
             raise UnknownBatch(self.unknown_status)
         batch.touched = time.monotonic()

@@ -147,5 +147,7 @@ class BatchMemory:
 
 def _estimate(done: dict[int, Any]) -> int:
     """Bytes of the finished rows of a failed batch (their values as JSON; errors cost a little each)."""
-    return sum(64 if isinstance(v, Exception) else len(orjson.dumps(v, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
-               for v in done.values())
+    return sum(
+        64 if isinstance(v, Exception) else len(orjson.dumps(v, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
+        for v in done.values()
+    )

@@ -250,8 +250,10 @@ async def embed(request: Request) -> Response:
     tokens = await openai._token_total(embedder, texts)
     data = [{"object": "embedding", "index": i, "embedding": [v]} for i, v in enumerate(vectors)]
     return Response(
-        orjson.dumps({"data": data, "model": embedder.model_name, "usage": {"total_tokens": tokens}},
-                     option=orjson.OPT_SERIALIZE_NUMPY),  # the scheduler's vectors stay numpy arrays to the wire
+        orjson.dumps(
+            {"data": data, "model": embedder.model_name, "usage": {"total_tokens": tokens}},
+            option=orjson.OPT_SERIALIZE_NUMPY,
+        ),  # the scheduler's vectors stay numpy arrays to the wire
         media_type="application/json",
         headers={REQUEST_ID: uuid.uuid4().hex},
     )

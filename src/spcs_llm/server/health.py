@@ -21,8 +21,12 @@ async def health(request: Request) -> Response:
         body = {"status": status, "error": state.startup_error, **_unready(getattr(state, "engine", None))}
         return Response(orjson.dumps(body), status_code=503, media_type="application/json")
     ok = await state.engine.health()
-    body = {"status": "ok" if ok else "unhealthy", "model": state.engine.model_name, "engine": state.engine.kind,
-            **({} if ok else _unready(state.engine))}
+    body = {
+        "status": "ok" if ok else "unhealthy",
+        "model": state.engine.model_name,
+        "engine": state.engine.kind,
+        **({} if ok else _unready(state.engine)),
+    }
     return Response(orjson.dumps(body), status_code=200 if ok else 503, media_type="application/json")
 
 

@@ -81,7 +81,9 @@ def to_request(body: ChatCompletionIn, rt: Runtime) -> ChatRequest:
         max_tokens=min(wanted, rt.max_output_tokens),
         temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's default
         top_p=1.0 if body.top_p is None else body.top_p,
-        json_schema=_schema(body.response_format), stop=stop, seed=body.seed,
+        json_schema=_schema(body.response_format),
+        stop=stop,
+        seed=body.seed,
         # logprobs without top_logprobs still needs each token's own log-probability: ask for one alternative
         top_logprobs=max(1, body.top_logprobs or 0) if body.logprobs else 0,
     )
@@ -111,6 +113,7 @@ def error_response(exc: SpcsLlmError) -> Response:
 
 
 # -- the seed's QWEN_COMPLETE envelope: each row is one OpenAI chat request, each answer the assistant text --
+
 
 def _seed_row(rt: Runtime, args: list[Any]) -> RowJob:
     body = parse_chat(json_arg(args[0], dict, "the chat request"))
@@ -157,17 +160,30 @@ async def chat_completions(request: Request) -> Response:
     finally:
         _count_rows(request, attribution, ok)
     usage = result.usage
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                              "finish_reason": result.finish_reason}
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": result.text},
+        "finish_reason": result.finish_reason,
+    }
     if body.logprobs:
         choice["logprobs"] = _logprobs(result.logprobs, body.top_logprobs or 0)
-    return Response(orjson.dumps({
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": served,
-        "choices": [choice],
-        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                  "total_tokens": usage.total_tokens},
-    }), media_type="application/json")
+    return Response(
+        orjson.dumps(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": served,
+                "choices": [choice],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+            }
+        ),
+        media_type="application/json",
+    )
 
 
 def _attribute(request: Request, function: str) -> usage_meter.Attribution:
@@ -185,16 +201,24 @@ def _count_rows(request: Request, attribution: usage_meter.Attribution, result_o
 
 def _logprobs(tokens: tuple[TokenLogprob, ...], top: int) -> dict[str, Any]:
     """OpenAI's ``choices[i].logprobs`` from the engine's TokenLogprobs (``top`` alternatives per token)."""
+
     def entry(token: str, logprob: float) -> dict[str, Any]:
         return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
-    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top[:top]]}
-                        for t in tokens]}
+    return {
+        "content": [
+            {**entry(t.token, t.logprob), "top_logprobs": [entry(a, lp) for a, lp in t.top[:top]]} for t in tokens
+        ]
+    }
 
 
 async def _sse(rt: Runtime, chat: ChatRequest, served: str, include_usage: bool) -> AsyncIterator[bytes]:
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": served}
+    base = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": served,
+    }
 
     def event(obj: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps({**base, **obj}) + b"\n\n"
@@ -207,8 +231,16 @@ async def _sse(rt: Runtime, chat: ChatRequest, served: str, include_usage: bool)
                 yield event({"choices": [{"index": 0, "delta": content, "finish_reason": delta.finish_reason}]})
             if delta.usage is not None and include_usage:
                 u = delta.usage
-                yield event({"choices": [], "usage": {"prompt_tokens": u.prompt_tokens, "total_tokens":
-                             u.total_tokens, "completion_tokens": u.completion_tokens}})
+                yield event(
+                    {
+                        "choices": [],
+                        "usage": {
+                            "prompt_tokens": u.prompt_tokens,
+                            "total_tokens": u.total_tokens,
+                            "completion_tokens": u.completion_tokens,
+                        },
+                    }
+                )
     except SpcsLlmError as exc:  # the status line is sent already: report the error in the stream
         yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
     yield b"data: [DONE]\n\n"
@@ -219,8 +251,17 @@ async def list_models(request: Request) -> Response:
     rt: Runtime = request.app.state.require_runtime()
     created = int(request.app.state.started_at)
     window = rt.scheduler.engine.context_window  # vLLM's field: an upstream client learns the context window here
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "spcs-llm", "root": real,
-             "max_model_len": window} for name, real in rt.models.names()]
+    data = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "spcs-llm",
+            "root": real,
+            "max_model_len": window,
+        }
+        for name, real in rt.models.names()
+    ]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
@@ -240,9 +281,17 @@ async def embeddings(request: Request) -> Response:
     tokens = await _token_total(embedder, texts)
     encode = _base64_floats if body.encoding_format == "base64" else list
     data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
-    return Response(orjson.dumps({"object": "list", "data": data, "model": embedder.model_name,
-                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}),
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(
+            {
+                "object": "list",
+                "data": data,
+                "model": embedder.model_name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        ),
+        media_type="application/json",
+    )
 
 
 async def _metered_embed(request: Request, embedder: Any, texts: list[str]) -> list[list[float]]:

@@ -106,8 +106,9 @@ def rows_of(envelope: Any) -> list[list[Any]]:
 def encode_rows(numbers: list[int], values: list[Any], limit: int) -> bytes:
     """The answer body. Vectors arrive as numpy arrays and are written by orjson straight from their memory, the
     same digits as the list of Python floats they would otherwise be (never built)."""
-    body = orjson.dumps({"data": [[n, v] for n, v in zip(numbers, values, strict=True)]},
-                        option=orjson.OPT_SERIALIZE_NUMPY)
+    body = orjson.dumps(
+        {"data": [[n, v] for n, v in zip(numbers, values, strict=True)]}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
     if len(body) > limit:
         raise ResponseTooLarge(
             f"the answer to this batch is {len(body)} bytes, over the {limit}-byte limit per batch; "
@@ -127,13 +128,16 @@ def _too_long(args: list[Any], limit: int) -> RowError | None:
         texts = arg if type(arg) is list else (arg,)
         for value in texts:
             if type(value) is str and len(value) > limit:
-                return InvalidInput(f"a text of {len(value)} characters is over the {limit}-character limit per "
-                                    "value (server.max_text_chars)")
+                return InvalidInput(
+                    f"a text of {len(value)} characters is over the {limit}-character limit per "
+                    "value (server.max_text_chars)"
+                )
     return None
 
 
-def _prepare(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
-             max_text_chars: int | None = None) -> list[RowJob | None | RowError]:
+def _prepare(
+    fn: SqlFunction, rt: Runtime, rows: list[list[Any]], max_text_chars: int | None = None
+) -> list[RowJob | None | RowError]:
     """Check every row's arity, then validate each row without touching the engine."""
     jobs: list[RowJob | None | RowError] = []
     for row in rows:
@@ -180,8 +184,13 @@ def _reusable(outcome: Any) -> bool:
     return not isinstance(outcome, SpcsLlmError) or isinstance(outcome, RowError)
 
 
-async def answer_batch(fn: SqlFunction, rt: Runtime, rows: list[list[Any]],
-                       done: dict[int, Any] | None = None, max_text_chars: int | None = None) -> list[Any]:
+async def answer_batch(
+    fn: SqlFunction,
+    rt: Runtime,
+    rows: list[list[Any]],
+    done: dict[int, Any] | None = None,
+    max_text_chars: int | None = None,
+) -> list[Any]:
     """The value of every row, in row order, or an exception that fails the whole batch.
 
     ``done`` holds outcomes of rows already answered by an earlier attempt at this batch (they are not computed
@@ -248,9 +257,11 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         rt: Runtime = app.state.require_runtime()
         server = app.state.settings.server
         if len(rows) > server.max_batch_rows:
-            raise BadEnvelope(f"a batch of {len(rows)} rows is over the {server.max_batch_rows}-row limit "
-                              f"(server.max_batch_rows); set MAX_BATCH_ROWS on the function to at most "
-                              f"{server.max_batch_rows}")
+            raise BadEnvelope(
+                f"a batch of {len(rows)} rows is over the {server.max_batch_rows}-row limit "
+                f"(server.max_batch_rows); set MAX_BATCH_ROWS on the function to at most "
+                f"{server.max_batch_rows}"
+            )
         metrics.rows.labels(fn.name).inc(len(rows))
         if meter is not None and not fn.null_on_error:  # a spent budget fails a legacy batch before any work
             meter.check(rt.scheduler.engine.model_name)
@@ -275,8 +286,9 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         request_body = await request.body()
         ticket = BatchTicket(len(request_body))
         batch_ticket.set(ticket)  # the computation's queue wait and bytes
-        body, batch = await app.state.async_batches.post(request.headers.get(BATCH_ID_HEADER), fn.name,
-                                                         request_body, compute)
+        body, batch = await app.state.async_batches.post(
+            request.headers.get(BATCH_ID_HEADER), fn.name, request_body, compute
+        )
         if batch is not None and batch.ticket is not None:
             ticket = batch.ticket  # a retry joined an earlier computation
         status = 200 if body is not None else 202
@@ -290,8 +302,15 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
             meter.rows(attribution, 0, len(rows))
         metrics.batches.labels(fn.name, str(status)).inc()
         metrics.batch_latency.labels(fn.name).observe(elapsed)
-        logs.event("batch", function=fn.name, rows=len(rows), status=status, ms=round(elapsed * 1000, 1),
-                   **_waited(ticket), **content)
+        logs.event(
+            "batch",
+            function=fn.name,
+            rows=len(rows),
+            status=status,
+            ms=round(elapsed * 1000, 1),
+            **_waited(ticket),
+            **content,
+        )
 
 
 def _waited(ticket: BatchTicket | None) -> dict[str, float]:

@@ -50,9 +50,12 @@ class Budget:
     def covers(self, key: Key) -> bool:
         user, role, _, function, model = (k.lower() for k in key)
         s = self.spec
-        return ((s.user is None or _norm(s.user) == user) and (s.role is None or _norm(s.role) == role)
-                and (s.function is None or _norm(s.function) == function)
-                and (s.model is None or _norm(s.model) == model))
+        return (
+            (s.user is None or _norm(s.user) == user)
+            and (s.role is None or _norm(s.role) == role)
+            and (s.function is None or _norm(s.function) == function)
+            and (s.model is None or _norm(s.model) == model)
+        )
 
     def roll(self, now: float) -> None:
         if now >= self.period_end:
@@ -61,8 +64,9 @@ class Budget:
 
 
 class Budgets:
-    def __init__(self, specs: Sequence[BudgetSettings], instances: int = 1,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, specs: Sequence[BudgetSettings], instances: int = 1, clock: Callable[[], float] = time.time
+    ) -> None:
         self.clock = clock
         self.items = [Budget(s, max(1, s.tokens // instances)) for s in specs]
         now = clock()
@@ -110,7 +114,14 @@ class Budgets:
         out = []
         for b in self.items:
             b.roll(now)
-            out.append({"budget": b.spec.describe(), "period": b.spec.period, "tokens": b.limit,
-                        "spent": b.spent + b.others, "spent_here": b.spent,
-                        "resets_at": datetime.fromtimestamp(b.period_end, UTC).isoformat()})
+            out.append(
+                {
+                    "budget": b.spec.describe(),
+                    "period": b.spec.period,
+                    "tokens": b.limit,
+                    "spent": b.spent + b.others,
+                    "spent_here": b.spent,
+                    "resets_at": datetime.fromtimestamp(b.period_end, UTC).isoformat(),
+                }
+            )
         return out

@@ -21,9 +21,12 @@ def add_command(sub: Any) -> None:
     p = sub.add_parser("usage", help="usage history: rows, tokens, engine time and estimated credits")
     p.add_argument("--since", default="7d", help="start: 7d, 24h, 30m, 2026-11-01 (default 7d)")
     p.add_argument("--until", help="end (default now)")
-    p.add_argument("--by", default="user,role,function,model",
-                   help="group keys, comma-separated: user, role, query_id, function, model, day, hour "
-                   "(default user,role,function,model; '' for one total)")
+    p.add_argument(
+        "--by",
+        default="user,role,function,model",
+        help="group keys, comma-separated: user, role, query_id, function, model, day, hour "
+        "(default user,role,function,model; '' for one total)",
+    )
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--db", type=Path, help="the SQLite history file")

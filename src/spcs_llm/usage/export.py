@@ -36,8 +36,9 @@ def in_spcs(env: dict[str, str] | None = None, token_path: Path = TOKEN_PATH) ->
     return token_path.exists() and bool(env.get("SNOWFLAKE_HOST")) and bool(env.get("SNOWFLAKE_DATABASE"))
 
 
-def spcs_connector(settings: UsageSettings, env: dict[str, str] | None = None,
-                   token_path: Path = TOKEN_PATH) -> Callable[[], Connection]:
+def spcs_connector(
+    settings: UsageSettings, env: dict[str, str] | None = None, token_path: Path = TOKEN_PATH
+) -> Callable[[], Connection]:
     """A function that opens a connection with the container's session token (snowflake-connector-python)."""
     env = dict(os.environ) if env is None else env
 
@@ -45,10 +46,15 @@ def spcs_connector(settings: UsageSettings, env: dict[str, str] | None = None,
         import snowflake.connector
 
         return snowflake.connector.connect(
-            host=env["SNOWFLAKE_HOST"], account=env.get("SNOWFLAKE_ACCOUNT"), authenticator="oauth",
-            token=token_path.read_text().strip(), database=env.get("SNOWFLAKE_DATABASE"),
-            schema=env.get("SNOWFLAKE_SCHEMA"), warehouse=settings.export_warehouse,
-            client_session_keep_alive=False)
+            host=env["SNOWFLAKE_HOST"],
+            account=env.get("SNOWFLAKE_ACCOUNT"),
+            authenticator="oauth",
+            token=token_path.read_text().strip(),
+            database=env.get("SNOWFLAKE_DATABASE"),
+            schema=env.get("SNOWFLAKE_SCHEMA"),
+            warehouse=settings.export_warehouse,
+            client_session_keep_alive=False,
+        )
 
     return connect
 
@@ -69,8 +75,9 @@ def spcs_setup(settings: UsageSettings, env: dict[str, str] | None = None) -> li
 
 
 class Exporter:
-    def __init__(self, connect: Callable[[], Connection], table_fqn: str, batch_rows: int = 500,
-                 setup: list[str] | None = None) -> None:
+    def __init__(
+        self, connect: Callable[[], Connection], table_fqn: str, batch_rows: int = 500, setup: list[str] | None = None
+    ) -> None:
         self.connect = connect
         self.table = table_fqn
         self.batch_rows = batch_rows
@@ -118,8 +125,17 @@ class Exporter:
                 start, spec = b.period_start, b.spec
                 cur = conn.cursor()
                 try:
-                    cur.execute(budget_spent_sql(self.table, start, process, user=spec.user, role=spec.role,
-                                                 function=spec.function, model=spec.model))
+                    cur.execute(
+                        budget_spent_sql(
+                            self.table,
+                            start,
+                            process,
+                            user=spec.user,
+                            role=spec.role,
+                            function=spec.function,
+                            model=spec.model,
+                        )
+                    )
                     totals.append((start, int(cur.fetchall()[0][0] or 0)))
                 finally:
                     cur.close()

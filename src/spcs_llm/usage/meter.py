@@ -64,8 +64,9 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 def from_snowflake(headers: Mapping[str, str], function: str) -> Attribution:
     """A Snowflake batch's attribution: CONTEXT_HEADERS = (CURRENT_USER, CURRENT_ROLE) and the query id."""
-    return Attribution(_header(headers, USER_HEADER), _header(headers, ROLE_HEADER),
-                       headers.get(QUERY_ID_HEADER) or "", function)
+    return Attribution(
+        _header(headers, USER_HEADER), _header(headers, ROLE_HEADER), headers.get(QUERY_ID_HEADER) or "", function
+    )
 
 
 def caller_name(state: Any) -> str:

@@ -28,8 +28,9 @@ def parse_time(text: str | None, now: float | None = None) -> float | None:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"cannot read the time {text!r}: use 7d, 24h, 30m, 2026-11-01 or "
-                         "2026-11-01T08:00:00Z") from None
+        raise ValueError(
+            f"cannot read the time {text!r}: use 7d, 24h, 30m, 2026-11-01 or 2026-11-01T08:00:00Z"
+        ) from None
     return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 

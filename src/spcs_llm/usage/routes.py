@@ -43,6 +43,16 @@ async def usage(request: Request) -> Response:
     rows = clean(service.report(since, until, by))
     if wanted == "csv":
         return Response(to_csv(rows, by), media_type="text/csv; charset=utf-8")
-    return Response(orjson.dumps({"since": iso(since), "until": iso(until), "by": by, "rows": rows,
-                                  "credits_per_node_hour": service.settings.credits_per_node_hour,
-                                  "budgets": service.budgets.status()}), media_type="application/json")
+    return Response(
+        orjson.dumps(
+            {
+                "since": iso(since),
+                "until": iso(until),
+                "by": by,
+                "rows": rows,
+                "credits_per_node_hour": service.settings.credits_per_node_hour,
+                "budgets": service.budgets.status(),
+            }
+        ),
+        media_type="application/json",
+    )

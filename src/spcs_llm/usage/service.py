@@ -33,18 +33,33 @@ class UsageMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.rows = Counter("spcs_llm_usage_rows", "Rows answered, by function and model", ["function", "model"],
-                            registry=r)
-        self.tokens = Counter("spcs_llm_usage_tokens", "Engine tokens, by function, model and direction "
-                              "(in, out, cached)", ["function", "model", "direction"], registry=r)
-        self.busy = Counter("spcs_llm_usage_engine_seconds", "Engine busy time, by function and model",
-                            ["function", "model"], registry=r)
-        self.errors = Counter("spcs_llm_usage_errors", "Rows that got an error, by function and model",
-                              ["function", "model"], registry=r)
-        self.credits = Counter("spcs_llm_usage_estimated_credits", "Estimated credits (node time apportioned by "
-                               "busy time), by function and model", ["function", "model"], registry=r)
-        self.refusals = Counter("spcs_llm_budget_refusals", "Calls refused with budget exceeded, by function",
-                                ["function"], registry=r)
+        self.rows = Counter(
+            "spcs_llm_usage_rows", "Rows answered, by function and model", ["function", "model"], registry=r
+        )
+        self.tokens = Counter(
+            "spcs_llm_usage_tokens",
+            "Engine tokens, by function, model and direction (in, out, cached)",
+            ["function", "model", "direction"],
+            registry=r,
+        )
+        self.busy = Counter(
+            "spcs_llm_usage_engine_seconds",
+            "Engine busy time, by function and model",
+            ["function", "model"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "spcs_llm_usage_errors", "Rows that got an error, by function and model", ["function", "model"], registry=r
+        )
+        self.credits = Counter(
+            "spcs_llm_usage_estimated_credits",
+            "Estimated credits (node time apportioned by busy time), by function and model",
+            ["function", "model"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "spcs_llm_budget_refusals", "Calls refused with budget exceeded, by function", ["function"], registry=r
+        )
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
         for r in rows:
@@ -62,8 +77,9 @@ class UsageMetrics:
                 self.credits.labels(function, model).inc(r[16])
 
 
-def interval_rows(flush_id: str, start: float, end: float, pending: dict[Key, list[float]],
-                  settings: UsageSettings) -> list[tuple[Any, ...]]:
+def interval_rows(
+    flush_id: str, start: float, end: float, pending: dict[Key, list[float]], settings: UsageSettings
+) -> list[tuple[Any, ...]]:
     """Rows (store.COLUMNS order) of one interval, with node time apportioned by busy time."""
     node_seconds = max(0.0, end - start) * settings.node_share
     rate = settings.credits_per_node_hour
@@ -75,14 +91,36 @@ def interval_rows(flush_id: str, start: float, end: float, pending: dict[Key, li
         share = c[BUSY] / busy_total if busy_total > 0 else float(key[0] == IDLE_USER)
         node = node_seconds * share
         credits = None if rate is None else node / 3600 * rate
-        out.append((flush_id, start, end, *key, int(c[ROWS]), int(c[INPUT]), int(c[OUTPUT]), int(c[CACHED]),
-                    float(c[BUSY]), int(c[ERRORS]), int(c[CALLS]), node, credits))
+        out.append(
+            (
+                flush_id,
+                start,
+                end,
+                *key,
+                int(c[ROWS]),
+                int(c[INPUT]),
+                int(c[OUTPUT]),
+                int(c[CACHED]),
+                float(c[BUSY]),
+                int(c[ERRORS]),
+                int(c[CALLS]),
+                node,
+                credits,
+            )
+        )
     return out
 
 
 class UsageService:
-    def __init__(self, settings: UsageSettings, budgets: list[BudgetSettings], registry: CollectorRegistry,
-                 *, exporter: Exporter | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: UsageSettings,
+        budgets: list[BudgetSettings],
+        registry: CollectorRegistry,
+        *,
+        exporter: Exporter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.store = UsageStore(settings.db_path or default_db_path())
@@ -92,8 +130,9 @@ class UsageService:
         # what others spent is read from there (sync_budgets). Not exporting: this instance alone, its share.
         self.budgets = Budgets(budgets, 1 if exporter is not None else settings.budget_instances, clock)
         if exporter is None:  # what earlier runs spent this period, from the local history
-            self.budgets.preload(lambda spec, since: self.store.tokens_since(since, spec.user, spec.role,
-                                                                             spec.function, spec.model))
+            self.budgets.preload(
+                lambda spec, since: self.store.tokens_since(since, spec.user, spec.role, spec.function, spec.model)
+            )
         self.meter = Meter(self.budgets)
         self.metrics = UsageMetrics(registry)
         self._seq = 0

@@ -68,9 +68,11 @@ def literal(value: Any) -> str:
 
 def table_ddl(database: str, schema: str, table: str = TABLE) -> str:
     cols = ",\n  ".join(f"{name} {sql_type}" for name, _, sql_type in COLUMNS)
-    return (f"CREATE TABLE IF NOT EXISTS {qualified(database, schema, table)} (\n  {cols}\n)\n"
-            "COMMENT = 'spcs-llm usage history: one row per flush interval and (user, role, query, function, "
-            "model); written by the service'")
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, schema, table)} (\n  {cols}\n)\n"
+        "COMMENT = 'spcs-llm usage history: one row per flush interval and (user, role, query, function, "
+        "model); written by the service'"
+    )
 
 
 def view_ddl(database: str, schema: str, table: str = TABLE, view: str = VIEW, *, replace: bool = True) -> str:
@@ -121,23 +123,36 @@ def merge_sql(table_fqn: str, rows: Sequence[dict[str, Any]]) -> str:
         raise ValueError("merge_sql needs at least one row")
     names = [name for name, _, _ in COLUMNS]
     values = ",\n    ".join(
-        "(" + ", ".join(_value(name, row[store]) for name, store, _ in COLUMNS) + ")" for row in rows)
+        "(" + ", ".join(_value(name, row[store]) for name, store, _ in COLUMNS) + ")" for row in rows
+    )
     select = ", ".join(f"COLUMN{i + 1} AS {name}" for i, name in enumerate(names))
     on = " AND ".join(f"t.{k} = s.{k}" for k in KEY)
-    return (f"MERGE INTO {table_fqn} AS t\nUSING (SELECT {select} FROM VALUES\n    {values}) AS s\n"
-            f"ON {on}\nWHEN NOT MATCHED THEN INSERT ({', '.join(names)})\n"
-            f"VALUES ({', '.join('s.' + n for n in names)})")
+    return (
+        f"MERGE INTO {table_fqn} AS t\nUSING (SELECT {select} FROM VALUES\n    {values}) AS s\n"
+        f"ON {on}\nWHEN NOT MATCHED THEN INSERT ({', '.join(names)})\n"
+        f"VALUES ({', '.join('s.' + n for n in names)})"
+    )
 
 
-def budget_spent_sql(table_fqn: str, since: float, exclude_process: str, *, user: str | None = None,
-                     role: str | None = None, function: str | None = None, model: str | None = None) -> str:
+def budget_spent_sql(
+    table_fqn: str,
+    since: float,
+    exclude_process: str,
+    *,
+    user: str | None = None,
+    role: str | None = None,
+    function: str | None = None,
+    model: str | None = None,
+) -> str:
     """Tokens spent since ``since`` by rows a budget covers, written by any process but ``exclude_process``
     (this one: it counts its own tokens as they happen)."""
-    where = [f"END_TIME >= TO_TIMESTAMP_LTZ({int(since * 1000)}, 3)",
-             f"NOT STARTSWITH(FLUSH_ID, {literal(exclude_process + '-')})"]
-    for column, value in (("USER_NAME", user), ("ROLE_NAME", role), ("FUNCTION_NAME", function),
-                          ("MODEL_NAME", model)):
+    where = [
+        f"END_TIME >= TO_TIMESTAMP_LTZ({int(since * 1000)}, 3)",
+        f"NOT STARTSWITH(FLUSH_ID, {literal(exclude_process + '-')})",
+    ]
+    for column, value in (("USER_NAME", user), ("ROLE_NAME", role), ("FUNCTION_NAME", function), ("MODEL_NAME", model)):
         if value is not None:
             where.append(f"LOWER({column}) = {literal(value.lower())}")
-    return (f"SELECT COALESCE(SUM(INPUT_TOKENS + OUTPUT_TOKENS), 0) AS SPENT FROM {table_fqn} WHERE "
-            + " AND ".join(where))
+    return f"SELECT COALESCE(SUM(INPUT_TOKENS + OUTPUT_TOKENS), 0) AS SPENT FROM {table_fqn} WHERE " + " AND ".join(
+        where
+    )

@@ -68,8 +68,10 @@ def check_location(path: Path, mounts: str | None = None) -> None:
     """Refuse a FUSE mount (SPCS stage volumes are FUSE): SQLite's locks do not work there."""
     mount = _mount_of(path.parent, mounts)
     if mount is not None and mount[1].startswith("fuse"):
-        raise StoreError(f"usage db_path {path} is on {mount[0]} ({mount[1]}), which looks like a stage volume; "
-                         "SQLite cannot lock files there. Put it on local disk or a block volume")
+        raise StoreError(
+            f"usage db_path {path} is on {mount[0]} ({mount[1]}), which looks like a stage volume; "
+            "SQLite cannot lock files there. Put it on local disk or a block volume"
+        )
 
 
 @dataclass
@@ -103,8 +105,9 @@ class UsageStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(f"INSERT OR IGNORE INTO usage ({', '.join(COLUMNS)}) VALUES ({marks})",
-                                     interval.rows)
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO usage ({', '.join(COLUMNS)}) VALUES ({marks})", interval.rows
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -115,8 +118,10 @@ class UsageStore:
         unknown = [k for k in by if k not in GROUP_KEYS]
         if unknown:
             raise ValueError(f"cannot group by {', '.join(unknown)}; choose from {', '.join(GROUP_KEYS)}")
-        exprs = {"day": "strftime('%Y-%m-%d', end_time, 'unixepoch')",
-                 "hour": "strftime('%Y-%m-%dT%H:00:00Z', end_time, 'unixepoch')"}
+        exprs = {
+            "day": "strftime('%Y-%m-%d', end_time, 'unixepoch')",
+            "hour": "strftime('%Y-%m-%dT%H:00:00Z', end_time, 'unixepoch')",
+        }
         selects = [f"{exprs.get(k, k)} AS {k}" for k in by]
         sums = [f"SUM({c}) AS {c}" for c in SUMS]
         where, params = _window(since, until)
@@ -129,8 +134,9 @@ class UsageStore:
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return [r for r in rows if r["engine_calls"] is not None or r["rows"] is not None]
 
-    def tokens_since(self, since: float, user: str | None, role: str | None, function: str | None,
-                     model: str | None) -> int:
+    def tokens_since(
+        self, since: float, user: str | None, role: str | None, function: str | None, model: str | None
+    ) -> int:
         """Input + output tokens since ``since`` matching the given names (case-insensitive; None: any)."""
         sql = "SELECT COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage WHERE end_time >= ?"
         params: list[Any] = [since]
@@ -143,16 +149,20 @@ class UsageStore:
 
     def unexported(self, limit: int = 500) -> list[dict[str, Any]]:
         with self._lock:
-            cur = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM usage WHERE exported = 0 "
-                                   "ORDER BY end_time LIMIT ?", (limit,))
+            cur = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM usage WHERE exported = 0 ORDER BY end_time LIMIT ?", (limit,)
+            )
             return [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
 
     def mark_exported(self, rows: Iterable[dict[str, Any]]) -> None:
         keys = [(r["flush_id"], r["user"], r["role"], r["query_id"], r["function"], r["model"]) for r in rows]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE usage SET exported = 1 WHERE flush_id = ? AND user = ? AND role = ? "
-                                 "AND query_id = ? AND function = ? AND model = ?", keys)
+            self._db.executemany(
+                "UPDATE usage SET exported = 1 WHERE flush_id = ? AND user = ? AND role = ? "
+                "AND query_id = ? AND function = ? AND model = ?",
+                keys,
+            )
             self._db.execute("COMMIT")
 
 
