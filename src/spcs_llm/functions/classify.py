@@ -222,7 +222,8 @@ register(
             ),
         ),
         doc=(
-            '`{"label": …}`, always one of the categories (constrained decoding). 2–100 unique categories, strings or '
+            '`{"label": …}`, always one of the categories (scored from the token probabilities, see label scoring). '
+            "2–100 unique categories, strings or "
             "`{label, description, examples}`; `options.task_description`. "
             "Errors: `invalid number of categories: <n>`, "
             "`invalid category input type`, `empty classification input` (also for a NULL input)."
@@ -251,6 +252,7 @@ register(
         "ai_filter",
         (Overload((("input", "VARCHAR"),), "BOOLEAN", _ai_filter),),
         null_on_error=True,
-        doc="Constrained TRUE/FALSE. The `(predicate, file)` and `PROMPT()` forms are not available.",
+        doc="TRUE/FALSE, scored from the token probabilities of the two answers (label scoring). The "
+        "`(predicate, file)` and `PROMPT()` forms are not available.",
     )
 )
