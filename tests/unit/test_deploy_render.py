@@ -217,6 +217,7 @@ def test_service_config_is_valid_toml_that_the_server_reads(name: str) -> None:
     import tomllib
 
     from spcs_llm.config import EngineSettings, Settings
+    from spcs_llm.server import auth
 
     cfg = load(name)
     doc = tomllib.loads(render.service_toml(cfg))
@@ -225,7 +226,10 @@ def test_service_config_is_valid_toml_that_the_server_reads(name: str) -> None:
         "SPCS_LLM_SERVICE_TOML"
     ] == render.service_toml(cfg)
     assert cfg.model.engine_options.keys() <= EngineSettings.model_fields.keys()
-    Settings.model_validate(doc)
+    settings = Settings.model_validate(doc)
+    # the container binds 0.0.0.0 with no key: serve must be told that Snowflake authenticates callers, or it refuses
+    assert settings.server.host == "0.0.0.0" and settings.server.api_key is None
+    auth.check_exposure(settings.server)
 
 
 def test_example_config_renders() -> None:

@@ -79,6 +79,9 @@ def service_config(cfg: DeployConfig) -> dict[str, Any]:
     }
     if cfg.service.max_instances > 1:
         server["async_responses"] = False
+    # the container listens on 0.0.0.0 without a key of its own: Snowflake authenticates every caller of an SPCS
+    # endpoint (service functions, and a public endpoint's ingress), so `serve` is told so explicitly
+    server["allow_unauthenticated"] = True
     doc: dict[str, Any] = {"server": server, "engine": engine}
     # usage history: on a block volume it survives restarts; never on a stage volume (no file locks there)
     usage: dict[str, Any] = {}

@@ -130,6 +130,7 @@ spec:
           port = 8001
           log_level = "info"
           batch_timeout_secs = 3600
+          allow_unauthenticated = true
 
           [engine]
           kind = "llamacpp"
@@ -175,7 +176,7 @@ $$
   MIN_INSTANCES = 1
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
-  COMMENT = 'spcs-llm ff35f6d767b38d7e volume=stage';
+  COMMENT = 'spcs-llm 0d9ab369c3996baf volume=stage';
 
 -- function SPCS_LLM.LLM_CPU.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM_CPU.AI_AGG(texts ARRAY, instruction VARCHAR)

@@ -132,6 +132,7 @@ spec:
           log_level = "info"
           batch_timeout_secs = 3600
           async_responses = false
+          allow_unauthenticated = true
 
           [engine]
           kind = "vllm"
@@ -179,7 +180,7 @@ $$
   MIN_INSTANCES = 1
   MAX_INSTANCES = 3
   AUTO_SUSPEND_SECS = 0
-  COMMENT = 'spcs-llm 860a5e99d48b4391 volume=stage';
+  COMMENT = 'spcs-llm 44ce332093fb7dbb volume=stage';
 
 -- function SPCS_LLM.LLM.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM.AI_AGG(texts ARRAY, instruction VARCHAR)

@@ -148,6 +148,7 @@ spec:
           port = 8001
           log_level = "info"
           batch_timeout_secs = 3600
+          allow_unauthenticated = true
 
           [engine]
           kind = "vllm"
@@ -202,7 +203,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (SPCS_LLM_LLM_SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm d0aba4fcaafc97ff volume=stage';
+  COMMENT = 'spcs-llm f3dc8688b288a604 volume=stage';
 
 -- function SPCS_LLM.LLM.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION SPCS_LLM.LLM.AI_AGG(texts ARRAY, instruction VARCHAR)

@@ -145,6 +145,7 @@ spec:
           port = 8001
           log_level = "info"
           batch_timeout_secs = 7200
+          allow_unauthenticated = true
 
           [engine]
           kind = "vllm"
@@ -205,7 +206,7 @@ $$
   MAX_INSTANCES = 1
   AUTO_SUSPEND_SECS = 0
   EXTERNAL_ACCESS_INTEGRATIONS = (AI_CORTEX_SELF_SPCS_LLM_SERVICE_EAI)
-  COMMENT = 'spcs-llm 09e5d2255219c115 volume=block:300Gi';
+  COMMENT = 'spcs-llm c6a13ceb45bdf617 volume=block:300Gi';
 
 -- function AI.CORTEX_SELF.AI_AGG(ARRAY, VARCHAR)
 CREATE FUNCTION AI.CORTEX_SELF.AI_AGG(texts ARRAY, instruction VARCHAR)
