@@ -150,7 +150,10 @@ def test_a_catalogue_name_on_llamacpp_in_the_container(
     port = _free_port()
     env = spec_env("cpu", port, name="qwen2.5-0.5b-instruct")
     with HubServer(hub) as url:
-        env |= {"SPCS_LLM_SOURCES": f"hf={url}", "SPCS_LLM_CACHE_MODE": env.get("SPCS_LLM_CACHE_MODE", "stage")}
+        # the stand-in hub plays the configured mirror: with a mirror the deploy renders the stage mode (the cpu
+        # golden has none, so its own spec says readonly: pre-staged weights only)
+        assert env["SPCS_LLM_CACHE_MODE"] == "readonly"
+        env |= {"SPCS_LLM_SOURCES": f"hf={url}", "SPCS_LLM_CACHE_MODE": "stage"}
         proc = start(built, mounts, env, tmp_path / "serve.log")
         base = f"http://127.0.0.1:{port}"
         try:

@@ -476,3 +476,14 @@ def test_admin_sql_is_the_admin_phase_alone(capsys: pytest.CaptureFixture[str]) 
     assert {"compute_pool", "integration", "network_rule", "role", "database"} <= kinds
     assert not kinds & {"service", "function", "wrapper", "image_repository", "stage"}
     assert all(s.phase == render.DEPLOY for s in render.deploy_steps(cfg, GOLDEN_FUNCTIONS))
+
+
+def test_the_cache_mode_follows_the_volume_and_the_mirrors() -> None:
+    """W3: a stage volume is never appended to, locked or renamed: with mirrors the service downloads on local disk
+    and copies finished files in (stage); without, it only reads pre-staged weights (readonly); a block volume is a
+    POSIX file system (the default mode, nothing set)."""
+    modes = {
+        name: render.spec(load(name))["spec"]["containers"][0]["env"].get("SPCS_LLM_CACHE_MODE")
+        for name in ("single_gpu", "cpu", "tp4", "scaleout")
+    }
+    assert modes == {"single_gpu": "stage", "cpu": "readonly", "tp4": None, "scaleout": "readonly"}
