@@ -291,8 +291,8 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
         )
         if batch is not None and batch.ticket is not None:
             ticket = batch.ticket  # a retry joined an earlier computation
-        status = 200 if body is not None else 202
-        return Response(body, media_type="application/json") if body is not None else Response(status_code=202)
+        status, response = _answered(body)
+        return response
     except SpcsLlmError as exc:
         status = exc.status
         raise
@@ -311,6 +311,13 @@ async def respond(fn: SqlFunction, request: Request, rows: list[list[Any]]) -> R
             **_waited(ticket),
             **content,
         )
+
+
+def _answered(body: bytes | None) -> tuple[int, Response]:
+    """The batch's answer, or 202 while it is still being computed (Snowflake then polls with GET)."""
+    if body is None:
+        return 202, Response(status_code=202)
+    return 200, Response(body, media_type="application/json")
 
 
 def _waited(ticket: BatchTicket | None) -> dict[str, float]:
@@ -335,8 +342,8 @@ async def function_poll(name: str, request: Request) -> Response:
     try:
         body, batch = await app.state.async_batches.poll(request.headers.get(BATCH_ID_HEADER), fn.name)
         ticket = batch.ticket
-        status = 200 if body is not None else 202
-        return Response(body, media_type="application/json") if body is not None else Response(status_code=202)
+        status, response = _answered(body)
+        return response
     except SpcsLlmError as exc:
         status = exc.status
         raise
