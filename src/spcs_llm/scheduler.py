@@ -344,23 +344,19 @@ class Scheduler:
     async def chat(self, request: ChatRequest) -> ChatResult:
         """The engine's answer to ``request``. Deterministic requests come from the cache, or share a call
         with an identical request in flight, before they cost a new engine call."""
-        meter = self.meter  # budgets: _run checks before an engine call; a cached or shared answer, here
         if not request.deterministic:
             return await self._run(request)
         key = chat_key(request)  # tuples only: the garbage collector need not walk cached answers
         while True:
             cached = self.cache.get(key)
             if cached is not None:
-                if meter is not None:
-                    meter.check(self.engine.model_name)
-                    meter.seen_model(self.engine.model_name)
+                self._reused(answered=True)
                 self._chat_hits.inc()
                 return unpack_result(cached)
             shared = self._in_flight.get(request)
             if shared is None:
                 return await self._run_shared(request, key)
-            if meter is not None:
-                meter.check(self.engine.model_name)
+            self._reused(answered=False)
             self.metrics.dedup_hits.inc()
             try:
                 # shield: this waiter giving up (a cancelled batch) must not cancel the call others wait on
@@ -391,8 +387,21 @@ class Scheduler:
         shared.set_result(result)
         return result
 
-    def _check_budget(self) -> None:
-        """Refuse the call now if its budget is spent: once it is, no engine call starts (after the slot wait)."""
+    def _reused(self, *, answered: bool) -> None:
+        """A cached (``answered``) or shared answer costs no engine call, but a spent budget still refuses it."""
+        meter = self.meter
+        if meter is not None:
+            meter.check(self.engine.model_name)
+            if answered:
+                meter.seen_model(self.engine.model_name)
+
+    async def _take_place(self) -> None:
+        """One of the engine places, in the query's fair turn. The batch's queue wait ends here, and a spent budget
+        refuses the call now: once it is, no engine call starts (after the slot wait)."""
+        await self._slots.acquire(query_key.get())
+        ticket = batch_ticket.get()
+        if ticket is not None and ticket.started_at is None:
+            ticket.start()
         meter = self.meter
         if meter is not None:
             try:
@@ -402,11 +411,7 @@ class Scheduler:
                 raise
 
     async def _run(self, request: ChatRequest) -> ChatResult:
-        await self._slots.acquire(query_key.get())
-        ticket = batch_ticket.get()
-        if ticket is not None and ticket.started_at is None:
-            ticket.start()
-        self._check_budget()
+        await self._take_place()
         self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         start = time.perf_counter()
@@ -428,10 +433,12 @@ class Scheduler:
         like a deterministic chat answer; None when the engine cannot score (the caller generates instead)."""
         cached = self.cache.get(request)
         if cached is not None:
+            self._reused(answered=True)
             self._chat_hits.inc()
             return cached
         shared = self._scoring.get(request)
         if shared is not None:
+            self._reused(answered=False)
             self.metrics.dedup_hits.inc()
             try:
                 return await asyncio.shield(shared)
@@ -461,24 +468,27 @@ class Scheduler:
         return scores
 
     async def _score(self, request: ScoreRequest) -> LabelScores | None:
-        await self._slots.acquire(query_key.get())
+        await self._take_place()
         self.engine_in_flight += 1
         start = time.perf_counter()
+        scores = None
         try:
             scores = await self.engine.score_labels(request)
         finally:
+            busy = time.perf_counter() - start
             self.engine_in_flight -= 1
             self._slots.release()
+            if self.meter is not None and scores is not None:  # None: no engine work counted, the caller generates
+                self.meter.engine_call(self.engine.model_name, scores.usage, busy)
         if scores is not None:
             self.metrics.engine_requests.inc(scores.steps)
-            self.metrics.engine_latency.observe(time.perf_counter() - start)
+            self.metrics.engine_latency.observe(busy)
             self._count_tokens(scores.usage)
         return scores
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamDelta]:
         """Stream one answer, holding one of the engine places for the whole stream."""
-        await self._slots.acquire(query_key.get())
-        self._check_budget()
+        await self._take_place()
         self.engine_in_flight += 1
         self.metrics.engine_requests.inc()
         start, usage = time.perf_counter(), None

@@ -363,3 +363,27 @@ async def test_cortex_rest_calls_are_attributed_and_refused_with_402_once_over_b
     (row,) = rows
     assert (row["user"], row["function"]) == ("anonymous", "inference:complete")
     assert row["rows"] == 1 and row["errors"] == 2 and row["engine_calls"] == 1
+
+
+async def test_scored_label_rows_are_metered_and_refused_once_over_budget(tmp_path: Path) -> None:
+    """SENTIMENT reads its label in one scored step (label scoring): that engine call is counted like any other,
+    and a spent budget refuses it before it starts, as it does a generated answer."""
+    app = create_app(
+        usage_settings(tmp_path / "u.db", budgets=[{"role": "ANALYST", "tokens": 1}]), engine=FakeEngine(), embedders=[]
+    )
+    headers = {"sf-context-current-user": "ALICE", "sf-context-current-role": "ANALYST"}
+    async with in_process(app) as c:
+        await wait_ready(app)
+        first = batch(["the food was great"])
+        first_ok = await c.post(
+            "/functions/sentiment", content=first["content"], headers={**first["headers"], **headers}
+        )
+        again = batch(["the soup was cold"])
+        refused = await c.post(
+            "/functions/sentiment", content=again["content"], headers={**again["headers"], **headers}
+        )
+        rows = await usage_rows(c, "role,function")
+    assert first_ok.status_code == 200
+    assert refused.status_code == 402 and refused.text == "budget exceeded"
+    (row,) = [r for r in rows if r["function"] == "sentiment"]
+    assert row["role"] == "ANALYST" and row["engine_calls"] >= 1 and row["input_tokens"] > 0
