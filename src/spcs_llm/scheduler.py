@@ -47,6 +47,10 @@ from .metrics import Metrics
 if TYPE_CHECKING:
     from .usage.meter import Meter
 
+# One text's answer from an embedding pass: its vector, its share of the pass's engine seconds (None for a caller
+# that joined an identical text already submitted) and the input tokens the model read.
+Embedding = tuple[np.ndarray, float | None, int]
+
 # Whose turn a request waits in: set to the Snowflake query id for the rows of a batch. Unset (OpenAI calls,
 # direct use), every call is a query of its own.
 query_key: contextvars.ContextVar[Hashable | None] = contextvars.ContextVar("query_key", default=None)
@@ -521,11 +525,17 @@ class Scheduler:
         (vector,) = await self.embed_texts(embedder, (text,))
         return vector
 
-    async def embed_texts(self, embedder: Embedder, texts: Sequence[str]) -> list[np.ndarray]:
+    async def embed_texts(
+        self, embedder: Embedder, texts: Sequence[str], tokens: list[int] | None = None
+    ) -> list[np.ndarray]:
         """The vectors of ``texts``, in order: cached ones at once, the rest submitted together (so they share a
         forward pass) before any is awaited. Each vector is a read-only row of the array the embedder gave,
-        shared with the cache and every caller, never copied. Budgets are checked first; each computed row is
-        metered with its share of the pass's engine time (embedders report no token counts)."""
+        shared with the cache and every caller, never copied. ``tokens``, when given, gets each text's input
+        tokens (cached texts too: the count is cached with the vector).
+
+        Budgets are checked once, before any text is submitted. The texts this call computed are metered once at
+        the end (also when one fails): their input tokens and their shares of the passes' engine time; cached
+        texts and texts that joined an identical one in flight cost no engine work and are not counted."""
         meter, name = self.meter, embedder.model_name
         if meter is not None:
             meter.check(name)
@@ -534,27 +544,33 @@ class Scheduler:
             cached = self.cache.get(("embed", name, text))
             if cached is not None:
                 self._embed_hits.inc()
-                if meter is not None:
-                    meter.seen_model(name)
                 pending.append(cached)
             else:
                 pending.append(self._embed_batcher(embedder).submit(text))
+        computed, read, busy = 0, 0, 0.0
         try:
             vectors = []
             for v in pending:
-                if not isinstance(v, asyncio.Future):
-                    vectors.append(v)
-                    continue
-                vector, busy_share = await v
-                if meter is not None:  # None: joined an identical text's embedding, no engine work of its own
-                    meter.seen_model(name) if busy_share is None else meter.engine_call(name, None, busy_share)
+                if isinstance(v, asyncio.Future):
+                    vector, busy_share, count = await v
+                    if busy_share is not None:  # None: joined an identical text's embedding, no work of its own
+                        computed, read, busy = computed + 1, read + count, busy + busy_share
+                else:
+                    vector, count = v
                 vectors.append(vector)
+                if tokens is not None:
+                    tokens.append(count)
             return vectors
         except BaseException:  # the futures not awaited yet are this caller's own: drop them quietly
             for v in pending:
                 if isinstance(v, asyncio.Future) and not v.cancel() and not v.cancelled():
                     v.exception()
             raise
+        finally:
+            if meter is not None:
+                meter.embedded(name, computed, read, busy)
+            if computed:
+                self._tokens_in.inc(read)
 
     def _embed_batcher(self, embedder: Embedder) -> _EmbedBatcher:
         batcher = self._embed_batchers.get(id(embedder))
@@ -574,13 +590,14 @@ class _EmbedBatcher:
     def __init__(self, embedder: Embedder, scheduler: Scheduler, max_batch: int = 64) -> None:
         self.embedder, self.scheduler, self.max_batch = embedder, scheduler, max_batch
         self.metrics = scheduler.metrics
-        # per text: the futures of its callers; each gets (vector, its share of the pass's time or None if it joined)
-        self._pending: dict[str, list[asyncio.Future[tuple[np.ndarray, float | None]]]] = {}
+        # per text: the futures of its callers; each gets (vector, its share of the pass's time or None if it
+        # joined, the text's input tokens)
+        self._pending: dict[str, list[asyncio.Future[Embedding]]] = {}
         self._runner: asyncio.Task[None] | None = None
 
-    def submit(self, text: str) -> asyncio.Future[tuple[np.ndarray, float | None]]:
+    def submit(self, text: str) -> asyncio.Future[Embedding]:
         """A future for ``text``'s vector, filled by the next forward pass that takes it."""
-        future: asyncio.Future[tuple[np.ndarray, float | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Embedding] = asyncio.get_running_loop().create_future()
         waiters = self._pending.get(text)
         if waiters is None:
             self._pending[text] = [future]
@@ -599,12 +616,12 @@ class _EmbedBatcher:
             self.scheduler.engine_in_flight += 1
             start = time.perf_counter()
             try:
-                # an embedder that can fail one text alone (embed_rows) keeps that text's neighbours answered
-                rows = getattr(self.embedder, "embed_rows", None)
-                vectors: Any = (
-                    await rows(texts) if rows is not None else np.asarray(await self.embedder.embed_array(texts)).view()
-                )
-                if len(vectors) != len(texts):
+                # an embedder that can fail one text alone (a RowError row) keeps that text's neighbours answered
+                embedded = await self.embedder.embed_counted(texts)
+                vectors: Any = embedded.vectors
+                if isinstance(vectors, np.ndarray):
+                    vectors = vectors.view()  # read-only below, without touching the embedder's own array
+                if len(vectors) != len(texts) or len(embedded.tokens) != len(texts):
                     raise EngineUnavailable(
                         f"{self.embedder.model_name} returned {len(vectors)} vectors for {len(texts)} texts"
                     )
@@ -621,17 +638,18 @@ class _EmbedBatcher:
             share = elapsed / len(texts)
             if isinstance(vectors, np.ndarray):
                 vectors.flags.writeable = False  # rows are shared by the cache and every caller: nobody may write
-            self._finish(texts, waiters, vectors, share)
+            self._finish(texts, waiters, vectors, embedded.tokens, share)
 
     def _finish(
         self,
         texts: list[str],
-        waiters: list[list[asyncio.Future[tuple[np.ndarray, float | None]]]],
+        waiters: list[list[asyncio.Future[Embedding]]],
         vectors: Sequence[Any],
+        tokens: Sequence[int],
         share: float,
     ) -> None:
         cache, name = self.scheduler.cache, self.embedder.model_name
-        for text, futures, vector in zip(texts, waiters, vectors, strict=True):
+        for text, futures, vector, count in zip(texts, waiters, vectors, tokens, strict=True):
             if isinstance(vector, BaseException):  # this text alone failed (embed_rows): only its callers see it
                 for f in futures:
                     if not f.done():
@@ -640,8 +658,9 @@ class _EmbedBatcher:
             if not isinstance(vector, np.ndarray):  # a list of floats from embed_rows: the same doubles
                 vector = np.asarray(vector, dtype=np.float64)
                 vector.flags.writeable = False
-            # the row is a view of the pass's array: the cache holds it as it is (its bytes, the text, a key)
-            cache.put(("embed", name, text), vector, vector.nbytes + sys.getsizeof(text) + 200)
+            count = int(count)
+            # the row is a view of the pass's array: the cache holds it as it is, with its token count
+            cache.put(("embed", name, text), (vector, count), vector.nbytes + sys.getsizeof(text) + 250)
             for i, f in enumerate(futures):  # the first caller computed it; the others joined (no share)
                 if not f.done():
-                    f.set_result((vector, share if i == 0 else None))
+                    f.set_result((vector, share if i == 0 else None, count))

@@ -70,6 +70,10 @@ async def test_long_texts_are_truncated_to_the_model_limit(tmp_path: Path) -> No
     full, prefix, other = await embedder.embed([" ".join(words), " ".join(words[:62]), " ".join(words[:61])])
     assert np.allclose(full, prefix, atol=1e-6)
     assert not np.allclose(full, other, atol=1e-3)
+    # usage counts what the model read: the truncated text its 64 positions, the others their words + 2
+    counted = await embedder.embed_counted([" ".join(words), " ".join(words[:61]), "cat"])
+    assert list(counted.tokens) == [64, 63, await embedder.count_tokens("cat")]
+    assert np.allclose(counted.vectors[0], full, atol=1e-6)
 
 
 async def test_a_pooling_config_that_lies_about_the_dimension_stops_start(tmp_path: Path) -> None:
@@ -190,8 +194,8 @@ async def test_concurrent_calls_share_forward_passes_and_get_their_own_rows(tmp_
     texts = [" ".join(WORDS[i : i + 3 + i % 5]) for i in range(12)]
     alone = [(await embedder.embed([t]))[0] for t in texts]
     passes: list[int] = []
-    real = embedder.embed_sync
-    monkeypatch.setattr(embedder, "embed_sync", lambda batch: passes.append(len(batch)) or real(batch))
+    real = embedder._embed_sync
+    monkeypatch.setattr(embedder, "_embed_sync", lambda batch: passes.append(len(batch)) or real(batch))
     together = await asyncio.gather(*(embedder.embed([t]) for t in texts), embedder.embed(texts[:2]))
     assert np.allclose([r[0] for r in together[:-1]], alone, atol=1e-6)
     assert np.allclose(together[-1], alone[:2], atol=1e-6)

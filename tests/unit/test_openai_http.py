@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from spcs_llm.config import ConfigError, EmbeddingSettings, Settings
 from spcs_llm.engines.base import ChatRequest, Message
-from spcs_llm.engines.openai_http import OpenAIEmbedder, OpenAIHttpEngine, upstream_error
+from spcs_llm.engines.openai_http import OpenAIEmbedder, OpenAIHttpEngine, share_tokens, upstream_error
 from spcs_llm.errors import (
     EngineError,
     EngineTimeout,
@@ -708,11 +708,43 @@ def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> http
             return httpx.Response(
                 400, json={"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
             )
-        return httpx.Response(
-            200, json={"data": [{"index": i, "embedding": [float(n), 1.0]} for i, n in enumerate(lengths)]}
-        )
+        data = [{"index": i, "embedding": [float(n), 1.0]} for i, n in enumerate(lengths)]
+        # vLLM's EmbeddingResponse: one usage for the whole call (UsageInfo: prompt_tokens, total_tokens)
+        usage = {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths), "completion_tokens": 0}
+        return httpx.Response(200, json={"data": data, "usage": usage})
 
     return httpx.MockTransport(handle)
+
+
+def test_share_tokens_splits_a_total_by_length_and_keeps_the_sum() -> None:
+    assert share_tokens(10, [1, 1]) == [5, 5]
+    assert share_tokens(10, [3, 1]) == [8, 2]  # 7.5 / 2.5: one remainder of 0.5 goes to the first
+    assert share_tokens(7, [5]) == [7] and share_tokens(0, [4, 2]) == [0, 0] and share_tokens(5, []) == []
+    assert share_tokens(3, [0, 0, 0]) == [1, 1, 1]  # empty texts: an even split
+    for total, weights in ((101, [3, 9, 27, 1]), (1, [5, 5, 5]), (1000, [7] * 13)):
+        parts = share_tokens(total, weights)
+        assert sum(parts) == total
+        assert all(abs(p - total * w / sum(weights)) < 1 for p, w in zip(parts, weights, strict=True))
+
+
+async def test_embedder_counts_each_texts_tokens_from_the_upstreams_usage() -> None:
+    """vLLM reports one prompt_tokens per call: a one-text call is exact, a call of many is shared by length,
+    the counts of a call sum to what vLLM reported, and a refused text counts 0 (nothing was read)."""
+    seen: list[dict[str, Any]] = []
+    embedder = OpenAIEmbedder(
+        "http://up/v1", "e5", transport=refusing_embeddings(seen), startup_timeout_s=1, truncate=False
+    )
+    await embedder.start()
+    alone = await embedder.embed_counted(["one two three"])
+    assert list(alone.tokens) == [3]
+    texts = ["a b", "c d e f", "g h i j k l", "w " * 3000]
+    counted = await embedder.embed_counted(texts)
+    assert isinstance(counted.vectors[3], MaxTokensExceeded) and counted.tokens[3] == 0
+    assert sum(counted.tokens[:3]) == 2 + 4 + 6  # the sums of the calls that embedded them (split until refused)
+    assert all(isinstance(n, int) and n > 0 for n in counted.tokens[:3])
+    together = await embedder.embed_counted(texts[:3])
+    assert list(together.tokens) == [2, 4, 6]  # 12 tokens shared by 3, 7 and 11 characters, largest remainder
+    await embedder.aclose()
 
 
 async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:

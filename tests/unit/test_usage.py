@@ -325,7 +325,66 @@ async def test_embedding_rows_count_against_the_embedding_model(tmp_path: Path) 
     (row,) = rows
     assert (row["function"], row["model"], row["rows"]) == ("embed_text_768", "fake-embed-768", 3)
     assert row["engine_calls"] == 2  # the repeated text joined the first one's embedding
-    assert row["input_tokens"] == 0  # embedders report no token counts (docs/usage.md: a known gap)
+    assert row["input_tokens"] == 2  # one token (the fake's words) for each text embedded: "one" once, "two"
+    assert row["output_tokens"] == 0 and row["busy_seconds"] > 0
+
+
+async def test_embedding_input_tokens_are_what_the_model_read_and_cached_texts_cost_nothing(tmp_path: Path) -> None:
+    """Input tokens are the embedder's own count of what it read: truncated texts count ``max_input_tokens``.
+    A text answered from the cache makes no engine work and counts no tokens, as a cached chat answer."""
+    from spcs_llm.engines import FakeEmbedder
+
+    embedder = FakeEmbedder("fake-embed-768", 768, max_input_tokens=4)
+    app = create_app(usage_settings(tmp_path / "u.db"), engine=FakeEngine(), embedders=[embedder])
+    long = "w " * 10  # 10 words, read as 4
+    async with in_process(app) as c:
+        await wait_ready(app)
+        rows = (["e5-base-v2", "a b c"], ["e5-base-v2", long], ["e5-base-v2", "x"])
+        assert (await c.post("/functions/embed_text_768", **sf_batch(*rows))).status_code == 200
+        first = await usage_rows(c, "function")
+        again = await c.post("/functions/embed_text_768", **sf_batch(*rows, query_id="q2"))
+        assert again.status_code == 200
+        both = await usage_rows(c, "query_id")
+    assert first[0]["input_tokens"] == 3 + 4 + 1 and first[0]["engine_calls"] == 3
+    (cached,) = [r for r in both if r["query_id"] == "q2"]
+    assert (cached["rows"], cached["input_tokens"], cached["engine_calls"]) == (3, 0, 0)
+    assert embedder.calls == [["a b c", long, "x"]]  # the second query was answered from the cache
+
+
+async def test_a_token_budget_refuses_embeddings_on_every_surface(tmp_path: Path) -> None:
+    """Embedding tokens spend token budgets like chat tokens: once the role's budget is spent, the legacy function
+    fails its batch with Cortex's ``budget exceeded`` (402), AI_EMBED answers NULL, /v1/embeddings 429 and the
+    Cortex REST embed 402, all before any text is embedded."""
+    from spcs_llm.engines import FakeEmbedder
+
+    embedder = FakeEmbedder("fake-embed-768", 768)
+    settings = usage_settings(
+        tmp_path / "u.db", budgets=[{"role": "ANALYST", "tokens": 5}, {"user": "anonymous", "tokens": 3}]
+    )
+    app = create_app(settings, engine=FakeEngine(), embedders=[embedder])
+    async with in_process(app) as c:
+        await wait_ready(app)
+        first = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "one two three four five six"]))
+        assert first.status_code == 200  # started under budget: it finishes (6 tokens: the overshoot)
+        legacy = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "more"]))
+        assert (legacy.status_code, legacy.text) == (402, "budget exceeded")
+        ai = await c.post("/functions/ai_embed", **sf_batch(["e5-base-v2", "more"]))
+        assert ai.status_code == 200 and ai.json()["data"] == [[0, None]]
+        other = await c.post("/functions/embed_text_768", **sf_batch(["e5-base-v2", "more"], role="OPS"))
+        assert other.status_code == 200  # another role is not covered
+
+        client = openai.AsyncOpenAI(base_url="http://t/v1", api_key="x", http_client=c, max_retries=0)
+        spent = await client.embeddings.create(model="fake-embed-768", input=["a b c", "d"])
+        assert spent.usage.prompt_tokens == 4  # over the anonymous budget of 3 now
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.embeddings.create(model="fake-embed-768", input="e")
+        assert caught.value.body["message"] == "budget exceeded"
+        rest = await c.post("/api/v2/cortex/inference:embed", json={"model": "fake-embed-768", "text": ["e"]})
+        assert rest.status_code == 402 and b"budget exceeded" in rest.content
+        budgets = [b["spent"] for b in (await c.get("/usage")).json()["budgets"]]
+    assert budgets == [6, 4]  # in config order: the role's, the anonymous user's
+    embedded = [t for call in embedder.calls for t in call]  # refused calls embedded nothing
+    assert "e" not in embedded and embedded.count("more") == 1  # the OPS batch only
 
 
 async def test_a_retried_batch_answered_from_memory_is_not_counted_again(tmp_path: Path) -> None:

@@ -191,6 +191,16 @@ class Engine(ABC):
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """One embedding pass: a vector per text, in order (an ``(n, dimension)`` array, or a list whose rows may be
+    the :class:`~spcs_llm.errors.RowError` of a text refused alone), and the input tokens the model read for each
+    text (after truncation). Usage is counted from ``tokens``, as Cortex counts an embedding call's input tokens."""
+
+    vectors: Any
+    tokens: Sequence[int]
+
+
 class Embedder(ABC):
     """One embedding model. ``dimension`` is the length of every vector it returns; ``max_input_tokens`` is what
     one text may hold (longer texts are truncated by the model, as Cortex's embedding functions do)."""
@@ -218,6 +228,17 @@ class Embedder(ABC):
         """The vectors of :meth:`embed` as one ``(len(texts), dimension)`` float array, the form the SQL functions
         use from the embedder to the wire. Embedders that compute arrays override this to skip the lists."""
         return np.asarray(await self.embed(texts), dtype=np.float64)
+
+    async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+        """:meth:`embed_array` with each text's input tokens. Embedders that tokenize anyway override this to
+        report what they read; this default asks :meth:`count_tokens` (capped at ``max_input_tokens``), and
+        counts 0 for an embedder that cannot count."""
+        vectors = await self.embed_array(texts)
+        try:
+            tokens = [min(await self.count_tokens(t), self.max_input_tokens) for t in texts]
+        except InvalidInput:
+            tokens = [0] * len(texts)
+        return Embedded(vectors, tokens)
 
     async def count_tokens(self, text: str) -> int:
         raise InvalidInput(f"the {self.kind} embedder serving {self.model_name} does not count tokens")

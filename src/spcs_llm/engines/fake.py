@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineUnavailable, MaxTokensExceeded
-from .base import ChatRequest, ChatResult, Embedder, Engine, Message, TokenLogprob, Usage
+from .base import ChatRequest, ChatResult, Embedded, Embedder, Engine, Message, TokenLogprob, Usage
 from .labels import NextToken, TopAlternatives
 
 # The fake tokenizer: a word with the space before it, a run of punctuation, or spaces.
@@ -274,6 +274,13 @@ class FakeEmbedder(Embedder):
         return (await self.embed_array(texts)).tolist()
 
     async def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        return self._embed(texts)[0]
+
+    async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+        """The vectors, and per text the words it read (the fake's tokens, at most ``max_input_tokens``)."""
+        return Embedded(*self._embed(texts))
+
+    def _embed(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
         """Each word adds +-1 at a slot chosen by its hash; rows are divided by their norm. The sums are of small
         integers (exact in any order) and sqrt and division are correctly rounded, so these are the same doubles
         the per-float loop this replaced gave."""
@@ -296,7 +303,7 @@ class FakeEmbedder(Embedder):
         out = out.reshape(len(texts), self.dimension)
         norms = np.sqrt(np.einsum("ij,ij->i", out, out))
         norms[norms == 0] = 1.0
-        return out / norms[:, None]
+        return out / norms[:, None], counts
 
     def _code(self, word: str) -> int:
         """Where a word lands in a fake vector, and with which sign (a hash, so the same word always lands alike)."""

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from ..config import EmbeddingSettings
 from ..errors import EngineUnavailable
 from ..models import packaged_embed
-from .base import Embedder
+from .base import Embedded, Embedder
 from .encoder import Encoder, EncoderConfig, load_safetensors
 
 MAX_BATCH_TOKENS = 8192  # padded tokens per forward pass: bounds the attention matrices (batch x heads x len^2)
@@ -115,7 +115,7 @@ class LocalEmbedder(Embedder):
         self._tokenizer.enable_truncation(max_length=self.max_input_tokens)
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
-        self._queue: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._queue: list[tuple[list[str], asyncio.Future[Embedded]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
     @classmethod
@@ -155,13 +155,17 @@ class LocalEmbedder(Embedder):
         return (await self.embed_array(texts)).tolist()
 
     async def embed_array(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dimension) float32 rows of one pass's array (not copied). Calls that arrive while a
-        forward pass runs are queued and then served together by the next pass, so many concurrent one-row calls
-        cost about what one batched call does."""
+        """(len(texts), dimension) float32 rows of one pass's array (not copied)."""
+        return (await self.embed_counted(texts)).vectors
+
+    async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+        """The rows of one pass's array (not copied) and each text's tokens as the model read them (special tokens
+        included, after truncation). Calls that arrive while a forward pass runs are queued and then served
+        together by the next pass, so many concurrent one-row calls cost about what one batched call does."""
         if not texts:
-            return np.empty((0, self.dimension), dtype=np.float32)
+            return Embedded(np.empty((0, self.dimension), dtype=np.float32), [])
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[Embedded] = loop.create_future()
         self._queue.append((list(texts), future))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
@@ -171,7 +175,7 @@ class LocalEmbedder(Embedder):
         while self._queue:
             jobs, self._queue = self._queue, []
             try:
-                vectors = await asyncio.to_thread(self.embed_sync, [t for texts, _ in jobs for t in texts])
+                vectors, tokens = await asyncio.to_thread(self._embed_sync, [t for texts, _ in jobs for t in texts])
             except Exception as exc:  # handed to every caller whose rows were in this pass
                 for _, future in jobs:
                     if not future.done():
@@ -180,11 +184,16 @@ class LocalEmbedder(Embedder):
             start = 0
             for texts, future in jobs:
                 if not future.done():  # the caller may have been cancelled meanwhile
-                    future.set_result(vectors[start : start + len(texts)])
+                    end = start + len(texts)
+                    future.set_result(Embedded(vectors[start:end], tokens[start:end]))
                 start += len(texts)
 
     def embed_sync(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dimension) float32 unit vectors, rows in the order of ``texts``."""
+        return self._embed_sync(texts)[0]
+
+    def _embed_sync(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """The unit vectors, and the tokens of each text the model read (special tokens included)."""
         encoder = self._encoder
         if encoder is None:
             raise EngineUnavailable(f"embedding model {self.model_name} is not started")
@@ -201,7 +210,7 @@ class LocalEmbedder(Embedder):
                     n = len(encodings[i].ids)
                     ids[r, :n], types[r, :n], mask[r, :n] = encodings[i].ids, encodings[i].type_ids, 1
                 out[rows] = self._pool(encoder.forward(ids, mask, types), mask)
-        return out
+        return out, [len(e.ids) for e in encodings]
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.info.pooling == "cls":

@@ -40,7 +40,7 @@ from ..errors import (
     SpcsLlmError,
 )
 from ..models.catalog import catalog_entry
-from .base import ChatRequest, ChatResult, Embedder, Engine, Message, StreamDelta, TokenLogprob, usage_of
+from .base import ChatRequest, ChatResult, Embedded, Embedder, Engine, Message, StreamDelta, TokenLogprob, usage_of
 from .labels import NextToken, first_alternatives, prefill_messages
 
 StructuredField = Literal["structured_outputs", "response_format"]
@@ -638,7 +638,7 @@ class OpenAIEmbedder(Embedder):
         models = await self._up.wait_ready(self.startup_timeout_s, "the embedding upstream")
         if self.truncate is None:
             self.truncate = any(m.get("owned_by") == "vllm" for m in models)
-        probe = await self._request(["dimension probe"])
+        probe, _ = await self._request(["dimension probe"])
         self.dimension = len(probe[0])
 
     async def aclose(self) -> None:
@@ -656,25 +656,32 @@ class OpenAIEmbedder(Embedder):
 
     async def embed_rows(self, texts: Sequence[str]) -> list[list[float] | RowError]:
         """One vector per text, or the row error of a text the upstream refuses; its neighbours still embed."""
+        return (await self.embed_counted(texts)).vectors
+
+    async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+        """:meth:`embed_rows` with each text's input tokens: the upstream's ``usage.prompt_tokens`` of each call,
+        shared among its texts in proportion to their lengths (``/v1/embeddings`` reports one total per call; a
+        one-text call is exact). A refused text counts 0; an upstream that reports no usage counts 0."""
         chunks = [list(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
         parts = await asyncio.gather(*(self._isolating(c) for c in chunks))
-        rows = [v for part in parts for v in part]
+        rows = [v for part in parts for v in part[0]]
         for v in rows:
             if not isinstance(v, RowError) and len(v) != self.dimension:
                 raise EngineError(f"{self.model_name} returned a {len(v)}-d vector; {self.dimension} expected")
-        return rows
+        return Embedded(rows, [n for part in parts for n in part[1]])
 
-    async def _isolating(self, texts: list[str]) -> list[list[float] | RowError]:
+    async def _isolating(self, texts: list[str]) -> tuple[list[list[float] | RowError], list[int]]:
         try:
-            return list(await self._request(texts))
+            vectors, tokens = await self._request(texts)
+            return list(vectors), tokens
         except RowError as exc:
             if len(texts) == 1:
-                return [exc]
+                return [exc], [0]
             half = len(texts) // 2
             left, right = await asyncio.gather(self._isolating(texts[:half]), self._isolating(texts[half:]))
-            return left + right
+            return left[0] + right[0], left[1] + right[1]
 
-    async def _request(self, texts: list[str]) -> list[list[float]]:
+    async def _request(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
         body: dict[str, Any] = {"model": self.upstream_model, "input": texts}
         if self.truncate:
             body["truncate_prompt_tokens"] = -1
@@ -682,11 +689,26 @@ class OpenAIEmbedder(Embedder):
         rows = sorted(out.get("data") or [], key=lambda d: d.get("index", 0))
         if len(rows) != len(texts):
             raise EngineError(f"{self.model_name} returned {len(rows)} vectors for {len(texts)} texts")
-        return [_normalise(row["embedding"]) for row in rows]
+        total = usage_of(out.get("usage")).prompt_tokens
+        return [_normalise(row["embedding"]) for row in rows], share_tokens(total, [len(t) for t in texts])
 
     async def count_tokens(self, text: str) -> int:
         count = await self._up.count_tokens(self.upstream_model, text)
         return count if count is not None else await super().count_tokens(text)
+
+
+def share_tokens(total: int, weights: Sequence[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainders; the parts sum to ``total``)."""
+    whole = sum(weights)
+    if not weights:
+        return []
+    if whole <= 0:
+        weights, whole = [1] * len(weights), len(weights)
+    parts = [total * w // whole for w in weights]
+    by_remainder = sorted(range(len(weights)), key=lambda i: total * weights[i] % whole, reverse=True)
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
 
 
 def _normalise(vector: Sequence[float]) -> list[float]:

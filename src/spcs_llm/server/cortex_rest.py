@@ -20,7 +20,6 @@ The Cortex semantics (model names, option ranges, the output cap) are those of `
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import os
 import time
@@ -240,14 +239,7 @@ async def embed(request: Request) -> Response:
         raise InvalidInput(f"text has {len(texts)} entries; at most {MAX_EMBED_TEXTS} are allowed", param="text")
     if any(len(t) > MAX_EMBED_CHARS for t in texts):
         raise InvalidInput(f"a text is longer than {MAX_EMBED_CHARS} characters", param="text")
-    attribution = openai._attribute(request, "inference:embed")
-    try:
-        vectors = await asyncio.gather(*(rt.scheduler.embed(embedder, t) for t in texts))
-    except SpcsLlmError:
-        openai._count_rows(request, attribution, False, len(texts))
-        raise
-    openai._count_rows(request, attribution, True, len(texts))
-    tokens = await openai._token_total(embedder, texts)
+    vectors, tokens = await openai.embed_counted(request, "inference:embed", embedder, texts)
     data = [{"object": "embedding", "index": i, "embedding": [v]} for i, v in enumerate(vectors)]
     return Response(
         orjson.dumps(

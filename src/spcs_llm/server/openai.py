@@ -9,12 +9,12 @@ each row's answer is the assistant text.
 from __future__ import annotations
 
 import base64
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
@@ -277,10 +277,12 @@ async def embeddings(request: Request) -> Response:
     body = _validated(EmbeddingsIn, await request.body(), "embeddings request")
     embedder = rt.embedders.resolve(body.model)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    vectors = await _metered_embed(request, embedder, texts)
-    tokens = await _token_total(embedder, texts)
-    encode = _base64_floats if body.encoding_format == "base64" else list
-    data = [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)]
+    vectors, tokens = await embed_counted(request, "embeddings", embedder, texts)
+    if body.encoding_format == "base64":
+        data = [{"object": "embedding", "index": i, "embedding": _base64_floats(v)} for i, v in enumerate(vectors)]
+    else:
+        # as doubles: a float32 row serialised as float32 would print other (shorter) numbers than its value
+        data = [{"object": "embedding", "index": i, "embedding": v.astype(np.float64)} for i, v in enumerate(vectors)]
     return Response(
         orjson.dumps(
             {
@@ -288,40 +290,31 @@ async def embeddings(request: Request) -> Response:
                 "data": data,
                 "model": embedder.model_name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
+            },
+            option=orjson.OPT_SERIALIZE_NUMPY,  # the scheduler's vectors stay numpy arrays to the wire
         ),
         media_type="application/json",
     )
 
 
-async def _metered_embed(request: Request, embedder: Any, texts: list[str]) -> list[list[float]]:
-    """The embedder's vectors, with the call counted (and refused when a budget is spent) like the scheduler's."""
-    meter = request.app.state.require_runtime().scheduler.meter
-    attribution = _attribute(request, "embeddings")
-    if meter is None:
-        return await embedder.embed(texts)
-    meter.check(embedder.model_name)
-    start, ok = time.perf_counter(), False
+async def embed_counted(request: Request, function: str, embedder: Any, texts: list[str]) -> tuple[list[Any], int]:
+    """The vectors of ``texts`` through the scheduler (its cache, shared passes, budgets and metering, counted
+    against the caller as ``function``) and their input tokens in all (cached texts count their tokens too)."""
+    rt: Runtime = request.app.state.require_runtime()
+    attribution = _attribute(request, function)
+    tokens: list[int] = []
     try:
-        vectors = await embedder.embed(texts)
-        ok = True
-        return vectors
-    finally:
-        meter.engine_call(embedder.model_name, None, time.perf_counter() - start)
-        meter.rows(attribution, len(texts) if ok else 0, 0 if ok else len(texts))
+        vectors = await rt.scheduler.embed_texts(embedder, texts, tokens)
+    except SpcsLlmError:
+        _count_rows(request, attribution, False, len(texts))
+        raise
+    _count_rows(request, attribution, True, len(texts))
+    return vectors, sum(tokens)
 
 
-def _base64_floats(vector: list[float]) -> str:
+def _base64_floats(vector: np.ndarray) -> str:
     """OpenAI's base64 form: the vector as little-endian float32 bytes."""
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
-
-async def _token_total(embedder: Any, texts: list[str]) -> int:
-    """Usage for an embeddings answer; 0 when the embedder cannot count tokens."""
-    try:
-        return sum([await embedder.count_tokens(t) for t in texts])
-    except InvalidInput:
-        return 0
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
 
 
 class TokenizeIn(_Lenient):

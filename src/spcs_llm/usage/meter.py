@@ -94,7 +94,13 @@ class Meter:
         return slot
 
     def engine_call(self, model: str, usage: Usage | None, busy_seconds: float) -> None:
-        """One engine call (or one text's share of an embedding pass) made for the current request."""
+        """One engine call made for the current request (a failed one has no usage: its busy time counts)."""
+        if usage is None:
+            self._count(model, 1, 0, 0, 0, busy_seconds)
+        else:
+            self._count(model, 1, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, busy_seconds)
+
+    def _count(self, model: str, calls: int, prompt: int, completion: int, cached: int, busy: float) -> None:
         attr = current.get()
         pending = self.pending
         if attr is None:
@@ -102,21 +108,29 @@ class Meter:
             slot = self._slot(key)
         else:
             attr.model = model
-            cached = attr.slot  # the request's row of the table, valid until the table is taken at a flush
-            if cached is not None and cached[0] is pending and cached[1] == model:
-                slot, key = cached[2], cached[3]
+            known = attr.slot  # the request's row of the table, valid until the table is taken at a flush
+            if known is not None and known[0] is pending and known[1] == model:
+                slot, key = known[2], known[3]
             else:
                 key = (attr.user, attr.role, attr.query_id, attr.function, model)
                 slot = self._slot(key)
                 attr.slot = (pending, model, slot, key)
-        slot[BUSY] += busy_seconds
-        slot[CALLS] += 1
-        if usage is not None:
-            slot[INPUT] += usage.prompt_tokens
-            slot[OUTPUT] += usage.completion_tokens
-            slot[CACHED] += usage.cached_tokens
+        slot[BUSY] += busy
+        slot[CALLS] += calls
+        if prompt or completion:
+            slot[INPUT] += prompt
+            slot[OUTPUT] += completion
+            slot[CACHED] += cached
             if self.budgets is not None:
-                self.budgets.spend(key, usage.prompt_tokens + usage.completion_tokens, self._covering(attr, key))
+                self.budgets.spend(key, prompt + completion, self._covering(attr, key))
+
+    def embedded(self, model: str, texts: int, tokens: int, busy_seconds: float) -> None:
+        """``texts`` texts embedded for the current request: their input tokens and shares of the passes' engine
+        time. No texts (all cached or joined): only the model is noted, as for a cached answer."""
+        if texts:
+            self._count(model, texts, tokens, 0, 0, busy_seconds)
+        else:
+            self.seen_model(model)
 
     def seen_model(self, model: str) -> None:
         """The current request used ``model`` without an engine call (a cached answer)."""
