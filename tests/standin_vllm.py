@@ -39,7 +39,9 @@ exits 3 at once, as vLLM does when the model does not fit.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import base64
 import json
 import os
 import re
@@ -219,6 +221,14 @@ class Engine:
         asyncio.get_running_loop().call_later(0.3, os._exit, 1)
 
 
+def _encoded(values: list[float], encoding: str) -> Any:
+    """0.11.0 serving_embedding.py ``_get_embedding``: the float32 tensor's ``tolist()``, or its bytes (native
+    order) in base64."""
+    if encoding == "float":
+        return [float(v) for v in array.array("f", values)]
+    return base64.b64encode(array.array("f", values).tobytes()).decode()
+
+
 def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> FastAPI:
     app = FastAPI()
     engine = Engine(args, config or {})
@@ -340,6 +350,9 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
                 f"truncate_prompt_tokens ({truncate}) cannot be greater than max_length "
                 f"({engine.window}). Please select a smaller truncation size."
             )
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):  # 0.11.0 protocol.py: encoding_format: Literal["float", "base64"]
+            return error(f"encoding_format: Input should be 'float' or 'base64' (got {encoding!r})")
         dim = int(os.environ.get("STANDIN_EMBED_DIM", "4"))
         counts = []
         for t in texts:
@@ -358,7 +371,11 @@ def build(args: argparse.Namespace, config: dict[str, Any] | None = None) -> Fas
                 "created": int(time.time()),
                 "model": engine.name,
                 "data": [
-                    {"index": i, "object": "embedding", "embedding": [float(n), 1.0] + [0.0] * (dim - 2)}
+                    {
+                        "index": i,
+                        "object": "embedding",
+                        "embedding": _encoded([float(n), 1.0] + [0.0] * (dim - 2), encoding),
+                    }
                     for i, n in enumerate(counts)
                 ],
                 "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)},

@@ -655,8 +655,9 @@ class _EmbedBatcher:
                     if not f.done():
                         f.set_exception(vector)
                 continue
-            if not isinstance(vector, np.ndarray):  # a list of floats from embed_rows: the same doubles
+            if not isinstance(vector, np.ndarray):  # a list of floats: the same doubles
                 vector = np.asarray(vector, dtype=np.float64)
+            if vector.flags.writeable:  # a row of its own (not a view of the read-only pass array)
                 vector.flags.writeable = False
             count = int(count)
             # the row is a view of the pass's array: the cache holds it as it is, with its token count

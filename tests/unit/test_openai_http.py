@@ -4,12 +4,14 @@ over ASGI): every upstream failure's translation, the request bodies, streaming,
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 
@@ -689,6 +691,15 @@ async def test_embedder_probes_dimension_normalises_and_keeps_order() -> None:
     await embedder.aclose()
 
 
+def vllm_vector(values: list[float], body: dict[str, Any]) -> Any:
+    """One vector as vLLM 0.11.0 writes it (serving_embedding.py ``_get_embedding``): ``tolist()`` of the float32
+    tensor for ``"float"``, its float32 bytes in base64 for ``"base64"``; anything else is refused before."""
+    fmt = body.get("encoding_format", "float")
+    assert fmt in ("float", "base64"), fmt  # EmbeddingCompletionRequest.encoding_format: Literal["float", "base64"]
+    tensor = np.asarray(values, dtype=np.float32)
+    return tensor.tolist() if fmt == "float" else base64.b64encode(tensor.tobytes()).decode()
+
+
 def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> httpx.MockTransport:
     """vLLM's /v1/embeddings: a text over 512 "tokens" (words) fails the whole call unless truncation is asked."""
 
@@ -708,12 +719,57 @@ def refusing_embeddings(seen: list[dict[str, Any]], owner: str = "vllm") -> http
             return httpx.Response(
                 400, json={"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
             )
-        data = [{"index": i, "embedding": [float(n), 1.0]} for i, n in enumerate(lengths)]
+        data = [{"index": i, "embedding": vllm_vector([float(n), 1.0], body)} for i, n in enumerate(lengths)]
         # vLLM's EmbeddingResponse: one usage for the whole call (UsageInfo: prompt_tokens, total_tokens)
         usage = {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths), "completion_tokens": 0}
         return httpx.Response(200, json={"data": data, "usage": usage})
 
     return httpx.MockTransport(handle)
+
+
+async def test_base64_and_float_vectors_are_the_same_doubles() -> None:
+    """vLLM's two encodings of one float32 tensor give bit-identical normalised vectors, and they are the doubles
+    of the Python loop the numpy normalisation replaced (squares summed left to right, then x / norm)."""
+    rng = np.random.default_rng(3)
+    tensors = [rng.normal(size=768).astype(np.float32) * scale for scale in (1e-3, 1.0, 40.0)]
+    tensors.append(np.zeros(768, dtype=np.float32))
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "e5", "owned_by": "vllm"}]})
+        body = json.loads(request.content)
+        picked = [tensors[int(t)] if t.isdigit() else tensors[1] for t in body["input"]]
+        data = [{"index": i, "embedding": vllm_vector(t.tolist(), body)} for i, t in enumerate(picked)]
+        return httpx.Response(200, json={"data": data, "usage": {"prompt_tokens": 1}})
+
+    texts = [str(i) for i in range(len(tensors))]
+    got = []
+    for fmt in (True, False):
+        embedder = OpenAIEmbedder("http://up/v1", "e5", transport=httpx.MockTransport(upstream), base64=fmt)
+        await embedder.start()
+        got.append((await embedder.embed_counted(texts)).vectors)
+        await embedder.aclose()
+    for tensor, b64, floats in zip(tensors, *got, strict=True):
+        assert b64.dtype == floats.dtype == np.float64 and b64.tobytes() == floats.tobytes()
+        acc = 0.0
+        for x in tensor.tolist():
+            acc += x * x
+        norm = math.sqrt(acc) or 1.0
+        assert b64.tolist() == [x / norm for x in tensor.tolist()]
+
+
+async def test_a_vector_that_is_not_base64_float32_is_an_engine_error() -> None:
+    for bad, message in (("not base64!", "not base64"), (base64.b64encode(b"12345").decode(), "5 bytes")):
+
+        def upstream(request: httpx.Request, bad: str = bad) -> httpx.Response:
+            if request.url.path == "/v1/models":
+                return httpx.Response(200, json={"data": [{"id": "e5", "owned_by": "vllm"}]})
+            return httpx.Response(200, json={"data": [{"index": 0, "embedding": bad}]})
+
+        embedder = OpenAIEmbedder("http://up/v1", "e5", transport=httpx.MockTransport(upstream), startup_timeout_s=1)
+        with pytest.raises(EngineError, match=message):
+            await embedder.start()
+        await embedder.aclose()
 
 
 def test_share_tokens_splits_a_total_by_length_and_keeps_the_sum() -> None:
@@ -754,6 +810,7 @@ async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:
     await vllm.start()
     vectors = await vllm.embed(texts)
     assert all(b["truncate_prompt_tokens"] == -1 for b in seen) and len(seen) == 2  # the probe, then one call
+    assert all(b["encoding_format"] == "base64" for b in seen)  # vectors as float32 bytes from vLLM
     assert vectors[0][0] / vectors[0][1] == pytest.approx(512) and len(vectors) == 64
     seen.clear()
     other = OpenAIEmbedder(
@@ -761,6 +818,7 @@ async def test_embedder_asks_vllm_to_truncate_and_no_one_else() -> None:
     )
     await other.start()
     assert other.truncate is False and "truncate_prompt_tokens" not in seen[-1]
+    assert other.base64 is False and "encoding_format" not in seen[-1]
     for e in (vllm, other):
         await e.aclose()
 
@@ -775,7 +833,7 @@ async def test_a_text_the_upstream_refuses_fails_only_its_own_row() -> None:
     texts[40] = "w " * 3000
     rows = await embedder.embed_rows(texts)
     assert isinstance(rows[40], MaxTokensExceeded) and rows[40].message == "max tokens of 512 exceeded"
-    assert all(isinstance(r, list) for i, r in enumerate(rows) if i != 40)
+    assert all(isinstance(r, np.ndarray) and r.shape == (2,) for i, r in enumerate(rows) if i != 40)
     assert len(seen) <= 1 + 1 + 2 * 6  # the probe, the refused call, then halves down to the one text
     with pytest.raises(MaxTokensExceeded):  # embed() (the /v1/embeddings route) fails as a whole
         await embedder.embed(texts)

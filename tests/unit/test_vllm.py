@@ -421,13 +421,15 @@ async def test_long_text_embeds_truncated_beside_63_short_ones(
     engine = VllmEngine(settings, env=standin_env(tmp_path, version))
     url, name = f"http://127.0.0.1:{port}/v1", "snowflake-arctic-embed-m-v1.5"
     vllm_side = OpenAIEmbedder(url, name, dimension=4, startup_timeout_s=60)
-    strict = OpenAIEmbedder(url, name, dimension=4, startup_timeout_s=60, truncate=False)  # as for other servers
+    strict = OpenAIEmbedder(url, name, dimension=4, startup_timeout_s=60, truncate=False, base64=False)  # others
     short = [f"short text {i}" for i in range(63)]
     texts = [*short[:32], "word " * 3000, *short[32:]]  # not first: the scheduler's first pass holds one text
     try:
         await asyncio.gather(engine.start(), vllm_side.start(), strict.start())
-        assert vllm_side.truncate is True  # the upstream lists its model owned_by "vllm"
+        assert vllm_side.truncate is vllm_side.base64 is True  # the upstream lists its model owned_by "vllm"
         vectors = await vllm_side.embed(texts)
+        refused = httpx.post(f"{url}/embeddings", json={"model": name, "input": ["a"], "encoding_format": "bytes"})
+        assert refused.status_code == 400 and "encoding_format" in refused.text
         assert len(vectors) == 64
         assert vectors[32][0] / vectors[32][1] == pytest.approx(512)  # truncated to the model's 512 tokens
         assert vectors[0][0] / vectors[0][1] == pytest.approx(5)  # 3 words, [CLS] and [SEP]
@@ -437,6 +439,8 @@ async def test_long_text_embeds_truncated_beside_63_short_ones(
         assert isinstance(long_row, MaxTokensExceeded) and long_row.message == "max tokens of 512 exceeded"
         # its 63 neighbours are answered (the scheduler's vectors are read-only numpy rows, issue 18)
         assert all(isinstance(r, np.ndarray) and r.shape == (4,) for r in rows)
+        # float JSON (strict) and base64 (vllm_side) carry the same float32 values: the same doubles
+        assert [r.tolist() for r in rows] == vectors[:32] + vectors[33:]
     finally:
         await asyncio.gather(vllm_side.aclose(), strict.aclose())
         await engine.aclose()
