@@ -528,40 +528,61 @@ class Scheduler:
     async def embed_texts(
         self, embedder: Embedder, texts: Sequence[str], tokens: list[int] | None = None
     ) -> list[np.ndarray]:
-        """The vectors of ``texts``, in order: cached ones at once, the rest submitted together (so they share a
-        forward pass) before any is awaited. Each vector is a read-only row of the array the embedder gave,
-        shared with the cache and every caller, never copied. ``tokens``, when given, gets each text's input
-        tokens (cached texts too: the count is cached with the vector).
+        """The vectors of ``texts``, in order, or the first text's error (see :meth:`embed_outcomes`)."""
+        outcomes = await self.embed_outcomes(embedder, texts, tokens)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
-        Budgets are checked once, before any text is submitted. The texts this call computed are metered once at
-        the end (also when one fails): their input tokens and their shares of the passes' engine time; cached
-        texts and texts that joined an identical one in flight cost no engine work and are not counted."""
+    async def embed_outcomes(
+        self, embedder: Embedder, texts: Sequence[str], tokens: list[int] | None = None
+    ) -> list[np.ndarray | Exception]:
+        """Per text, in order, its vector or the error of its pass (or of the text alone): cached ones at once, the
+        rest submitted together (so they share forward passes) before any is awaited. Each vector is a read-only
+        row of the array the embedder gave, shared with the cache and every caller, never copied. ``tokens``,
+        when given, gets each text's input tokens (0 for a failed text; cached texts too, as the count is cached
+        with the vector).
+
+        Budgets are checked once, before any text is submitted (a spent budget raises). The texts this call
+        computed are metered once at the end: their input tokens and their shares of the passes' engine time;
+        cached texts and texts that joined an identical one in flight cost no engine work and are not counted."""
         meter, name = self.meter, embedder.model_name
         if meter is not None:
             meter.check(name)
         pending: list[Any] = []
+        cache, hits = self.cache, 0
+        batcher = self._embed_batcher(embedder)
         for text in texts:
-            cached = self.cache.get(("embed", name, text))
+            cached = cache.get(("embed", name, text))
             if cached is not None:
-                self._embed_hits.inc()
+                hits += 1
                 pending.append(cached)
             else:
-                pending.append(self._embed_batcher(embedder).submit(text))
+                pending.append(batcher.submit(text))
+        if hits:
+            self._embed_hits.inc(hits)
         computed, read, busy = 0, 0, 0.0
+        outcomes: list[np.ndarray | Exception] = []
         try:
-            vectors = []
             for v in pending:
-                if isinstance(v, asyncio.Future):
-                    vector, busy_share, count = await v
+                if type(v) is tuple:
+                    vector, count = v
+                else:
+                    try:
+                        vector, busy_share, count = await v
+                    except Exception as exc:  # this text's pass (or this text alone) failed
+                        outcomes.append(exc)
+                        if tokens is not None:
+                            tokens.append(0)
+                        continue
                     if busy_share is not None:  # None: joined an identical text's embedding, no work of its own
                         computed, read, busy = computed + 1, read + count, busy + busy_share
-                else:
-                    vector, count = v
-                vectors.append(vector)
+                outcomes.append(vector)
                 if tokens is not None:
                     tokens.append(count)
-            return vectors
-        except BaseException:  # the futures not awaited yet are this caller's own: drop them quietly
+            return outcomes
+        except BaseException:  # cancelled: the futures not awaited yet are this caller's own, dropped quietly
             for v in pending:
                 if isinstance(v, asyncio.Future) and not v.cancel() and not v.cancelled():
                     v.exception()

@@ -6,14 +6,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import orjson
+import pytest
 
+from spcs_llm.config import Settings
 from spcs_llm.engines import FakeEmbedder, FakeEngine
+from spcs_llm.engines.base import Embedded
+from spcs_llm.errors import MaxTokensExceeded
 from spcs_llm.functions.embed import DIGITS, cosine, round_vector
 from spcs_llm.metrics import Metrics
 from spcs_llm.scheduler import Scheduler
+from spcs_llm.server import create_app
+from tests.conftest import batch, in_process, wait_ready
 from tests.fixtures.embed_wire_cases import GOLDEN, answers
 
 
@@ -102,3 +109,83 @@ async def test_cached_vectors_are_shared_read_only_rows_not_copies() -> None:
     assert not first.flags.writeable and not other.flags.writeable
     assert len(embedder.calls) == 2 and embedder.calls[1] == ["a dog"]
     assert first.tolist() == (await embedder.embed(["the cat sat"]))[0]  # the list API gives the same floats
+
+
+class _Flaky(FakeEmbedder):
+    """A fake that refuses one text alone, as the OpenAI embedder reports a text its upstream refused."""
+
+    async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+        done = await super().embed_counted(texts)
+        rows = [MaxTokensExceeded(512) if t == "too long" else v for t, v in zip(texts, done.vectors, strict=True)]
+        return Embedded(rows, done.tokens)
+
+
+async def test_a_batch_embedded_together_answers_as_its_rows_one_by_one() -> None:
+    """The embedding functions run a batch's rows as one group (functions/registry.py Grouped): rows of several
+    embedders, NULLs, rows refused before any work and a text refused alone keep their order and values, the
+    same as when each row is a batch of its own; the refused text fails only its row (NULL) in AI_ functions and
+    the whole batch, with its message, in the legacy ones."""
+    settings = Settings.load(overrides={"engine": {"kind": "fake"}})
+
+    def embedders() -> list[FakeEmbedder]:
+        return [_Flaky("fake-embed-768", 768), FakeEmbedder("fake-embed-1024", 1024)]
+
+    rows = {
+        "ai_embed": [
+            ["fake-embed-768", "one two"],
+            ["fake-embed-1024", "one two"],
+            ["fake-embed-768", "too long"],
+            ["nope", "x"],
+            ["fake-embed-768", None],
+            ["fake-embed-1024", "too long"],
+            ["fake-embed-768", "one two"],
+        ],
+        "ai_similarity": [
+            ["a b", "a c", {"model": "fake-embed-1024"}],
+            ["a b", "too long", {"model": "fake-embed-768"}],
+            ["x", "x y", {"model": "fake-embed-768"}],
+            [None, "b"],
+            ["a b", "a d"],
+        ],
+        "embed_text_768": [["fake-embed-768", "one"], ["fake-embed-768", "too long"], ["fake-embed-768", "two"]],
+    }
+
+    async def answers(one_by_one: bool) -> dict[str, list[object]]:
+        """Every function's values, from a fresh server (nothing cached): the whole batch, or row by row."""
+        app = create_app(settings, engine=FakeEngine(), embedders=embedders())
+        out = {}
+        async with in_process(app) as c:
+            await wait_ready(app)
+            for fn in ("ai_embed", "ai_similarity"):
+                parts = [[row] for row in rows[fn]] if one_by_one else [rows[fn]]
+                got = [await c.post(f"/functions/{fn}", **batch(*part)) for part in parts]
+                assert all(r.status_code == 200 for r in got)
+                out[fn] = [v for r in got for _, v in r.json()["data"]]
+            legacy = await c.post("/functions/embed_text_768", **batch(*rows["embed_text_768"]))
+            assert (legacy.status_code, legacy.text) == (400, "max tokens of 512 exceeded")
+        return out
+
+    together, alone = await answers(False), await answers(True)
+    assert together == alone
+    for fn, refused, after in (("ai_embed", 2, 5), ("ai_similarity", 1, 2)):  # refused alone: NULL, the rest not
+        values = together[fn]
+        assert values[refused] is None and None not in values[:refused] and values[after] is not None
+
+
+async def test_a_grouped_job_called_alone_answers_its_row() -> None:
+    """``prepare`` returns a zero-argument coroutine function for every function; a grouped one called alone
+    gives the value its group would, and raises its row's error."""
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.functions.registry import Runtime
+    from spcs_llm.models.catalog import EmbedderResolver, ModelResolver
+
+    embedder = _Flaky("fake-embed-768", 768)
+    scheduler = Scheduler(FakeEngine(), Metrics())
+    rt = Runtime(scheduler, ModelResolver(["fake-model"], {}), 64, EmbedderResolver([(embedder, ())]))
+    prepare = FUNCTIONS["ai_embed"].overloads[0].prepare
+    vector = await prepare(rt, ["fake-embed-768", "one two"])()
+    assert vector.tolist() == round_vector(await scheduler.embed(embedder, "one two")).tolist()
+    with pytest.raises(MaxTokensExceeded):
+        await prepare(rt, ["fake-embed-768", "too long"])()
+    similarity = FUNCTIONS["ai_similarity"].overloads[0].prepare(rt, ["a b", "a b"])
+    assert await similarity() == 1.0

@@ -8,14 +8,16 @@ embedder of that dimension serves (its own name or a Cortex name it answers to);
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
 from ..engines.base import Embedder
-from ..errors import InvalidInput, UnknownModel
-from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
+from ..errors import InvalidInput, SpcsLlmError, UnknownModel
+from .registry import Grouped, Overload, RowJob, Runtime, SqlFunction, json_arg, register
 
 DIGITS = 7  # float32 carries about 7 significant digits; more only makes the 10 MB batch answer fill sooner
 SIMILARITY_DEFAULT = "snowflake-arctic-embed-l-v2.0"  # Cortex's default; else the first configured embedder
@@ -25,7 +27,8 @@ _BIG = 100.0  # values this large lose the margin above to x * 1e7's own roundin
 
 
 def round_vector(vector: np.ndarray) -> np.ndarray:
-    """``[round(v, DIGITS) for v in vector]`` as a float64 array, bit for bit.
+    """``[round(v, DIGITS) for v in vector]`` as a float64 array, bit for bit (of any shape: a batch's vectors
+    stacked are rounded in one go).
 
     Python's round() is correctly rounded (the exact binary value, rounded half-even to 7 decimals, then the
     nearest double). ``rint(x * 1e7) / 1e7`` gives the same double whenever ``x * 1e7`` is not within rounding
@@ -38,9 +41,43 @@ def round_vector(vector: np.ndarray) -> np.ndarray:
     np.abs(scaled, out=scaled)
     np.divide(out, _SCALE, out=out)
     if scaled.max(initial=0.0) > _NEAR_HALF or x.max(initial=0.0) >= _BIG or x.min(initial=0.0) <= -_BIG:
+        flat_out, flat_x = out.reshape(-1), x.reshape(-1)  # views: out is a fresh C-contiguous array
         for i in np.flatnonzero((scaled > _NEAR_HALF) | (np.abs(x) >= _BIG)):
-            out[i] = round(float(x[i]), DIGITS)
+            flat_out[i] = round(float(flat_x[i]), DIGITS)
     return out
+
+
+class _Embedding(Grouped):
+    """One row's text to embed. The rows of a batch are embedded together: per embedder, one call that submits
+    every text before awaiting any (so they share forward passes), and the vectors rounded in one go."""
+
+    __slots__ = ("embedder", "rt", "text")
+
+    def __init__(self, rt: Runtime, embedder: Embedder, text: str) -> None:
+        self.rt, self.embedder, self.text = rt, embedder, text
+
+    @classmethod
+    async def run_group(cls, jobs: Sequence[_Embedding]) -> list[Any]:
+        by_embedder: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_embedder.setdefault(id(job.embedder), []).append(i)
+        outcomes: list[Any] = [None] * len(jobs)
+
+        async def embed(rows: list[int]) -> None:
+            embedder, scheduler = jobs[rows[0]].embedder, jobs[rows[0]].rt.scheduler
+            try:
+                got = await scheduler.embed_outcomes(embedder, [jobs[i].text for i in rows])
+            except SpcsLlmError as exc:  # a spent budget: every row of this embedder
+                got = [exc] * len(rows)
+            ok = [k for k, v in enumerate(got) if not isinstance(v, BaseException)]
+            rounded = round_vector(np.stack([cast(np.ndarray, got[k]) for k in ok])) if ok else ()
+            for k, vector in zip(ok, rounded, strict=True):  # rows of one C-contiguous array: orjson writes them
+                got[k] = vector
+            for i, outcome in zip(rows, got, strict=True):
+                outcomes[i] = outcome
+
+        await asyncio.gather(*(embed(rows) for rows in by_embedder.values()))
+        return outcomes
 
 
 def _embed_with(dimension: int | None) -> Any:
@@ -49,11 +86,7 @@ def _embed_with(dimension: int | None) -> Any:
         embedder = rt.embedders.resolve(model, dimension)
         if not isinstance(text, str):
             raise InvalidInput("text must be a string")
-
-        async def run() -> np.ndarray:  # serialised as a JSON array by the wire (orjson, OPT_SERIALIZE_NUMPY)
-            return round_vector(await rt.scheduler.embed(embedder, text))
-
-        return run
+        return _Embedding(rt, embedder, text)  # serialised as a JSON array by the wire (OPT_SERIALIZE_NUMPY)
 
     return prepare
 
@@ -105,17 +138,47 @@ def _similarity_embedder(rt: Runtime, config: Any) -> Embedder:
         return rt.embedders.default()
 
 
+class _Similarity(Grouped):
+    """One row's two texts. The rows of a batch are embedded together (per embedder, every text submitted
+    before any is awaited); each row's cosine is then its own."""
+
+    __slots__ = ("embedder", "first", "rt", "second")
+
+    def __init__(self, rt: Runtime, embedder: Embedder, first: str, second: str) -> None:
+        self.rt, self.embedder, self.first, self.second = rt, embedder, first, second
+
+    @classmethod
+    async def run_group(cls, jobs: Sequence[_Similarity]) -> list[Any]:
+        by_embedder: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_embedder.setdefault(id(job.embedder), []).append(i)
+        outcomes: list[Any] = [None] * len(jobs)
+
+        async def compare(rows: list[int]) -> None:
+            embedder, scheduler = jobs[rows[0]].embedder, jobs[rows[0]].rt.scheduler
+            texts = [t for i in rows for t in (jobs[i].first, jobs[i].second)]
+            try:
+                got = await scheduler.embed_outcomes(embedder, texts)
+            except SpcsLlmError as exc:  # a spent budget: every row of this embedder
+                got = [exc] * len(texts)
+            for k, i in enumerate(rows):
+                a, b = got[2 * k], got[2 * k + 1]
+                if isinstance(a, BaseException):
+                    outcomes[i] = a
+                elif isinstance(b, BaseException):
+                    outcomes[i] = b
+                else:
+                    outcomes[i] = cosine(a, b)
+
+        await asyncio.gather(*(compare(rows) for rows in by_embedder.values()))
+        return outcomes
+
+
 def _similarity(rt: Runtime, args: list[Any]) -> RowJob:
     first, second = args[0], args[1]
     if not isinstance(first, str) or not isinstance(second, str):
         raise InvalidInput("both inputs must be strings")
-    embedder = _similarity_embedder(rt, args[2] if len(args) > 2 else None)
-
-    async def run() -> float:
-        a, b = await rt.scheduler.embed_texts(embedder, (first, second))  # one pass for both, no task per text
-        return cosine(a, b)
-
-    return run
+    return _Similarity(rt, _similarity_embedder(rt, args[2] if len(args) > 2 else None), first, second)
 
 
 _ARGS = (("model", "VARCHAR"), ("text", "VARCHAR"))

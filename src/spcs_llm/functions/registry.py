@@ -7,7 +7,7 @@ work. The deploy renderer reads the same registry, so SQL signatures and server 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,26 @@ from ..models.catalog import EmbedderResolver, ModelResolver
 from ..scheduler import Scheduler
 
 RowJob = Callable[[], Awaitable[Any]]
+
+
+class Grouped:
+    """A row job that the batch runs together with the other rows of its class: ``answer_batch`` calls
+    :meth:`run_group` once with all of them (one task), where plain jobs get one task per row. That is for work
+    whose engine side is batched anyway (embeddings), so a task, a future and a few calls per row would be the
+    gateway's main cost. Called alone (``await job()``), a job answers its own row."""
+
+    __slots__ = ()
+
+    async def __call__(self) -> Any:
+        (outcome,) = await self.run_group([self])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @classmethod
+    async def run_group(cls, jobs: Sequence[Any]) -> list[Any]:
+        """One outcome per job, in order: its value, or the SpcsLlmError of its row."""
+        raise NotImplementedError
 
 
 @dataclass

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Request, Response
 from .. import logs
 from ..errors import BadEnvelope, InvalidInput, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
 from ..functions import FUNCTIONS, Runtime, SqlFunction
-from ..functions.registry import RowJob
+from ..functions.registry import Grouped, RowJob
 from ..scheduler import BatchTicket, batch_ticket, query_key
 from ..usage import meter as usage
 
@@ -200,6 +200,13 @@ async def answer_batch(
     todo = [i for i in range(len(jobs)) if i not in done]
     with rt.scheduler.admit(len(todo)) as row_done:
 
+        def finished(i: int, outcome: Any) -> None:
+            row_done()
+            if _reusable(outcome):
+                done[i] = outcome
+            else:
+                failed[i] = outcome
+
         async def run(i: int) -> None:  # one coroutine per row: this is the gateway's hot path
             outcome: Any = jobs[i]
             if outcome is not None and not isinstance(outcome, RowError):
@@ -207,14 +214,26 @@ async def answer_batch(
                     outcome = await outcome()
                 except SpcsLlmError as exc:
                     outcome = exc
-            row_done()
-            if _reusable(outcome):
-                done[i] = outcome
-            else:
-                failed[i] = outcome
+            finished(i, outcome)
+
+        async def run_group(kind: type[Grouped], rows: list[int]) -> None:  # one coroutine for all of them
+            try:
+                outcomes = await kind.run_group([jobs[i] for i in rows])
+            except SpcsLlmError as exc:
+                outcomes = [exc] * len(rows)
+            for i, outcome in zip(rows, outcomes, strict=True):
+                finished(i, outcome)
 
         failed: dict[int, Any] = {}
-        await asyncio.gather(*(run(i) for i in todo))
+        singles: list[int] = []
+        groups: dict[type[Grouped], list[int]] = {}
+        for i in todo:
+            job = jobs[i]
+            if isinstance(job, Grouped):
+                groups.setdefault(type(job), []).append(i)
+            else:
+                singles.append(i)
+        await asyncio.gather(*(run(i) for i in singles), *(run_group(k, rows) for k, rows in groups.items()))
     outcomes = [failed[i] if i in failed else done[i] for i in range(len(jobs))]
     values = apply_policy(fn, outcomes)
     row_errors = 0
