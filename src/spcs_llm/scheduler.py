@@ -221,7 +221,8 @@ class Scheduler:
         self.rate = RowRate()
         self._clock = clock
         self._slots = FairSlots(self.max_concurrency)
-        self._in_flight: dict[ChatRequest, asyncio.Future[ChatResult]] = {}
+        # keyed by chat_key(request): a flat tuple of strings hashes in far less time than the request's dataclasses
+        self._in_flight: dict[Hashable, asyncio.Future[ChatResult]] = {}
         self._scoring: dict[ScoreRequest, asyncio.Future[LabelScores | None]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
@@ -357,7 +358,7 @@ class Scheduler:
                 self._reused(answered=True)
                 self._chat_hits.inc()
                 return unpack_result(cached)
-            shared = self._in_flight.get(request)
+            shared = self._in_flight.get(key)
             if shared is None:
                 return await self._run_shared(request, key)
             self._reused(answered=False)
@@ -375,18 +376,18 @@ class Scheduler:
         """Run ``request`` in this caller, letting identical requests that arrive meanwhile wait for its answer
         (no task of its own: that would cost more than the engine call itself on a cached or fake engine)."""
         shared: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
-        self._in_flight[request] = shared
+        self._in_flight[key] = shared
         try:
             result = await self._run(request)
         except BaseException as exc:
-            del self._in_flight[request]
+            del self._in_flight[key]
             if isinstance(exc, asyncio.CancelledError):
                 shared.cancel()  # waiters run it themselves (see chat)
             else:
                 shared.set_exception(exc)
                 shared.exception()  # retrieved: nobody may be waiting
             raise
-        del self._in_flight[request]
+        del self._in_flight[key]
         self.cache.put(key, pack_result(result), _chat_size(request, result))
         shared.set_result(result)
         return result

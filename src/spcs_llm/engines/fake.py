@@ -119,7 +119,7 @@ class FakeEngine(Engine):
         self.in_flight = 0
         self.peak_in_flight = 0
         self.started = False
-        self._prefixes: set[tuple[Message, ...]] = set()
+        self._prefixes: dict[tuple[Message, ...], int] = {}  # a prefix seen -> its tokens
         self._answers: dict[str, str] = {}
         self._tokens: dict[int, dict[str, TokenLogprob]] = {}  # top -> word -> token
 
@@ -207,11 +207,12 @@ class FakeEngine(Engine):
         prefix = messages[:-1]
         if not prefix:
             return 0
-        if prefix in self._prefixes:
-            return sum(len(m.content.split()) + 1 for m in prefix)
+        seen = self._prefixes.get(prefix)
+        if seen is not None:
+            return seen
         if len(self._prefixes) >= 10_000:  # bounded, like a real prefix cache
             self._prefixes.clear()
-        self._prefixes.add(prefix)
+        self._prefixes[prefix] = sum(len(m.content.split()) + 1 for m in prefix)
         return 0
 
     def _schema_answer(self, schema: str) -> str:

@@ -24,7 +24,10 @@ MAX_ANSWER_TOKENS = 64
 def confidence(result: ChatResult) -> float | None:
     """exp(mean log-probability of the answer's tokens). None when the engine reports no log-probabilities:
     a made-up score would be worse than none."""
-    logprobs = [t.logprob for t in result.logprobs if t.token.strip()] or [t.logprob for t in result.logprobs]
+    # a token that is not all whitespace (isspace() is strip()'s own test, without making a string)
+    logprobs = [t.logprob for t in result.logprobs if t.token and not t.token.isspace()] or [
+        t.logprob for t in result.logprobs
+    ]
     if not logprobs:
         return None
     return round(math.exp(sum(logprobs) / len(logprobs)), 6)
