@@ -258,3 +258,25 @@ async def test_an_answer_without_alternatives_falls_back_instead_of_failing() ->
     await engine.next_token(MESSAGES, '"', 5)
     assert seen[0]["ignore_eos"] is True
     await engine.aclose()
+
+
+# --- what every row of a query shares is made once ------------------------------------------------------------
+
+
+async def test_an_engine_plans_a_label_set_once_and_scores_as_a_fresh_walk_would() -> None:
+    class Counting(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokenized: list[str] = []
+
+        async def token_pieces(self, text: str) -> list[str] | None:
+            self.tokenized.append(text)
+            return await super().token_pieces(text)
+
+    engine = Counting()
+    labels = ("food", "food quality", 'say "hi"', "service")
+    system = Message("system", 'Categories:\n- food\n- food quality\n- say "hi"\n- service')
+    for text in ["cold soup", "the food quality was poor", "say hi to the service", "cold soup"]:
+        request = ScoreRequest((system, Message("user", text)), '{"label": "', labels)
+        assert await engine.score_labels(request) == await score_labels(FakeEngine(), request)  # no memo there
+    assert sorted(engine.tokenized) == sorted(escape(label) for label in labels)  # once for four rows
