@@ -58,7 +58,7 @@ class LabelScores:
     @property
     def best(self) -> str:
         """The likeliest label; a tie goes to the label given first."""
-        return max(self.distribution, key=lambda label: self.distribution[label])  # max keeps the first of equals
+        return max(self.distribution, key=self.distribution.__getitem__)  # max keeps the first of equals
 
 
 @dataclass(frozen=True)
