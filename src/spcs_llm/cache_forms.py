@@ -10,6 +10,9 @@ are never tracked, so a cached answer costs the collector nothing.
 
 The key follows the request's fields (a field added to ChatRequest is part of the key without a change here).
 An answer that JSON would not give back exactly is kept as it is (tracked, still right).
+
+Label scores (engines/labels.py) are kept alike: the request as one flat tuple of its strings and numbers, the
+scores as one flat tuple of the labels, their probabilities (the same float objects), the steps and the usage.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from typing import Any
 import orjson
 
 from .engines.base import ChatRequest, ChatResult, TokenLogprob, Usage
+from .engines.labels import LabelScores, ScoreRequest
 
 _REQUEST_REST = attrgetter(*(f.name for f in fields(ChatRequest) if f.name != "messages"))
+_SCORE_REST = attrgetter(*(f.name for f in fields(ScoreRequest) if f.name not in ("messages", "labels")))
+_USAGE = attrgetter(*(f.name for f in fields(Usage)))
+_USAGE_FIELDS = len(fields(Usage))
 
 
 def chat_key(request: ChatRequest) -> tuple[Any, ...]:
@@ -57,3 +64,28 @@ def unpack_result(packed: bytes | ChatResult) -> ChatResult:
         [TokenLogprob(**{**t, "top": tuple(map(tuple, t["top"]))}) for t in fields_["logprobs"]]
     )
     return ChatResult(**fields_)
+
+
+def score_key(request: ScoreRequest) -> tuple[Any, ...]:
+    """The scoring request as one flat tuple: ``"labels"`` (no chat key begins with a string, no embedding key
+    is this long), the number of labels and each label, the number of messages and each message's role and
+    content, then its other fields in field order."""
+    key: list[Any] = ["labels", len(request.labels), *request.labels, len(request.messages)]
+    for m in request.messages:
+        key += (m.role, m.content)
+    key += _SCORE_REST(request)
+    return tuple(key)
+
+
+def pack_scores(scores: LabelScores) -> tuple[Any, ...]:
+    """The scores as one flat tuple: steps, the usage's fields, then each label and its probability in order."""
+    packed: list[Any] = [scores.steps, *_USAGE(scores.usage)]
+    for label, p in scores.distribution.items():
+        packed += (label, p)
+    return tuple(packed)
+
+
+def unpack_scores(packed: tuple[Any, ...]) -> LabelScores:
+    """The LabelScores that :func:`pack_scores` packed, equal field by field (the very same floats)."""
+    flat = packed[1 + _USAGE_FIELDS :]
+    return LabelScores(dict(zip(flat[::2], flat[1::2], strict=True)), packed[0], Usage(*packed[1 : 1 + _USAGE_FIELDS]))

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache_forms import chat_key, pack_result, unpack_result
+from .cache_forms import chat_key, pack_result, pack_scores, score_key, unpack_result, unpack_scores
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
 from .engines.labels import LabelScores, ScoreRequest
 from .errors import EngineUnavailable, Overloaded
@@ -223,7 +223,7 @@ class Scheduler:
         self._slots = FairSlots(self.max_concurrency)
         # keyed by chat_key(request): a flat tuple of strings hashes in far less time than the request's dataclasses
         self._in_flight: dict[Hashable, asyncio.Future[ChatResult]] = {}
-        self._scoring: dict[ScoreRequest, asyncio.Future[LabelScores | None]] = {}
+        self._scoring: dict[Hashable, asyncio.Future[LabelScores | None]] = {}
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
         self.queued_bytes = 0
@@ -435,13 +435,15 @@ class Scheduler:
 
     async def score_labels(self, request: ScoreRequest) -> LabelScores | None:
         """The label distribution of ``request`` (engines/labels.py) in one engine place, cached and shared
-        like a deterministic chat answer; None when the engine cannot score (the caller generates instead)."""
-        cached = self.cache.get(request)
+        like a deterministic chat answer; None when the engine cannot score (the caller generates instead).
+        Cached in the flat forms of cache_forms (nothing for the garbage collector to walk), keyed like chat."""
+        key = score_key(request)
+        cached = self.cache.get(key)
         if cached is not None:
             self._reused(answered=True)
             self._chat_hits.inc()
-            return cached
-        shared = self._scoring.get(request)
+            return unpack_scores(cached)
+        shared = self._scoring.get(key)
         if shared is not None:
             self._reused(answered=False)
             self.metrics.dedup_hits.inc()
@@ -453,7 +455,7 @@ class Scheduler:
                     raise
                 return await self._score(request)  # the caller that ran it was cancelled, not this one
         future: asyncio.Future[LabelScores | None] = asyncio.get_running_loop().create_future()
-        self._scoring[request] = future
+        self._scoring[key] = future
         try:
             scores = await self._score(request)
         except BaseException as exc:
@@ -464,11 +466,13 @@ class Scheduler:
                 future.exception()  # retrieved: nobody may be waiting
             raise
         finally:
-            del self._scoring[request]
+            del self._scoring[key]
         future.set_result(scores)
         if scores is not None:
             self.cache.put(
-                request, scores, 200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels)
+                key,
+                pack_scores(scores),
+                200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels),
             )
         return scores
 

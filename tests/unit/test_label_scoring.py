@@ -258,3 +258,66 @@ async def test_an_answer_without_alternatives_falls_back_instead_of_failing() ->
     await engine.next_token(MESSAGES, '"', 5)
     assert seen[0]["ignore_eos"] is True
     await engine.aclose()
+
+
+# --- what every row of a query shares is made once ------------------------------------------------------------
+
+
+async def test_an_engine_plans_a_label_set_once_and_scores_as_a_fresh_walk_would() -> None:
+    class Counting(FakeEngine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tokenized: list[str] = []
+
+        async def token_pieces(self, text: str) -> list[str] | None:
+            self.tokenized.append(text)
+            return await super().token_pieces(text)
+
+    engine = Counting()
+    labels = ("food", "food quality", 'say "hi"', "service")
+    system = Message("system", 'Categories:\n- food\n- food quality\n- say "hi"\n- service')
+    for text in ["cold soup", "the food quality was poor", "say hi to the service", "cold soup"]:
+        request = ScoreRequest((system, Message("user", text)), '{"label": "', labels)
+        assert await engine.score_labels(request) == await score_labels(FakeEngine(), request)  # no memo there
+    assert sorted(engine.tokenized) == sorted(escape(label) for label in labels)  # once for four rows
+
+
+def _old_fake_alternatives(messages: Sequence[Message], prefix: str, top: int) -> tuple[tuple[str, float], ...]:
+    """fake_alternatives as first written (one hash object per candidate, a sort by a Python key): the reference
+    for the remembered, incremental one, which must give the same doubles."""
+    import hashlib
+    import re
+
+    from spcs_llm.engines.fake import _JUNK, _PIECE
+
+    partial = prefix.rsplit('"', 1)[-1]
+    text = "\n".join(m.content for m in messages)
+    candidates = set(_JUNK) | ({'"'} if partial else set())
+    for match in re.finditer(r"(?<!\w)" + re.escape(partial), text) if partial else re.finditer(r"\b\w", text):
+        piece = _PIECE.match(text, match.end() if partial else match.start())
+        if piece is not None:
+            candidates.add(piece.group())
+    seed = f"{messages[-1].content}\0{prefix}\0" if messages else f"\0{prefix}\0"
+    logits = {
+        c: 6 * int.from_bytes(hashlib.blake2b((seed + c).encode(), digest_size=4).digest(), "little") / 2**32
+        for c in candidates
+    }
+    norm = math.log(sum(math.exp(v) for v in logits.values()))
+    ranked = sorted(logits.items(), key=lambda kv: (-kv[1], kv[0]))[: max(1, top)]
+    return tuple((c, v - norm) for c, v in ranked)
+
+
+def test_the_fake_models_alternatives_are_the_same_doubles_as_first_written() -> None:
+    from spcs_llm.engines.fake import fake_alternatives
+
+    systems = [SENTIMENT_INSTRUCTION, "Categories:\n- food\n- food quality\n- service", "", "a\nb c\n\n  d_e 中文"]
+    users = ["I love it", "Terrible service, never again.", "中文 很好", "food\n\nquality", " food  quality ", ""]
+    prefixes = ['"', SENTIMENT_PREFIX, '{"label": "food', '{"label": "food ', '{"x": "say \\"', "", '"\n  ']
+    for system in systems:
+        for user in users:
+            for messages in ((Message("system", system), Message("user", user)), (Message("user", user),), ()):
+                for prefix in prefixes:
+                    for top in (10, 1, 20, 0):  # asked again with another top: from the remembered ranking
+                        got = fake_alternatives(messages, prefix, top)
+                        want = _old_fake_alternatives(messages, prefix, top)
+                        assert repr(got) == repr(want)  # repr gives a double's every bit back

@@ -179,7 +179,11 @@ class Engine(ABC):
 
         if not self.label_scoring:
             return None
-        return await score_labels(self, request)
+        # the label sets' plans (tokens and trie), remembered per engine: its tokenizer is its own
+        plans = self.__dict__.get("_label_plans")
+        if plans is None:
+            plans = self.__dict__["_label_plans"] = {}
+        return await score_labels(self, request, plans)
 
     async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
         """The ``top`` likeliest next tokens (text, log-probability) after the assistant's answer begins with

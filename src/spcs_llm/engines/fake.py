@@ -6,8 +6,12 @@ import asyncio
 import hashlib
 import json
 import math
+import operator
 import re
+import struct
+from collections import deque
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -43,22 +47,73 @@ def fake_alternatives(messages: Sequence[Message], prefix: str, top: int) -> Top
     what the string holds so far gives the piece that follows it there (so labels named in the instruction
     are proposed, and after ``food`` both the closing quote and `` quality``), plus a few tokens no label begins
     with. Each candidate's logit is a hash of the last message, the prefix and the candidate: deterministic, and
-    different for different rows."""
+    different for different rows.
+
+    The ranking of every candidate is remembered for the last few (messages, prefix): a row that scores a step
+    and then generates the same label (SENTIMENT's fallback) asks for the same ranking twice, with another ``top``.
+    """
+    contents = tuple(m.content for m in messages)
+    key = (prefix, *contents)
+    found = _RANKINGS.get(key)
+    if found is None:
+        if len(_RANKINGS) >= 64:  # bounded: it serves the row being answered, not the query
+            _RANKINGS.clear()
+        found = _RANKINGS[key] = _ranking(contents, prefix)
+    ranked, norm = found
+    return tuple([(c, _SCALE * -negated - norm) for negated, c in ranked[: max(1, top)]])
+
+
+# (prefix, *message contents) -> (every candidate as (-hash, text), best first; log of the sum of their exps)
+_RANKINGS: dict[tuple[str, ...], tuple[list[tuple[int, str]], float]] = {}
+_WORD = re.compile(r"\w+")
+_B2B = hashlib.blake2b
+_SCALE = 6 / 2**32  # 1.5 * 2**-30: _SCALE * h is exactly 6 * h / 2**32 for every 32-bit h
+
+
+def _ranking(contents: tuple[str, ...], prefix: str) -> tuple[list[tuple[int, str]], float]:
+    """Every candidate of :func:`fake_alternatives` as (minus its hash, text), best first, and the log-normaliser.
+
+    The same doubles as the plain loop it replaced (one ``blake2b(seed + candidate)`` per candidate, logits
+    ``6 * h / 2**32``, ranked by ``(-logit, candidate)``), in the same order: the candidates go into one set in
+    the same order, so the normaliser sums the same exps in the same order; each hash continues a copy of the
+    seed's BLAKE2b state (the hash of a concatenation, computed incrementally); ``_SCALE * h`` is exact, and the
+    logit is strictly increasing in the hash, so (-hash, candidate) is the same total order."""
     partial = prefix.rsplit('"', 1)[-1]
-    text = "\n".join(m.content for m in messages)
     candidates = set(_JUNK) | ({'"'} if partial else set())
-    for match in re.finditer(r"(?<!\w)" + re.escape(partial), text) if partial else re.finditer(r"\b\w", text):
-        piece = _PIECE.match(text, match.end() if partial else match.start())
-        if piece is not None:
-            candidates.add(piece.group())
-    seed = f"{messages[-1].content}\0{prefix}\0" if messages else f"\0{prefix}\0"
-    logits = {
-        c: 6 * int.from_bytes(hashlib.blake2b((seed + c).encode(), digest_size=4).digest(), "little") / 2**32
-        for c in candidates
-    }
-    norm = math.log(sum(math.exp(v) for v in logits.values()))
-    ranked = sorted(logits.items(), key=lambda kv: (-kv[1], kv[0]))[: max(1, top)]
-    return tuple((c, v - norm) for c, v in ranked)
+    if partial:
+        text = "\n".join(contents)
+        for match in re.finditer(r"(?<!\w)" + re.escape(partial), text):
+            piece = _PIECE.match(text, match.end())
+            if piece is not None:
+                candidates.add(piece.group())
+    elif contents:
+        # at the string's start: each word of the text, in order (what _PIECE matches where a word begins; a
+        # word never spans the newline that joins the messages); the instructions' words are remembered
+        for content in contents[:-1]:
+            candidates.update(_words(content))
+        candidates.update(_WORD.findall(contents[-1]))
+    seed = (f"{contents[-1]}\0{prefix}\0" if contents else f"\0{prefix}\0").encode()
+    state = _B2B(seed, digest_size=4)
+    names = list(candidates)
+    states = list(map(_B2B.copy, repeat(state, len(names))))
+    deque(map(_B2B.update, states, map(str.encode, names)), maxlen=0)
+    hashes = struct.unpack(f"<{len(names)}I", b"".join(map(_B2B.digest, states)))  # each digest a little-endian int
+    norm = math.log(sum(map(math.exp, map(_SCALE.__mul__, hashes))))
+    return sorted(zip(map(operator.neg, hashes), names, strict=True)), norm
+
+
+def _words(text: str) -> list[str]:
+    """The words of an instruction (a message before the last: every row of a query sends the same), in order."""
+    words = _WORDS.get(text)
+    if words is None:
+        words = _WORD.findall(text)
+        if len(_WORDS) >= 256:  # bounded: instructions are per query
+            _WORDS.clear()
+        _WORDS[text] = words
+    return words
+
+
+_WORDS: dict[str, list[str]] = {}
 
 
 def schema_example(schema: Any) -> Any:
@@ -122,6 +177,8 @@ class FakeEngine(Engine):
         self._prefixes: dict[tuple[Message, ...], int] = {}  # a prefix seen -> its tokens
         self._answers: dict[str, str] = {}
         self._tokens: dict[int, dict[str, TokenLogprob]] = {}  # top -> word -> token
+        self._counts: dict[str, int] = {}  # text -> its words (the fake's tokens)
+        self._labelled: dict[str, tuple[str, list[str]] | None] = {}  # schema -> label_prefix of it
 
     async def start(self) -> None:
         self.started = True
@@ -145,14 +202,14 @@ class FakeEngine(Engine):
             self.in_flight -= 1
 
     def _answer(self, request: ChatRequest) -> ChatResult:
-        prompt_tokens = sum(len(m.content.split()) + 1 for m in request.messages)
+        prompt_tokens = self._prompt_tokens(request.messages)
         if prompt_tokens > self.context_window:
             raise MaxTokensExceeded(self.context_window)
         last = request.messages[-1].content
         if self.fail_marker in last:
             raise EngineUnavailable("fake engine: injected failure")
         labelled = (
-            label_prefix(json.loads(request.json_schema))
+            self._label_schema(request.json_schema)
             if request.json_schema is not None and request.top_logprobs > 0
             else None
         )
@@ -192,7 +249,7 @@ class FakeEngine(Engine):
             self.steps.append((prefix, top))
         if messages and self.fail_marker in messages[-1].content:
             raise EngineUnavailable("fake engine: injected failure")
-        prompt_tokens = sum(len(m.content.split()) + 1 for m in messages) + len(prefix.split())
+        prompt_tokens = self._prompt_tokens(messages) + len(prefix.split())
         if prompt_tokens > self.context_window:
             raise MaxTokensExceeded(self.context_window)
         if self.delay:
@@ -201,6 +258,28 @@ class FakeEngine(Engine):
 
     async def token_pieces(self, text: str) -> list[str] | None:
         return _PIECE.findall(text)
+
+    def _prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """The fake's prompt tokens: each message's words plus one; a text's count is remembered (a query's
+        instruction is in every row, and a row may take several steps)."""
+        counts, total = self._counts, 0
+        for m in messages:
+            count = counts.get(m.content)
+            if count is None:
+                if len(counts) >= 4096:  # bounded: every row brings a text
+                    counts.clear()
+                count = counts[m.content] = len(m.content.split())
+            total += count + 1
+        return total
+
+    def _label_schema(self, schema: str) -> tuple[str, list[str]] | None:
+        """:func:`label_prefix` of a schema (its canonical JSON), remembered per schema."""
+        if schema in self._labelled:
+            return self._labelled[schema]
+        if len(self._labelled) >= 1024:
+            self._labelled.clear()
+        found = self._labelled[schema] = label_prefix(json.loads(schema))
+        return found
 
     def _cached_prefix(self, messages: tuple[Message, ...]) -> int:
         """Like a prefix cache: the tokens of every message before the last count as cached once seen."""

@@ -58,7 +58,7 @@ class LabelScores:
     @property
     def best(self) -> str:
         """The likeliest label; a tie goes to the label given first."""
-        return max(self.distribution, key=lambda label: self.distribution[label])  # max keeps the first of equals
+        return max(self.distribution, key=self.distribution.__getitem__)  # max keeps the first of equals
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,20 @@ def first_alternatives(tokens: Sequence[TokenLogprob]) -> TopAlternatives:
 
 @dataclass
 class Node:
-    """A trie node: ``text`` is the (escaped) label text spelled so far; ``end`` the label that ends here."""
+    """A trie node: ``text`` is the (escaped) label text spelled so far; ``end`` the label that ends here.
+
+    The walk's per-node facts are kept on the node (``branching``, and a memo of which labels each alternative
+    begins), so a trie built once serves every row of a query (:func:`score_labels` with ``plans``); a node is
+    not changed after :func:`build_trie` returns."""
 
     text: str
     labels: list[str] = field(default_factory=list)  # escaped labels in this subtree, in the given order
     children: dict[str, Node] = field(default_factory=dict)
     end: str | None = None
+    # the children that hold several labels (the only ones a walk may step into), in the order of ``children``
+    branching: list[Node] = field(default_factory=list, repr=False, compare=False)
+    # token -> the labels an alternative of that text gives its mass to (see step_mass); bounded
+    matches: dict[str, tuple[str, ...]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def build_trie(pieces: dict[str, list[str]]) -> Node:
@@ -109,7 +117,14 @@ def build_trie(pieces: dict[str, list[str]]) -> Node:
             node = node.children.setdefault(piece, Node(spelled))
             node.labels.append(label)
         node.end = label
+    _finish(root)
     return root
+
+
+def _finish(node: Node) -> None:
+    node.branching = [child for child in node.children.values() if len(child.labels) > 1]
+    for child in node.children.values():
+        _finish(child)
 
 
 def escape(label: str) -> str:
@@ -123,23 +138,42 @@ def _key(token: str, at_root: bool) -> str:
     return token.strip().strip('"').strip().lower() if at_root else token.lower()
 
 
+MATCHES_MEMO = 1024  # tokens remembered per node: the instruction's words and the junk recur on every row
+
+
+def _matches(node: Node, token: str) -> tuple[str, ...]:
+    """The labels of ``node``'s subtree that an alternative ``token`` begins: at a node where a label ends, a
+    token opening the closing quote ends that label; otherwise the labels whose rest the token's key
+    (:func:`_key`) begins."""
+    if node.text != "" and node.end is not None and token.startswith('"'):
+        return (node.end,)  # the closing quote: the label spelled so far is the answer
+    key = _key(token, node.text == "")
+    if not key:
+        return ()
+    depth = len(node.text)
+    return tuple(label for label in node.labels if label[depth:].lower().startswith(key))
+
+
 def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
-    """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised)."""
-    at_root = node.text == ""
+    """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised): each
+    distinct alternative's probability, shared equally between the labels it begins (:func:`_matches`)."""
     mass = dict.fromkeys(node.labels, 0.0)
-    rests = {label: label[len(node.text) :].lower() for label in node.labels}
+    memo = node.matches
     seen: set[str] = set()
     for token, logprob in top:
         if token in seen:
             continue
         seen.add(token)
-        if not at_root and node.end is not None and token.startswith('"'):
-            matches = [node.end]  # the closing quote: the label spelled so far is the answer
-        else:
-            key = _key(token, at_root)
-            matches = [label for label, rest in rests.items() if key and rest.startswith(key)]
-        for label in matches:
-            mass[label] += math.exp(logprob) / len(matches)
+        matches = memo.get(token)
+        if matches is None:
+            matches = _matches(node, token)
+            if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
+                memo.clear()
+            memo[token] = matches
+        if matches:
+            share = math.exp(logprob) / len(matches)
+            for label in matches:
+                mass[label] += share
     return mass
 
 
@@ -153,20 +187,21 @@ async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[
         return None, 1, Usage()
     mass = step_mass(node, answer.top)
     steps, usage = 1, answer.usage
-    shared = [
-        child
-        for child in node.children.values()
-        if len(child.labels) > 1 and sum(mass[label] for label in child.labels) > 0
-    ]
-    for child, (sub, sub_steps, sub_usage) in zip(
-        shared, await asyncio.gather(*(walk(scorer, request, c) for c in shared)), strict=True
-    ):
-        steps += sub_steps
-        usage = _add(usage, sub_usage)
-        if sub is not None:
-            group = sum(mass[label] for label in child.labels)
-            for label in child.labels:
-                mass[label] = group * sub[label]
+    shared = [child for child in node.branching if sum(mass[label] for label in child.labels) > 0]
+    if shared:
+        # one child (the common case) is awaited as it is: a gather would make a task of it
+        subs = (
+            [await walk(scorer, request, shared[0])]
+            if len(shared) == 1
+            else await asyncio.gather(*(walk(scorer, request, c) for c in shared))
+        )
+        for child, (sub, sub_steps, sub_usage) in zip(shared, subs, strict=True):
+            steps += sub_steps
+            usage = _add(usage, sub_usage)
+            if sub is not None:
+                group = sum(mass[label] for label in child.labels)
+                for label in child.labels:
+                    mass[label] = group * sub[label]
     total = sum(mass.values())
     if total <= 0:
         return None, steps, usage
@@ -179,13 +214,47 @@ def _add(a: Usage, b: Usage) -> Usage:
     )
 
 
-async def score_labels(scorer: LabelScorer, request: ScoreRequest) -> LabelScores | None:
-    """Walk the label trie with ``scorer``; None when the engine cannot score or no alternative began a label
-    (the caller then generates under constraint instead)."""
-    escaped = {escape(label): label for label in request.labels}
+@dataclass(frozen=True)
+class Plan:
+    """What a label set costs to score, whatever the row: its labels as JSON spells them (escaped -> given) and
+    the trie of their token pieces. Made once per label set and engine (:func:`score_labels` with ``plans``)."""
+
+    escaped: dict[str, str]
+    root: Node
+    plain: bool  # no label changed by escaping: the walk's distribution is already keyed by the given labels
+
+
+PLANS_MEMO = 64  # label sets remembered per engine: a query has one, a few queries run at once
+
+
+async def plan_labels(scorer: LabelScorer, labels: tuple[str, ...]) -> Plan:
+    """The :class:`Plan` of ``labels`` with ``scorer``'s tokenizer."""
+    escaped = {escape(label): label for label in labels}
     found = await asyncio.gather(*(scorer.token_pieces(text) for text in escaped))
     pieces = {text: toks or [text] for text, toks in zip(escaped, found, strict=True)}
-    distribution, steps, usage = await walk(scorer, request, build_trie(pieces))
+    return Plan(escaped, build_trie(pieces), all(e == label for e, label in escaped.items()))
+
+
+async def score_labels(
+    scorer: LabelScorer, request: ScoreRequest, plans: dict[tuple[str, ...], Plan] | None = None
+) -> LabelScores | None:
+    """Walk the label trie with ``scorer``; None when the engine cannot score or no alternative began a label
+    (the caller then generates under constraint instead).
+
+    ``plans`` remembers each label set's :class:`Plan` (the scorer's own memo: its token pieces of a text never
+    change): every row of a query asks with the same labels, and would otherwise tokenize them and build their
+    trie again."""
+    plan = None if plans is None else plans.get(request.labels)
+    if plan is None:
+        plan = await plan_labels(scorer, request.labels)
+        if plans is not None:
+            if len(plans) >= PLANS_MEMO:
+                plans.clear()
+            plans[request.labels] = plan
+    distribution, steps, usage = await walk(scorer, request, plan.root)
     if distribution is None:
         return None
-    return LabelScores({escaped[e]: p for e, p in distribution.items()}, steps, usage)
+    if not plan.plain:
+        escaped = plan.escaped
+        distribution = {escaped[e]: p for e, p in distribution.items()}
+    return LabelScores(distribution, steps, usage)

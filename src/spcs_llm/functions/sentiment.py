@@ -110,8 +110,8 @@ async def scored_aspects(rt: Runtime, request: ChatRequest, names: list[str]) ->
         scores = await label_scores(rt, request, prefix, ASPECT_LABELS)
         if scores is None:
             return None
-        answer[name] = scores.best
-        prefix += scores.best + '"'
+        answer[name] = best = scores.best
+        prefix += best + '"'
     return answer
 
 
