@@ -139,6 +139,7 @@ class Throughput:
     rows: int
     seconds: float
     server_cpu_s: float
+    engine_cpu_s: float | None = None  # in process: the fake engine's and embedders' own share of server_cpu_s
 
     @property
     def rows_per_s(self) -> float:
@@ -147,6 +148,13 @@ class Throughput:
     @property
     def rows_per_cpu_s(self) -> float:
         return self.rows / self.server_cpu_s if self.server_cpu_s else float("nan")
+
+    @property
+    def gateway_rows_per_cpu_s(self) -> float | None:
+        """Rows per CPU-second of the gateway alone: the server's CPU time less the fake engine's own."""
+        if self.engine_cpu_s is None:
+            return None
+        return self.rows / (self.server_cpu_s - self.engine_cpu_s)
 
 
 @dataclass
@@ -395,6 +403,7 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     await asyncio.gather(engine.start(), *(e.start() for e in embedders))
     rt = build_runtime(settings, engine, Metrics(), embedders)
     limit = settings.server.max_response_bytes
+    engine_cpu = _time_engine_calls(engine, embedders)
     tune_gc()
     texts = Texts()
     out: dict[str, Any] = {"throughput": [], "latency": []}
@@ -409,13 +418,20 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
         fn, make = FUNCTIONS[spec.label.lower()], batch_maker(spec, texts)
         await one(fn, orjson.dumps({"data": make(args.batch_rows)}))
         done, cpu, t0 = 0, 0.0, time.perf_counter()
+        engine_cpu[0] = 0.0
         while time.perf_counter() - t0 < args.seconds:
             bodies = [orjson.dumps({"data": make(args.batch_rows)}) for _ in range(args.connections)]
             c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
             done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
             cpu += time.thread_time() - c0
         out["throughput"].append(
-            {"label": spec.label, "rows": done, "seconds": time.perf_counter() - t0, "server_cpu_s": cpu}
+            {
+                "label": spec.label,
+                "rows": done,
+                "seconds": time.perf_counter() - t0,
+                "server_cpu_s": cpu,
+                "engine_cpu_s": engine_cpu[0],
+            }
         )
         times = []
         for i in range(args.batches + 10):
@@ -435,6 +451,35 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
             }
         )
     return out
+
+
+def _time_engine_calls(engine: Any, embedders: list[Any]) -> list[float]:
+    """Wrap the fake engine's and embedders' calls so that their own CPU time is added up (in a one-item list):
+    they stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the fakes have no
+    delay here), so the thread's CPU time around it is that call's alone. The label walk (``score_labels``) is
+    the gateway's and is not wrapped; its steps (``next_token``) are."""
+    spent = [0.0]
+
+    def timed(obj: Any, name: str) -> None:
+        call = getattr(obj, name)
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.thread_time()
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - c0
+
+        setattr(obj, name, wrapper)
+
+    for name in ("chat", "next_token", "token_pieces", "count_tokens"):
+        if hasattr(engine, name):
+            timed(engine, name)
+    for embedder in embedders:
+        for name in ("embed_counted", "embed_array", "count_tokens"):
+            if hasattr(embedder, name):
+                timed(embedder, name)
+    return spent
 
 
 def in_process(
@@ -471,7 +516,9 @@ def in_process(
         )
         result = json.loads(done.stdout)
         runs += [
-            Throughput(r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"])
+            Throughput(
+                r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"], r.get("engine_cpu_s")
+            )
             for r in result["throughput"]
         ]
         lat += [
@@ -501,10 +548,12 @@ def _by(items: list[Any], code: str) -> dict[str, Any]:
 
 def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None:
     before = "before" in codes
+    engine_split = any(r.engine_cpu_s is not None for r in runs if r.code == "after")
     print(
         f"\n{'rows per server CPU-second, 1,000-row batches':46} {'after':>8}"
         + (f" {'before':>8} {'ratio':>6}" if before else "")
         + f" {'rows/s':>8} {'srv CPU s':>9}"
+        + (f" {'engine %':>8} {'gateway only':>12}" if engine_split else "")
     )
     after_runs, before_runs = _by(runs, "after"), _by(runs, "before")
     for label, r in after_runs.items():
@@ -512,8 +561,11 @@ def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None
         line = f"{label:46} {r.rows_per_cpu_s:>8.0f}"
         if before:
             line += f" {b.rows_per_cpu_s:>8.0f} {r.rows_per_cpu_s / b.rows_per_cpu_s:>5.1f}x" if b else " " * 16
+        line += f" {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}"
+        if engine_split and r.engine_cpu_s is not None:
+            line += f" {100 * r.engine_cpu_s / r.server_cpu_s:>7.0f}% {r.gateway_rows_per_cpu_s:>12.0f}"
         flag = "" if r.rows_per_cpu_s >= GOAL_ROWS_PER_CPU_S else "  < goal"
-        print(f"{line} {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}{flag}")
+        print(f"{line}{flag}")
     print(
         f"\n{'sequential batches, ms per batch':34} {'rows':>4} {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}"
         + (f"  |  before: {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}" if before else "")
@@ -666,7 +718,13 @@ def main() -> None:
                     "machine": machine(),
                     "before": args.before,
                     "throughput": [
-                        asdict(r) | {"rows_per_s": r.rows_per_s, "rows_per_cpu_s": r.rows_per_cpu_s} for r in runs
+                        asdict(r)
+                        | {
+                            "rows_per_s": r.rows_per_s,
+                            "rows_per_cpu_s": r.rows_per_cpu_s,
+                            "gateway_rows_per_cpu_s": r.gateway_rows_per_cpu_s,
+                        }
+                        for r in runs
                     ],
                     "latency": [asdict(q) | {"tail_ratio": q.tail_ratio} for q in lat],
                     "gc": {s.code: s.gc for s in servers if s.gc},

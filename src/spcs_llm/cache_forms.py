@@ -17,6 +17,7 @@ scores as one flat tuple of the labels, their probabilities (the same float obje
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from operator import attrgetter
 from typing import Any
@@ -32,14 +33,29 @@ _USAGE = attrgetter(*(f.name for f in fields(Usage)))
 _USAGE_FIELDS = len(fields(Usage))
 
 
-def chat_key(request: ChatRequest) -> tuple[Any, ...]:
-    """The request as one flat tuple: the number of messages, each message's role and content, then its other
-    fields in field order."""
+def _frozen(key: list[Any]) -> bytes | tuple[Any, ...]:
+    """A key as JSON bytes: never tracked by the collector, so a cached entry adds nothing to the young
+    generation (a tuple would, until the next collection walks it), and equal exactly when the values are equal
+    (strings, integers, finite floats, None and tuples of strings each write one way). What JSON cannot write
+    one way (a lone surrogate, a NaN or an infinity, which orjson writes as null) stays a tuple: tracked, still
+    right, and never equal to bytes."""
+    for v in key:
+        if type(v) is float and not math.isfinite(v):
+            return tuple(key)
+    try:
+        return orjson.dumps(key)
+    except orjson.JSONEncodeError:
+        return tuple(key)
+
+
+def chat_key(request: ChatRequest) -> bytes | tuple[Any, ...]:
+    """The request as one flat list (the number of messages, each message's role and content, then its other
+    fields in field order), frozen by :func:`_frozen`."""
     key: list[Any] = [len(request.messages)]
     for m in request.messages:
         key += (m.role, m.content)
     key += _REQUEST_REST(request)
-    return tuple(key)
+    return _frozen(key)
 
 
 def pack_result(result: ChatResult) -> bytes | ChatResult:
@@ -66,26 +82,28 @@ def unpack_result(packed: bytes | ChatResult) -> ChatResult:
     return ChatResult(**fields_)
 
 
-def score_key(request: ScoreRequest) -> tuple[Any, ...]:
-    """The scoring request as one flat tuple: ``"labels"`` (no chat key begins with a string, no embedding key
-    is this long), the number of labels and each label, the number of messages and each message's role and
-    content, then its other fields in field order."""
+def score_key(request: ScoreRequest) -> bytes | tuple[Any, ...]:
+    """The scoring request as one flat list, frozen by :func:`_frozen`: ``"labels"`` (no chat key begins with a
+    string), the number of labels and each label, the number of messages and each message's role and content,
+    then its other fields in field order."""
     key: list[Any] = ["labels", len(request.labels), *request.labels, len(request.messages)]
     for m in request.messages:
         key += (m.role, m.content)
     key += _SCORE_REST(request)
-    return tuple(key)
+    return _frozen(key)
 
 
-def pack_scores(scores: LabelScores) -> tuple[Any, ...]:
-    """The scores as one flat tuple: steps, the usage's fields, then each label and its probability in order."""
+def pack_scores(scores: LabelScores) -> bytes | tuple[Any, ...]:
+    """The scores as one flat list (steps, the usage's fields, then each label and its probability in order),
+    frozen by :func:`_frozen`: orjson writes each double as the shortest text that reads back as that double."""
     packed: list[Any] = [scores.steps, *_USAGE(scores.usage)]
     for label, p in scores.distribution.items():
         packed += (label, p)
-    return tuple(packed)
+    return _frozen(packed)
 
 
-def unpack_scores(packed: tuple[Any, ...]) -> LabelScores:
-    """The LabelScores that :func:`pack_scores` packed, equal field by field (the very same floats)."""
-    flat = packed[1 + _USAGE_FIELDS :]
-    return LabelScores(dict(zip(flat[::2], flat[1::2], strict=True)), packed[0], Usage(*packed[1 : 1 + _USAGE_FIELDS]))
+def unpack_scores(packed: bytes | tuple[Any, ...]) -> LabelScores:
+    """The LabelScores that :func:`pack_scores` packed, equal field by field (the same doubles)."""
+    values = orjson.loads(packed) if isinstance(packed, bytes) else packed
+    flat = values[1 + _USAGE_FIELDS :]
+    return LabelScores(dict(zip(flat[::2], flat[1::2], strict=True)), values[0], Usage(*values[1 : 1 + _USAGE_FIELDS]))

@@ -53,11 +53,36 @@ async def test_cached_answers_are_not_tracked_by_the_garbage_collector() -> None
         (Message("system", "label it"), Message("user", "a text")), 16, json_schema='{"enum": ["a"]}', top_logprobs=10
     )
     first = await scheduler.chat(request)
-    gc.collect()  # a cached answer outlives one collection before it is old
-    (key,) = list(scheduler.cache._items)
-    value, _size = scheduler.cache._items[key]
-    assert not gc.is_tracked(key) and not gc.is_tracked(value)
+    ((key, value),) = list(scheduler.cache.items())
+    assert not gc.is_tracked(key) and not gc.is_tracked(value)  # from the start, not after a collection
     assert await scheduler.chat(request) == first  # a hit gives the same answer back
+
+
+async def test_caching_many_answers_leaves_no_tracked_object_behind() -> None:
+    """Each cached answer, score and vector adds nothing the collector tracks (its key, its value, the cache's
+    own bookkeeping), so a young collection has nothing of the cache's to walk, however many rows were answered
+    since the last one. (No collection runs here: untracked from the start, not after one.)"""
+    from spcs_llm.engines import FakeEmbedder
+
+    scheduler = Scheduler(FakeEngine(record=False), Metrics())
+    embedder = FakeEmbedder(record=False)
+    gc.disable()
+    try:
+        for i in range(300):
+            messages = (Message("system", "answer"), Message("user", f"row {i}"))
+            await scheduler.chat(ChatRequest(messages, 8, top_logprobs=2))
+            await scheduler.score_labels(ScoreRequest(messages, '"', ("TRUE", "FALSE")))
+            await scheduler.embed(embedder, f"text {i}")
+        cache = scheduler.cache
+        entries = list(cache.items())
+        kinds = {type(k).__name__ + "->" + type(v).__name__ for k, v in entries}
+        tracked = [(k, v) for k, v in entries if gc.is_tracked(k) or gc.is_tracked(v)]
+        for shard in cache._shards:
+            assert not gc.is_tracked(shard.meta) and all(type(m) is int for m in shard.meta.values())
+    finally:
+        gc.enable()
+    assert len(entries) >= 600 and kinds == {"bytes->bytes", "str->ndarray"}  # answers+scores, vectors
+    assert tracked == []
 
 
 def test_score_keys_differ_where_requests_differ_and_scores_round_trip() -> None:
@@ -80,7 +105,22 @@ def test_score_keys_differ_where_requests_differ_and_scores_round_trip() -> None
     scores = LabelScores({"a": 0.1 + 0.2, "b\u00e9": 1e-300, "c": 0.0}, 2, Usage(7, 2, 3))
     back = unpack_scores(pack_scores(scores))
     assert back == scores and list(back.distribution) == list(scores.distribution)
-    assert all(x is y for x, y in zip(back.distribution.values(), scores.distribution.values(), strict=True))
+    assert all(  # the same doubles, bit for bit
+        x.hex() == y.hex() for x, y in zip(back.distribution.values(), scores.distribution.values(), strict=True)
+    )
+
+
+def test_what_json_cannot_write_one_way_stays_a_tuple() -> None:
+    """A NaN (which orjson writes as null, like None) or a lone surrogate (which it refuses) keeps the key a
+    tuple: tracked, still right, never equal to a bytes key."""
+    messages = (Message("user", "u"),)
+    nan, none = ChatRequest(messages, 8, temperature=float("nan")), ChatRequest(messages, 8, temperature=None)
+    assert isinstance(chat_key(nan), tuple) and isinstance(chat_key(none), bytes)
+    assert chat_key(nan) != chat_key(none)
+    odd = chat_key(ChatRequest((Message("user", "\ud800"),), 8))
+    assert isinstance(odd, tuple) and odd != chat_key(ChatRequest((Message("user", "\ufffd"),), 8))
+    scores = LabelScores({"a": float("nan"), "b": 0.5}, 1, Usage(1, 1))
+    assert isinstance(pack_scores(scores), tuple) and unpack_scores(pack_scores(scores)).distribution["b"] == 0.5
 
 
 async def test_cached_scores_are_not_tracked_by_the_garbage_collector() -> None:
@@ -90,9 +130,22 @@ async def test_cached_scores_are_not_tracked_by_the_garbage_collector() -> None:
     request = ScoreRequest(messages, '"', ("TRUE", "FALSE"))
     first = await scheduler.score_labels(request)
     assert first is not None
-    gc.collect()  # a cached answer outlives one collection before it is old
-    (key,) = list(scheduler.cache._items)
-    value, _size = scheduler.cache._items[key]
+    ((key, value),) = list(scheduler.cache.items())
     assert not gc.is_tracked(key) and not gc.is_tracked(value)
     again = await scheduler.score_labels(request)  # a hit gives the same scores back, in a dict of its own
     assert again == first and again is not first and again.distribution is not first.distribution
+
+
+def test_a_sharded_cache_evicts_within_each_shard_and_keeps_its_budget() -> None:
+    from spcs_llm.scheduler import ResultCache
+
+    small = ResultCache(3000)
+    assert len(small._shards) == 1  # a small cache is one exact LRU
+    assert len(ResultCache(16 * 2**20)._shards) == 16  # one per MiB, up to 64
+    big = ResultCache(256 * 2**20)
+    assert len(big._shards) == 64 and all(s.max_bytes == 4 * 2**20 for s in big._shards)
+    for i in range(40_000):
+        big.put(f"k{i}".encode(), b"v", 10_000, tag=i % 7)
+    assert big.bytes <= 256 * 2**20 and len(big) == sum(s.bytes // 10_000 for s in big._shards)
+    assert big.get(b"k0") is None and big.get_tagged(b"k39999") == (b"v", 39999 % 7)  # oldest out, newest in
+    assert max(s.bytes for s in big._shards) <= 4 * 2**20 and len(big) > 20_000  # most of the budget is used
