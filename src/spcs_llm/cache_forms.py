@@ -28,19 +28,25 @@ from .engines.base import ChatRequest, ChatResult, TokenLogprob, Usage
 from .engines.labels import LabelScores, ScoreRequest
 
 _REQUEST_REST = attrgetter(*(f.name for f in fields(ChatRequest) if f.name != "messages"))
+# the float fields of a chat request (the rest are strings, integers, None and tuples of strings)
+_REQUEST_FLOATS = attrgetter(*(f.name for f in fields(ChatRequest) if f.type in ("float", "float | None")))
 _SCORE_REST = attrgetter(*(f.name for f in fields(ScoreRequest) if f.name not in ("messages", "labels")))
 _USAGE = attrgetter(*(f.name for f in fields(Usage)))
 _USAGE_FIELDS = len(fields(Usage))
 
 
-def _frozen(key: list[Any]) -> bytes | tuple[Any, ...]:
+def _frozen(key: list[Any], floats: tuple[Any, ...] = ()) -> bytes | tuple[Any, ...]:
     """A key as JSON bytes: never tracked by the collector, so a cached entry adds nothing to the young
     generation (a tuple would, until the next collection walks it), and equal exactly when the values are equal
     (strings, integers, finite floats, None and tuples of strings each write one way). What JSON cannot write
     one way (a lone surrogate, a NaN or an infinity, which orjson writes as null) stays a tuple: tracked, still
-    right, and never equal to bytes."""
-    for v in key:
-        if type(v) is float and not math.isfinite(v):
+    right, and never equal to bytes. ``floats`` are the key's float values, checked for NaN and infinities."""
+    if floats:
+        try:
+            finite = all(map(math.isfinite, floats))
+        except TypeError:  # a None where a float was declared
+            finite = all(not isinstance(v, float) or math.isfinite(v) for v in floats)
+        if not finite:
             return tuple(key)
     try:
         return orjson.dumps(key)
@@ -55,7 +61,7 @@ def chat_key(request: ChatRequest) -> bytes | tuple[Any, ...]:
     for m in request.messages:
         key += (m.role, m.content)
     key += _REQUEST_REST(request)
-    return _frozen(key)
+    return _frozen(key, _REQUEST_FLOATS(request))
 
 
 def pack_result(result: ChatResult) -> bytes | ChatResult:
@@ -99,7 +105,7 @@ def pack_scores(scores: LabelScores) -> bytes | tuple[Any, ...]:
     packed: list[Any] = [scores.steps, *_USAGE(scores.usage)]
     for label, p in scores.distribution.items():
         packed += (label, p)
-    return _frozen(packed)
+    return _frozen(packed, tuple(scores.distribution.values()))
 
 
 def unpack_scores(packed: bytes | tuple[Any, ...]) -> LabelScores:
