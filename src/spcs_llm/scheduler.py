@@ -440,7 +440,11 @@ class Scheduler:
                 shared.exception()  # retrieved: nobody may be waiting
             raise
         del self._in_flight[key]
-        self.cache.put(key, pack_result(result), _chat_size(request, result))
+        packed = pack_result(result)
+        if type(key) is bytes and type(packed) is bytes:  # the bytes held, and ~200 for the entry's own slots
+            self.cache.put(key, packed, len(key) + len(packed) + 200)
+        else:
+            self.cache.put(key, packed, _chat_size(request, result))
         shared.set_result(result)
         return result
 
