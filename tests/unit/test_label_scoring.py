@@ -27,6 +27,9 @@ from spcs_llm.functions.sentiment import POLARITY, SENTIMENT_INSTRUCTION, SENTIM
 from spcs_llm.functions.tasks import label_distribution
 from spcs_llm.metrics import Metrics
 from spcs_llm.scheduler import Scheduler
+from spcs_llm.server import create_app
+
+from ..conftest import batch, fake_settings, in_process, wait_ready
 
 MESSAGES = (Message("system", "Classify."), Message("user", "The soup was cold."))
 
@@ -321,3 +324,37 @@ def test_the_fake_models_alternatives_are_the_same_doubles_as_first_written() ->
                         got = fake_alternatives(messages, prefix, top)
                         want = _old_fake_alternatives(messages, prefix, top)
                         assert repr(got) == repr(want)  # repr gives a double's every bit back
+
+
+def test_per_query_makes_a_querys_plan_once_and_never_remembers_a_refusal() -> None:
+    from spcs_llm.functions import tasks
+
+    made: list[object] = []
+
+    def make(raw: object) -> tuple[object, ...]:
+        if raw == "bad":
+            raise ValueError("refused")
+        made.append(raw)
+        return (raw,)
+
+    for _ in range(3):
+        assert tasks.per_query("t", [["a", "b"], None], lambda: make(["a", "b"])) == (["a", "b"],)
+    assert made == [["a", "b"]]  # once for the three rows
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            tasks.per_query("t", ["bad"], lambda: make("bad"))  # refused on every row, not remembered
+    tasks.per_query("t", [None], lambda: make(None))
+    tasks.per_query("t", [float("nan")], lambda: make("nan"))  # a NaN is not a null (JSON would write both null)
+    tasks.per_query("u", [None], lambda: make("other kind"))
+    assert made == [["a", "b"], None, "nan", "other kind"]
+
+
+async def test_rows_with_other_categories_in_one_batch_each_get_their_own() -> None:
+    app = create_app(fake_settings(), engine=FakeEngine(), embedders=[])
+    rows = [["I will travel", ["travel", "cooking"]], ["I will cook", ["baking", "cooking"]], ["x", ["a"]]]
+    async with in_process(app) as c:
+        await wait_ready(app)
+        r = await c.post("/functions/ai_classify", **batch(*rows, ["I will travel", ["travel", "cooking"]]))
+    values = [v for _, v in r.json()["data"]]
+    assert values[0]["labels"][0] in ("travel", "cooking") and values[1]["labels"][0] in ("baking", "cooking")
+    assert values[2] is None and values[3] == values[0]  # one category: refused (NULL); a repeat: the same plan

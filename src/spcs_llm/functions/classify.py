@@ -15,11 +15,12 @@ descriptions and examples) before the row's text, so rows of one query share the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..engines.base import ChatRequest
 from ..errors import EmptyClassificationInput, InvalidCategories, InvalidInput, InvalidOptions
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import enum_schema, json_answer, label_scores, task_request
+from .tasks import enum_schema, json_answer, label_scores, per_query, task_request
 
 MIN_CATEGORIES, MAX_CATEGORIES = 2, 100
 # The answer's start when scored: JSON laid out as this kind of model writes it (``{`` then a newline and two
@@ -120,23 +121,39 @@ def _examples(raw: Any) -> list[dict[str, Any]]:
     return raw
 
 
+class _Plan(NamedTuple):
+    """What a query's categories and options make, the same for each of its rows (tasks.per_query)."""
+
+    labels: tuple[str, ...]
+    instruction: str
+    json_schema: str | None
+    max_tokens: int
+    multi: bool = False
+
+
+def _classify_text_plan(raw: list[Any]) -> _Plan:
+    categories = parse_categories(raw[0])
+    settings = _settings(raw[1] if len(raw) > 1 else None, {"task_description"})
+    labels = tuple(c.label for c in categories)
+    schema = {
+        "type": "object",
+        "properties": {"label": enum_schema(labels)},
+        "required": ["label"],
+        "additionalProperties": False,
+    }
+    return _Plan(
+        labels,
+        instruction(categories, settings, multi=False),
+        ChatRequest.schema_key(schema),
+        16 + max(len(label) for label in labels),
+    )
+
+
 def _classify_text(rt: Runtime, args: list[Any]) -> RowJob:
     text = _input(args[0])
-    categories = parse_categories(args[1])
-    settings = _settings(args[2] if len(args) > 2 else None, {"task_description"})
-    labels = [c.label for c in categories]
-    request = task_request(
-        rt,
-        instruction(categories, settings, multi=False),
-        text,
-        schema={
-            "type": "object",
-            "properties": {"label": enum_schema(labels)},
-            "required": ["label"],
-            "additionalProperties": False,
-        },
-        max_tokens=16 + max(len(label) for label in labels),
-    )
+    plan = per_query("classify_text", args[1:], lambda: _classify_text_plan(args[1:]))
+    labels = plan.labels
+    request = task_request(rt, plan.instruction, text, json_schema=plan.json_schema, max_tokens=plan.max_tokens)
 
     async def run() -> dict[str, str]:
         scores = await label_scores(rt, request, LABEL_PREFIX, labels)
@@ -147,32 +164,40 @@ def _classify_text(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-def _ai_classify(rt: Runtime, args: list[Any]) -> RowJob:
-    text = _input(args[0])
-    categories = parse_categories(args[1])
-    settings = _settings(args[2] if len(args) > 2 else None, {"task_description", "output_mode", "examples"})
+def _ai_classify_plan(raw: list[Any]) -> _Plan:
+    categories = parse_categories(raw[0])
+    settings = _settings(raw[1] if len(raw) > 1 else None, {"task_description", "output_mode", "examples"})
     mode = settings.get("output_mode", "single")
     if mode not in ("single", "multi"):
         raise InvalidOptions("output_mode must be 'single' or 'multi'")
     if "examples" in settings:
         settings["examples"] = _examples(settings["examples"])
-    labels = [c.label for c in categories]
+    labels = tuple(c.label for c in categories)
     multi = mode == "multi"
     schema: dict[str, Any] = enum_schema(labels)
     if multi:
         schema = {"type": "array", "items": schema, "maxItems": len(labels)}
-    request = task_request(
-        rt,
+    return _Plan(
+        labels,
         instruction(categories, settings, multi=multi),
-        text,
-        schema={
-            "type": "object",
-            "properties": {"labels": schema},
-            "required": ["labels"],
-            "additionalProperties": False,
-        },
-        max_tokens=16 + sum(len(label) + 4 for label in labels) if multi else 16 + max(len(label) for label in labels),
+        ChatRequest.schema_key(
+            {
+                "type": "object",
+                "properties": {"labels": schema},
+                "required": ["labels"],
+                "additionalProperties": False,
+            }
+        ),
+        16 + sum(len(label) + 4 for label in labels) if multi else 16 + max(len(label) for label in labels),
+        multi,
     )
+
+
+def _ai_classify(rt: Runtime, args: list[Any]) -> RowJob:
+    text = _input(args[0])
+    plan = per_query("ai_classify", args[1:], lambda: _ai_classify_plan(args[1:]))
+    labels, multi = plan.labels, plan.multi
+    request = task_request(rt, plan.instruction, text, json_schema=plan.json_schema, max_tokens=plan.max_tokens)
 
     async def run() -> dict[str, list[str]]:
         # One label: scored like CLASSIFY_TEXT (the same step). Several: generated under the array schema
@@ -193,11 +218,14 @@ FILTER_INSTRUCTION = (
 )
 
 
+_FILTER_SCHEMA = ChatRequest.schema_key(enum_schema(["TRUE", "FALSE"]))
+
+
 def _ai_filter(rt: Runtime, args: list[Any]) -> RowJob:
     (text,) = args
     if not isinstance(text, str):
         raise InvalidInput("input must be a string")
-    request = task_request(rt, FILTER_INSTRUCTION, text, schema=enum_schema(["TRUE", "FALSE"]), max_tokens=6)
+    request = task_request(rt, FILTER_INSTRUCTION, text, json_schema=_FILTER_SCHEMA, max_tokens=6)
 
     async def run() -> bool:
         scores = await label_scores(rt, request, FILTER_PREFIX, ["TRUE", "FALSE"])

@@ -17,12 +17,13 @@ after ``{"sentiment": "`` instead of decoding the object.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ..engines.base import ChatRequest
 from ..errors import InvalidInput
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
-from .tasks import enum_schema, json_answer, label_distribution, label_scores, task_request
+from .tasks import enum_schema, json_answer, label_distribution, label_scores, per_query, task_request
 
 POLARITY = {"positive": 1.0, "negative": -1.0, "neutral": 0.0}
 SENTIMENT_INSTRUCTION = (
@@ -44,14 +45,20 @@ def sentiment_score(distribution: dict[str, float]) -> float:
     return round(max(-1.0, min(1.0, score)), 6)
 
 
+# A keyed object, not a bare string: after `{"sentiment": "` the model weighs the labels themselves, so the
+# alternatives at the label token carry them (measured: 95% sign accuracy vs 82% for a bare string answer).
+_SENTIMENT_SCHEMA = ChatRequest.schema_key(
+    {"type": "object", "properties": {"sentiment": enum_schema(list(POLARITY))}, "required": ["sentiment"]}
+)
+
+
 def _sentiment(rt: Runtime, args: list[Any]) -> RowJob:
     (text,) = args
     if not isinstance(text, str):
         raise InvalidInput("text must be a string")
-    # A keyed object, not a bare string: after `{"sentiment": "` the model weighs the labels themselves, so the
-    # alternatives at the label token carry them (measured: 95% sign accuracy vs 82% for a bare string answer).
-    schema = {"type": "object", "properties": {"sentiment": enum_schema(list(POLARITY))}, "required": ["sentiment"]}
-    request = task_request(rt, SENTIMENT_INSTRUCTION, text, schema=schema, max_tokens=16, top_logprobs=10)
+    request = task_request(
+        rt, SENTIMENT_INSTRUCTION, text, json_schema=_SENTIMENT_SCHEMA, max_tokens=16, top_logprobs=10
+    )
 
     async def run() -> float:
         # One forward step after `{"sentiment": "`, reading the same ten alternatives that the label token of the
@@ -78,21 +85,29 @@ def parse_aspects(raw: Any) -> list[str]:
     return names
 
 
+def _aspects_plan(raw: Any) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    """A query's aspects (``overall`` first), each as JSON spells it, and the schema of the answer: the same for
+    each of its rows (tasks.per_query)."""
+    names = ("overall", *(parse_aspects(raw) if raw is not None else []))
+    schema = {
+        "type": "object",
+        "properties": {name: enum_schema(ASPECT_LABELS) for name in names},
+        "required": list(names),
+        "additionalProperties": False,
+    }
+    return names, tuple(json.dumps(name, ensure_ascii=False) for name in names), ChatRequest.schema_key(schema)
+
+
 def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     text = args[0]
     if not isinstance(text, str):
         raise InvalidInput("text must be a string")
-    names = ["overall", *(parse_aspects(args[1]) if len(args) > 1 and args[1] is not None else [])]
-    schema = {
-        "type": "object",
-        "properties": {name: enum_schema(ASPECT_LABELS) for name in names},
-        "required": names,
-        "additionalProperties": False,
-    }
-    request = task_request(rt, ASPECT_INSTRUCTION, text, schema=schema, max_tokens=16 + 12 * len(names))
+    raw = args[1] if len(args) > 1 else None
+    names, quoted, json_schema = per_query("aspects", [raw], lambda: _aspects_plan(raw))
+    request = task_request(rt, ASPECT_INSTRUCTION, text, json_schema=json_schema, max_tokens=16 + 12 * len(names))
 
     async def run() -> dict[str, Any]:
-        answer = await scored_aspects(rt, request, names)
+        answer = await scored_aspects(rt, request, names, quoted)
         if answer is None:
             answer = json_answer(await rt.scheduler.chat(request))
         return {"categories": [{"name": n, "sentiment": answer[n]} for n in names]}
@@ -100,13 +115,15 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
-async def scored_aspects(rt: Runtime, request: ChatRequest, names: list[str]) -> dict[str, str] | None:
+async def scored_aspects(
+    rt: Runtime, request: ChatRequest, names: Sequence[str], quoted: Sequence[str] | None = None
+) -> dict[str, str] | None:
     """Each aspect's label in turn, as greedy decoding under the schema chooses it: one scored step per aspect,
     after the object so far (``{"overall": "positive", "food": "``), so each choice sees the ones before it. The
     keys and punctuation between labels are forced, so nothing else is decoded. None: the engine cannot score."""
     prefix, answer = "{", {}
     for i, name in enumerate(names):
-        prefix += (", " if i else "") + json.dumps(name, ensure_ascii=False) + ': "'
+        prefix += (", " if i else "") + (quoted[i] if quoted else json.dumps(name, ensure_ascii=False)) + ': "'
         scores = await label_scores(rt, request, prefix, ASPECT_LABELS)
         if scores is None:
             return None

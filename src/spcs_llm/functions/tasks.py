@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -40,15 +40,37 @@ def task_request(
     schema: Mapping[str, Any] | None = None,
     max_tokens: int = 256,
     top_logprobs: int = 0,
+    json_schema: str | None = None,
 ) -> ChatRequest:
-    """A greedy request: the instruction first (shared by every row), the row's text last."""
+    """A greedy request: the instruction first (shared by every row), the row's text last. ``json_schema``: the
+    schema's canonical string (``ChatRequest.schema_key``) made once for a query's rows, instead of ``schema``."""
     return ChatRequest(
         messages=(Message("system", instruction), Message("user", text)),
         max_tokens=max(1, min(max_tokens, rt.max_output_tokens)),
         temperature=0.0,
-        json_schema=ChatRequest.schema_key(schema),
+        json_schema=json_schema if json_schema is not None else ChatRequest.schema_key(schema),
         top_logprobs=top_logprobs,
     )
+
+
+PER_QUERY_MEMO = 256  # argument sets remembered: a query has one, a few queries run at once
+_PER_QUERY: dict[str, Any] = {}
+
+
+def per_query(kind: str, raw: Sequence[Any], make: Callable[[], T]) -> T:
+    """``make()``, remembered by ``kind`` and the raw arguments it is made from: the rows of a query pass the same
+    categories and options, so their labels, instruction and schema are made once, not once per row. Only what
+    ``make`` returns is remembered (a row whose arguments are refused raises again); the key is the arguments'
+    ``repr``, which tells apart every JSON value (and a NaN from a null, which JSON would not). What ``make``
+    returns is shared by rows: it must not be changed (tuples and strings)."""
+    key = repr((kind, *raw))
+    found = _PER_QUERY.get(key)
+    if found is None:
+        found = make()
+        if len(_PER_QUERY) >= PER_QUERY_MEMO:
+            _PER_QUERY.clear()
+        _PER_QUERY[key] = found
+    return found
 
 
 async def label_scores(
