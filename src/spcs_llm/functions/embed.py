@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -58,17 +58,9 @@ class _Embedding(Grouped):
 
     @classmethod
     async def run_group(cls, jobs: Sequence[_Embedding]) -> list[Any]:
-        by_embedder: dict[int, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_embedder.setdefault(id(job.embedder), []).append(i)
         outcomes: list[Any] = [None] * len(jobs)
 
-        async def embed(rows: list[int]) -> None:
-            embedder, scheduler = jobs[rows[0]].embedder, jobs[rows[0]].rt.scheduler
-            try:
-                got = await scheduler.embed_outcomes(embedder, [jobs[i].text for i in rows])
-            except SpcsLlmError as exc:  # a spent budget: every row of this embedder
-                got = [exc] * len(rows)
+        def finish(rows: list[int], got: list[Any]) -> None:
             ok = [k for k, v in enumerate(got) if not isinstance(v, BaseException)]
             rounded = round_vector(np.stack([cast(np.ndarray, got[k]) for k in ok])) if ok else ()
             for k, vector in zip(ok, rounded, strict=True):  # rows of one C-contiguous array: orjson writes them
@@ -76,8 +68,30 @@ class _Embedding(Grouped):
             for i, outcome in zip(rows, got, strict=True):
                 outcomes[i] = outcome
 
-        await asyncio.gather(*(embed(rows) for rows in by_embedder.values()))
+        await _embed_by_embedder(jobs, lambda job: (job.text,), finish)
         return outcomes
+
+
+async def _embed_by_embedder(
+    jobs: Sequence[Any], texts: Callable[[Any], tuple[str, ...]], finish: Callable[[list[int], list[Any]], None]
+) -> None:
+    """For each embedder among ``jobs`` (they hold ``rt`` and ``embedder``): one ``embed_outcomes`` call with the
+    texts of its jobs, in order, then ``finish(rows, outcomes)`` with those jobs' indices and one vector or error
+    per text (a spent budget: its error for every text)."""
+    by_embedder: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_embedder.setdefault(id(job.embedder), []).append(i)
+
+    async def embed(rows: list[int]) -> None:
+        first = jobs[rows[0]]
+        wanted = [t for i in rows for t in texts(jobs[i])]
+        try:
+            got: list[Any] = await first.rt.scheduler.embed_outcomes(first.embedder, wanted)
+        except SpcsLlmError as exc:
+            got = [exc] * len(wanted)
+        finish(rows, got)
+
+    await asyncio.gather(*(embed(rows) for rows in by_embedder.values()))
 
 
 def _embed_with(dimension: int | None) -> Any:
@@ -149,18 +163,9 @@ class _Similarity(Grouped):
 
     @classmethod
     async def run_group(cls, jobs: Sequence[_Similarity]) -> list[Any]:
-        by_embedder: dict[int, list[int]] = {}
-        for i, job in enumerate(jobs):
-            by_embedder.setdefault(id(job.embedder), []).append(i)
         outcomes: list[Any] = [None] * len(jobs)
 
-        async def compare(rows: list[int]) -> None:
-            embedder, scheduler = jobs[rows[0]].embedder, jobs[rows[0]].rt.scheduler
-            texts = [t for i in rows for t in (jobs[i].first, jobs[i].second)]
-            try:
-                got = await scheduler.embed_outcomes(embedder, texts)
-            except SpcsLlmError as exc:  # a spent budget: every row of this embedder
-                got = [exc] * len(texts)
+        def finish(rows: list[int], got: list[Any]) -> None:
             for k, i in enumerate(rows):
                 a, b = got[2 * k], got[2 * k + 1]
                 if isinstance(a, BaseException):
@@ -170,7 +175,7 @@ class _Similarity(Grouped):
                 else:
                     outcomes[i] = cosine(a, b)
 
-        await asyncio.gather(*(compare(rows) for rows in by_embedder.values()))
+        await _embed_by_embedder(jobs, lambda job: (job.first, job.second), finish)
         return outcomes
 
 
