@@ -611,6 +611,9 @@ class Scheduler:
         meter, name = self.meter, embedder.model_name
         if meter is not None:
             meter.check(name)
+        ticket = batch_ticket.get()
+        if ticket is not None and ticket.started_at is None:
+            ticket.start()  # the batch's queue wait ends here: its texts go to the embedder's next passes
         pending: list[Any] = []
         cache, hits = self.cache, 0
         batcher = self._embed_batcher(embedder)

@@ -3,6 +3,7 @@ the wire) must give exactly what the list-of-floats path gave (golden answers ma
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -189,3 +190,27 @@ async def test_a_grouped_job_called_alone_answers_its_row() -> None:
         await prepare(rt, ["fake-embed-768", "too long"])()
     similarity = FUNCTIONS["ai_similarity"].overloads[0].prepare(rt, ["a b", "a b"])
     assert await similarity() == 1.0
+
+
+async def test_an_embedding_batchs_queue_wait_ends_when_its_texts_go_to_the_embedder(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``wait_ms`` (the batch log line, spcs_llm_queue_wait_seconds) is the time from admission to the start of
+    the batch's engine work; an embedding batch starts it when its texts are submitted, so a slow forward pass
+    is not counted as queue wait."""
+    import logging
+
+    class Slow(FakeEmbedder):
+        async def embed_counted(self, texts: Sequence[str]) -> Embedded:
+            await asyncio.sleep(0.3)
+            return await super().embed_counted(texts)
+
+    settings = Settings.load(overrides={"engine": {"kind": "fake"}})
+    app = create_app(settings, engine=FakeEngine(), embedders=[Slow("fake-embed-768", 768)])
+    async with in_process(app) as c:
+        await wait_ready(app)
+        with caplog.at_level(logging.INFO, logger="spcs_llm"):
+            r = await c.post("/functions/embed_text_768", **batch(["fake-embed-768", "a"], ["fake-embed-768", "b"]))
+    assert r.status_code == 200
+    (line,) = [x for x in caplog.records if x.getMessage() == "batch"]
+    assert line.fields["ms"] >= 300 and line.fields["wait_ms"] < 100, line.fields
