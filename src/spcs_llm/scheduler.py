@@ -32,9 +32,9 @@ import itertools
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -46,6 +46,8 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .usage.meter import Meter
+
+T = TypeVar("T")
 
 # One text's answer from an embedding pass: its vector, its share of the pass's engine seconds (None for a caller
 # that joined an identical text already submitted) and the input tokens the model read.
@@ -403,16 +405,38 @@ class Scheduler:
         with an identical request in flight, before they cost a new engine call."""
         if not request.deterministic:
             return await self._run(request)
-        key = chat_key(request)  # tuples only: the garbage collector need not walk cached answers
+        return await self._once(
+            chat_key(request),  # bytes: the garbage collector need not walk cached answers (cache_forms)
+            self._in_flight,
+            unpack_result,
+            lambda: self._run(request),
+            pack_result,
+            lambda result: _chat_size(request, result),
+        )
+
+    async def _once(
+        self,
+        key: Hashable,
+        flights: dict[Hashable, asyncio.Future[Any]],
+        unpack: Callable[[Any], T],
+        compute: Callable[[], Awaitable[T]],
+        pack: Callable[[T], Any],
+        estimate: Callable[[T], int],
+    ) -> T:
+        """``key``'s answer from the cache, or shared with the identical call in flight, else computed in this
+        caller (no task of its own: that would cost more than the engine call itself on a cached or fake engine)
+        while identical calls that arrive meanwhile wait for it, then cached as ``pack(answer)`` (None: not
+        cached). Its size is its key's and value's bytes when both are bytes, else ``estimate(answer)``. A waiter
+        whose call was given up (the caller running it was cancelled) looks again, and may run it itself."""
         while True:
             cached = self.cache.get(key)
             if cached is not None:
                 self._reused(answered=True)
                 self._chat_hits.inc()
-                return unpack_result(cached)
-            shared = self._in_flight.get(key)
+                return unpack(cached)
+            shared = flights.get(key)
             if shared is None:
-                return await self._run_shared(request, key)
+                break
             self._reused(answered=False)
             self.metrics.dedup_hits.inc()
             try:
@@ -422,31 +446,27 @@ class Scheduler:
                 current = asyncio.current_task()
                 if not shared.cancelled() or (current is not None and current.cancelling()):
                     raise
-                # the caller that ran it was cancelled, not this one: run it here instead
-
-    async def _run_shared(self, request: ChatRequest, key: Hashable) -> ChatResult:
-        """Run ``request`` in this caller, letting identical requests that arrive meanwhile wait for its answer
-        (no task of its own: that would cost more than the engine call itself on a cached or fake engine)."""
-        shared: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = shared
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        flights[key] = future
         try:
-            result = await self._run(request)
+            answer = await compute()
         except BaseException as exc:
-            del self._in_flight[key]
+            del flights[key]
             if isinstance(exc, asyncio.CancelledError):
-                shared.cancel()  # waiters run it themselves (see chat)
+                future.cancel()  # its waiters look again (above)
             else:
-                shared.set_exception(exc)
-                shared.exception()  # retrieved: nobody may be waiting
+                future.set_exception(exc)
+                future.exception()  # retrieved: nobody may be waiting
             raise
-        del self._in_flight[key]
-        packed = pack_result(result)
-        if type(key) is bytes and type(packed) is bytes:  # the bytes held, and ~200 for the entry's own slots
-            self.cache.put(key, packed, len(key) + len(packed) + 200)
-        else:
-            self.cache.put(key, packed, _chat_size(request, result))
-        shared.set_result(result)
-        return result
+        del flights[key]
+        value = pack(answer)
+        if value is not None:
+            if type(key) is bytes and type(value) is bytes:  # the bytes held, and ~200 for the entry's own slots
+                self.cache.put(key, value, len(key) + len(value) + 200)
+            else:
+                self.cache.put(key, value, estimate(answer))
+        future.set_result(answer)
+        return answer
 
     def _reused(self, *, answered: bool) -> None:
         """A cached (``answered``) or shared answer costs no engine call, but a spent budget still refuses it."""
@@ -493,44 +513,14 @@ class Scheduler:
         """The label distribution of ``request`` (engines/labels.py) in one engine place, cached and shared
         like a deterministic chat answer; None when the engine cannot score (the caller generates instead).
         Cached in the flat forms of cache_forms (nothing for the garbage collector to walk), keyed like chat."""
-        key = score_key(request)
-        cached = self.cache.get(key)
-        if cached is not None:
-            self._reused(answered=True)
-            self._chat_hits.inc()
-            return unpack_scores(cached)
-        shared = self._scoring.get(key)
-        if shared is not None:
-            self._reused(answered=False)
-            self.metrics.dedup_hits.inc()
-            try:
-                return await asyncio.shield(shared)
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if not shared.cancelled() or (current is not None and current.cancelling()):
-                    raise
-                return await self._score(request)  # the caller that ran it was cancelled, not this one
-        future: asyncio.Future[LabelScores | None] = asyncio.get_running_loop().create_future()
-        self._scoring[key] = future
-        try:
-            scores = await self._score(request)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                future.cancel()
-            else:
-                future.set_exception(exc)
-                future.exception()  # retrieved: nobody may be waiting
-            raise
-        finally:
-            del self._scoring[key]
-        future.set_result(scores)
-        if scores is not None:
-            self.cache.put(
-                key,
-                pack_scores(scores),
-                200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels),
-            )
-        return scores
+        return await self._once(
+            score_key(request),
+            self._scoring,
+            unpack_scores,
+            lambda: self._score(request),
+            lambda scores: None if scores is None else pack_scores(scores),
+            lambda _: 200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels),
+        )
 
     async def _score(self, request: ScoreRequest) -> LabelScores | None:
         await self._take_place()
