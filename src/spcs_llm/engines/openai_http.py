@@ -229,25 +229,6 @@ def server_root(upstream: str) -> str:
     return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
-def _client(
-    upstream: str,
-    *,
-    concurrency: int,
-    request_timeout: float,
-    connect_timeout: float,
-    api_key: str | None,
-    transport: httpx.AsyncBaseTransport | None,
-) -> httpx.AsyncClient:
-    key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
-    return httpx.AsyncClient(
-        base_url=upstream.rstrip("/") + "/",
-        timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=None),
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        headers={"authorization": f"Bearer {key}"} if key else {},
-        transport=transport,
-    )
-
-
 class _Upstream:
     """The pooled client, the concurrency bound and the request helpers shared by the engine and the embedder."""
 
@@ -263,12 +244,12 @@ class _Upstream:
     ) -> None:
         self.url = upstream.rstrip("/")
         self.root = server_root(upstream)
-        self.client = _client(
-            upstream,
-            concurrency=concurrency,
-            request_timeout=request_timeout,
-            connect_timeout=connect_timeout,
-            api_key=api_key,
+        key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
+        self.client = httpx.AsyncClient(
+            base_url=self.url + "/",
+            timeout=httpx.Timeout(request_timeout, connect=connect_timeout, pool=None),
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            headers={"authorization": f"Bearer {key}"} if key else {},
             transport=transport,
         )
         self.slots = asyncio.Semaphore(concurrency)
