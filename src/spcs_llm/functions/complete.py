@@ -105,7 +105,8 @@ def parse_messages(raw: Any) -> tuple[Message, ...]:
 DEFAULT_OPTIONS = Options()
 
 
-def _request(rt: Runtime, messages: tuple[Message, ...], opts: Options) -> ChatRequest:
+def chat_request(rt: Runtime, messages: tuple[Message, ...], opts: Options) -> ChatRequest:
+    """COMPLETE's engine request: the options as given, the output capped at what the service allows."""
     return ChatRequest(
         messages=messages,
         max_tokens=min(opts.max_tokens, rt.max_output_tokens),
@@ -120,7 +121,7 @@ def complete_text(rt: Runtime, args: list[Any]) -> RowJob:
     rt.models.resolve(model)
     if not isinstance(prompt, str):
         raise InvalidPrompt("prompt must be a string")
-    request = _request(rt, (Message("user", prompt),), DEFAULT_OPTIONS)
+    request = chat_request(rt, (Message("user", prompt),), DEFAULT_OPTIONS)
 
     async def run() -> str:
         return (await rt.scheduler.chat(request)).text
@@ -131,7 +132,7 @@ def complete_text(rt: Runtime, args: list[Any]) -> RowJob:
 def complete_detailed(rt: Runtime, args: list[Any]) -> RowJob:
     model, prompt, options = args
     served = rt.models.resolve(model)
-    request = _request(rt, parse_messages(prompt), parse_options(options))
+    request = chat_request(rt, parse_messages(prompt), parse_options(options))
 
     async def run() -> str:
         result = await rt.scheduler.chat(request)
@@ -178,7 +179,9 @@ def ai_complete(rt: Runtime, args: list[Any]) -> RowJob:
     schema = _response_format(fmt)
     if show is not None and not isinstance(show, bool):
         raise InvalidInput("show_details must be a BOOLEAN")
-    request = _request(rt, (Message("user", prompt),), Options(opts.temperature, opts.top_p, opts.max_tokens, schema))
+    request = chat_request(
+        rt, (Message("user", prompt),), Options(opts.temperature, opts.top_p, opts.max_tokens, schema)
+    )
 
     async def run() -> Any:
         result = await rt.scheduler.chat(request)

@@ -34,7 +34,7 @@ from fastapi.responses import StreamingResponse
 from ..engines.base import ChatRequest, StreamDelta, Usage
 from ..errors import InvalidInput, InvalidOptions, InvalidPrompt, SpcsLlmError
 from ..functions import Runtime
-from ..functions.complete import parse_messages, parse_options
+from ..functions.complete import chat_request, parse_messages, parse_options
 from . import openai
 
 PREFIX = "/api/v2/cortex"
@@ -145,14 +145,7 @@ def to_request(body: dict[str, Any], rt: Runtime) -> ChatRequest:
     if body.get("max_output_tokens") is not None and body.get("max_tokens") is None:
         body = {**body, "max_tokens": body["max_output_tokens"]}
     options = parse_options({k: body[k] for k in OPTION_FIELDS if body.get(k) is not None})
-    messages = parse_messages([_message_text(m) for m in body.get("messages") or []])
-    return ChatRequest(
-        messages=messages,
-        max_tokens=min(options.max_tokens, rt.max_output_tokens),
-        temperature=options.temperature,
-        top_p=options.top_p,
-        json_schema=options.json_schema,
-    )
+    return chat_request(rt, parse_messages([_message_text(m) for m in body.get("messages") or []]), options)
 
 
 @router.post("/inference:complete")
