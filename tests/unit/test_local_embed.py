@@ -194,8 +194,8 @@ async def test_concurrent_calls_share_forward_passes_and_get_their_own_rows(tmp_
     texts = [" ".join(WORDS[i : i + 3 + i % 5]) for i in range(12)]
     alone = [(await embedder.embed([t]))[0] for t in texts]
     passes: list[int] = []
-    real = embedder._embed_sync
-    monkeypatch.setattr(embedder, "_embed_sync", lambda batch: passes.append(len(batch)) or real(batch))
+    real = embedder.embed_sync
+    monkeypatch.setattr(embedder, "embed_sync", lambda batch: passes.append(len(batch)) or real(batch))
     together = await asyncio.gather(*(embedder.embed([t]) for t in texts), embedder.embed(texts[:2]))
     assert np.allclose([r[0] for r in together[:-1]], alone, atol=1e-6)
     assert np.allclose(together[-1], alone[:2], atol=1e-6)

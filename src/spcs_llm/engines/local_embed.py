@@ -175,7 +175,7 @@ class LocalEmbedder(Embedder):
         while self._queue:
             jobs, self._queue = self._queue, []
             try:
-                vectors, tokens = await asyncio.to_thread(self._embed_sync, [t for texts, _ in jobs for t in texts])
+                vectors, tokens = await asyncio.to_thread(self.embed_sync, [t for texts, _ in jobs for t in texts])
             except Exception as exc:  # handed to every caller whose rows were in this pass
                 for _, future in jobs:
                     if not future.done():
@@ -188,12 +188,9 @@ class LocalEmbedder(Embedder):
                     future.set_result(Embedded(vectors[start:end], tokens[start:end]))
                 start += len(texts)
 
-    def embed_sync(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dimension) float32 unit vectors, rows in the order of ``texts``."""
-        return self._embed_sync(texts)[0]
-
-    def _embed_sync(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """The unit vectors, and the tokens of each text the model read (special tokens included)."""
+    def embed_sync(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """(len(texts), dimension) float32 unit vectors, rows in the order of ``texts``, and the tokens of each
+        text the model read (special tokens included)."""
         encoder = self._encoder
         if encoder is None:
             raise EngineUnavailable(f"embedding model {self.model_name} is not started")
