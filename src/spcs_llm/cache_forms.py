@@ -1,18 +1,19 @@
-"""The forms in which the result cache keeps chat requests and results: a flat tuple and JSON bytes.
+"""The forms in which the result cache keeps requests and answers: JSON bytes, which the collector never tracks.
 
 Why: the cache lives long and holds up to hundreds of thousands of answers. Kept as dataclasses, each answer is
 objects that CPython's cyclic garbage collector tracks (a request, its messages, the result, its usage, a
 TokenLogprob and a tuple per generated token: 9 per SENTIMENT answer, 41 per EXTRACT_ANSWER one), and every full
 collection walks all of them. With 20,000-75,000 cached answers a full collection took 0.2-1.7 s, a pause that
-is the whole p99 of a batch. A tuple holding only strings and numbers is untracked by the collector the first
-time it survives one (nested tuples only one level per collection, hence one flat tuple for the key), and bytes
-are never tracked, so a cached answer costs the collector nothing.
+is the whole p99 of a batch. Even flat tuples of strings and numbers are tracked until a collection looks at
+them, and they pile up to the young generation's threshold (three per cached row made a 15-25 ms young
+collection every ~15,000 rows). Bytes are never tracked, so a cached answer costs the collector nothing.
 
-The key follows the request's fields (a field added to ChatRequest is part of the key without a change here).
-An answer that JSON would not give back exactly is kept as it is (tracked, still right).
-
-Label scores (engines/labels.py) are kept alike: the request as one flat tuple of its strings and numbers, the
-scores as one flat tuple of the labels, their probabilities (the same float objects), the steps and the usage.
+A key is the JSON of one flat list: a chat request's messages (roles and contents) and its other fields in field
+order (a field added to ChatRequest is part of the key without a change here); a scoring request's labels,
+messages and other fields. An answer is the JSON of the ChatResult, or of one flat list for label scores (steps,
+usage, each label and its probability). orjson writes each double as the shortest text that reads back as it.
+What JSON would not give back exactly (a NaN or an infinity, written as null; a lone surrogate, refused) stays a
+tuple or the object itself: tracked, still right.
 """
 
 from __future__ import annotations
