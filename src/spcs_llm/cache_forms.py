@@ -10,8 +10,9 @@ collection every ~15,000 rows). Bytes are never tracked, so a cached answer cost
 
 A key is the JSON of one flat list: a chat request's messages (roles and contents) and its other fields in field
 order (a field added to ChatRequest is part of the key without a change here); a scoring request's labels,
-messages and other fields. An answer is the JSON of the ChatResult, or of one flat list for label scores (steps,
-usage, each label and its probability). orjson writes each double as the shortest text that reads back as it.
+messages and other fields; a choice request's labels, slots, messages and other fields. An answer is the JSON of
+the ChatResult, or of one flat list for label scores (steps, usage, each label and its probability) and label
+choices (steps, usage, each chosen label). orjson writes each double as the shortest text that reads back as it.
 What JSON would not give back exactly (a NaN or an infinity, written as null; a lone surrogate, refused) stays a
 tuple or the object itself: tracked, still right.
 """
@@ -26,12 +27,13 @@ from typing import Any
 import orjson
 
 from .engines.base import ChatRequest, ChatResult, TokenLogprob, Usage
-from .engines.labels import LabelScores, ScoreRequest
+from .engines.labels import ChoiceRequest, LabelChoices, LabelScores, ScoreRequest
 
 _REQUEST_REST = attrgetter(*(f.name for f in fields(ChatRequest) if f.name != "messages"))
 # the float fields of a chat request (the rest are strings, integers, None and tuples of strings)
 _REQUEST_FLOATS = attrgetter(*(f.name for f in fields(ChatRequest) if f.type in ("float", "float | None")))
 _SCORE_REST = attrgetter(*(f.name for f in fields(ScoreRequest) if f.name not in ("messages", "labels")))
+_CHOICE_REST = tuple(f.name for f in fields(ChoiceRequest) if f.name not in ("messages", "slots", "labels"))
 _USAGE = attrgetter(*(f.name for f in fields(Usage)))
 _USAGE_FIELDS = len(fields(Usage))
 
@@ -98,6 +100,29 @@ def score_key(request: ScoreRequest) -> bytes | tuple[Any, ...]:
         key += (m.role, m.content)
     key += _SCORE_REST(request)
     return _frozen(key)
+
+
+def choice_key(request: ChoiceRequest) -> bytes | tuple[Any, ...]:
+    """The choice request as one flat list, frozen by :func:`_frozen`: ``"choices"``, the number of labels and
+    each label, the number of slots and each slot, the number of messages and each message's role and content,
+    then its other fields in field order."""
+    key: list[Any] = ["choices", len(request.labels), *request.labels, len(request.slots), *request.slots]
+    key.append(len(request.messages))
+    for m in request.messages:
+        key += (m.role, m.content)
+    key += [getattr(request, name) for name in _CHOICE_REST]
+    return _frozen(key)
+
+
+def pack_choices(choices: LabelChoices) -> bytes | tuple[Any, ...]:
+    """The choices as one flat list (steps, the usage's fields, then each chosen label), frozen by :func:`_frozen`."""
+    return _frozen([choices.steps, *_USAGE(choices.usage), *choices.choices])
+
+
+def unpack_choices(packed: bytes | tuple[Any, ...]) -> LabelChoices:
+    """The LabelChoices that :func:`pack_choices` packed, equal field by field."""
+    values = orjson.loads(packed) if isinstance(packed, bytes) else packed
+    return LabelChoices(tuple(values[1 + _USAGE_FIELDS :]), values[0], Usage(*values[1 : 1 + _USAGE_FIELDS]))
 
 
 def pack_scores(scores: LabelScores) -> bytes | tuple[Any, ...]:

@@ -38,9 +38,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from .cache_forms import chat_key, pack_result, pack_scores, score_key, unpack_result, unpack_scores
+from .cache_forms import (
+    chat_key,
+    choice_key,
+    pack_choices,
+    pack_result,
+    pack_scores,
+    score_key,
+    unpack_choices,
+    unpack_result,
+    unpack_scores,
+)
 from .engines.base import ChatRequest, ChatResult, Embedder, Engine, StreamDelta, Usage
-from .engines.labels import LabelScores, ScoreRequest
+from .engines.labels import ChoiceRequest, LabelChoices, LabelScores, ScoreRequest
 from .errors import EngineUnavailable, Overloaded
 from .metrics import Metrics
 
@@ -48,6 +58,7 @@ if TYPE_CHECKING:
     from .usage.meter import Meter
 
 T = TypeVar("T")
+S = TypeVar("S", LabelScores, LabelChoices)  # what a scoring job gives: its steps and their usage
 
 # One text's answer from an embedding pass: its vector, its share of the pass's engine seconds (None for a caller
 # that joined an identical text already submitted) and the input tokens the model read.
@@ -277,7 +288,7 @@ class Scheduler:
         self._slots = FairSlots(self.max_concurrency)
         # keyed by chat_key(request): a flat tuple of strings hashes in far less time than the request's dataclasses
         self._in_flight: dict[Hashable, asyncio.Future[ChatResult]] = {}
-        self._scoring: dict[Hashable, asyncio.Future[LabelScores | None]] = {}
+        self._scoring: dict[Hashable, asyncio.Future[Any]] = {}  # label scores and choices, by their keys
         self._embed_batchers: dict[int, _EmbedBatcher] = {}
         self.queued_rows = 0
         self.queued_bytes = 0
@@ -517,18 +528,32 @@ class Scheduler:
             score_key(request),
             self._scoring,
             unpack_scores,
-            lambda: self._score(request),
+            lambda: self._score(lambda: self.engine.score_labels(request)),
             lambda scores: None if scores is None else pack_scores(scores),
             lambda _: 200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.labels),
         )
 
-    async def _score(self, request: ScoreRequest) -> LabelScores | None:
+    async def choose_labels(self, request: ChoiceRequest) -> LabelChoices | None:
+        """Each slot's likeliest label (engines/labels.py :func:`choose_labels`) in one engine place: the whole
+        answer's choices are one engine job, cached, shared, budgeted and metered once, as the constrained
+        generation of the same answer would be. None: the engine cannot score (the caller generates instead)."""
+        return await self._once(
+            choice_key(request),
+            self._scoring,
+            unpack_choices,
+            lambda: self._score(lambda: self.engine.choose_labels(request)),
+            lambda choices: None if choices is None else pack_choices(choices),
+            lambda _: 200 + 2 * sum(len(m.content) for m in request.messages) + 100 * len(request.slots),
+        )
+
+    async def _score(self, scoring: Callable[[], Awaitable[S | None]]) -> S | None:
+        """One scoring job (``scoring()``: the engine's walk) in one engine place, metered by its steps' usage."""
         await self._take_place()
         self.engine_in_flight += 1
         start = time.perf_counter()
         scores = None
         try:
-            scores = await self.engine.score_labels(request)
+            scores = await scoring()
         finally:
             busy = time.perf_counter() - start
             self.engine_in_flight -= 1

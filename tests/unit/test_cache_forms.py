@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import gc
 
-from spcs_llm.cache_forms import chat_key, pack_result, pack_scores, score_key, unpack_result, unpack_scores
+from spcs_llm.cache_forms import (
+    chat_key,
+    choice_key,
+    pack_choices,
+    pack_result,
+    pack_scores,
+    score_key,
+    unpack_choices,
+    unpack_result,
+    unpack_scores,
+)
 from spcs_llm.engines import FakeEngine
 from spcs_llm.engines.base import ChatRequest, ChatResult, Message, TokenLogprob, Usage
-from spcs_llm.engines.labels import LabelScores, ScoreRequest
+from spcs_llm.engines.labels import ChoiceRequest, LabelChoices, LabelScores, ScoreRequest
 from spcs_llm.metrics import Metrics
 from spcs_llm.scheduler import Scheduler
 
@@ -108,6 +118,29 @@ def test_score_keys_differ_where_requests_differ_and_scores_round_trip() -> None
     assert all(  # the same doubles, bit for bit
         x.hex() == y.hex() for x, y in zip(back.distribution.values(), scores.distribution.values(), strict=True)
     )
+
+
+def test_choice_keys_differ_where_requests_differ_and_choices_round_trip() -> None:
+    messages = (Message("system", "s"), Message("user", "u"))
+    slots = ('{"overall": "', ', "food": "')
+    variants = [
+        ChoiceRequest(messages, slots, ("a", "b")),
+        ChoiceRequest(messages, slots[:1], ("a", "b")),
+        ChoiceRequest(messages, (slots[1], slots[0]), ("a", "b")),
+        ChoiceRequest(messages, slots, ("a", "b", "c")),
+        ChoiceRequest(messages, slots, ("a", "b"), top_logprobs=10),
+        ChoiceRequest(messages[1:], slots, ("a", "b")),
+        ChoiceRequest(messages, (*slots, "a"), ("b",)),  # labels spilling into slots: no clash
+    ]
+    keys = [choice_key(r) for r in variants]
+    assert len(set(keys)) == len(keys) and all(isinstance(k, bytes) for k in keys)
+    assert choice_key(ChoiceRequest((Message("system", "s"), Message("user", "u")), slots, ("a", "b"))) == keys[0]
+    assert score_key(ScoreRequest(messages, slots[0], ("a", "b"))) not in keys
+    assert chat_key(ChatRequest(messages, max_tokens=8)) not in keys
+    for choices in (LabelChoices(("positive", "mixed"), 2, Usage(30, 2, 12)), LabelChoices(("n\u00e9",), 1)):
+        packed = pack_choices(choices)
+        assert isinstance(packed, bytes) and not gc.is_tracked(packed)
+        assert unpack_choices(packed) == choices
 
 
 def test_what_json_cannot_write_one_way_stays_a_tuple() -> None:

@@ -14,16 +14,27 @@ import pytest
 from spcs_llm.engines.base import ChatRequest, Message, Usage
 from spcs_llm.engines.fake import FakeEngine
 from spcs_llm.engines.labels import (
+    ChoiceRequest,
+    LabelChoices,
     LabelScores,
     NextToken,
     ScoreRequest,
     build_trie,
+    choose_labels,
     escape,
     first_alternatives,
     score_labels,
 )
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
-from spcs_llm.functions.sentiment import POLARITY, SENTIMENT_INSTRUCTION, SENTIMENT_PREFIX, sentiment_score
+from spcs_llm.functions.sentiment import (
+    ASPECT_INSTRUCTION,
+    ASPECT_LABELS,
+    POLARITY,
+    SENTIMENT_INSTRUCTION,
+    SENTIMENT_PREFIX,
+    aspect_slots,
+    sentiment_score,
+)
 from spcs_llm.functions.tasks import label_distribution
 from spcs_llm.metrics import Metrics
 from spcs_llm.scheduler import Scheduler
@@ -175,6 +186,99 @@ async def test_a_function_falls_back_to_generation_when_no_alternative_begins_a_
     answer = await FUNCTIONS["ai_filter"].overload(1).prepare(runtime, ["Is water wet?"])()
     assert answer is True  # the fake's constrained answer (the first enum value)
     assert len(engine.steps) == 1 and len(engine.calls) == 1 and engine.calls[0].json_schema is not None
+
+
+# --- several labels in one answer (ENTITY_SENTIMENT's aspects) ---------------------------------------------------
+
+
+async def test_choosing_labels_in_turn_walks_each_slot_after_the_choices_before_it() -> None:
+    """A row's aspects: each slot is a walk after the answer so far, its chosen label and closing quote included,
+    so choose_labels gives what scoring the aspects one by one gives."""
+    names = ("overall", "delivery", "food quality")
+    slots = aspect_slots(names)
+    assert slots == ('{"overall": "', ', "delivery": "', ', "food quality": "')
+    for text in ["The lamp came late but works", "Great food, slow delivery", "中文 很好"]:
+        messages = (Message("system", ASPECT_INSTRUCTION), Message("user", text))
+        engine = FakeEngine()
+        chosen = await engine.choose_labels(ChoiceRequest(messages, slots, ASPECT_LABELS))
+        one_by_one, prefix, steps = [], "", 0
+        reference = FakeEngine()
+        for slot in slots:
+            prefix += slot
+            scores = await reference.score_labels(ScoreRequest(messages, prefix, ASPECT_LABELS))
+            if scores is None:
+                break
+            one_by_one.append(scores.best)
+            steps += scores.steps
+            prefix += scores.best + '"'
+        assert chosen is not None and chosen.choices == tuple(one_by_one) and chosen.steps == steps
+        assert engine.steps == reference.steps  # the same prefixes asked, in the same order
+
+
+async def test_choosing_stops_at_the_slot_that_no_alternative_begins() -> None:
+    first, second = '{"a": "', ', "b": "'
+    scorer = Scripted(
+        {first: [("neg", 0.7), ("pos", 0.3)], first + 'negative"' + second: [("w", 0.9), ("The", 0.1)]},
+        {"positive": ["positive"], "negative": ["negative"]},
+    )
+    request = ChoiceRequest(MESSAGES, (first, second), ("positive", "negative"))
+    assert await choose_labels(scorer, request) == LabelChoices(("negative",), 1, Usage(10, 1))
+    assert scorer.asked == [first, first + 'negative"' + second]
+    assert await choose_labels(Scripted({first: [("w", 1.0)]}), request) is None  # nothing scored: None
+
+
+async def test_a_rows_aspects_are_one_engine_job_cached_as_one_answer() -> None:
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.functions.registry import Runtime
+    from spcs_llm.models.catalog import ModelResolver
+
+    class Meter:
+        def __init__(self) -> None:
+            self.calls: list[Usage | None] = []
+
+        def check(self, model: str) -> None: ...
+
+        def seen_model(self, model: str) -> None: ...
+
+        def engine_call(self, model: str, usage: Usage | None, busy: float) -> None:
+            self.calls.append(usage)
+
+    engine, meter = FakeEngine(), Meter()
+    scheduler = Scheduler(engine, Metrics())
+    scheduler.meter = meter  # type: ignore[assignment]
+    runtime = Runtime(scheduler, ModelResolver([engine.model_name], {}), 256)
+    overload = FUNCTIONS["entity_sentiment"].overload(2)
+    text = "The lamp came late but support was kind"
+    answer = await overload.prepare(runtime, [text, ["delivery", "support"]])()
+    assert [c["name"] for c in answer["categories"]] == ["overall", "delivery", "support"]
+    assert [prefix for prefix, _ in engine.steps][:1] == ['{"overall": "']
+    assert len(engine.steps) == 3 and engine.calls == []  # every aspect scored: nothing generated
+    (usage,) = meter.calls  # three steps, one engine call, their usage summed
+    assert usage is not None and usage.completion_tokens == 3
+    again = await overload.prepare(runtime, [text, ["delivery", "support"]])()
+    assert again == answer and len(engine.steps) == 3 and len(meter.calls) == 1  # the cached choices
+
+
+async def test_entity_sentiment_generates_when_an_aspect_cannot_be_scored() -> None:
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.functions.registry import Runtime
+    from spcs_llm.models.catalog import ModelResolver
+
+    class JunkAfterOverall(FakeEngine):
+        async def next_token(self, messages, prefix, top):
+            self.steps.append((prefix, top))
+            if prefix == '{"overall": "':
+                return NextToken((("positive", -0.1),))
+            return NextToken((("w", -0.1), ("The", -2.0)))
+
+    engine = JunkAfterOverall()
+    runtime = Runtime(Scheduler(engine, Metrics()), ModelResolver([engine.model_name], {}), 256)
+    answer = await FUNCTIONS["entity_sentiment"].overload(2).prepare(runtime, ["late", ["delivery"]])()
+    assert [prefix for prefix, _ in engine.steps] == ['{"overall": "', '{"overall": "positive", "delivery": "']
+    assert len(engine.calls) == 1 and engine.calls[0].json_schema is not None  # the whole object, generated
+    assert answer == {
+        "categories": [{"name": "overall", "sentiment": "positive"}, {"name": "delivery", "sentiment": "positive"}]
+    }  # the fake's constrained answer (each enum's first value)
 
 
 # --- OpenAI-compatible upstreams (vLLM, llama-server, spcs-llm) ---------------------------------------------------

@@ -19,7 +19,7 @@ import orjson
 from ..errors import InvalidInput
 
 if TYPE_CHECKING:
-    from .labels import LabelScores, NextToken, ScoreRequest
+    from .labels import ChoiceRequest, LabelChoices, LabelScores, NextToken, Plan, ScoreRequest
 
 
 @dataclass(frozen=True)
@@ -179,11 +179,23 @@ class Engine(ABC):
 
         if not self.label_scoring:
             return None
-        # the label sets' plans (tokens and trie), remembered per engine: its tokenizer is its own
-        plans = self.__dict__.get("_label_plans")
+        return await score_labels(self, request, self._label_plans())
+
+    async def choose_labels(self, request: ChoiceRequest) -> LabelChoices | None:
+        """The likeliest label of each of ``request.slots`` in turn (engines/labels.py :func:`choose_labels`).
+        None: this engine cannot score, and the caller generates the answer under constraint instead."""
+        from .labels import choose_labels
+
+        if not self.label_scoring:
+            return None
+        return await choose_labels(self, request, self._label_plans())
+
+    def _label_plans(self) -> dict[tuple[str, ...], Plan]:
+        """The label sets' plans (tokens and trie), remembered per engine: its tokenizer is its own."""
+        plans: dict[tuple[str, ...], Plan] | None = self.__dict__.get("_label_plans_memo")
         if plans is None:
-            plans = self.__dict__["_label_plans"] = {}
-        return await score_labels(self, request, plans)
+            plans = self.__dict__["_label_plans_memo"] = {}
+        return plans
 
     async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
         """The ``top`` likeliest next tokens (text, log-probability) after the assistant's answer begins with

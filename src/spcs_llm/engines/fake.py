@@ -178,7 +178,8 @@ class FakeEngine(Engine):
         self._answers: dict[str, str] = {}
         self._tokens: dict[int, dict[str, TokenLogprob]] = {}  # top -> word -> token
         self._counts: dict[str, int] = {}  # text -> its words (the fake's tokens)
-        self._labelled: dict[str, tuple[str, list[str]] | None] = {}  # schema -> label_prefix of it
+        # schema -> label_prefix of it, and every non-empty beginning of a label
+        self._labelled: dict[str, tuple[str, list[str], frozenset[str]] | None] = {}
 
     async def start(self) -> None:
         self.started = True
@@ -224,14 +225,14 @@ class FakeEngine(Engine):
         usage = Usage(prompt_tokens, min(len(words), room), self._cached_prefix(request.messages))
         return ChatResult(text, finish, usage, self._logprobs(words[:room], request.top_logprobs))
 
-    def _label_answer(self, request: ChatRequest, prefix: str, labels: list[str], prompt_tokens: int) -> ChatResult:
+    def _label_answer(
+        self, request: ChatRequest, prefix: str, labels: list[str], starts: frozenset[str], prompt_tokens: int
+    ) -> ChatResult:
         """Constrained greedy decoding of a label: the likeliest alternative after ``prefix`` that begins a label
-        (case-sensitive, as a grammar allows) chooses the first label it begins; the label token carries the same
-        alternatives that :meth:`next_token` gives for that prefix."""
+        (case-sensitive, as a grammar allows: one of ``starts``) chooses the first label it begins; the label
+        token carries the same alternatives that :meth:`next_token` gives for that prefix."""
         top = fake_alternatives(request.messages, prefix, max(request.top_logprobs, 20))
-        token, logprob = next(
-            ((t, lp) for t, lp in top if t and any(x.startswith(t) for x in labels)), (labels[0], top[-1][1])
-        )
+        token, logprob = next(((t, lp) for t, lp in top if t in starts), (labels[0], top[-1][1]))
         label = next(x for x in labels if x.startswith(token))
         body = json.dumps(label, ensure_ascii=False)
         text = prefix + body[1:] + ("}" if prefix != '"' else "")
@@ -272,14 +273,18 @@ class FakeEngine(Engine):
             total += count + 1
         return total
 
-    def _label_schema(self, schema: str) -> tuple[str, list[str]] | None:
-        """:func:`label_prefix` of a schema (its canonical JSON), remembered per schema."""
+    def _label_schema(self, schema: str) -> tuple[str, list[str], frozenset[str]] | None:
+        """:func:`label_prefix` of a schema (its canonical JSON) and every non-empty beginning of its labels (the
+        tokens that begin one), remembered per schema."""
         if schema in self._labelled:
             return self._labelled[schema]
         if len(self._labelled) >= 1024:
             self._labelled.clear()
-        found = self._labelled[schema] = label_prefix(json.loads(schema))
-        return found
+        found = label_prefix(json.loads(schema))
+        self._labelled[schema] = labelled = (
+            None if found is None else (*found, frozenset(x[:i] for x in found[1] for i in range(1, len(x) + 1)))
+        )
+        return labelled
 
     def _cached_prefix(self, messages: tuple[Message, ...]) -> int:
         """Like a prefix cache: the tokens of every message before the last count as cached once seen."""

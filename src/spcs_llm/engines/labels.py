@@ -62,6 +62,29 @@ class LabelScores:
 
 
 @dataclass(frozen=True)
+class ChoiceRequest:
+    """Choose one of ``labels`` in each of several JSON string values of one answer, in turn (ENTITY_SENTIMENT's
+    aspects): ``slots[i]`` is the answer's text before the i-th value's label (after the previous label and its
+    closing quote), so each choice sees the ones before it. One engine job: the scheduler caches, meters and
+    places it once, as it would the constrained generation of the whole object."""
+
+    messages: tuple[Message, ...]
+    slots: tuple[str, ...]
+    labels: tuple[str, ...]
+    top_logprobs: int = 20
+
+
+@dataclass(frozen=True)
+class LabelChoices:
+    """The likeliest label of each slot, in order, as far as scoring went: fewer than the slots when a step gave
+    no label any mass (the caller then generates the answer instead); the steps taken and their usage."""
+
+    choices: tuple[str, ...]
+    steps: int
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True)
 class NextToken:
     top: TopAlternatives
     usage: Usage = field(default_factory=Usage)
@@ -159,18 +182,16 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     distinct alternative's probability, shared equally between the labels it begins (:func:`_matches`)."""
     mass = dict.fromkeys(node.labels, 0.0)
     memo = node.matches
-    seen: set[str] = set()
+    seen: list[str] = []  # the tokens that gave mass: most alternatives begin no label, and need no dedup
     for token, logprob in top:
-        if token in seen:
-            continue
-        seen.add(token)
         matches = memo.get(token)
         if matches is None:
             matches = _matches(node, token)
             if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
                 memo.clear()
             memo[token] = matches
-        if matches:
+        if matches and token not in seen:
+            seen.append(token)
             share = math.exp(logprob) / len(matches)
             for label in matches:
                 mass[label] += share
@@ -258,3 +279,26 @@ async def score_labels(
         escaped = plan.escaped
         distribution = {escaped[e]: p for e, p in distribution.items()}
     return LabelScores(distribution, steps, usage)
+
+
+async def choose_labels(
+    scorer: LabelScorer, request: ChoiceRequest, plans: dict[tuple[str, ...], Plan] | None = None
+) -> LabelChoices | None:
+    """Each slot's likeliest label (:attr:`LabelScores.best`), one :func:`score_labels` walk per slot after the
+    answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote. None when the
+    engine cannot score the first slot; scoring stops at a slot whose walk gives no label any mass."""
+    prefix, chosen, steps, usage = "", [], 0, Usage()
+    for before in request.slots:
+        prefix += before
+        scores = await score_labels(
+            scorer, ScoreRequest(request.messages, prefix, request.labels, request.top_logprobs), plans
+        )
+        if scores is None:
+            break
+        steps, usage = steps + scores.steps, _add(usage, scores.usage)
+        best = scores.best
+        chosen.append(best)
+        prefix += escape(best) + '"'
+    if not chosen:
+        return None
+    return LabelChoices(tuple(chosen), steps, usage)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..engines.base import ChatRequest
+from ..engines.labels import ChoiceRequest
 from ..errors import InvalidInput
 from .registry import Overload, RowJob, Runtime, SqlFunction, json_arg, register
 from .tasks import enum_schema, json_answer, label_distribution, label_scores, per_query, task_request
@@ -86,8 +87,8 @@ def parse_aspects(raw: Any) -> list[str]:
 
 
 def _aspects_plan(raw: Any) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
-    """A query's aspects (``overall`` first), each as JSON spells it, and the schema of the answer: the same for
-    each of its rows (tasks.per_query)."""
+    """A query's aspects (``overall`` first), the answer's text before each aspect's label (:func:`aspect_slots`)
+    and the schema of the answer: the same for each of its rows (tasks.per_query)."""
     names = ("overall", *(parse_aspects(raw) if raw is not None else []))
     schema = {
         "type": "object",
@@ -95,7 +96,7 @@ def _aspects_plan(raw: Any) -> tuple[tuple[str, ...], tuple[str, ...], str | Non
         "required": list(names),
         "additionalProperties": False,
     }
-    return names, tuple(json.dumps(name, ensure_ascii=False) for name in names), ChatRequest.schema_key(schema)
+    return names, aspect_slots(names), ChatRequest.schema_key(schema)
 
 
 def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
@@ -103,11 +104,11 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     if not isinstance(text, str):
         raise InvalidInput("text must be a string")
     raw = args[1] if len(args) > 1 else None
-    names, quoted, json_schema = per_query("aspects", [raw], lambda: _aspects_plan(raw))
+    names, slots, json_schema = per_query("aspects", [raw], lambda: _aspects_plan(raw))
     request = task_request(rt, ASPECT_INSTRUCTION, text, json_schema=json_schema, max_tokens=16 + 12 * len(names))
 
     async def run() -> dict[str, Any]:
-        answer = await scored_aspects(rt, request, names, quoted)
+        answer = await scored_aspects(rt, request, names, slots)
         if answer is None:
             answer = json_answer(await rt.scheduler.chat(request))
         return {"categories": [{"name": n, "sentiment": answer[n]} for n in names]}
@@ -115,21 +116,24 @@ def _aspects(rt: Runtime, args: list[Any]) -> RowJob:
     return run
 
 
+def aspect_slots(names: Sequence[str]) -> tuple[str, ...]:
+    """The answer's text before each aspect's label, after the label before it and its closing quote:
+    ``{"overall": "``, then ``, "food": "``."""
+    return tuple(("{" if i == 0 else ", ") + json.dumps(n, ensure_ascii=False) + ': "' for i, n in enumerate(names))
+
+
 async def scored_aspects(
-    rt: Runtime, request: ChatRequest, names: Sequence[str], quoted: Sequence[str] | None = None
+    rt: Runtime, request: ChatRequest, names: Sequence[str], slots: tuple[str, ...] | None = None
 ) -> dict[str, str] | None:
     """Each aspect's label in turn, as greedy decoding under the schema chooses it: one scored step per aspect,
     after the object so far (``{"overall": "positive", "food": "``), so each choice sees the ones before it. The
-    keys and punctuation between labels are forced, so nothing else is decoded. None: the engine cannot score."""
-    prefix, answer = "{", {}
-    for i, name in enumerate(names):
-        prefix += (", " if i else "") + (quoted[i] if quoted else json.dumps(name, ensure_ascii=False)) + ': "'
-        scores = await label_scores(rt, request, prefix, ASPECT_LABELS)
-        if scores is None:
-            return None
-        answer[name] = best = scores.best
-        prefix += best + '"'
-    return answer
+    keys and punctuation between labels are forced, so nothing else is decoded. The row's steps are one engine
+    job (``Scheduler.choose_labels``). None: the engine cannot score, or a step gave no label any mass."""
+    slots = slots or aspect_slots(names)
+    chosen = await rt.scheduler.choose_labels(ChoiceRequest(request.messages, slots, ASPECT_LABELS))
+    if chosen is None or len(chosen.choices) < len(names):
+        return None
+    return dict(zip(names, chosen.choices, strict=True))
 
 
 register(

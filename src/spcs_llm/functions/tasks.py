@@ -101,8 +101,9 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
     renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
     """
-    position = next((t for t in result.logprobs if _begins_label(t.token, labels)), None)
-    mass = _label_mass(position, labels) if position is not None else dict.fromkeys(labels, 0.0)
+    lowered = [label.lower() for label in labels]
+    position = next((t for t in result.logprobs if _begins_label(_core(t.token), lowered)), None)
+    mass = _label_mass(position, labels, lowered) if position is not None else dict.fromkeys(labels, 0.0)
     total = sum(mass.values())
     if total <= 0:
         chosen = next((label for label in labels if label in result.text), None)
@@ -110,12 +111,11 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     return {label: m / total for label, m in mass.items()}
 
 
-def _begins_label(token: str, labels: Sequence[str]) -> bool:
-    key = _core(token)
-    return bool(key) and any(label.lower().startswith(key) for label in labels)
+def _begins_label(key: str, lowered: Sequence[str]) -> bool:
+    return bool(key) and any(label.startswith(key) for label in lowered)
 
 
-def _label_mass(position: TokenLogprob, labels: Sequence[str]) -> dict[str, float]:
+def _label_mass(position: TokenLogprob, labels: Sequence[str], lowered: Sequence[str]) -> dict[str, float]:
     mass = dict.fromkeys(labels, 0.0)
     seen: set[str] = set()
     for token, logprob in ((position.token, position.logprob), *position.top):
@@ -123,7 +123,7 @@ def _label_mass(position: TokenLogprob, labels: Sequence[str]) -> dict[str, floa
         if not key or token in seen:
             continue
         seen.add(token)
-        matches = [label for label in labels if label.lower().startswith(key)]
+        matches = [label for label, low in zip(labels, lowered, strict=True) if low.startswith(key)]
         for label in matches:
             mass[label] += math.exp(logprob) / len(matches)
     return mass
