@@ -26,6 +26,7 @@ import asyncio
 import json
 import math
 from collections.abc import Sequence
+from itertools import compress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -181,29 +182,40 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised): each
     distinct alternative's probability, shared equally between the labels it begins (:func:`_matches`)."""
     mass = dict.fromkeys(node.labels, 0.0)
+    if not top:
+        return mass
     memo = node.matches
+    tokens = [token for token, _ in top]
+    found = list(map(memo.get, tokens))
+    if None in found:  # tokens not seen at this node yet
+        for i, matches in enumerate(found):
+            if matches is None:
+                token = tokens[i]
+                found[i] = matches = _matches(node, token)
+                if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
+                    memo.clear()
+                memo[token] = matches
     seen: list[str] = []  # the tokens that gave mass: most alternatives begin no label, and need no dedup
-    for token, logprob in top:
-        matches = memo.get(token)
-        if matches is None:
-            matches = _matches(node, token)
-            if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
-                memo.clear()
-            memo[token] = matches
-        if matches and token not in seen:
+    for i in compress(range(len(found)), found):  # only the alternatives that begin a label, in order
+        token, logprob = top[i]
+        if token not in seen:
             seen.append(token)
+            matches = found[i]
             share = math.exp(logprob) / len(matches)
             for label in matches:
                 mass[label] += share
     return mass
 
 
-async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[dict[str, float] | None, int, Usage]:
-    """The normalised distribution over ``node``'s labels, the steps taken and their usage (None: no
-    alternative began any label, or the engine cannot score)."""
+async def walk(
+    scorer: LabelScorer, messages: tuple[Message, ...], prefix: str, top: int, node: Node
+) -> tuple[dict[str, float] | None, int, Usage]:
+    """The normalised distribution over ``node``'s labels after the answer ``prefix`` (reading ``top``
+    alternatives a step), the steps taken and their usage (None: no alternative began any label, or the engine
+    cannot score)."""
     if len(node.labels) == 1:
         return {node.labels[0]: 1.0}, 0, Usage()
-    answer = await scorer.next_token(request.messages, request.prefix + node.text, request.top_logprobs)
+    answer = await scorer.next_token(messages, prefix + node.text, top)
     if answer is None:
         return None, 1, Usage()
     mass = step_mass(node, answer.top)
@@ -212,9 +224,9 @@ async def walk(scorer: LabelScorer, request: ScoreRequest, node: Node) -> tuple[
     if shared:
         # one child (the common case) is awaited as it is: a gather would make a task of it
         subs = (
-            [await walk(scorer, request, shared[0])]
+            [await walk(scorer, messages, prefix, top, shared[0])]
             if len(shared) == 1
-            else await asyncio.gather(*(walk(scorer, request, c) for c in shared))
+            else await asyncio.gather(*(walk(scorer, messages, prefix, top, c) for c in shared))
         )
         for child, (sub, sub_steps, sub_usage) in zip(shared, subs, strict=True):
             steps += sub_steps
@@ -265,14 +277,8 @@ async def score_labels(
     ``plans`` remembers each label set's :class:`Plan` (the scorer's own memo: its token pieces of a text never
     change): every row of a query asks with the same labels, and would otherwise tokenize them and build their
     trie again."""
-    plan = None if plans is None else plans.get(request.labels)
-    if plan is None:
-        plan = await plan_labels(scorer, request.labels)
-        if plans is not None:
-            if len(plans) >= PLANS_MEMO:
-                plans.clear()
-            plans[request.labels] = plan
-    distribution, steps, usage = await walk(scorer, request, plan.root)
+    plan = await _plan(scorer, request.labels, plans)
+    distribution, steps, usage = await walk(scorer, request.messages, request.prefix, request.top_logprobs, plan.root)
     if distribution is None:
         return None
     if not plan.plain:
@@ -281,24 +287,36 @@ async def score_labels(
     return LabelScores(distribution, steps, usage)
 
 
+async def _plan(scorer: LabelScorer, labels: tuple[str, ...], plans: dict[tuple[str, ...], Plan] | None) -> Plan:
+    """``labels``' plan, from ``plans`` or made (and remembered there)."""
+    plan = None if plans is None else plans.get(labels)
+    if plan is None:
+        plan = await plan_labels(scorer, labels)
+        if plans is not None:
+            if len(plans) >= PLANS_MEMO:
+                plans.clear()
+            plans[labels] = plan
+    return plan
+
+
 async def choose_labels(
     scorer: LabelScorer, request: ChoiceRequest, plans: dict[tuple[str, ...], Plan] | None = None
 ) -> LabelChoices | None:
-    """Each slot's likeliest label (:attr:`LabelScores.best`), one :func:`score_labels` walk per slot after the
-    answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote. None when the
+    """Each slot's likeliest label (as :attr:`LabelScores.best` chooses), one walk of the labels' trie per slot
+    after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote. None when the
     engine cannot score the first slot; scoring stops at a slot whose walk gives no label any mass."""
+    plan = await _plan(scorer, request.labels, plans)
+    messages, top, root = request.messages, request.top_logprobs, plan.root
     prefix, chosen, steps, usage = "", [], 0, Usage()
     for before in request.slots:
         prefix += before
-        scores = await score_labels(
-            scorer, ScoreRequest(request.messages, prefix, request.labels, request.top_logprobs), plans
-        )
-        if scores is None:
+        distribution, taken, used = await walk(scorer, messages, prefix, top, root)
+        if distribution is None:
             break
-        steps, usage = steps + scores.steps, _add(usage, scores.usage)
-        best = scores.best
-        chosen.append(best)
-        prefix += escape(best) + '"'
+        steps, usage = steps + taken, _add(usage, used)
+        best = max(distribution, key=distribution.__getitem__)  # as JSON spells it; the first of equals (.best)
+        chosen.append(plan.escaped[best])
+        prefix += best + '"'
     if not chosen:
         return None
     return LabelChoices(tuple(chosen), steps, usage)
