@@ -25,6 +25,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from .. import logs
+from ..eager import run_all
 from ..errors import BadEnvelope, InvalidInput, ResponseTooLarge, RowError, SpcsLlmError, UnknownFunction
 from ..functions import FUNCTIONS, Runtime, SqlFunction
 from ..functions.registry import Grouped, RowJob
@@ -233,7 +234,9 @@ async def answer_batch(
                 groups.setdefault(type(job), []).append(i)
             else:
                 singles.append(i)
-        await asyncio.gather(*(run(i) for i in singles), *(run_group(k, rows) for k, rows in groups.items()))
+        # the rows run one after another in this task until one waits (most never do on a cached answer or a
+        # label step); each row that waits gets a task of its own (eager.run_all)
+        await asyncio.gather(run_all(map(run, singles)), *(run_group(k, rows) for k, rows in groups.items()))
     outcomes = [failed[i] if i in failed else done[i] for i in range(len(jobs))]
     values = apply_policy(fn, outcomes)
     row_errors = 0
