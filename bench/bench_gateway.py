@@ -33,6 +33,7 @@ import secrets
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tarfile
@@ -70,20 +71,48 @@ kind = "fake"
 model_name = "fake-embed-1024"
 dimension = 1024
 """
-# Runs the server with a gc.callbacks hook that records every collection's generation, wall and CPU milliseconds
-# (the CPU time is the collection's own work; the wall time adds whatever preempted it), written as JSON to the
-# file named by the first argument when the process exits (a clean SIGINT exit).
-GC_WRAPPER = """
-import atexit, gc, json, sys, time
-out, sys.argv = sys.argv[1], [sys.argv[0], *sys.argv[2:]]
-pauses, t0 = [], [0.0, 0.0]
-def hook(phase, info):
-    if phase == "start":
-        t0[:] = time.perf_counter(), time.thread_time()
-    else:
-        pauses.append((info["generation"], (time.perf_counter() - t0[0]) * 1000, (time.thread_time() - t0[1]) * 1000))
-gc.callbacks.append(hook)
-atexit.register(lambda: open(out, "w").write(json.dumps({"pauses": pauses, "tracked": len(gc.get_objects())})))
+# Runs the server (`spcs_llm.cli serve`, the arguments after the first two) with the fake engine's and embedders'
+# calls timed: they stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the
+# fakes have no delay here), so the main thread's CPU time around it is that call's alone; the running total goes
+# into an 8-byte file (the first argument) that the bench reads around each throughput window. With a second
+# argument that is not "-", a gc.callbacks hook also records every collection's generation, wall and CPU
+# milliseconds (the CPU time is the collection's own work; the wall time adds whatever preempted it), written as
+# JSON to that file when the process exits (a clean SIGINT exit).
+SERVER_WRAPPER = """
+import atexit, functools, gc, json, mmap, struct, sys, time
+cpu_out, gc_out, sys.argv = sys.argv[1], sys.argv[2], [sys.argv[0], *sys.argv[3:]]
+from spcs_llm.engines import fake
+with open(cpu_out, "r+b") as f:
+    shared = mmap.mmap(f.fileno(), 8)
+spent, depth = [0.0], [0]
+def timed(call):
+    @functools.wraps(call)
+    async def wrapper(*args, **kwargs):
+        if depth[0]:  # called by another timed call (embed calls embed_array): counted there
+            return await call(*args, **kwargs)
+        depth[0], c0 = 1, time.thread_time()
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            depth[0] = 0
+            spent[0] += time.thread_time() - c0
+            struct.pack_into("d", shared, 0, spent[0])
+    return wrapper
+for cls, names in ((fake.FakeEngine, ("chat", "next_token", "token_pieces", "count_tokens")),
+                   (fake.FakeEmbedder, ("embed_counted", "embed_array", "embed", "count_tokens"))):
+    for name in names:
+        if name in vars(cls):
+            setattr(cls, name, timed(vars(cls)[name]))
+if gc_out != "-":
+    pauses, t0 = [], [0.0, 0.0]
+    def hook(phase, info):
+        if phase == "start":
+            t0[:] = time.perf_counter(), time.thread_time()
+        else:
+            wall, cpu = time.perf_counter() - t0[0], time.thread_time() - t0[1]
+            pauses.append((info["generation"], wall * 1000, cpu * 1000))
+    gc.callbacks.append(hook)
+    atexit.register(lambda: open(gc_out, "w").write(json.dumps({"pauses": pauses, "tracked": len(gc.get_objects())})))
 from spcs_llm.cli import main
 main()
 """
@@ -139,7 +168,7 @@ class Throughput:
     rows: int
     seconds: float
     server_cpu_s: float
-    engine_cpu_s: float | None = None  # in process: the fake engine's and embedders' own share of server_cpu_s
+    engine_cpu_s: float | None = None  # the fake engine's and embedders' own share of server_cpu_s
 
     @property
     def rows_per_s(self) -> float:
@@ -179,6 +208,12 @@ class Server:
     base: str
     gc_file: Path | None = None
     gc: dict[str, Any] = field(default_factory=dict)
+    engine_cpu_file: Path | None = None  # the fakes' CPU seconds so far, written by SERVER_WRAPPER
+
+    def engine_cpu_s(self) -> float | None:
+        if self.engine_cpu_file is None:
+            return None
+        return float(struct.unpack("d", self.engine_cpu_file.read_bytes()[:8])[0])
 
 
 def free_port() -> int:
@@ -200,6 +235,7 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
     config.write_text(CONFIG)
     serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     gc_file = workdir / f"gc-{code}.json" if gc_stats else None
+    engine_cpu_file = workdir / f"engine-cpu-{code}"
     if profile is not None:
         cmd = [
             sys.executable,
@@ -214,10 +250,9 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
             "spcs_llm.cli",
             *serve,
         ]
-    elif gc_file is not None:
-        cmd = [sys.executable, "-c", GC_WRAPPER, str(gc_file), *serve]
     else:
-        cmd = [sys.executable, "-m", "spcs_llm.cli", *serve]
+        engine_cpu_file.write_bytes(bytes(8))
+        cmd = [sys.executable, "-c", SERVER_WRAPPER, str(engine_cpu_file), str(gc_file or "-"), *serve]
     env = os.environ | {"PYTHONPATH": str(src)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
@@ -227,7 +262,7 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
             raise SystemExit(f"the {code} server exited with {proc.returncode}")
         try:
             if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return Server(code, proc, base, gc_file)
+                return Server(code, proc, base, gc_file, engine_cpu_file=None if profile else engine_cpu_file)
         except httpx.TransportError:
             pass
         time.sleep(0.1)
@@ -311,10 +346,11 @@ async def throughput(
                 rows = await one()  # not `done += await one()`: that reads `done` before the await
                 done += rows
 
-        cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+        cpu0, engine0, t0 = cpu_seconds(pid), server.engine_cpu_s(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-    return Throughput(label, server.code, batch_rows, done, elapsed, cpu)
+        elapsed, cpu, engine1 = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, server.engine_cpu_s()
+    engine = None if engine0 is None or engine1 is None else engine1 - engine0
+    return Throughput(label, server.code, batch_rows, done, elapsed, cpu, engine)
 
 
 async def latency(

@@ -26,8 +26,8 @@ import asyncio
 import json
 import math
 from collections.abc import Sequence
-from itertools import compress
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any, Protocol
 
 from .base import Message, TokenLogprob, Usage
@@ -186,7 +186,7 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
         return mass
     memo = node.matches
     tokens = [token for token, _ in top]
-    found = list(map(memo.get, tokens))
+    found: list[tuple[str, ...] | None] = list(map(memo.get, tokens))
     if None in found:  # tokens not seen at this node yet
         for i, matches in enumerate(found):
             if matches is None:
@@ -198,9 +198,9 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     seen: list[str] = []  # the tokens that gave mass: most alternatives begin no label, and need no dedup
     for i in compress(range(len(found)), found):  # only the alternatives that begin a label, in order
         token, logprob = top[i]
-        if token not in seen:
+        matches = found[i]
+        if matches and token not in seen:
             seen.append(token)
-            matches = found[i]
             share = math.exp(logprob) / len(matches)
             for label in matches:
                 mass[label] += share
@@ -303,8 +303,8 @@ async def choose_labels(
     scorer: LabelScorer, request: ChoiceRequest, plans: dict[tuple[str, ...], Plan] | None = None
 ) -> LabelChoices | None:
     """Each slot's likeliest label (as :attr:`LabelScores.best` chooses), one walk of the labels' trie per slot
-    after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote. None when the
-    engine cannot score the first slot; scoring stops at a slot whose walk gives no label any mass."""
+    after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote.
+    None when the engine cannot score the first slot; scoring stops at a slot whose walk gives no label mass."""
     plan = await _plan(scorer, request.labels, plans)
     messages, top, root = request.messages, request.top_logprobs, plan.root
     prefix, chosen, steps, usage = "", [], 0, Usage()
