@@ -27,46 +27,58 @@ async def run_all(coros: Iterator[Coroutine[Any, Any, None]]) -> None:
     wait; return when all have finished. The first exception from one (a bug: rows turn their errors into
     outcomes) is raised as soon as it happens, and a cancellation of the caller is; either way the ones still
     running are cancelled first."""
-    loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task[None]] = []
-    running = [0]  # tasks not finished: a task makes the next one before it can finish, so 0 means all done
-    outcome: asyncio.Future[None] = loop.create_future()
+    rows = _Rows(coros)
+    rows.spawn()
+    try:
+        await rows.outcome
+    except BaseException:
+        for task in rows.tasks:
+            task.cancel()
+        raise
 
-    async def take() -> None:
-        for coro in coros:
+
+class _Rows:
+    """The state of one :func:`run_all`. A class, not closures: a closure that makes a task of itself is a
+    reference cycle, which would keep the whole batch (its rows' requests and answers) alive until the garbage
+    collector finds it, and fill the young generation with it."""
+
+    __slots__ = ("coros", "loop", "outcome", "running", "tasks")
+
+    def __init__(self, coros: Iterator[Coroutine[Any, Any, None]]) -> None:
+        self.coros = coros
+        self.loop = asyncio.get_running_loop()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.running = 0  # tasks not finished: a task makes the next one before it can finish, so 0: all done
+        self.outcome: asyncio.Future[None] = self.loop.create_future()
+
+    async def take(self) -> None:
+        for coro in self.coros:
             try:
                 waits_on = coro.send(None)
             except StopIteration:
                 continue  # finished without waiting: the next one, in this task
-            spawn()  # the rest go on in a new task while this one waits (made before this one can finish)
+            self.spawn()  # the rest go on in a new task while this one waits (made before this one can finish)
             await _Resume(coro, waits_on)
             return
 
-    def spawn() -> None:
-        task = loop.create_task(take())
-        tasks.append(task)
-        running[0] += 1
-        task.add_done_callback(finished)
+    def spawn(self) -> None:
+        task = self.loop.create_task(self.take())
+        self.tasks.append(task)
+        self.running += 1
+        task.add_done_callback(self.finished)
 
-    def finished(task: asyncio.Task[None]) -> None:
-        running[0] -= 1
+    def finished(self, task: asyncio.Task[None]) -> None:
+        self.running -= 1
         error = None if task.cancelled() else task.exception()  # retrieved, whatever happens next
+        outcome = self.outcome
         if outcome.done():
             return
         if error is not None:
             outcome.set_exception(error)
         elif task.cancelled():  # cancelled by someone else than run_all: as gather, the whole is cancelled
             outcome.cancel()
-        elif running[0] == 0:
+        elif self.running == 0:
             outcome.set_result(None)
-
-    spawn()
-    try:
-        await outcome
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        raise
 
 
 class _Resume:

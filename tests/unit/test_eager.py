@@ -5,6 +5,9 @@ that never waits."""
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Coroutine, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -112,3 +115,36 @@ async def test_a_row_cancelled_while_it_runs_a_shared_call_leaves_no_flight_behi
         await runner
     assert scheduler._in_flight == {}
     assert (await scheduler.chat(request)).text and len(engine.calls) == 2
+
+
+@pytest.mark.parametrize("waits", [False, True])
+async def test_a_finished_run_leaves_no_cycle_for_the_garbage_collector(waits: bool) -> None:
+    """A closure that makes a task of itself is a reference cycle: it kept a whole batch's requests and answers
+    alive until a young collection found them (53,000 objects a collection in bench_gateway, 8-40 ms pauses)."""
+
+    class Payload:  # stands for a row's request and answer
+        pass
+
+    def rows(n: int) -> Iterator[Coroutine[Any, Any, None]]:
+        payloads = [Payload() for _ in range(n)]  # reachable only through the rows, as a batch's jobs are
+
+        async def row(i: int) -> None:
+            assert isinstance(payloads[i], Payload)
+            if waits and i % 2:
+                await asyncio.sleep(0)
+
+        return map(row, range(n))
+
+    await run_all(rows(10))  # asyncio's own first-use objects are made outside the measured run
+    gc.collect()
+    gc.disable()
+    try:
+        await run_all(rows(100))
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(o).__name__ for o in gc.garbage}
+        assert not any(isinstance(o, Payload) for o in gc.garbage), kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
