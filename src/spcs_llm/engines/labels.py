@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from .base import Message, TokenLogprob, Usage
 
 TopAlternatives = tuple[tuple[str, float], ...]  # (token text, log-probability), most likely first
+NO_USAGE = Usage()
 
 
 @dataclass(frozen=True)
@@ -214,13 +215,17 @@ async def walk(
     alternatives a step), the steps taken and their usage (None: no alternative began any label, or the engine
     cannot score)."""
     if len(node.labels) == 1:
-        return {node.labels[0]: 1.0}, 0, Usage()
+        return {node.labels[0]: 1.0}, 0, NO_USAGE
     answer = await scorer.next_token(messages, prefix + node.text, top)
     if answer is None:
-        return None, 1, Usage()
+        return None, 1, NO_USAGE
     mass = step_mass(node, answer.top)
     steps, usage = 1, answer.usage
-    shared = [child for child in node.branching if sum(mass[label] for label in child.labels) > 0]
+    shared = (
+        [child for child in node.branching if sum(mass[label] for label in child.labels) > 0]
+        if node.branching
+        else node.branching
+    )
     if shared:
         # one child (the common case) is awaited as it is: a gather would make a task of it
         subs = (
@@ -306,17 +311,22 @@ async def choose_labels(
     after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote.
     None when the engine cannot score the first slot; scoring stops at a slot whose walk gives no label mass."""
     plan = await _plan(scorer, request.labels, plans)
-    messages, top, root = request.messages, request.top_logprobs, plan.root
-    prefix, chosen, steps, usage = "", [], 0, Usage()
+    messages, top, root, escaped = request.messages, request.top_logprobs, plan.root, plan.escaped
+    prefix, chosen, steps, prompt, completion, cached = "", [], 0, 0, 0, 0
     for before in request.slots:
         prefix += before
         distribution, taken, used = await walk(scorer, messages, prefix, top, root)
         if distribution is None:
             break
-        steps, usage = steps + taken, _add(usage, used)
+        steps += taken
+        prompt, completion, cached = (
+            prompt + used.prompt_tokens,
+            completion + used.completion_tokens,
+            cached + used.cached_tokens,
+        )
         best = max(distribution, key=distribution.__getitem__)  # as JSON spells it; the first of equals (.best)
-        chosen.append(plan.escaped[best])
+        chosen.append(escaped[best])
         prefix += best + '"'
     if not chosen:
         return None
-    return LabelChoices(tuple(chosen), steps, usage)
+    return LabelChoices(tuple(chosen), steps, Usage(prompt, completion, cached))
