@@ -21,7 +21,7 @@ from ..overload import HOLD_SHARE
 from ..scheduler import Scheduler
 from ..usage import routes as usage_routes
 from ..usage.build import build_usage
-from . import apidoc, cortex_rest, health, openai, snowflake
+from . import apidoc, cortex_rest, health, openai, snowflake, tuning
 from .async_batches import AsyncBatches
 from .auth import ApiKeyMiddleware
 from .batches import BatchMemory
@@ -94,6 +94,7 @@ async def _start_engine(app: FastAPI, engine: Engine | None, embedders: list[Emb
         state.runtime = build_runtime(settings, state.engine, state.metrics, state.embedders)
         if state.usage is not None:
             state.runtime.scheduler.meter = state.usage.meter
+        tuning.settle()  # the cache's containers live as long as the process: out of the collector's walks
         logs.event(
             "engine_ready",
             engine=state.engine.kind,
