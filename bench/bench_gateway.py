@@ -110,7 +110,7 @@ if gc_out != "-":
             t0[:] = time.perf_counter(), time.thread_time()
         else:
             wall, cpu = time.perf_counter() - t0[0], time.thread_time() - t0[1]
-            pauses.append((info["generation"], wall * 1000, cpu * 1000))
+            pauses.append((info["generation"], wall * 1000, cpu * 1000, time.time()))
     gc.callbacks.append(hook)
     atexit.register(lambda: open(gc_out, "w").write(json.dumps({"pauses": pauses, "tracked": len(gc.get_objects())})))
 from spcs_llm.cli import main
@@ -209,6 +209,7 @@ class Server:
     gc_file: Path | None = None
     gc: dict[str, Any] = field(default_factory=dict)
     engine_cpu_file: Path | None = None  # the fakes' CPU seconds so far, written by SERVER_WRAPPER
+    phases: list[tuple[str, float, float]] = field(default_factory=list)  # (what, start, end): wall clock
 
     def engine_cpu_s(self) -> float | None:
         if self.engine_cpu_file is None:
@@ -390,13 +391,17 @@ async def measure(
     for k, spec in enumerate(specs):
         make = batch_maker(spec, texts)
         for server in servers if k % 2 == 0 else servers[::-1]:
+            t0 = time.time()
             repeats = [
                 await throughput(server, spec.label, spec.path, make, args.batch_rows, args.seconds, args.connections)
                 for _ in range(args.repeat)
             ]
+            server.phases.append((f"{spec.label} (throughput)", t0, time.time()))
             runs.append(sorted(repeats, key=lambda r: r.rows_per_cpu_s)[len(repeats) // 2])  # the median run
             if not args.profile:
+                t0 = time.time()
                 lat.append(await latency(server, spec.label, spec.path, make, args.latency_rows, args.batches))
+                server.phases.append((f"{spec.label} (sequential)", t0, time.time()))
     if args.profile or not any(s.label == "COMPLETE" for s in specs):
         return runs, lat
     complete = next(s for s in specs if s.label == "COMPLETE")
@@ -638,6 +643,11 @@ def report_gc(servers: list[Server]) -> None:
                     f"  generation {gen}: {len(mine):>5} collections, {sum(cpu):>8.1f} ms in all ({sum(wall):.0f}), "
                     f"median {statistics.median(cpu):6.2f} ms, max {cpu[-1]:7.2f} ms ({wall[-1]:.1f})"
                 )
+        worst = sorted(pauses, key=lambda p: -p[2])[:5]
+        print("  the longest, and what the bench was measuring then:")
+        for gen, _wall, cpu, *when in worst:
+            during = next((what for what, t0, t1 in s.phases if when and t0 <= when[0] <= t1), "between phases")
+            print(f"    {cpu:7.2f} ms  generation {gen}  {during}")
 
 
 def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path) -> None:
