@@ -23,9 +23,10 @@ RowJob = Callable[[], Awaitable[Any]]
 
 class Grouped:
     """A row job that the batch runs together with the other rows of its class: ``answer_batch`` calls
-    :meth:`run_group` once with all of them (one task), where plain jobs get one task per row. That is for work
-    whose engine side is batched anyway (embeddings), so a task, a future and a few calls per row would be the
-    gateway's main cost. Called alone (``await job()``), a job answers its own row."""
+    :meth:`run_group` once with all of them (one task), where plain jobs run one after another and each gets a
+    task of its own only if it waits (``eager.run_all``). That is for work whose engine side is batched anyway
+    (embeddings): every row waits there, so a task, a future and a few calls per row would be the gateway's main
+    cost. Called alone (``await job()``), a job answers its own row."""
 
     __slots__ = ()
 
