@@ -27,7 +27,6 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress
 from typing import Any, Protocol
 
 from .base import Message, TokenLogprob, Usage
@@ -183,23 +182,15 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised): each
     distinct alternative's probability, shared equally between the labels it begins (:func:`_matches`)."""
     mass = dict.fromkeys(node.labels, 0.0)
-    if not top:
-        return mass
     memo = node.matches
-    tokens = [token for token, _ in top]
-    found: list[tuple[str, ...] | None] = list(map(memo.get, tokens))
-    if None in found:  # tokens not seen at this node yet
-        for i, matches in enumerate(found):
-            if matches is None:
-                token = tokens[i]
-                found[i] = matches = _matches(node, token)
-                if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
-                    memo.clear()
-                memo[token] = matches
     seen: list[str] = []  # the tokens that gave mass: most alternatives begin no label, and need no dedup
-    for i in compress(range(len(found)), found):  # only the alternatives that begin a label, in order
-        token, logprob = top[i]
-        matches = found[i]
+    for token, logprob in top:
+        matches = memo.get(token)
+        if matches is None:
+            matches = _matches(node, token)
+            if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
+                memo.clear()
+            memo[token] = matches
         if matches and token not in seen:
             seen.append(token)
             share = math.exp(logprob) / len(matches)
@@ -221,11 +212,7 @@ async def walk(
         return None, 1, NO_USAGE
     mass = step_mass(node, answer.top)
     steps, usage = 1, answer.usage
-    shared = (
-        [child for child in node.branching if sum(mass[label] for label in child.labels) > 0]
-        if node.branching
-        else node.branching
-    )
+    shared = [child for child in node.branching if sum(mass[label] for label in child.labels) > 0]
     if shared:
         # one child (the common case) is awaited as it is: a gather would make a task of it
         subs = (
@@ -312,21 +299,16 @@ async def choose_labels(
     None when the engine cannot score the first slot; scoring stops at a slot whose walk gives no label mass."""
     plan = await _plan(scorer, request.labels, plans)
     messages, top, root, escaped = request.messages, request.top_logprobs, plan.root, plan.escaped
-    prefix, chosen, steps, prompt, completion, cached = "", [], 0, 0, 0, 0
+    prefix, chosen, steps, usage = "", [], 0, NO_USAGE
     for before in request.slots:
         prefix += before
         distribution, taken, used = await walk(scorer, messages, prefix, top, root)
         if distribution is None:
             break
-        steps += taken
-        prompt, completion, cached = (
-            prompt + used.prompt_tokens,
-            completion + used.completion_tokens,
-            cached + used.cached_tokens,
-        )
+        steps, usage = steps + taken, _add(usage, used)
         best = max(distribution, key=distribution.__getitem__)  # as JSON spells it; the first of equals (.best)
         chosen.append(escaped[best])
         prefix += best + '"'
     if not chosen:
         return None
-    return LabelChoices(tuple(chosen), steps, Usage(prompt, completion, cached))
+    return LabelChoices(tuple(chosen), steps, usage)
