@@ -123,13 +123,13 @@ def aspect_slots(names: Sequence[str]) -> tuple[str, ...]:
 
 
 async def scored_aspects(
-    rt: Runtime, request: ChatRequest, names: Sequence[str], slots: tuple[str, ...] | None = None
+    rt: Runtime, request: ChatRequest, names: Sequence[str], slots: tuple[str, ...]
 ) -> dict[str, str] | None:
     """Each aspect's label in turn, as greedy decoding under the schema chooses it: one scored step per aspect,
     after the object so far (``{"overall": "positive", "food": "``), so each choice sees the ones before it. The
     keys and punctuation between labels are forced, so nothing else is decoded. The row's steps are one engine
-    job (``Scheduler.choose_labels``). None: the engine cannot score, or a step gave no label any mass."""
-    slots = slots or aspect_slots(names)
+    job (``Scheduler.choose_labels``); ``slots`` are :func:`aspect_slots` of ``names``. None: the engine cannot
+    score, or a step gave no label any mass."""
     chosen = await rt.scheduler.choose_labels(ChoiceRequest(request.messages, slots, ASPECT_LABELS))
     if chosen is None or len(chosen.choices) < len(names):
         return None
