@@ -71,38 +71,22 @@ kind = "fake"
 model_name = "fake-embed-1024"
 dimension = 1024
 """
-# Runs the server (`spcs_llm.cli serve`, the arguments after the first two) with the fake engine's and embedders'
-# calls timed: they stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the
-# fakes have no delay here), so the main thread's CPU time around it is that call's alone; the running total goes
-# into an 8-byte file (the first argument) that the bench reads around each throughput window. With a second
-# argument that is not "-", a gc.callbacks hook also records every collection's generation, wall and CPU
-# milliseconds (the CPU time is the collection's own work; the wall time adds whatever preempted it), written as
-# JSON to that file when the process exits (a clean SIGINT exit).
+# Runs the server (`spcs_llm.cli serve`, the arguments after the first three) with the fake engine's and
+# embedders' calls timed by :func:`time_fake_calls` (this script, whose folder is the first argument), their
+# classes patched before the server makes them; the running total goes into an 8-byte file (the second argument)
+# that the bench reads around each throughput window. With a third argument that is not "-", a gc.callbacks hook
+# also records every collection's generation, wall and CPU milliseconds (the CPU time is the collection's own
+# work; the wall time adds whatever preempted it), written as JSON to that file when the process exits (a clean
+# SIGINT exit).
 SERVER_WRAPPER = """
-import atexit, functools, gc, json, mmap, struct, sys, time
-cpu_out, gc_out, sys.argv = sys.argv[1], sys.argv[2], [sys.argv[0], *sys.argv[3:]]
+import atexit, gc, json, mmap, struct, sys, time
+bench, cpu_out, gc_out, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3], [sys.argv[0], *sys.argv[4:]]
+sys.path.insert(0, bench)
+from bench_gateway import time_fake_calls
 from spcs_llm.engines import fake
 with open(cpu_out, "r+b") as f:
     shared = mmap.mmap(f.fileno(), 8)
-spent, depth = [0.0], [0]
-def timed(call):
-    @functools.wraps(call)
-    async def wrapper(*args, **kwargs):
-        if depth[0]:  # called by another timed call (embed calls embed_array): counted there
-            return await call(*args, **kwargs)
-        depth[0], c0 = 1, time.thread_time()
-        try:
-            return await call(*args, **kwargs)
-        finally:
-            depth[0] = 0
-            spent[0] += time.thread_time() - c0
-            struct.pack_into("d", shared, 0, spent[0])
-    return wrapper
-for cls, names in ((fake.FakeEngine, ("chat", "next_token", "token_pieces", "count_tokens")),
-                   (fake.FakeEmbedder, ("embed_counted", "embed_array", "embed", "count_tokens"))):
-    for name in names:
-        if name in vars(cls):
-            setattr(cls, name, timed(vars(cls)[name]))
+time_fake_calls(fake.FakeEngine, [fake.FakeEmbedder], lambda spent: struct.pack_into("d", shared, 0, spent))
 if gc_out != "-":
     pauses, t0 = [], [0.0, 0.0]
     def hook(phase, info):
@@ -253,7 +237,8 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
         ]
     else:
         engine_cpu_file.write_bytes(bytes(8))
-        cmd = [sys.executable, "-c", SERVER_WRAPPER, str(engine_cpu_file), str(gc_file or "-"), *serve]
+        bench = str(Path(__file__).resolve().parent)
+        cmd = [sys.executable, "-c", SERVER_WRAPPER, bench, str(engine_cpu_file), str(gc_file or "-"), *serve]
     env = os.environ | {"PYTHONPATH": str(src)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
@@ -444,7 +429,7 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     await asyncio.gather(engine.start(), *(e.start() for e in embedders))
     rt = build_runtime(settings, engine, Metrics(), embedders)
     limit = settings.server.max_response_bytes
-    engine_cpu = _time_engine_calls(engine, embedders)
+    engine_cpu = time_fake_calls(engine, embedders)
     tune_gc()
     texts = Texts()
     out: dict[str, Any] = {"throughput": [], "latency": []}
@@ -494,32 +479,40 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     return out
 
 
-def _time_engine_calls(engine: Any, embedders: list[Any]) -> list[float]:
-    """Wrap the fake engine's and embedders' calls so that their own CPU time is added up (in a one-item list):
-    they stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the fakes have no
-    delay here), so the thread's CPU time around it is that call's alone. The label walk (``score_labels``) is
-    the gateway's and is not wrapped; its steps (``next_token``) are."""
-    spent = [0.0]
+FAKE_ENGINE_CALLS = ("chat", "next_token", "token_pieces", "count_tokens")
+FAKE_EMBEDDER_CALLS = ("embed_counted", "embed_array", "embed", "count_tokens")
 
-    def timed(obj: Any, name: str) -> None:
-        call = getattr(obj, name)
+
+def time_fake_calls(engine: Any, embedders: list[Any], publish: Callable[[float], None] | None = None) -> list[float]:
+    """Wrap the fake engine's and embedders' calls (on the objects, or on their classes before any is made) so
+    that their own CPU time is added up, in a one-item list (and given to ``publish`` after each call): they
+    stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the fakes have no delay
+    here), so the thread's CPU time around it is that call's alone; a call made by another timed call (``embed``
+    calls ``embed_array``) is counted once. The label walk (``score_labels``, ``choose_labels``) is the
+    gateway's and is not wrapped; its steps (``next_token``) are."""
+    spent, depth = [0.0], [0]
+
+    def timed(owner: Any, name: str) -> None:
+        call = getattr(owner, name)
 
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            c0 = time.thread_time()
+            if depth[0]:
+                return await call(*args, **kwargs)
+            depth[0], c0 = 1, time.thread_time()
             try:
                 return await call(*args, **kwargs)
             finally:
+                depth[0] = 0
                 spent[0] += time.thread_time() - c0
+                if publish is not None:
+                    publish(spent[0])
 
-        setattr(obj, name, wrapper)
+        setattr(owner, name, wrapper)
 
-    for name in ("chat", "next_token", "token_pieces", "count_tokens"):
-        if hasattr(engine, name):
-            timed(engine, name)
-    for embedder in embedders:
-        for name in ("embed_counted", "embed_array", "count_tokens"):
-            if hasattr(embedder, name):
-                timed(embedder, name)
+    for owner, names in ((engine, FAKE_ENGINE_CALLS), *((e, FAKE_EMBEDDER_CALLS) for e in embedders)):
+        for name in names:
+            if hasattr(owner, name):
+                timed(owner, name)
     return spent
 
 
