@@ -33,16 +33,16 @@ _tuned = False
 def tune_gc() -> None:
     """Freeze what start-up made and collect young objects less often (see the module docstring)."""
     global _tuned
-    gc.collect()
-    gc.freeze()
+    _tuned = True
+    settle()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GEN0_THRESHOLD, gen1, gen2)
-    _tuned = True
 
 
 def settle() -> None:
-    """Freeze what the engines' start made (the scheduler, the cache's containers), in a process that
-    :func:`tune_gc` tuned; elsewhere (a test's app) nothing."""
+    """Collect, then freeze what is alive: it lives as long as the process (the start-up heap when
+    :func:`tune_gc` runs; the scheduler and the cache's containers once the engines are up). Only in a process
+    that ``tune_gc`` tuned; elsewhere (a test's app) nothing."""
     if _tuned:
         gc.collect()
         gc.freeze()
