@@ -20,13 +20,14 @@ tuple or the object itself: tracked, still right.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import fields
 from operator import attrgetter
 from typing import Any
 
 import orjson
 
-from .engines.base import ChatRequest, ChatResult, TokenLogprob, Usage
+from .engines.base import ChatRequest, ChatResult, Message, TokenLogprob, Usage
 from .engines.labels import ChoiceRequest, LabelChoices, LabelScores, ScoreRequest
 
 _REQUEST_REST = attrgetter(*(f.name for f in fields(ChatRequest) if f.name != "messages"))
@@ -57,12 +58,18 @@ def _frozen(key: list[Any], floats: tuple[Any, ...] = ()) -> bytes | tuple[Any, 
         return tuple(key)
 
 
+def _with_messages(key: list[Any], messages: Sequence[Message]) -> list[Any]:
+    """``key`` followed by the number of messages and each message's role and content (every key's middle)."""
+    key.append(len(messages))
+    for m in messages:
+        key += (m.role, m.content)
+    return key
+
+
 def chat_key(request: ChatRequest) -> bytes | tuple[Any, ...]:
     """The request as one flat list (the number of messages, each message's role and content, then its other
     fields in field order), frozen by :func:`_frozen`."""
-    key: list[Any] = [len(request.messages)]
-    for m in request.messages:
-        key += (m.role, m.content)
+    key = _with_messages([], request.messages)
     key += _REQUEST_REST(request)
     return _frozen(key, _REQUEST_FLOATS(request))
 
@@ -95,9 +102,7 @@ def score_key(request: ScoreRequest) -> bytes | tuple[Any, ...]:
     """The scoring request as one flat list, frozen by :func:`_frozen`: ``"labels"`` (no chat key begins with a
     string), the number of labels and each label, the number of messages and each message's role and content,
     then its other fields in field order."""
-    key: list[Any] = ["labels", len(request.labels), *request.labels, len(request.messages)]
-    for m in request.messages:
-        key += (m.role, m.content)
+    key = _with_messages(["labels", len(request.labels), *request.labels], request.messages)
     key += _SCORE_REST(request)
     return _frozen(key)
 
@@ -106,10 +111,8 @@ def choice_key(request: ChoiceRequest) -> bytes | tuple[Any, ...]:
     """The choice request as one flat list, frozen by :func:`_frozen`: ``"choices"``, the number of labels and
     each label, the number of slots and each slot, the number of messages and each message's role and content,
     then its other fields in field order."""
-    key: list[Any] = ["choices", len(request.labels), *request.labels, len(request.slots), *request.slots]
-    key.append(len(request.messages))
-    for m in request.messages:
-        key += (m.role, m.content)
+    labels, slots = request.labels, request.slots
+    key = _with_messages(["choices", len(labels), *labels, len(slots), *slots], request.messages)
     key += [getattr(request, name) for name in _CHOICE_REST]
     return _frozen(key)
 
