@@ -1,0 +1,102 @@
+"""The engine hop's HTTP: httpx's requests carried over aiohttp's connection pool.
+
+Every COMPLETE row and every label step is one request from the gateway to vLLM on loopback, so the client's CPU
+per request is a per-row cost of the gateway's single event loop. With httpx's own transport (httpcore) that cost
+is ~0.65 ms a request alone and ~1.1-1.4 ms with 64 in flight: httpcore's pool checks every connection's socket
+for each request it places (``_assign_requests_to_connections``). aiohttp's pool does not; carried over it, a
+request costs ~0.4 ms of which most is httpx's own request and response objects (``bench/bench_engine_hop.py``,
+docs/bench-gateway.md "The engine hop"). The code above keeps httpx's interface, its timeouts and its exceptions:
+:class:`AiohttpTransport` turns aiohttp's failures into the httpx exceptions that
+:func:`~spcs_llm.engines.openai_http.upstream_error` already translates, and tests may still hand the engines an
+``httpx.MockTransport`` instead.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import aiohttp
+import httpx
+
+# uvicorn (vLLM's API server, spcs-llm, llama-server behind xllamacpp's) closes a connection idle for 5 s by
+# default (--timeout-keep-alive); a connection kept longer than that could be reused just as the server closes it.
+KEEPALIVE_S = 4.0
+
+
+@contextmanager
+def httpx_errors() -> Iterator[None]:
+    """aiohttp's failures as the httpx exceptions of the same meaning (most specific first): a refused or
+    unresolvable connection is ``ConnectError``, a connect or read timeout ``ConnectTimeout`` / ``ReadTimeout``, a
+    server that closed the connection or broke the protocol ``RemoteProtocolError``, a failed read ``ReadError``."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out") from exc
+    except aiohttp.ServerTimeoutError as exc:  # SocketTimeoutError: no byte within the read timeout
+        raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc)) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
+    except aiohttp.ClientError as exc:  # ClientOSError (a reset), and whatever else aiohttp raises
+        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+    except TimeoutError as exc:  # no total timeout is set; aiohttp may still raise the plain one
+        raise httpx.ReadTimeout("timed out") from exc
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body read from aiohttp as it arrives; closing it gives the connection back to the pool (or
+    drops it when the body was not read to its end)."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with httpx_errors():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over one aiohttp session with up to ``max_connections`` connections (the engines bound
+    their requests in flight to the same number). The session is made on the first request, in the running
+    loop. Proxies from the environment (``HTTP_PROXY``, ``NO_PROXY`` ...) are honoured as httpx would; the body
+    is passed on as sent, compressed or not (httpx decodes it)."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
+        # aiohttp looks a request's proxy up on a worker thread when it trusts the environment: only when one is set
+        proxied = bool(urllib.request.getproxies())
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=proxied, auto_decompress=False)
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._session or self._open()
+        timeout = request.extensions.get("timeout", {})
+        with httpx_errors():
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=await request.aread() or None,
+                allow_redirects=False,
+                skip_auto_headers=("Accept-Encoding", "User-Agent"),  # httpx's own are in the headers
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                ),
+            )
+        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response), request=request)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,250 @@
+"""The engine hop's transport (engines/wire.py) over real sockets: what each failure of a real server becomes (the
+httpx exception, then the engine's error), keep-alive connections reused and bounded, a stream dropped half read,
+proxies from the environment, the session closed with the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from spcs_llm.engines.base import ChatRequest, Message
+from spcs_llm.engines.openai_http import OpenAIHttpEngine
+from spcs_llm.engines.wire import AiohttpTransport
+from spcs_llm.errors import EngineTimeout, EngineUnavailable
+
+MODELS = {"object": "list", "data": [{"id": "qwen", "object": "model", "owned_by": "vllm", "max_model_len": 4096}]}
+ANSWER = {
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+}
+Reply = Callable[[str, bytes, asyncio.StreamWriter], Awaitable[None]]
+
+
+def response(body: Any, status: str = "200 OK", extra: str = "") -> bytes:
+    data = json.dumps(body).encode()
+    head = f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n{extra}\r\n"
+    return head.encode() + data
+
+
+async def answer_models_or(reply: Reply, line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+    """/v1/models lists the model, another GET (/version, which the engine asks at start-up) is not found, and a
+    POST is the test's."""
+    method, path, _ = line.split()
+    if path.endswith("/models"):
+        writer.write(response(MODELS))
+    elif method != "POST":
+        writer.write(response({"detail": "Not Found"}, "404 Not Found"))
+    else:
+        await reply(line, body, writer)
+
+
+class Server:
+    """An HTTP/1.1 server on loopback that reads each request (its line, headers and body) and lets ``reply``
+    write whatever bytes the test wants, so a connection can be closed, stalled or cut anywhere."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()  # no new connection is accepted, and the open ones are closed
+        for writer in self.writers:
+            writer.close()
+        await asyncio.sleep(0.05)  # the client sees them closed
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                line = (await reader.readline()).decode()
+                if not line:
+                    return
+                headers = {}
+                while (header := (await reader.readline()).decode().strip()) != "":
+                    name, value = header.split(":", 1)
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                self.requests.append((line.strip(), headers, body))
+                await answer_models_or(self.reply, line, body, writer)
+                await writer.drain()
+                if writer.is_closing():
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+async def ok(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(response(ANSWER))
+
+
+async def engine_for(url: str, **kw: Any) -> OpenAIHttpEngine:
+    engine = OpenAIHttpEngine(url, "qwen", startup_timeout_s=2, **kw)
+    await engine.start()
+    return engine
+
+
+def chat() -> ChatRequest:
+    return ChatRequest(messages=(Message("user", "hi"),), max_tokens=8)
+
+
+async def test_a_request_is_sent_as_the_client_would_and_its_answer_read() -> None:
+    async with Server(ok) as server:
+        engine = await engine_for(server.url, api_key="sk-test")
+        result = await engine.chat(chat())
+        await engine.aclose()
+    assert result.text == "hello" and result.usage.prompt_tokens == 3
+    line, headers, body = server.requests[-1]
+    assert line == "POST /v1/chat/completions HTTP/1.1"
+    assert headers["authorization"] == "Bearer sk-test" and headers["content-type"] == "application/json"
+    assert "accept-encoding" not in headers  # identity: nothing to decompress
+    assert json.loads(body)["messages"] == [{"role": "user", "content": "hi"}]
+
+
+async def test_connections_are_kept_alive_and_bounded_by_the_engines_concurrency() -> None:
+    async with Server(ok) as server:
+        engine = await engine_for(server.url, max_concurrency=8)
+        at_start = len(server.requests)  # /v1/models, /version
+        for _ in range(20):
+            await engine.chat(chat())
+        assert server.connections == 1  # one connection, reused (the start-up probes too)
+        await asyncio.gather(*(engine.chat(chat()) for _ in range(100)))
+        await engine.aclose()
+    assert 1 < server.connections <= 8
+    assert len(server.requests) == at_start + 120
+
+
+async def test_a_refused_connection_is_unreachable() -> None:
+    async with Server(ok) as server:
+        engine = await engine_for(server.url)
+    # the server is gone: its port refuses
+    with pytest.raises(EngineUnavailable, match="unreachable: ConnectError"):
+        await engine.chat(chat())
+    await engine.aclose()
+
+
+async def closes(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+async def cuts_the_body(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+    whole = response(ANSWER)
+    writer.write(whole[: len(whole) - 10])
+    await writer.drain()
+    writer.close()
+
+
+async def breaks_the_protocol(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"this is not HTTP\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+@pytest.mark.parametrize("reply", [closes, cuts_the_body, breaks_the_protocol], ids=lambda f: f.__name__)
+async def test_a_server_that_drops_or_breaks_the_answer_is_unreachable(reply: Reply) -> None:
+    async with Server(reply) as server:
+        engine = await engine_for(server.url)
+        with pytest.raises(EngineUnavailable, match="unreachable: RemoteProtocolError"):
+            await engine.chat(chat())
+        await engine.aclose()
+
+
+async def test_no_answer_within_the_read_timeout_is_a_timeout_and_the_next_request_is_answered() -> None:
+    stall = asyncio.Event()
+
+    async def stalls_once(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if not stall.is_set():
+            stall.set()
+            await asyncio.sleep(2)
+        writer.write(response(ANSWER))
+
+    async with Server(stalls_once) as server:
+        engine = await engine_for(server.url, request_timeout_s=0.3)
+        with pytest.raises(EngineTimeout, match="in time"):
+            await engine.chat(chat())
+        assert (await engine.chat(chat())).text == "hello"  # on another connection
+        await engine.aclose()
+
+
+async def test_a_stream_closed_half_read_drops_its_connection_and_the_next_request_is_answered() -> None:
+    async def streams(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        if not json.loads(body).get("stream"):
+            writer.write(response(ANSWER))
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        event = b'data: {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+        for _ in range(3):
+            writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+            await writer.drain()
+        await asyncio.sleep(5)  # the rest never comes
+
+    async with Server(streams) as server:
+        engine = await engine_for(server.url)
+        at_start = server.connections
+        stream = engine.chat_stream(chat())
+        first = await anext(stream)
+        await stream.aclose()  # the caller stops reading: its connection is closed, not given back
+        assert first.text == "a"
+        assert (await engine.chat(chat())).text == "hello"
+        await engine.aclose()
+    assert server.connections == at_start + 1  # the stream's connection was dropped: one more was opened
+
+
+async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with Server(ok) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        engine = await engine_for("http://upstream.invalid:8000/v1")
+        assert (await engine.chat(chat())).text == "hello"
+        await engine.aclose()
+    assert proxy.requests[-1][0] == "POST http://upstream.invalid:8000/v1/chat/completions HTTP/1.1"
+
+
+async def test_the_session_is_made_in_the_loop_on_first_use_and_closed_with_the_engine() -> None:
+    transport = AiohttpTransport(4)
+    assert transport._session is None  # made in no loop: an engine may be built before the server's loop runs
+    async with Server(ok) as server:
+        engine = OpenAIHttpEngine(server.url, "qwen", transport=transport, startup_timeout_s=2)
+        await engine.start()
+        session = transport._session
+        assert session is not None and not session.closed
+        await engine.aclose()
+    assert session.closed and transport._session is None
+
+
+def test_the_transport_raises_httpxs_exceptions() -> None:
+    """What the code above the transport catches: every aiohttp failure leaves as an httpx.TransportError."""
+    import aiohttp
+
+    from spcs_llm.engines.wire import httpx_errors
+
+    key = aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None)
+    cases = [
+        (aiohttp.ConnectionTimeoutError("connect"), httpx.ConnectTimeout),
+        (aiohttp.SocketTimeoutError("read"), httpx.ReadTimeout),
+        (aiohttp.ClientConnectorError(key, OSError(111, "refused")), httpx.ConnectError),
+        (aiohttp.ServerDisconnectedError(), httpx.RemoteProtocolError),
+        (aiohttp.ClientPayloadError("cut"), httpx.RemoteProtocolError),
+        (aiohttp.ClientOSError(104, "reset"), httpx.ReadError),
+        (TimeoutError(), httpx.ReadTimeout),
+    ]
+    for raised, expected in cases:
+        with pytest.raises(expected) as caught:
+            with httpx_errors():
+                raise raised
+        assert isinstance(caught.value, httpx.TransportError) and caught.value.__cause__ is raised
