@@ -281,14 +281,13 @@ class _Upstream:
         self._post_extensions = {"timeout": timeout.as_dict()}
         self._urls: dict[str, httpx.URL] = {}
 
-    async def post(self, path: str, body: Mapping[str, Any], **translate: Any) -> Any:
-        """POST ``body`` as JSON to ``path`` (relative to /v1, or an absolute URL) and return its JSON, or raise the
-        translated error.
+    async def send(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+        """POST ``body`` as JSON to ``path`` (relative to /v1, or an absolute URL): the response, read and closed.
 
-        The engine's per-row request (a chat, a label step, a batch of texts to embed) goes to the transport
-        itself, not through ``httpx.AsyncClient``: the client's URL merging, cookie jar, auth and redirect steps
-        cost ~0.2 ms a request (bench/bench_engine_hop.py) and do nothing here (one fixed upstream, no cookies,
-        no redirects followed). The request is the one the client would send, with its timeouts."""
+        The engine's per-row requests (a chat, a label step, a batch of texts to embed, a text to count) go to the
+        transport itself, not through ``httpx.AsyncClient``: the client's URL merging, cookie jar, auth and
+        redirect steps cost ~0.2 ms a request (bench/bench_engine_hop.py) and do nothing here (one fixed upstream,
+        no cookies, no redirects followed). The request is the one the client would send, with its timeouts."""
         url = self._urls.get(path)
         if url is None:
             url = self._urls[path] = httpx.URL(path if "://" in path else f"{self.url}/{path}")
@@ -302,7 +301,11 @@ class _Upstream:
                     await response.aread()
                 finally:
                     await response.aclose()
-            return _json_or_raise(response, **translate)
+        return response
+
+    async def post(self, path: str, body: Mapping[str, Any], **translate: Any) -> Any:
+        """:meth:`send`, and the answer's JSON, or the translated error."""
+        return _json_or_raise(await self.send(path, body), **translate)
 
     async def models(self) -> list[dict[str, Any]]:
         with transport_errors():
@@ -327,11 +330,7 @@ class _Upstream:
         None when the upstream has no /tokenize (Ollama, SGLang)."""
         if self.tokenize_missing:
             return None
-        async with self.slots:
-            with transport_errors():
-                response = await self.client.post(
-                    f"{self.root}/tokenize", json={"model": model, "prompt": text, "content": text}
-                )
+        response = await self.send(f"{self.root}/tokenize", {"model": model, "prompt": text, "content": text})
         if response.status_code in (404, 405):
             self.tokenize_missing = True
             return None
