@@ -71,6 +71,28 @@ kind = "fake"
 model_name = "fake-embed-1024"
 dimension = 1024
 """
+# --engine-process: the same, with the fakes served by bench/fake_upstream.py in a process of their own (UPSTREAM
+# is its /v1) and reached through the gateway's real engine hop, as vLLM is.
+UPSTREAM_CONFIG = """
+[server]
+log_level = "info"
+max_queue_rows = 1000000
+max_queue_seconds = 0
+[engine]
+kind = "openai"
+upstream = "UPSTREAM"
+model = "fake-model"
+[[embeddings]]
+kind = "openai"
+upstream = "UPSTREAM"
+model = "fake-embed-768"
+dimension = 768
+[[embeddings]]
+kind = "openai"
+upstream = "UPSTREAM"
+model = "fake-embed-1024"
+dimension = 1024
+"""
 # Runs the server (`spcs_llm.cli serve`, the arguments after the first three) with the fake engine's and
 # embedders' calls timed by :func:`time_fake_calls` (this script, whose folder is the first argument), their
 # classes patched before the server makes them; the running total goes into an 8-byte file (the second argument)
@@ -256,6 +278,26 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
     raise SystemExit(f"the {code} server did not become healthy in 60 s")
 
 
+def start_upstream(core: int) -> tuple[subprocess.Popen[bytes], int]:
+    """bench/fake_upstream.py on ``core`` (this checkout's fakes, for every code measured): the process and port."""
+    port = free_port()
+    script = Path(__file__).resolve().parent / "fake_upstream.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port)],
+        env=os.environ | {"PYTHONPATH": str(ROOT / "src")},
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                return proc, port
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the fake upstream did not start in 60 s")
+
+
 def stop_server(server: Server) -> None:
     server.proc.send_signal(signal.SIGINT)  # a clean exit, so a profiler or the GC hook writes its report
     try:
@@ -422,14 +464,16 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     from spcs_llm.server.tuning import tune_gc
 
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "gateway.toml").write_text(CONFIG)
+        config = UPSTREAM_CONFIG.replace("UPSTREAM", args.upstream) if args.upstream else CONFIG
+        (Path(tmp) / "gateway.toml").write_text(config)
         settings = Settings.load(Path(tmp) / "gateway.toml")
     engine = build_engine(settings.engine)
     embedders = [build_embedder(e) for e in settings.embeddings]
     await asyncio.gather(engine.start(), *(e.start() for e in embedders))
     rt = build_runtime(settings, engine, Metrics(), embedders)
     limit = settings.server.max_response_bytes
-    engine_cpu = time_fake_calls(engine, embedders)
+    # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
+    engine_cpu = [0.0] if args.upstream else time_fake_calls(engine, embedders)
     tune_gc()
     texts = Texts()
     out: dict[str, Any] = {"throughput": [], "latency": []}
@@ -456,7 +500,7 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
                 "rows": done,
                 "seconds": time.perf_counter() - t0,
                 "server_cpu_s": cpu,
-                "engine_cpu_s": engine_cpu[0],
+                "engine_cpu_s": None if args.upstream else engine_cpu[0],
             }
         )
         times = []
@@ -540,6 +584,7 @@ def in_process(
             str(args.batches),
             "--functions",
             ",".join(s.label for s in specs),
+            *(["--upstream", args.upstream] if args.upstream else []),
         ]
         done = subprocess.run(
             cmd,
@@ -700,7 +745,14 @@ def main() -> None:
         help="no HTTP: the gateway's decode/answer/encode in a "
         "process pinned to the server core, CPU time of that thread only (see worker_in_process)",
     )
+    ap.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="with --in-process: the fake engine and embedders in a process of their own on the client core "
+        "(bench/fake_upstream.py), reached over HTTP through the gateway's real engine hop, as vLLM is",
+    )
     ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
     ap.add_argument(
         "--profile",
         type=Path,
@@ -728,7 +780,15 @@ def main() -> None:
             (Path(tmp) / "before").mkdir()
             sources.append(("before", extract_revision(args.before, Path(tmp) / "before")))
         servers: list[Server] = []
-        if args.in_process:
+        if args.in_process and args.engine_process:
+            upstream = start_upstream(args.client_core)
+            args.upstream = f"http://127.0.0.1:{upstream[1]}/v1"
+            try:
+                runs, lat = in_process(sources, specs, args)
+            finally:
+                upstream[0].terminate()
+                upstream[0].wait(timeout=30)
+        elif args.in_process:
             runs, lat = in_process(sources, specs, args)
         else:
             try:
@@ -772,7 +832,10 @@ def main() -> None:
         )
     else:
         where = (
-            "in-process (no HTTP), CPU time of the gateway's thread"
+            "in-process (no HTTP in), the fakes in their own process behind the engine hop (OpenAIHttpEngine), "
+            "CPU time of the gateway's thread"
+            if args.in_process and args.engine_process
+            else "in-process (no HTTP), CPU time of the gateway's thread"
             if args.in_process
             else f"server pinned to core {args.server_core}, load on core {args.client_core}"
         )
