@@ -111,7 +111,7 @@ async def test_a_request_is_sent_as_the_client_would_and_its_answer_read() -> No
     line, headers, body = server.requests[-1]
     assert line == "POST /v1/chat/completions HTTP/1.1"
     assert headers["authorization"] == "Bearer sk-test" and headers["content-type"] == "application/json"
-    assert "accept-encoding" not in headers  # identity: nothing to decompress
+    assert headers["accept-encoding"] == "identity" and headers["user-agent"].startswith("spcs-llm/")
     assert json.loads(body)["messages"] == [{"role": "user", "content": "hi"}]
 
 

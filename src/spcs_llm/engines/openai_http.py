@@ -32,6 +32,7 @@ import httpx
 import numpy as np
 import orjson
 
+from .. import __version__
 from ..errors import (
     EngineError,
     EngineTimeout,
@@ -277,7 +278,13 @@ class _Upstream:
         )
         self.slots = asyncio.Semaphore(concurrency)
         self.tokenize_missing = False
-        self._post_headers = {**auth, "accept": "application/json", "content-type": "application/json"}
+        self._post_headers = {
+            **auth,
+            "accept": "application/json",
+            "accept-encoding": "identity",  # nothing to decompress on loopback
+            "content-type": "application/json",
+            "user-agent": f"spcs-llm/{__version__}",
+        }
         self._post_extensions = {"timeout": timeout.as_dict()}
         self._urls: dict[str, httpx.URL] = {}
 
