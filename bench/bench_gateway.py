@@ -688,7 +688,7 @@ def report_gc(servers: list[Server]) -> None:
             print(f"    {cpu:7.2f} ms  generation {gen}  {during}")
 
 
-def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path) -> None:
+def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Path, where: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -707,7 +707,7 @@ def plot(runs: list[Throughput], lat: list[Latency], codes: list[str], path: Pat
     a.axhline(GOAL_ROWS_PER_CPU_S, color="#d62728", ls="--", lw=1, label=f"goal: {GOAL_ROWS_PER_CPU_S:,}")
     a.set_yscale("log")
     a.set_ylabel("rows per server CPU-second")
-    a.set_title(f"{runs[0].batch_rows}-row batches of distinct rows, fake engine, server on 1 core")
+    a.set_title(f"{runs[0].batch_rows}-row batches of distinct rows, {where}")
     a.legend(fontsize=8)
     b.axhline(GOAL_TAIL_RATIO, color="#d62728", ls="--", lw=1, label=f"goal: p99 within {GOAL_TAIL_RATIO:g}x")
     b.set_ylabel("p99 / p50, sequential 100-row batches")
@@ -846,7 +846,14 @@ def main() -> None:
         report(runs, lat, codes)
         report_gc(servers)
     if args.plot and lat:
-        plot(runs, lat, codes, args.plot)
+        where = (
+            "the fakes in their own process behind the engine hop"
+            if args.engine_process
+            else "fake engine in process"
+            if args.in_process
+            else "fake engine, server on 1 core"
+        )
+        plot(runs, lat, codes, args.plot, where + ", gateway on 1 core" if args.in_process else where)
     if args.profile:
         print(f"server profile written to {args.profile}")
 
