@@ -276,16 +276,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     codes = list(dict.fromkeys(r["code"] for r in results))
     names = list(dict.fromkeys(r["call"] for r in results))
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(8, 3.6))
     height = 0.8 / len(codes)
-    for k, code in enumerate(codes):
+    colours = {"before": "#aaaaaa", "after": "#1f77b4"}
+    for k, code in enumerate(sorted(codes, key=lambda c: c != "before")):
         values = [next(r["us_per_call"] for r in results if r["code"] == code and r["call"] == n) for n in names]
-        ax.barh([i + k * height for i in range(len(names))], values, height, label=code)
+        ax.barh([i + k * height for i in range(len(names))], values, height, label=code, color=colours.get(code))
     ax.set_yticks([i + height * (len(codes) - 1) / 2 for i in range(len(names))], names)
     ax.invert_yaxis()
-    ax.set_xlabel("gateway CPU µs per request to the upstream (client side)")
-    ax.set_title("The engine hop: OpenAIHttpEngine against a vLLM-shaped upstream")
-    ax.legend()
+    ax.set_xlabel("gateway CPU µs per request (client side)")
+    ax.set_title("One request to a vLLM-shaped upstream (OpenAIHttpEngine)")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
