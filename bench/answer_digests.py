@@ -11,6 +11,12 @@ printed, one line per batch. Run it before and after a change and compare:
     diff before.txt after.txt && echo unchanged
 
 The rows are the same on every run (no nonce), so equal lines mean equal bytes. Runs in ~20 s on one core.
+
+``--engine-process`` answers the same rows with the fakes in a process of their own behind the gateway's real
+engine hop (``bench/fake_upstream.py``, as ``bench_gateway.py --engine-process``): its lines equal to the
+in-process ones show that the hop (``OpenAIHttpEngine``, ``OpenAIEmbedder``, the HTTP between) changes no answer.
+The embedding functions' lines may differ: vLLM, and so the stand-in, sends float32 vectors, where the in-process
+fake embedder's are float64.
 """
 
 from __future__ import annotations
@@ -42,8 +48,12 @@ async def main() -> None:
     from spcs_llm.server.app import build_runtime
     from spcs_llm.server.snowflake import answer_batch, decode_rows, encode_rows
 
+    upstream = bg.start_upstream(1) if "--engine-process" in sys.argv else None
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "gateway.toml").write_text(bg.CONFIG)
+        config = bg.CONFIG
+        if upstream is not None:
+            config = bg.UPSTREAM_CONFIG.replace("UPSTREAM", f"http://127.0.0.1:{upstream[1]}/v1")
+        (Path(tmp) / "gateway.toml").write_text(config)
         settings = Settings.load(Path(tmp) / "gateway.toml")
     engine = build_engine(settings.engine)
     embedders = [build_embedder(e) for e in settings.embeddings]
@@ -58,6 +68,9 @@ async def main() -> None:
             values = await answer_batch(fn, runtime, rows)
             body = encode_rows([r[0] for r in rows], values, 10**9)
             print(f"{spec.label} {b} {hashlib.sha256(body).hexdigest()}")
+    if upstream is not None:
+        await asyncio.gather(engine.aclose(), *(e.aclose() for e in embedders))
+        upstream[0].terminate()
 
 
 if __name__ == "__main__":
