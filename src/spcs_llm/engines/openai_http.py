@@ -286,7 +286,7 @@ class _Upstream:
             "user-agent": f"spcs-llm/{__version__}",
         }
         self._timeouts = timeout.as_dict()
-        self._post = {"timeout": self._timeouts}
+        self._extensions = {"timeout": self._timeouts}
 
     async def send(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
         """POST ``body`` as JSON to ``path`` (relative to /v1, or an absolute URL): the response, read and closed.
@@ -294,14 +294,15 @@ class _Upstream:
         The engine's per-row requests (a chat, a label step, a batch of texts to embed, a text to count) go to the
         transport itself, not through ``httpx.AsyncClient``: the client's URL merging, cookie jar, auth and
         redirect steps cost ~0.2 ms a request (bench/bench_engine_hop.py) and do nothing here (one fixed upstream,
-        no cookies, no redirects followed). The request is the one the client would send, with its timeouts. On
-        the aiohttp transport (every engine's but a test's) it skips httpx's request and response streams too."""
+        no cookies, no redirects followed). The request carries the client's credentials and timeouts. On the
+        aiohttp transport (every engine's but a test's) it skips httpx's request and response streams too."""
         url, content = path if "://" in path else f"{self.url}/{path}", json_bytes(body)
         async with self.slots:
             with transport_errors():
                 if isinstance(self.transport, AiohttpTransport):  # without httpx's request and response streams
                     return await self.transport.post(url, self._post_headers, content, self._timeouts)
-                request = httpx.Request("POST", url, headers=self._post_headers, content=content, extensions=self._post)
+                headers, extensions = self._post_headers, self._extensions
+                request = httpx.Request("POST", url, headers=headers, content=content, extensions=extensions)
                 response = await self.transport.handle_async_request(request)  # another transport (tests' mocks)
                 try:
                     await response.aread()

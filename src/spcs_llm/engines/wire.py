@@ -1,12 +1,13 @@
 """The engine hop's HTTP: httpx's requests carried over aiohttp's connection pool.
 
 Every COMPLETE row and every label step is one request from the gateway to vLLM on loopback, so the client's CPU
-per request is a per-row cost of the gateway's single event loop. With httpx's own transport (httpcore) that cost
-is ~0.65 ms a request alone and ~1.1-1.4 ms with 64 in flight: httpcore's pool checks every connection's socket
-for each request it places (``_assign_requests_to_connections``). aiohttp's pool does not; carried over it, a
-request costs ~0.4 ms of which most is httpx's own request and response objects (``bench/bench_engine_hop.py``,
-docs/bench-gateway.md "The engine hop"). The code above keeps httpx's interface, its timeouts and its exceptions:
-:class:`AiohttpTransport` turns aiohttp's failures into the httpx exceptions that
+per request is a per-row cost of the gateway's single event loop. With httpx's own transport (httpcore) and client
+that cost was ~0.7 ms a request alone and ~1.0-1.2 ms with 64 in flight: httpcore's pool checks every connection's
+socket for each request it places (``_assign_requests_to_connections``), and the client parses URLs and runs a
+cookie jar per request. aiohttp's pool takes an idle connection without a scan; the engines' per-row POST goes
+to it as one aiohttp request (:meth:`AiohttpTransport.post`), ~0.11-0.16 ms with 64 in flight
+(``bench/bench_engine_hop.py``, docs/bench-gateway.md "The engine hop"). The code above keeps httpx's interface,
+its timeouts and its exceptions: aiohttp's failures become the httpx exceptions that
 :func:`~spcs_llm.engines.openai_http.upstream_error` already translates, and tests may still hand the engines an
 ``httpx.MockTransport`` instead.
 """
