@@ -215,6 +215,44 @@ async def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPa
     assert proxy.requests[-1][0] == "POST http://upstream.invalid:8000/v1/chat/completions HTTP/1.1"
 
 
+async def test_no_proxy_exempts_the_upstream_and_netrc_is_not_read(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """NO_PROXY alone (set in many containers) must not turn on aiohttp's own reading of the environment: that
+    reads ~/.netrc too, and a matching entry would add Basic credentials or refuse beside our bearer token."""
+    (tmp_path / ".netrc").write_text("default login someone password secret\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    async with Server(ok) as proxy, Server(ok) as server:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v1"))
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.delenv("no_proxy", raising=False)
+        engine = await engine_for(server.url, api_key="sk-test")
+        assert (await engine.chat(chat())).text == "hello"
+        assert (await engine._up.client.get("models")).status_code == 200  # the client's path too
+        await engine.aclose()
+    assert proxy.requests == []  # exempt: straight to the upstream
+    assert {headers["authorization"] for _, headers, _ in server.requests} == {"Bearer sk-test"}
+
+
+async def test_a_pool_timeout_bounds_the_wait_for_a_busy_pool() -> None:
+    """httpx's pool timeout (what a health check's timeout=5.0 sets) is aiohttp's connect timeout: with every
+    connection busy, the wait ends in time instead of lasting until one is free."""
+
+    async def slow(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1.5)
+        writer.write(response(ANSWER))
+
+    async with Server(slow) as server:
+        engine = await engine_for(server.url, max_concurrency=1)
+        busy = asyncio.ensure_future(engine.chat(chat()))  # holds the one connection for 1.5 s
+        await asyncio.sleep(0.2)
+        with pytest.raises(httpx.TimeoutException):  # without the bound: answered once the busy one is done
+            await engine._up.client.get("models", timeout=0.3)
+        assert (await busy).text == "hello"
+        await engine.aclose()
+
+
 async def test_the_session_is_made_in_the_loop_on_first_use_and_closed_with_the_engine() -> None:
     transport = AiohttpTransport(4)
     assert transport._session is None  # made in no loop: an engine may be built before the server's loop runs

@@ -14,6 +14,7 @@ its timeouts and its exceptions: aiohttp's failures become the httpx exceptions 
 
 from __future__ import annotations
 
+import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -64,35 +65,59 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+def environment_proxy(url: str) -> str | None:
+    """The proxy that ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` name for ``url``, unless ``NO_PROXY`` exempts its
+    host (urllib's reading of the environment, which httpx's and aiohttp's follow); a bare ``host:port`` gets
+    ``http://``, as httpx reads it."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session with up to ``max_connections`` connections (the engines bound
     their requests in flight to the same number). The session is made on the first request, in the running
-    loop. Proxies from the environment (``HTTP_PROXY``, ``NO_PROXY`` ...) are honoured as httpx would; the body
-    is passed on as sent, compressed or not (httpx decodes it)."""
+    loop; the body is passed on as sent, compressed or not (httpx decodes it).
+
+    Proxies from the environment are honoured as httpx honours them, looked up once per URL
+    (:func:`environment_proxy`). aiohttp's own ``trust_env`` stays off: it would look the proxy up again on a worker
+    thread for every request, and read ``~/.netrc`` too, adding Basic credentials (or refusing, beside our bearer
+    token) that httpx never sent. No write timeout: aiohttp has none (a request body is sent before the read
+    timeout starts); the engines' bodies are small and the upstream is on loopback."""
 
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[Any, Any], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
+        self._proxies: dict[str, str | None] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
-        # aiohttp looks a request's proxy up on a worker thread when it trusts the environment: only when one is set
-        proxied = bool(urllib.request.getproxies())
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=proxied, auto_decompress=False)
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
         return self._session
+
+    def _proxy(self, url: str) -> str | None:
+        if url not in self._proxies:
+            if len(self._proxies) >= 256:  # an upstream's few paths; bounded all the same
+                self._proxies.clear()
+            self._proxies[url] = environment_proxy(url)
+        return self._proxies[url]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         session = self._session or self._open()
-        timeout = request.extensions.get("timeout", {})
+        timeout, url = request.extensions.get("timeout", {}), str(request.url)
         with httpx_errors():
             response = await session.request(
                 request.method,
-                str(request.url),
+                url,
                 headers=request.headers.multi_items(),
                 data=await request.aread() or None,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),
+                proxy=self._proxy(url),
             )
         return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response), request=request)
 
@@ -105,17 +130,25 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         session = self._session or self._open()
         with httpx_errors():
             async with session.post(
-                url, data=body, headers=headers, allow_redirects=False, timeout=self._timeout(timeout)
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._timeout(timeout),
+                proxy=self._proxy(url),
             ) as response:
                 content = await response.read()
         return httpx.Response(response.status, headers=response.raw_headers, content=content)
 
     def _timeout(self, timeout: Mapping[str, Any]) -> aiohttp.ClientTimeout:
-        """httpx's timeouts as aiohttp's: connect, and read (no byte for that long); none for the whole request."""
-        key = (timeout.get("connect"), timeout.get("read"))
+        """httpx's timeouts as aiohttp's: pool (aiohttp's ``connect`` is the wait for a pooled connection, a new
+        one's set-up included), connect, and read (no byte for that long); none for the whole request."""
+        key = (timeout.get("pool"), timeout.get("connect"), timeout.get("read"))
         found = self._timeouts.get(key)
         if found is None:
-            found = self._timeouts[key] = aiohttp.ClientTimeout(total=None, sock_connect=key[0], sock_read=key[1])
+            found = self._timeouts[key] = aiohttp.ClientTimeout(
+                total=None, connect=key[0], sock_connect=key[1], sock_read=key[2]
+            )
         return found
 
     async def aclose(self) -> None:
