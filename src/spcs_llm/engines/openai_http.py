@@ -736,7 +736,7 @@ class OpenAIEmbedder(Embedder):
         if len(rows) != len(texts):
             raise EngineError(f"{self.model_name} returned {len(rows)} vectors for {len(texts)} texts")
         total = usage_of(out.get("usage")).prompt_tokens
-        return normalised([row["embedding"] for row in rows]), share_tokens(total, [len(t) for t in texts])
+        return [_normalise(_vector(row["embedding"])) for row in rows], share_tokens(total, [len(t) for t in texts])
 
     async def count_tokens(self, text: str) -> int:
         count = await self._up.count_tokens(self.upstream_model, text)
@@ -758,9 +758,8 @@ def share_tokens(total: int, weights: Sequence[int]) -> list[int]:
 
 
 def _vector(embedding: Any) -> np.ndarray:
-    """An upstream's vector: base64 of float32 bytes (vLLM writes its native order: little-endian on every host
-    SPCS runs), as float32, or a JSON list of numbers, as float64 (either becomes float64 exactly when
-    normalised)."""
+    """An upstream's vector as float64: base64 of float32 bytes (vLLM writes its native order: little-endian on
+    every host SPCS runs) or a JSON list of numbers."""
     if isinstance(embedding, str):
         try:
             raw = base64.b64decode(embedding, validate=True)
@@ -768,30 +767,13 @@ def _vector(embedding: Any) -> np.ndarray:
             raise EngineError(f"the embedding upstream sent a vector that is not base64: {exc}") from exc
         if len(raw) % 4:
             raise EngineError(f"the embedding upstream sent {len(raw)} bytes, not a whole number of float32 values")
-        return np.frombuffer(raw, dtype="<f4")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float64)
     return np.asarray(embedding, dtype=np.float64)
-
-
-def normalised(embeddings: Sequence[Any]) -> list[np.ndarray]:
-    """A call's vectors (:func:`_vector` each) divided by their norms, as :func:`_normalise` gives them, bit for
-    bit: when they have one length, as the rows of one float64 matrix (views of it, so a row is never copied),
-    normalised in a few numpy operations instead of a few per vector (``np.cumsum`` along the rows is the same
-    left-to-right sum; ``np.sqrt`` and the division are correctly rounded, as ``math.sqrt`` and ``/`` are)."""
-    vectors = [_vector(e) for e in embeddings]
-    if not vectors or len({len(v) for v in vectors}) != 1 or not len(vectors[0]):
-        return [_normalise(v) for v in vectors]
-    matrix = np.array(vectors, dtype=np.float64)
-    norms = np.sqrt(np.cumsum(matrix * matrix, axis=1)[:, -1])
-    norms[norms == 0.0] = 1.0
-    matrix /= norms[:, None]
-    return list(matrix)
 
 
 def _normalise(vector: np.ndarray) -> np.ndarray:
     """``vector / ||vector||`` with the squares summed left to right (``np.cumsum`` is sequential), so it is the
-    same double for every element as the Python loop it replaced (``sum(x * x for x in v)``, then ``x / norm``),
-    in float64."""
-    vector = np.asarray(vector, dtype=np.float64)
+    same double for every element as the Python loop it replaced (``sum(x * x for x in v)``, then ``x / norm``)."""
     if not len(vector):
         return vector
     norm = math.sqrt(float(np.cumsum(vector * vector)[-1])) or 1.0
