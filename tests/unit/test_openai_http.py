@@ -749,6 +749,8 @@ async def test_base64_and_float_vectors_are_the_same_doubles() -> None:
         await embedder.start()
         got.append((await embedder.embed_counted(texts)).vectors)
         await embedder.aclose()
+    for vectors in got:  # each row owns its memory: a cached row must not keep its call's other vectors alive
+        assert all(v.flags.owndata for v in vectors)
     for tensor, b64, floats in zip(tensors, *got, strict=True):
         assert b64.dtype == floats.dtype == np.float64 and b64.tobytes() == floats.tobytes()
         acc = 0.0
