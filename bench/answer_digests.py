@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sys
-import tempfile
 from pathlib import Path
 
 import orjson
@@ -41,24 +40,11 @@ BATCHES, ROWS = 3, 500
 
 
 async def main() -> None:
-    from spcs_llm.config import Settings
-    from spcs_llm.engines import build_embedder, build_engine
     from spcs_llm.functions import FUNCTIONS
-    from spcs_llm.metrics import Metrics
-    from spcs_llm.server.app import build_runtime
     from spcs_llm.server.snowflake import answer_batch, decode_rows, encode_rows
 
     upstream = bg.start_upstream(1) if "--engine-process" in sys.argv else None
-    with tempfile.TemporaryDirectory() as tmp:
-        config = bg.CONFIG
-        if upstream is not None:
-            config = bg.UPSTREAM_CONFIG.replace("UPSTREAM", f"http://127.0.0.1:{upstream[1]}/v1")
-        (Path(tmp) / "gateway.toml").write_text(config)
-        settings = Settings.load(Path(tmp) / "gateway.toml")
-    engine = build_engine(settings.engine)
-    embedders = [build_embedder(e) for e in settings.embeddings]
-    await asyncio.gather(engine.start(), *(e.start() for e in embedders))
-    runtime = build_runtime(settings, engine, Metrics(), embedders)
+    _, engine, embedders, runtime = await bg.fake_runtime(upstream[1] if upstream else None)
     for spec in [*bg.SPECS, *EXTRA]:
         texts = bg.Texts()
         texts.nonce = "fixed"  # the same rows on every run

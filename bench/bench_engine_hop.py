@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,8 +39,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-from bench_gateway import ROOT, extract_revision, machine
+from bench_gateway import ROOT, extract_revision, machine, start_upstream
 
 from spcs_llm.engines.base import ChatRequest, Message
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
@@ -122,59 +120,25 @@ def answers() -> dict[str, bytes]:
     }
 
 
-# The upstream, run with `python -c` in its own process on the other core: uvicorn and a bare ASGI app that picks
-# the answer by what the request asks (a schema, logprobs and their number), as the vLLM child would be asked.
-UPSTREAM = """
-import json, sys, uvicorn
-answers = {k: bytes.fromhex(v) for k, v in json.loads(sys.stdin.read()).items()}
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    if scope["path"].endswith("/models"):
-        out = answers["models"]
-    elif scope["method"] != "POST":  # /version, /health: not vLLM's answers here (no version check is made)
-        await send({"type": "http.response.start", "status": 404, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    else:
-        asked = json.loads(body)
-        out = answers["chat" if not asked.get("logprobs") else "schema" if "response_format" in asked
-                      else "step10" if asked["top_logprobs"] == 10 else "step20"]
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
-    await send({"type": "http.response.body", "body": out})
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
-"""
+_ANSWERS: dict[str, bytes] = {}
 
 
-def start_upstream(core: int) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", UPSTREAM, str(port)],
-        stdin=subprocess.PIPE,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(json.dumps({k: v.hex() for k, v in answers().items()}).encode())
-    proc.stdin.close()
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/models", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the upstream did not start in 30 s")
+async def canned_answer(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    """The upstream's answer (``bench/fake_upstream.py PORT bench_engine_hop:canned_answer``, in its own process on
+    the other core): the body made up front for what the request asks (a schema, logprobs and their number), as
+    the vLLM child would be asked; 404 for a GET other than /v1/models (no version check is made)."""
+    if not _ANSWERS:
+        _ANSWERS.update(answers())
+    if path.endswith("/models"):
+        return 200, _ANSWERS["models"]
+    if method != "POST":
+        return 404, b"{}"
+    asked = json.loads(body)
+    if not asked.get("logprobs"):
+        return 200, _ANSWERS["chat"]
+    if "response_format" in asked:
+        return 200, _ANSWERS["schema"]
+    return 200, _ANSWERS["step10" if asked["top_logprobs"] == 10 else "step20"]
 
 
 def calls(engine: OpenAIHttpEngine) -> dict[str, Callable[[int], Awaitable[Any]]]:
@@ -310,7 +274,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    proc, base = start_upstream(args.upstream_core)
+    proc, base = start_upstream(args.upstream_core, "bench_engine_hop:canned_answer")
     with tempfile.TemporaryDirectory() as tmp:
         codes = [("after", ROOT / "src")]
         if args.before:

@@ -264,38 +264,57 @@ def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path |
     env = os.environ | {"PYTHONPATH": str(src)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    wait_ready(proc, f"{base}/health", f"the {code} server")
+    return Server(code, proc, base, gc_file, engine_cpu_file=None if profile else engine_cpu_file)
+
+
+def wait_ready(proc: subprocess.Popen[Any], url: str, what: str, seconds: float = 60) -> None:
+    """Wait until ``url`` answers 200; a process that exits first, or no answer in ``seconds``, ends the bench."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the {code} server exited with {proc.returncode}")
+            raise SystemExit(f"{what} exited with {proc.returncode}")
         try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return Server(code, proc, base, gc_file, engine_cpu_file=None if profile else engine_cpu_file)
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"the {code} server did not become healthy in 60 s")
+    raise SystemExit(f"{what} did not become ready in {seconds:.0f} s")
 
 
-def start_upstream(core: int) -> tuple[subprocess.Popen[bytes], int]:
-    """bench/fake_upstream.py on ``core`` (this checkout's fakes, for every code measured): the process and port."""
+def start_upstream(core: int, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """bench/fake_upstream.py on ``core`` (this checkout's code, for every code measured), with ``args`` after its
+    port: the process and its /v1 URL."""
     port = free_port()
     script = Path(__file__).resolve().parent / "fake_upstream.py"
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(port)],
-        env=os.environ | {"PYTHONPATH": str(ROOT / "src")},
+        [sys.executable, str(script), str(port), *args],
+        env=os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(script.parent)])},
         preexec_fn=lambda: os.sched_setaffinity(0, {core}),
     )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the fake upstream did not start in 60 s")
+    url = f"http://127.0.0.1:{port}/v1"
+    wait_ready(proc, f"{url}/models", "the fake upstream")
+    return proc, url
+
+
+async def fake_runtime(upstream: str | None) -> tuple[Any, Any, list[Any], Any]:
+    """The settings, engine, embedders and runtime that the bench's server would build: the fakes in this process
+    (``CONFIG``), or behind the engine hop at ``upstream`` (``UPSTREAM_CONFIG``), started."""
+    from spcs_llm.config import Settings
+    from spcs_llm.engines import build_embedder, build_engine
+    from spcs_llm.metrics import Metrics
+    from spcs_llm.server.app import build_runtime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = UPSTREAM_CONFIG.replace("UPSTREAM", upstream) if upstream else CONFIG
+        (Path(tmp) / "gateway.toml").write_text(config)
+        settings = Settings.load(Path(tmp) / "gateway.toml")
+    engine = build_engine(settings.engine)
+    embedders = [build_embedder(e) for e in settings.embeddings]
+    await asyncio.gather(engine.start(), *(e.start() for e in embedders))
+    return settings, engine, embedders, build_runtime(settings, engine, Metrics(), embedders)
 
 
 def stop_server(server: Server) -> None:
@@ -455,22 +474,11 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     batch's body is decoded, answered and encoded as the server does, and CPU time is this thread's, so the other
     sessions on a shared machine do not appear in it (they do in the HTTP round trips). Throughput: rows per CPU
     second with ``connections`` batches at once; tail: CPU milliseconds per sequential 100-row batch."""
-    from spcs_llm.config import Settings
-    from spcs_llm.engines import build_embedder, build_engine
     from spcs_llm.functions import FUNCTIONS
-    from spcs_llm.metrics import Metrics
-    from spcs_llm.server.app import build_runtime
     from spcs_llm.server.snowflake import answer_batch, decode_rows, encode_rows
     from spcs_llm.server.tuning import tune_gc
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = UPSTREAM_CONFIG.replace("UPSTREAM", args.upstream) if args.upstream else CONFIG
-        (Path(tmp) / "gateway.toml").write_text(config)
-        settings = Settings.load(Path(tmp) / "gateway.toml")
-    engine = build_engine(settings.engine)
-    embedders = [build_embedder(e) for e in settings.embeddings]
-    await asyncio.gather(engine.start(), *(e.start() for e in embedders))
-    rt = build_runtime(settings, engine, Metrics(), embedders)
+    settings, engine, embedders, rt = await fake_runtime(args.upstream)
     limit = settings.server.max_response_bytes
     # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
     engine_cpu = [0.0] if args.upstream else time_fake_calls(engine, embedders)
@@ -782,7 +790,7 @@ def main() -> None:
         servers: list[Server] = []
         if args.in_process and args.engine_process:
             upstream = start_upstream(args.client_core)
-            args.upstream = f"http://127.0.0.1:{upstream[1]}/v1"
+            args.upstream = upstream[1]
             try:
                 runs, lat = in_process(sources, specs, args)
             finally:

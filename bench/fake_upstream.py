@@ -1,6 +1,6 @@
 """The fake engine and embedders served as vLLM serves a model: in a process of their own, over HTTP.
 
-    python bench/fake_upstream.py PORT
+    python bench/fake_upstream.py PORT [MODULE:FUNCTION]
 
 ``bench_gateway.py --engine-process`` points the gateway at this (``engine.kind = "openai"``, and ``openai``
 embedders), so the gateway's figures are those of its real engine hop (``OpenAIHttpEngine``, ``OpenAIEmbedder``)
@@ -10,12 +10,17 @@ and the fake model's own work is in another process, as vLLM's is. The answers a
 0.11.0 writes them (``logprobs.content`` with ``top_logprobs``, base64 float32 embeddings when asked). ``/tokenize``
 counts a text, or gives its pieces when asked ``with_pieces`` (as llama-server does; vLLM gives ids only), so the
 label walk plans the same trie as with the fake in process.
+
+With a second argument, ``MODULE:FUNCTION``, the same server answers with that function instead
+(``bench_engine_hop.py``'s bodies made up front).
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -123,37 +128,55 @@ MODELS = {
 ROUTES = {"/v1/chat/completions": chat, "/v1/embeddings": embeddings, "/tokenize": tokenize}
 
 
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    path, status = scope["path"], 200
+async def fake_answer(method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    """The fakes' answer to one request: vLLM's routes, its 404 body for any other."""
+    status = 200
     if path == "/v1/models":
         out: Any = MODELS
     elif path == "/version":
         out = {"version": "0.11.0"}
     elif path in ("/health",):
         out = {}
-    elif path in ROUTES and scope["method"] == "POST":
+    elif path in ROUTES and method == "POST":
         try:
             out = await ROUTES[path](orjson.loads(body))
         except SpcsLlmError as exc:
             status, out = exc.status, {"error": {"message": exc.message, "type": exc.kind, "code": exc.status}}
     else:
         status, out = 404, {"detail": "Not Found"}
-    data = orjson.dumps(out)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    return status, orjson.dumps(out)
+
+
+Answer = Callable[[str, str, bytes], Awaitable[tuple[int, bytes]]]
+
+
+def asgi(answer: Answer) -> Callable[..., Awaitable[None]]:
+    """A bare ASGI app: each request's method, path and whole body to ``answer``, its (status, JSON body) back."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status, data = await answer(scope["method"], scope["path"], body)
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    return app
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+    # PORT [MODULE:FUNCTION]: another answer function than the fakes' (bench_engine_hop.py's canned answers)
+    answer: Answer = fake_answer
+    if len(sys.argv) > 2:
+        module, name = sys.argv[2].split(":")
+        answer = getattr(importlib.import_module(module), name)
+    uvicorn.run(asgi(answer), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
