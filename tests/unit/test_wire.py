@@ -1,6 +1,7 @@
-"""The engine hop's transport (engines/wire.py) over real sockets: what each failure of a real server becomes (the
-httpx exception, then the engine's error), keep-alive connections reused and bounded, a stream dropped half read,
-proxies from the environment, the session closed with the engine."""
+"""The engine hop's transport (engines/wire.py, engines/h1.py) over real sockets: what each failure of a real server
+becomes (the httpx exception, then the engine's error), keep-alive connections reused and bounded, a stream dropped
+half read, proxies from the environment, the session closed with the engine; and the per-row POST's own HTTP/1.1
+(H1Pool): every way an answer may be framed, when a connection may be reused, and what closes one."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import httpx
 import pytest
 
 from spcs_llm.engines.base import ChatRequest, Message
+from spcs_llm.engines.h1 import H1Pool
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
-from spcs_llm.engines.wire import AiohttpTransport
+from spcs_llm.engines.wire import EngineTransport
 from spcs_llm.errors import EngineTimeout, EngineUnavailable
 
 MODELS = {"object": "list", "data": [{"id": "qwen", "object": "model", "owned_by": "vllm", "max_model_len": 4096}]}
@@ -50,6 +52,7 @@ class Server:
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
         self.connections = 0
+        self.hung_up = 0  # connections the client closed
         self.writers: list[asyncio.StreamWriter] = []
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
 
@@ -71,6 +74,7 @@ class Server:
             while True:
                 line = (await reader.readline()).decode()
                 if not line:
+                    self.hung_up += 1
                     return
                 headers = {}
                 while (header := (await reader.readline()).decode().strip()) != "":
@@ -118,13 +122,13 @@ async def test_a_request_is_sent_as_the_client_would_and_its_answer_read() -> No
 async def test_connections_are_kept_alive_and_bounded_by_the_engines_concurrency() -> None:
     async with Server(ok) as server:
         engine = await engine_for(server.url, max_concurrency=8)
-        at_start = len(server.requests)  # /v1/models, /version
+        at_start, opened = len(server.requests), server.connections  # /v1/models, /version: aiohttp's pool
         for _ in range(20):
             await engine.chat(chat())
-        assert server.connections == 1  # one connection, reused (the start-up probes too)
+        assert server.connections == opened + 1  # the rows' requests: one connection, reused
         await asyncio.gather(*(engine.chat(chat()) for _ in range(100)))
         await engine.aclose()
-    assert 1 < server.connections <= 8
+    assert 1 < server.connections - opened <= 8
     assert len(server.requests) == at_start + 120
 
 
@@ -245,16 +249,17 @@ async def test_a_pool_timeout_bounds_the_wait_for_a_busy_pool() -> None:
 
     async with Server(slow) as server:
         engine = await engine_for(server.url, max_concurrency=1)
-        busy = asyncio.ensure_future(engine.chat(chat()))  # holds the one connection for 1.5 s
+        # a request through the client (aiohttp's pool, as streams and health checks go) holds its one connection
+        busy = asyncio.ensure_future(engine._up.client.post("chat/completions", json={"model": "qwen"}))
         await asyncio.sleep(0.2)
         with pytest.raises(httpx.TimeoutException):  # without the bound: answered once the busy one is done
             await engine._up.client.get("models", timeout=0.3)
-        assert (await busy).text == "hello"
+        assert (await busy).json() == ANSWER
         await engine.aclose()
 
 
 async def test_the_session_is_made_in_the_loop_on_first_use_and_closed_with_the_engine() -> None:
-    transport = AiohttpTransport(4)
+    transport = EngineTransport(4)
     assert transport._session is None  # made in no loop: an engine may be built before the server's loop runs
     async with Server(ok) as server:
         engine = OpenAIHttpEngine(server.url, "qwen", transport=transport, startup_timeout_s=2)
@@ -286,3 +291,190 @@ def test_the_transport_raises_httpxs_exceptions() -> None:
             with httpx_errors():
                 raise raised
         assert isinstance(caught.value, httpx.TransportError) and caught.value.__cause__ is raised
+
+
+# H1Pool, the per-row POST's HTTP/1.1 (engines/h1.py)
+TIMEOUTS = {"connect": 2.0, "read": 2.0}
+
+
+async def post(pool: H1Pool, server: Server, timeouts: dict[str, float] = TIMEOUTS) -> tuple[int, bytes]:
+    status, _, body = await pool.post(server.url + "/chat/completions", {"x-test": "1"}, b'{"a": 1}', timeouts)
+    return status, body
+
+
+def replies(*answers: bytes, then_close: bool = False) -> Reply:
+    """Writes each answer in turn (one per request, in pieces that arrive apart), closing after it if asked."""
+    queue = list(answers)
+
+    async def reply(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        for i in range(0, len(answer), 7):
+            writer.write(answer[i : i + 7])
+            await writer.drain()
+            await asyncio.sleep(0)
+        if then_close:
+            writer.close()
+
+    return reply
+
+
+async def test_h1_sends_the_request_line_host_headers_and_body() -> None:
+    async with Server(ok) as server:
+        pool = H1Pool(4, 4.0)
+        status, body = await post(pool, server)
+        pool.close()
+    assert status == 200 and json.loads(body) == ANSWER
+    line, headers, sent = server.requests[-1]
+    port = server.url.split(":")[2].split("/")[0]
+    assert line == "POST /v1/chat/completions HTTP/1.1"
+    assert headers == {"host": f"127.0.0.1:{port}", "x-test": "1", "content-length": "8"} and sent == b'{"a": 1}'
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+UNTIL_CLOSED = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello world"
+CLOSING = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\nhello world"
+HTTP10 = b"HTTP/1.0 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
+KEPT = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
+
+
+@pytest.mark.parametrize(
+    ("answer", "then_close", "reused"),
+    [
+        (KEPT, False, True),
+        (CHUNKED, False, True),
+        (UNTIL_CLOSED, True, False),
+        (CLOSING, True, False),
+        (HTTP10, True, False),
+    ],
+    ids=["content-length", "chunked", "until-closed", "connection-close", "http-1.0"],
+)
+async def test_h1_reads_every_framing_whole_and_reuses_only_a_connection_left_open(
+    answer: bytes, then_close: bool, reused: bool
+) -> None:
+    async with Server(replies(answer, then_close=then_close)) as server:
+        pool = H1Pool(4, 4.0)
+        for _ in range(3):
+            assert await post(pool, server) == (200, b"hello world")
+        pool.close()
+    assert server.connections == (1 if reused else 3)
+
+
+async def test_h1_never_reuses_a_connection_the_server_closed_or_one_idle_too_long() -> None:
+    async def closes_after_answering(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(KEPT)  # says nothing of closing, then closes (a server's idle timeout)
+        await writer.drain()
+        writer.close()
+
+    async with Server(closes_after_answering) as server:
+        pool = H1Pool(4, 4.0)
+        for _ in range(3):
+            assert await post(pool, server) == (200, b"hello world")
+            await asyncio.sleep(0.05)  # the close arrives while the connection is idle
+        pool.close()
+    assert server.connections == 3
+    async with Server(ok) as server:
+        pool = H1Pool(4, 0.1)
+        await post(pool, server)
+        await post(pool, server)
+        await asyncio.sleep(0.2)  # longer than the keep-alive
+        await post(pool, server)
+        pool.close()
+    assert server.connections == 2 and server.hung_up >= 1  # the old one was closed by us
+
+
+async def test_h1_a_read_timeout_is_no_byte_for_that_long_not_the_whole_answer() -> None:
+    async def trickles(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        for i in range(0, len(KEPT), 10):  # ~0.45 s in all, a piece every 0.08 s
+            writer.write(KEPT[i : i + 10])
+            await writer.drain()
+            await asyncio.sleep(0.08)
+
+    async def stalls(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(KEPT[:20])
+        await writer.drain()
+        await asyncio.sleep(0.4)
+
+    async with Server(trickles) as server:
+        pool = H1Pool(4, 4.0)
+        assert await post(pool, server, {"connect": 2.0, "read": 0.25}) == (200, b"hello world")
+        pool.close()
+    async with Server(stalls) as server:
+        pool = H1Pool(4, 4.0)
+        with pytest.raises(httpx.ReadTimeout, match="within 0.25s"):
+            await post(pool, server, {"connect": 2.0, "read": 0.25})
+        await asyncio.sleep(0.3)  # the server's stall ends; it reads on, and finds the connection closed
+        assert server.hung_up == 1  # the timed-out connection was closed, not kept
+        pool.close()
+
+
+async def test_h1_a_cancelled_request_closes_its_connection() -> None:
+    async def slow(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.3)
+        writer.write(response(ANSWER))
+
+    async with Server(slow) as server:
+        pool = H1Pool(4, 4.0)
+        waiting = asyncio.ensure_future(post(pool, server))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0.3)  # the server answers, reads on, and finds the connection closed
+        assert server.hung_up == 1
+        assert (await post(pool, server))[0] == 200  # on a new connection
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_h1_bytes_after_the_answer_make_the_connection_unusable() -> None:
+    async with Server(replies(KEPT + b"HTTP/1.1 200 OK\r\n")) as server:
+        pool = H1Pool(4, 4.0)
+        assert await post(pool, server) == (200, b"hello world")
+        assert await post(pool, server) == (200, b"hello world")
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_h1_a_reset_connection_is_a_read_error() -> None:
+    import socket
+    import struct
+
+    async def resets(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        writer.write(KEPT[:20])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.transport.abort()
+
+    async with Server(resets) as server:
+        pool = H1Pool(4, 4.0)
+        with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+            await post(pool, server)
+        pool.close()
+
+
+async def test_h1_keeps_at_most_max_idle_connections_and_closes_them_with_the_pool() -> None:
+    async def slow(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.1)
+        writer.write(KEPT)
+
+    async with Server(slow) as server:
+        pool = H1Pool(3, 4.0)
+        await asyncio.gather(*(post(pool, server) for _ in range(8)))
+        await asyncio.sleep(0.05)
+        assert server.connections == 8 and server.hung_up == 5  # 3 kept idle
+        pool.close()
+        await asyncio.sleep(0.05)
+        assert server.hung_up == 8
+
+
+async def test_h1_refused_and_unresolvable_are_connect_errors() -> None:
+    async with Server(ok) as server:
+        url = server.url
+    pool = H1Pool(4, 4.0)
+    with pytest.raises(httpx.ConnectError, match="cannot connect to 127.0.0.1"):
+        await pool.post(url + "/x", {}, b"", TIMEOUTS)
+    with pytest.raises(httpx.ConnectError, match="cannot connect to upstream.invalid"):
+        await pool.post("http://upstream.invalid:8000/v1/x", {}, b"", TIMEOUTS)
+    pool.close()

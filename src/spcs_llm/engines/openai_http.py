@@ -47,7 +47,7 @@ from ..errors import (
 from ..models.catalog import catalog_entry
 from .base import ChatRequest, ChatResult, Embedded, Embedder, Engine, Message, StreamDelta, TokenLogprob, usage_of
 from .labels import NextToken, first_alternatives, prefill_messages
-from .wire import AiohttpTransport
+from .wire import EngineTransport
 
 StructuredField = Literal["structured_outputs", "response_format"]
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -272,7 +272,7 @@ class _Upstream:
         key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
         timeout = httpx.Timeout(request_timeout, connect=connect_timeout, pool=None)
         auth = {"authorization": f"Bearer {key}"} if key else {}
-        self.transport = transport or AiohttpTransport(concurrency)
+        self.transport = transport or EngineTransport(concurrency)
         self.client = httpx.AsyncClient(
             base_url=self.url + "/", timeout=timeout, headers=auth, transport=self.transport
         )
@@ -295,11 +295,12 @@ class _Upstream:
         transport itself, not through ``httpx.AsyncClient``: the client's URL merging, cookie jar, auth and
         redirect steps cost ~0.2 ms a request (bench/bench_engine_hop.py) and do nothing here (one fixed upstream,
         no cookies, no redirects followed). The request carries the client's credentials and timeouts. On the
-        aiohttp transport (every engine's but a test's) it skips httpx's request and response streams too."""
+        engines' own transport (every engine's but a test's) it skips httpx's request and response streams too,
+        and to a plain ``http://`` upstream (vLLM beside us) aiohttp's request as well (engines/h1.py)."""
         url, content = path if "://" in path else f"{self.url}/{path}", json_bytes(body)
         async with self.slots:
             with transport_errors():
-                if isinstance(self.transport, AiohttpTransport):  # without httpx's request and response streams
+                if isinstance(self.transport, EngineTransport):  # without httpx's request and response streams
                     return await self.transport.post(url, self._post_headers, content, self._timeouts)
                 headers, extensions = self._post_headers, self._extensions
                 request = httpx.Request("POST", url, headers=headers, content=content, extensions=extensions)

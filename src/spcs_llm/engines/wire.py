@@ -1,15 +1,16 @@
-"""The engine hop's HTTP: httpx's requests carried over aiohttp's connection pool.
+"""The engine hop's HTTP: httpx's requests carried over aiohttp's connection pool, and the per-row POST over a
+leaner one.
 
 Every COMPLETE row and every label step is one request from the gateway to vLLM on loopback, so the client's CPU
 per request is a per-row cost of the gateway's single event loop. With httpx's own transport (httpcore) and client
 that cost was ~0.7 ms a request alone and ~1.0-1.2 ms with 64 in flight: httpcore's pool checks every connection's
 socket for each request it places (``_assign_requests_to_connections``), and the client parses URLs and runs a
-cookie jar per request. aiohttp's pool takes an idle connection without a scan; the engines' per-row POST goes
-to it as one aiohttp request (:meth:`AiohttpTransport.post`), ~0.11-0.16 ms with 64 in flight
-(``bench/bench_engine_hop.py``, docs/bench-gateway.md "The engine hop"). The code above keeps httpx's interface,
-its timeouts and its exceptions: aiohttp's failures become the httpx exceptions that
-:func:`~spcs_llm.engines.openai_http.upstream_error` already translates, and tests may still hand the engines an
-``httpx.MockTransport`` instead.
+cookie jar per request. aiohttp's pool takes an idle connection without a scan (~0.11-0.16 ms a request with 64 in
+flight); the engines' per-row POST to a plain ``http://`` upstream skips aiohttp's request machinery too and goes
+over :class:`~spcs_llm.engines.h1.H1Pool` (:meth:`EngineTransport.post`; ``bench/bench_engine_hop.py``,
+docs/bench-gateway.md "The engine hop"). The code above keeps httpx's interface, its timeouts and its exceptions:
+aiohttp's failures become the httpx exceptions that :func:`~spcs_llm.engines.openai_http.upstream_error` already
+translates, and tests may still hand the engines an ``httpx.MockTransport`` instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import aiohttp
 import httpx
+
+from .h1 import H1Pool
 
 # uvicorn (vLLM's API server, spcs-llm, llama-server behind xllamacpp's) closes a connection idle for 5 s by
 # default (--timeout-keep-alive); a connection kept longer than that could be reused just as the server closes it.
@@ -77,10 +80,12 @@ def environment_proxy(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
+class EngineTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session with up to ``max_connections`` connections (the engines bound
-    their requests in flight to the same number). The session is made on the first request, in the running
-    loop; the body is passed on as sent, compressed or not (httpx decodes it).
+    their requests in flight to the same number), and the engines' per-row POST (:meth:`post`) over an
+    :class:`~spcs_llm.engines.h1.H1Pool` of as many when it goes to a plain ``http://`` upstream with no proxy.
+    Both are made on the first request, in the running loop; the body is passed on as sent, compressed or not
+    (httpx decodes it).
 
     Proxies from the environment are honoured as httpx honours them, looked up once per URL
     (:func:`environment_proxy`). aiohttp's own ``trust_env`` stays off: it would look the proxy up again on a worker
@@ -93,6 +98,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
         self._proxies: dict[str, str | None] = {}
+        self._h1: H1Pool | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
@@ -126,7 +132,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     ) -> httpx.Response:
         """A POST answered whole, without httpx's request object and response stream: the engines' per-row request
         (``_Upstream.send``). The same request as through :meth:`handle_async_request`; the answer is the
-        ``httpx.Response`` that one gives once read (status, headers, body)."""
+        ``httpx.Response`` that one gives once read (status, headers, body). To an ``http://`` upstream with no
+        proxy it goes over :class:`~spcs_llm.engines.h1.H1Pool` (half the CPU of aiohttp's request); otherwise
+        over aiohttp."""
+        proxy = self._proxy(url)
+        if proxy is None and url.startswith("http://"):
+            pool = self._h1 or self._open_h1()
+            status, raw_headers, content = await pool.post(url, headers, body, timeout)
+            return httpx.Response(status, headers=raw_headers, content=content)
         session = self._session or self._open()
         with httpx_errors():
             async with session.post(
@@ -135,10 +148,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=headers,
                 allow_redirects=False,
                 timeout=self._timeout(timeout),
-                proxy=self._proxy(url),
+                proxy=proxy,
             ) as response:
                 content = await response.read()
         return httpx.Response(response.status, headers=response.raw_headers, content=content)
+
+    def _open_h1(self) -> H1Pool:
+        self._h1 = H1Pool(self.max_connections, KEEPALIVE_S)
+        return self._h1
 
     def _timeout(self, timeout: Mapping[str, Any]) -> aiohttp.ClientTimeout:
         """httpx's timeouts as aiohttp's: pool (aiohttp's ``connect`` is the wait for a pooled connection, a new
@@ -152,6 +169,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return found
 
     async def aclose(self) -> None:
+        if self._h1 is not None:
+            self._h1.close()
+            self._h1 = None
         if self._session is not None:
             await self._session.close()
             self._session = None

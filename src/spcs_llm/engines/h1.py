@@ -1,0 +1,241 @@
+"""The engines' per-row POST over plain HTTP/1.1: a keep-alive connection pool and httptools' parser, nothing else.
+
+Every COMPLETE row and every label step is one POST from the gateway to vLLM on loopback, answered whole. aiohttp's
+client (engines/wire.py) spends ~0.11-0.16 ms of the gateway's core on one with 64 in flight, most of it in its
+request and response machinery (tracing hooks, cookie and redirect handling, a stream reader per answer) that this
+request does not need; a protocol that writes the request's bytes and hands the answer to httptools (uvicorn's C
+parser, already a dependency) needs about half of that (``bench/bench_engine_hop.py``, docs/bench-gateway.md
+"The engine hop"). It serves only that request: a POST whose answer is read whole, to an ``http://`` upstream with
+no proxy. Everything else (GETs, streams, HTTPS, proxies) stays on aiohttp.
+
+What it does, as HTTP/1.1 (RFC 9112) asks of a client: the answer's length from ``content-length``, chunked
+transfer coding, or the connection's end when it has neither; a connection is reused only when the answer leaves it
+open (``should_keep_alive``: not ``connection: close``, not HTTP/1.0 without keep-alive) and for at most
+:data:`~spcs_llm.engines.wire.KEEPALIVE_S` idle; a connection the server has closed while idle is never reused.
+Failures are httpx's exceptions, as from the other transports: refused or unresolvable ``ConnectError``, no
+connection in time ``ConnectTimeout``, no byte within the read timeout ``ReadTimeout``, a closed connection, a cut
+answer or bytes that are not HTTP ``RemoteProtocolError``, a reset ``ReadError``. A request that fails, times out
+or is cancelled closes its connection (what was left on it is unknown). No request is retried: a POST may have
+reached the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections.abc import Mapping
+
+import httptools
+import httpx
+
+
+class _Connection(asyncio.Protocol):
+    """One connection and the answer being read on it (one request at a time)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.framed = False  # the answer's length is known (content-length or chunked), not "until closed"
+        self.keep_alive = False  # the last answer leaves the connection open
+        self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.read_timeout: float | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer is None or self.answer.done():  # bytes nobody asked for: the connection is not reusable
+            self.close()
+            return
+        self._arm()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"the upstream's answer is not HTTP/1.1: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.answer is None or self.answer.done():
+            return
+        if self.parser.get_status_code() and not self.framed and not exc:
+            self.on_message_complete()  # an answer without a length ends where the connection does
+        elif exc is not None:
+            self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
+        else:
+            self._fail(httpx.RemoteProtocolError("the upstream closed the connection before the whole answer"))
+
+    # httptools' callbacks
+    def on_message_begin(self) -> None:
+        if self.answer is None:  # a second answer in the same bytes as the first: nobody asked for it
+            self.close()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        self.keep_alive = self.transport is not None and self.parser.should_keep_alive()  # only known here
+        answer, self.answer = self.answer, None
+        if answer is not None and not answer.done():
+            answer.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
+
+    # one request
+    @property
+    def reusable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    async def request(
+        self, head: bytes, body: bytes, read_timeout: float | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Write the request and wait for its whole answer; the connection is closed unless the answer came whole
+        and leaves it open."""
+        assert self.transport is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.headers, self.body, self.framed, self.keep_alive = [], [], False, False
+        self.read_timeout = read_timeout
+        self.transport.write(head + body)
+        self._arm()
+        try:
+            answer = await self.answer
+        except BaseException:
+            self.close()
+            raise
+        if not self.keep_alive:
+            self.close()
+        return answer
+
+    def _arm(self) -> None:
+        """(Re)start the read timeout: no byte for that long fails the request."""
+        if self.read_timeout is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = asyncio.get_running_loop().call_later(self.read_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        self._fail(httpx.ReadTimeout(f"no answer from the upstream within {self.read_timeout:g}s"))
+
+    def _fail(self, exc: Exception) -> None:
+        self._disarm()
+        answer, self.answer = self.answer, None
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+        self.close()
+
+    def close(self) -> None:
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class H1Pool:
+    """Keep-alive connections to one ``http://`` upstream (any number of hosts and paths on it, each its own idle
+    list), up to ``max_idle`` idle per host; the engines bound the requests in flight themselves."""
+
+    def __init__(self, max_idle: int, keepalive_s: float) -> None:
+        self.max_idle = max_idle
+        self.keepalive_s = keepalive_s
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._heads: dict[str, tuple[str, int, bytes]] = {}
+        self._closed = False
+
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, timeout: Mapping[str, float | None]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """POST ``body`` to ``url`` (``http://`` only) and read the whole answer: (status, raw headers, body)."""
+        host, port, start = self._start(url)
+        head = b"%s%scontent-length: %d\r\n\r\n" % (start, _header_lines(headers), len(body))
+        connection = self._idle_connection((host, port)) or await self._connect(host, port, timeout.get("connect"))
+        answer = await connection.request(head, body, timeout.get("read"))
+        if connection.reusable:
+            self._give_back((host, port), connection)
+        return answer
+
+    def _start(self, url: str) -> tuple[str, int, bytes]:
+        """The host, port and first lines (request line, Host) of a request to ``url``, remembered per URL."""
+        found = self._heads.get(url)
+        if found is None:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise ValueError(f"H1Pool serves http:// URLs only, not {url!r}")
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            authority = parts.netloc.rsplit("@", 1)[-1]
+            start = f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()
+            if len(self._heads) >= 256:  # an upstream's few paths; bounded all the same
+                self._heads.clear()
+            found = self._heads[url] = (parts.hostname, parts.port or 80, start)
+        return found
+
+    def _idle_connection(self, key: tuple[str, int]) -> _Connection | None:
+        """The most recently used idle connection that is still open and was idle for less than the keep-alive
+        time (older ones are closed: the server may be closing them just now)."""
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if connection.reusable and now - connection.idle_since < self.keepalive_s:
+                return connection
+            connection.close()
+        return None
+
+    def _give_back(self, key: tuple[str, int], connection: _Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if self._closed or len(idle) >= self.max_idle:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    async def _connect(self, host: str, port: int, connect_timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, connection = await loop.create_connection(_Connection, host, port)
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from exc
+        except OSError as exc:  # refused, unreachable, or a name that does not resolve (socket.gaierror)
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        return connection
+
+    def close(self) -> None:
+        """Close every idle connection; one in use closes when its request ends."""
+        self._closed = True
+        for idle in self._idle.values():
+            for connection in idle:
+                connection.close()
+        self._idle.clear()
+
+
+def _header_lines(headers: Mapping[str, str]) -> bytes:
+    """The request's own header lines (the engines send the same few on every request), remembered by value."""
+    key = tuple(headers.items())
+    found = _HEADER_LINES.get(key)
+    if found is None:
+        if len(_HEADER_LINES) >= 64:
+            _HEADER_LINES.clear()
+        found = _HEADER_LINES[key] = "".join(f"{name}: {value}\r\n" for name, value in key).encode("latin-1")
+    return found
+
+
+_HEADER_LINES: dict[tuple[tuple[str, str], ...], bytes] = {}
