@@ -298,7 +298,7 @@ TIMEOUTS = {"connect": 2.0, "read": 2.0}
 
 
 async def post(pool: H1Pool, server: Server, timeouts: dict[str, float] = TIMEOUTS) -> tuple[int, bytes]:
-    status, _, body = await pool.post(server.url + "/chat/completions", {"x-test": "1"}, b'{"a": 1}', timeouts)
+    status, body = await pool.post(server.url + "/chat/completions", {"x-test": "1"}, b'{"a": 1}', timeouts)
     return status, body
 
 
@@ -335,6 +335,7 @@ UNTIL_CLOSED = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nhello world"
 CLOSING = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\nhello world"
 HTTP10 = b"HTTP/1.0 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
 KEPT = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
+GZIP_CHUNKED = CHUNKED.replace(b"encoding: chunked", b"encoding: gzip, chunked")  # chunked last: framed
 
 
 @pytest.mark.parametrize(
@@ -345,8 +346,10 @@ KEPT = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world"
         (UNTIL_CLOSED, True, False),
         (CLOSING, True, False),
         (HTTP10, True, False),
+        (GZIP_CHUNKED, False, True),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n" + KEPT, False, True),
     ],
-    ids=["content-length", "chunked", "until-closed", "connection-close", "http-1.0"],
+    ids=["content-length", "chunked", "until-closed", "connection-close", "http-1.0", "gzip-chunked", "interim"],
 )
 async def test_h1_reads_every_framing_whole_and_reuses_only_a_connection_left_open(
     answer: bytes, then_close: bool, reused: bool
@@ -478,3 +481,69 @@ async def test_h1_refused_and_unresolvable_are_connect_errors() -> None:
     with pytest.raises(httpx.ConnectError, match="cannot connect to upstream.invalid"):
         await pool.post("http://upstream.invalid:8000/v1/x", {}, b"", TIMEOUTS)
     pool.close()
+
+
+async def test_h1_a_connection_closed_before_the_answer_is_an_error_not_the_last_answers_status() -> None:
+    """The parser's status outlives its answer: a reused connection that the server closes without a byte (an idle
+    timeout, a restarted engine) must not give the previous answer's status (a 429 would read as overloaded, a 400
+    as the row's fault). Nor is an answer cut inside its status line or headers an answer."""
+    sent = []
+
+    async def answers_429_then_closes(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        sent.append(line)
+        if len(sent) == 1:
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 2\r\n\r\n{}")
+        else:
+            writer.close()
+
+    async with Server(answers_429_then_closes) as server:
+        pool = H1Pool(4, 4.0)
+        assert await post(pool, server) == (429, b"{}")
+        with pytest.raises(httpx.RemoteProtocolError, match="before the whole answer"):
+            await post(pool, server)
+        pool.close()
+    for cut in (b"HTTP/1.1 50", b"HTTP/1.1 200 OK\r\ncontent-ty", b"HTTP/1.1 200 OK\r\n"):
+        async with Server(replies(cut, then_close=True)) as server:
+            pool = H1Pool(4, 4.0)
+            with pytest.raises(httpx.RemoteProtocolError):
+                await post(pool, server)
+            pool.close()
+
+
+async def test_h1_a_protocol_switch_is_refused() -> None:
+    switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    async with Server(replies(switch)) as server:
+        pool = H1Pool(4, 4.0)
+        with pytest.raises(httpx.RemoteProtocolError, match="101"):
+            await post(pool, server)
+        pool.close()
+
+
+async def test_h1_refuses_a_header_that_is_not_one_line_and_quotes_the_path() -> None:
+    async with Server(ok) as server:
+        pool = H1Pool(4, 4.0)
+        for bad in ({"authorization": "Bearer sk\n"}, {"authorization": "Bearer sk\r\nx-evil: 1"}, {"x": "é€"}):
+            with pytest.raises(httpx.LocalProtocolError):
+                await pool.post(server.url + "/x", bad, b"", TIMEOUTS)
+        await pool.post(server.url + "/a b?q=1 2", {}, b"", TIMEOUTS)
+        pool.close()
+    assert server.requests[-1][0] == "POST /v1/a%20b?q=1%202 HTTP/1.1"
+    with pytest.raises(EngineUnavailable, match="API key holds a line break"):
+        OpenAIHttpEngine("http://127.0.0.1:1/v1", "qwen", api_key="sk-test\n")
+
+
+async def test_posts_take_the_h1_pool_only_for_plain_http_without_proxy_or_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    transport = EngineTransport(4)
+    assert transport._route("http://127.0.0.1:8000/v1/chat/completions") == (None, True)
+    assert transport._route("https://api.example.com/v1/chat/completions") == (None, False)
+    assert transport._route("http://user:pw@127.0.0.1:8000/v1/chat/completions") == (None, False)
+    monkeypatch.setenv("HTTP_PROXY", "proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert EngineTransport(4)._route("http://vllm:8000/v1/x") == ("http://proxy.internal:3128", False)

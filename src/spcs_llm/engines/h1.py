@@ -12,6 +12,8 @@ What it does, as HTTP/1.1 (RFC 9112) asks of a client: the answer's length from 
 transfer coding, or the connection's end when it has neither; a connection is reused only when the answer leaves it
 open (``should_keep_alive``: not ``connection: close``, not HTTP/1.0 without keep-alive) and for at most
 :data:`~spcs_llm.engines.wire.KEEPALIVE_S` idle; a connection the server has closed while idle is never reused.
+Interim answers (100 Continue, 103 Early Hints) are skipped, a protocol switch (101) refused. The status is the
+answer's own: a reused connection closed before its answer is an error, never the last answer's status again.
 Failures are httpx's exceptions, as from the other transports: refused or unresolvable ``ConnectError``, no
 connection in time ``ConnectTimeout``, no byte within the read timeout ``ReadTimeout``, a closed connection, a cut
 answer or bytes that are not HTTP ``RemoteProtocolError``, a reset ``ReadError``. A request that fails, times out
@@ -36,9 +38,10 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.answer: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.answer: asyncio.Future[tuple[int, bytes]] | None = None
         self.body: list[bytes] = []
+        self.status = 0  # the answer's, once its headers are complete (the parser's own outlives the answer)
+        self.interim = False  # the message being read is a 1xx interim answer, skipped
         self.framed = False  # the answer's length is known (content-length or chunked), not "until closed"
         self.keep_alive = False  # the last answer leaves the connection open
         self.idle_since = 0.0
@@ -56,8 +59,8 @@ class _Connection(asyncio.Protocol):
         self._arm()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"the upstream's answer is not HTTP/1.1: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self._fail(httpx.RemoteProtocolError(f"the upstream's answer is not HTTP/1.1: {exc!r}"))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -66,7 +69,7 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         if self.answer is None or self.answer.done():
             return
-        if self.parser.get_status_code() and not self.framed and not exc:
+        if self.status and not self.framed and not exc:
             self.on_message_complete()  # an answer without a length ends where the connection does
         elif exc is not None:
             self._fail(httpx.ReadError(str(exc) or type(exc).__name__))
@@ -79,34 +82,45 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
         lowered = name.lower()
-        if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+        if lowered == b"content-length":
             self.framed = True
+        elif lowered == b"transfer-encoding":  # chunked frames the body only as the last coding (RFC 9112 6.3)
+            self.framed = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status == 101:
+            self._fail(httpx.RemoteProtocolError("the upstream switched protocols (101) on a POST"))
+        elif 100 <= status < 200:  # 100 Continue, 103 Early Hints: the answer follows on the same connection
+            self.interim = True
+        else:
+            self.status = status
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim, self.framed, self.body = False, False, []
+            return
         self._disarm()
         self.keep_alive = self.transport is not None and self.parser.should_keep_alive()  # only known here
         answer, self.answer = self.answer, None
         if answer is not None and not answer.done():
-            answer.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
+            answer.set_result((self.status, b"".join(self.body)))
 
     # one request
     @property
     def reusable(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
-    async def request(
-        self, head: bytes, body: bytes, read_timeout: float | None
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def request(self, head: bytes, body: bytes, read_timeout: float | None) -> tuple[int, bytes]:
         """Write the request and wait for its whole answer; the connection is closed unless the answer came whole
         and leaves it open."""
         assert self.transport is not None
         self.answer = asyncio.get_running_loop().create_future()
-        self.headers, self.body, self.framed, self.keep_alive = [], [], False, False
+        self.body, self.status, self.interim, self.framed, self.keep_alive = [], 0, False, False, False
         self.read_timeout = read_timeout
         self.transport.write(head + body)
         self._arm()
@@ -158,14 +172,15 @@ class H1Pool:
         self.keepalive_s = keepalive_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._heads: dict[str, tuple[str, int, bytes]] = {}
+        self._header_lines: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._closed = False
 
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, timeout: Mapping[str, float | None]
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """POST ``body`` to ``url`` (``http://`` only) and read the whole answer: (status, raw headers, body)."""
+    ) -> tuple[int, bytes]:
+        """POST ``body`` to ``url`` (``http://`` only) and read the whole answer: its status and body."""
         host, port, start = self._start(url)
-        head = b"%s%scontent-length: %d\r\n\r\n" % (start, _header_lines(headers), len(body))
+        head = b"%s%scontent-length: %d\r\n\r\n" % (start, self._lines(headers), len(body))
         connection = self._idle_connection((host, port)) or await self._connect(host, port, timeout.get("connect"))
         answer = await connection.request(head, body, timeout.get("read"))
         if connection.reusable:
@@ -177,14 +192,39 @@ class H1Pool:
         found = self._heads.get(url)
         if found is None:
             parts = urllib.parse.urlsplit(url)
-            if parts.scheme != "http" or not parts.hostname:
-                raise ValueError(f"H1Pool serves http:// URLs only, not {url!r}")
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            authority = parts.netloc.rsplit("@", 1)[-1]
-            start = f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()
+            try:
+                port = parts.port or 80
+            except ValueError as exc:  # a port that is not a number, or out of range
+                raise httpx.UnsupportedProtocol(f"cannot POST to {url!r}: {exc}") from exc
+            if not serves(url) or not parts.hostname:
+                raise httpx.UnsupportedProtocol(f"H1Pool serves http:// URLs without credentials only, not {url!r}")
+            target = urllib.parse.quote(parts.path or "/", safe="/%:@!$&'()*+,;=~")
+            target += f"?{urllib.parse.quote(parts.query, safe='/%:@!$&()*+,;=?~')}" if parts.query else ""
+            start = f"POST {target} HTTP/1.1\r\nhost: {parts.netloc}\r\n".encode()
             if len(self._heads) >= 256:  # an upstream's few paths; bounded all the same
                 self._heads.clear()
-            found = self._heads[url] = (parts.hostname, parts.port or 80, start)
+            found = self._heads[url] = (parts.hostname, port, start)
+        return found
+
+    def _lines(self, headers: Mapping[str, str]) -> bytes:
+        """The request's own header lines (the engines send the same few on every request), remembered by value.
+        A name or value that would not be one header line (a line break or NUL in an API key read from a file,
+        a character outside latin-1) is refused, as aiohttp and h11 refuse it, not sent."""
+        key = tuple(headers.items())
+        found = self._header_lines.get(key)
+        if found is None:
+            lines = "".join(f"{name}: {value}\r\n" for name, value in key)
+            if any(c in f"{name}{value}" for name, value in key for c in "\r\n\0"):
+                raise httpx.LocalProtocolError(
+                    "a request header holds a line break or NUL (an API key read with its newline?)"
+                )
+            try:
+                found = lines.encode("latin-1")
+            except UnicodeEncodeError as exc:
+                raise httpx.LocalProtocolError(f"a request header is not latin-1: {exc}") from exc
+            if len(self._header_lines) >= 64:
+                self._header_lines.clear()
+            self._header_lines[key] = found
         return found
 
     def _idle_connection(self, key: tuple[str, int]) -> _Connection | None:
@@ -213,7 +253,7 @@ class H1Pool:
             async with asyncio.timeout(connect_timeout):
                 _, connection = await loop.create_connection(_Connection, host, port)
         except TimeoutError as exc:
-            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from exc
+            raise httpx.ConnectTimeout(f"no connection to {host}:{port} in time: {exc or 'timed out'}") from exc
         except OSError as exc:  # refused, unreachable, or a name that does not resolve (socket.gaierror)
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return connection
@@ -227,15 +267,8 @@ class H1Pool:
         self._idle.clear()
 
 
-def _header_lines(headers: Mapping[str, str]) -> bytes:
-    """The request's own header lines (the engines send the same few on every request), remembered by value."""
-    key = tuple(headers.items())
-    found = _HEADER_LINES.get(key)
-    if found is None:
-        if len(_HEADER_LINES) >= 64:
-            _HEADER_LINES.clear()
-        found = _HEADER_LINES[key] = "".join(f"{name}: {value}\r\n" for name, value in key).encode("latin-1")
-    return found
-
-
-_HEADER_LINES: dict[tuple[tuple[str, str], ...], bytes] = {}
+def serves(url: str) -> bool:
+    """Whether :class:`H1Pool` takes requests to ``url``: plain ``http://``, no credentials in it (aiohttp sends
+    those as Basic auth)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "http" and "@" not in parts.netloc

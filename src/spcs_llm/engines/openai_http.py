@@ -47,7 +47,7 @@ from ..errors import (
 from ..models.catalog import catalog_entry
 from .base import ChatRequest, ChatResult, Embedded, Embedder, Engine, Message, StreamDelta, TokenLogprob, usage_of
 from .labels import NextToken, first_alternatives, prefill_messages
-from .wire import EngineTransport
+from .wire import Answer, EngineTransport
 
 StructuredField = Literal["structured_outputs", "response_format"]
 DEFAULT_CONTEXT_WINDOW = 4096
@@ -270,6 +270,10 @@ class _Upstream:
         self.url = upstream.rstrip("/")
         self.root = server_root(upstream)
         key = api_key or os.environ.get("SPCS_LLM_UPSTREAM_API_KEY")
+        if key and any(c in key for c in "\r\n\0"):  # it would not be one header line; no client sends it
+            raise EngineUnavailable(
+                "the upstream API key holds a line break or NUL (read from a file with its newline?)"
+            )
         timeout = httpx.Timeout(request_timeout, connect=connect_timeout, pool=None)
         auth = {"authorization": f"Bearer {key}"} if key else {}
         self.transport = transport or EngineTransport(concurrency)
@@ -288,7 +292,7 @@ class _Upstream:
         self._timeouts = timeout.as_dict()
         self._extensions = {"timeout": self._timeouts}
 
-    async def send(self, path: str, body: Mapping[str, Any]) -> httpx.Response:
+    async def send(self, path: str, body: Mapping[str, Any]) -> httpx.Response | Answer:
         """POST ``body`` as JSON to ``path`` (relative to /v1, or an absolute URL): the response, read and closed.
 
         The engine's per-row requests (a chat, a label step, a batch of texts to embed, a text to count) go to the
@@ -385,7 +389,7 @@ def check_vllm_version(version: str | None, where: str) -> None:
         )
 
 
-def _json_or_raise(response: httpx.Response, **translate: Any) -> Any:
+def _json_or_raise(response: httpx.Response | Answer, **translate: Any) -> Any:
     try:
         body = orjson.loads(response.content)  # several times faster than json on long lists of floats
     except orjson.JSONDecodeError:
