@@ -45,8 +45,10 @@ class _Connection(asyncio.Protocol):
         self.framed = False  # the answer's length is known (content-length or chunked), not "until closed"
         self.keep_alive = False  # the last answer leaves the connection open
         self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()  # made by loop.create_connection, in the loop
         self.timer: asyncio.TimerHandle | None = None
         self.read_timeout: float | None = None
+        self.last_read = 0.0  # the loop's time of the last byte read (or of the request, before any)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -56,7 +58,7 @@ class _Connection(asyncio.Protocol):
         if self.answer is None or self.answer.done():  # bytes nobody asked for: the connection is not reusable
             self.close()
             return
-        self._arm()
+        self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -119,7 +121,7 @@ class _Connection(asyncio.Protocol):
         """Write the request and wait for its whole answer; the connection is closed unless the answer came whole
         and leaves it open."""
         assert self.transport is not None
-        self.answer = asyncio.get_running_loop().create_future()
+        self.answer = self.loop.create_future()
         self.body, self.status, self.interim, self.framed, self.keep_alive = [], 0, False, False, False
         self.read_timeout = read_timeout
         self.transport.write(head + body)
@@ -134,11 +136,11 @@ class _Connection(asyncio.Protocol):
         return answer
 
     def _arm(self) -> None:
-        """(Re)start the read timeout: no byte for that long fails the request."""
+        """Start the read timeout: no byte for that long fails the request. One timer a request: when it fires
+        after bytes came, it is set again for the time left since the last one."""
         if self.read_timeout is not None:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = asyncio.get_running_loop().call_later(self.read_timeout, self._timed_out)
+            self.last_read = self.loop.time()
+            self.timer = self.loop.call_later(self.read_timeout, self._timed_out)
 
     def _disarm(self) -> None:
         if self.timer is not None:
@@ -146,6 +148,11 @@ class _Connection(asyncio.Protocol):
             self.timer = None
 
     def _timed_out(self) -> None:
+        assert self.read_timeout is not None
+        left = self.last_read + self.read_timeout - self.loop.time()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._timed_out)
+            return
         self.timer = None
         self._fail(httpx.ReadTimeout(f"no answer from the upstream within {self.read_timeout:g}s"))
 
