@@ -547,3 +547,74 @@ async def test_posts_take_the_h1_pool_only_for_plain_http_without_proxy_or_crede
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     assert EngineTransport(4)._route("http://vllm:8000/v1/x") == ("http://proxy.internal:3128", False)
+
+
+async def test_the_transport_after_close_keeps_no_connection_and_bad_urls_are_transport_errors() -> None:
+    async with Server(ok) as server:
+        transport = EngineTransport(4)
+        url = server.url + "/chat/completions"
+        assert (await transport.post(url, {}, b"{}", TIMEOUTS)).status_code == 200
+        await transport.aclose()
+        assert (await transport.post(url, {}, b"{}", TIMEOUTS)).status_code == 200  # a row still running
+        await asyncio.sleep(0.05)
+        assert server.connections == 2 and server.hung_up == 2  # both closed: nothing kept after close
+    port = server.url.split(":")[2].split("/")[0]
+    transport = EngineTransport(4)
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await transport.post("http://[::1/v1/x", {}, b"", TIMEOUTS)
+    with pytest.raises(httpx.ConnectError, match="127.0.0.1:0"):  # port 0 is port 0, not the default
+        await transport.post(url.replace(f":{port}/", ":0/"), {}, b"", TIMEOUTS)
+    with pytest.raises(httpx.ConnectError):  # a host name label over 63 characters cannot be encoded
+        await transport.post(f"http://{'a' * 64}.invalid/v1/x", {}, b"", TIMEOUTS)
+    await transport.aclose()
+
+
+# llama.cpp's /tokenize over the per-row path (engines/llamacpp.py): bounded, and its errors translated
+
+
+def tokenizing_engine(url: str, n_parallel: int) -> Any:
+    """A LlamaCppEngine whose llama-server is the test's server (the model is never loaded)."""
+    from types import SimpleNamespace
+
+    from spcs_llm.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine("unused.gguf", "test", n_parallel=n_parallel, ctx_per_slot=512, threads=1)
+    engine._server = SimpleNamespace(listening_address=url.removesuffix("/v1"))
+    engine._transport = EngineTransport(engine.n_parallel)
+    return engine
+
+
+async def test_llamacpp_tokenize_keeps_n_parallel_requests_in_flight() -> None:
+    in_flight, most = 0, 0
+
+    async def tokenizes(line: str, body: bytes, writer: asyncio.StreamWriter) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        writer.write(response({"tokens": [1, 2, 3]}))
+
+    async with Server(tokenizes) as server:
+        engine = tokenizing_engine(server.url, n_parallel=3)
+        counts = await asyncio.gather(*(engine.count_tokens(f"text {i}") for i in range(40)))
+        await engine._transport.aclose()
+    assert counts == [3] * 40
+    assert most == 3 and server.connections == 3  # a batch's rows wait their turn: 3 connections, not 40
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (response({"error": {"message": "loading model"}}, "503 Service Unavailable"), EngineUnavailable),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n<html/>\r\n", EngineUnavailable),
+        (response({"count": 3}), EngineUnavailable),
+    ],
+    ids=["503", "not-json", "no-tokens"],
+)
+async def test_llamacpp_tokenize_errors_are_the_engines_not_a_crash(answer: bytes, error: type) -> None:
+    async with Server(replies(answer)) as server:
+        engine = tokenizing_engine(server.url, n_parallel=2)
+        with pytest.raises(error):
+            await engine.count_tokens("text")
+        await engine._transport.aclose()

@@ -200,7 +200,7 @@ class H1Pool:
         if found is None:
             parts = urllib.parse.urlsplit(url)
             try:
-                port = parts.port or 80
+                port = 80 if parts.port is None else parts.port
             except ValueError as exc:  # a port that is not a number, or out of range
                 raise httpx.UnsupportedProtocol(f"cannot POST to {url!r}: {exc}") from exc
             if not serves(url) or not parts.hostname:
@@ -261,7 +261,7 @@ class H1Pool:
                 _, connection = await loop.create_connection(_Connection, host, port)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} in time: {exc or 'timed out'}") from exc
-        except OSError as exc:  # refused, unreachable, or a name that does not resolve (socket.gaierror)
+        except (OSError, UnicodeError) as exc:  # refused, unreachable, a name that does not resolve or encode
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
         return connection
 

@@ -29,11 +29,11 @@ from ..errors import (
 )
 from .base import ChatRequest, ChatResult, Engine, Message, StreamDelta, usage_of
 from .labels import NextToken, first_alternatives, prefill_messages
-from .openai_http import parse_logprobs
+from .openai_http import _json_or_raise, parse_logprobs
 from .wire import EngineTransport
 
 _DONE = object()
-_JSON = {"content-type": "application/json", "accept": "application/json"}
+_JSON = {"content-type": "application/json", "accept": "application/json", "accept-encoding": "identity"}
 _TIMEOUTS = {"connect": 10.0, "read": 10.0}  # what the httpx client had: 10 s each
 
 
@@ -96,6 +96,9 @@ class LlamaCppEngine(Engine):
         self._pool = ThreadPoolExecutor(self.max_concurrency + 1, thread_name_prefix="llamacpp")
         self._http: httpx.AsyncClient | None = None
         self._transport: EngineTransport | None = None
+        # /tokenize requests in flight: a COUNT_TOKENS batch asks for all its rows at once, and llama-server gives
+        # each connection one of its few HTTP threads (n_parallel + 2 or so) and keeps it for its keep-alive
+        self._tokenize_slots = asyncio.Semaphore(n_parallel)
         self._pieces: dict[str, list[str]] = {}
 
     async def start(self) -> None:
@@ -105,7 +108,7 @@ class LlamaCppEngine(Engine):
             self._server = await loop.run_in_executor(self._pool, self._load)
         except RuntimeError as exc:  # the binding says only "Failed to init server"; llama.cpp's log says why
             raise EngineUnavailable(f"llama.cpp could not load {self.model_path}: {exc}") from exc
-        self._transport = EngineTransport(self.max_concurrency)
+        self._transport = EngineTransport(self.n_parallel)
         self._http = httpx.AsyncClient(base_url=self.http_url, timeout=10.0, transport=self._transport)
         props = (await self._http.get("/props")).json()
         # What one slot really holds: the per-request limit we advertise must be this, not n_ctx.
@@ -240,10 +243,14 @@ class LlamaCppEngine(Engine):
         self._require_server()
         assert self._transport is not None
         try:
-            answer = await self._transport.post(f"{self.http_url}/tokenize", _JSON, orjson.dumps(body), _TIMEOUTS)
+            async with self._tokenize_slots:
+                answer = await self._transport.post(f"{self.http_url}/tokenize", _JSON, orjson.dumps(body), _TIMEOUTS)
         except httpx.HTTPError as exc:
             raise EngineUnavailable(f"llama.cpp tokenize: {exc}") from exc
-        return answer.json()
+        out = _json_or_raise(answer)  # an error status or a body that is not JSON: the engine's error, translated
+        if not isinstance(out.get("tokens"), list):
+            raise EngineUnavailable("llama.cpp tokenize answered without tokens")
+        return out
 
     def metrics_text(self) -> str:
         if self._server is None:

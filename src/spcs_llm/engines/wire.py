@@ -131,7 +131,10 @@ class EngineTransport(httpx.AsyncBaseTransport):
         if found is None:
             if len(self._routes) >= 256:  # an upstream's few paths; bounded all the same
                 self._routes.clear()
-            proxy = environment_proxy(url)
+            try:
+                proxy = environment_proxy(url)
+            except ValueError as exc:  # a URL that cannot be parsed (an unclosed IPv6 bracket)
+                raise httpx.UnsupportedProtocol(f"cannot use {url!r}: {exc}") from exc
             found = self._routes[url] = (proxy, proxy is None and serves(url))
         return found
 
@@ -188,8 +191,7 @@ class EngineTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         if self._h1 is not None:
-            self._h1.close()
-            self._h1 = None
+            self._h1.close()  # kept, closed: a row still running closes its connection when done, opens no pool
         if self._session is not None:
             await self._session.close()
             self._session = None
