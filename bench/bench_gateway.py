@@ -17,7 +17,13 @@ arguments (:data:`SPECS`), it measures:
 temporary directory) on the same core, and measures both servers function by function, alternately, in the same
 run: the ratios between the two columns are what to trust on a shared machine.
 
+``--engine-process`` puts the fakes in a process of their own (``bench/fake_upstream.py``, vLLM's answer shapes)
+that the server reaches through its real engine hop, as it reaches vLLM: Snowflake's HTTP in, the engine's HTTP
+out, the server's CPU per row as in production. ``--in-process`` leaves out the HTTP in (the gateway's thread in
+this process).
+
     python bench/bench_gateway.py [--seconds 1] [--before c082c77] [--plot out.png] [--json]
+    python bench/bench_gateway.py --engine-process [--in-process]   # the fakes behind the engine hop
     python bench/bench_gateway.py --functions SENTIMENT --gc-stats   # full collections and their pauses
     python bench/bench_gateway.py --functions SENTIMENT --profile out.txt   # the server under pyinstrument
 """
@@ -236,10 +242,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(code: str, src: Path, core: int, workdir: Path, profile: Path | None, gc_stats: bool) -> Server:
+def start_server(
+    code: str, src: Path, core: int, workdir: Path, profile: Path | None, gc_stats: bool, upstream: str | None = None
+) -> Server:
+    """The server of code ``src``, on ``core``: the fakes in its process, or behind the engine hop at ``upstream``."""
     port = free_port()
     config = workdir / "gateway.toml"
-    config.write_text(CONFIG)
+    config.write_text(UPSTREAM_CONFIG.replace("UPSTREAM", upstream) if upstream else CONFIG)
     serve = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     gc_file = workdir / f"gc-{code}.json" if gc_stats else None
     engine_cpu_file = workdir / f"engine-cpu-{code}"
@@ -756,8 +765,8 @@ def main() -> None:
     ap.add_argument(
         "--engine-process",
         action="store_true",
-        help="with --in-process: the fake engine and embedders in a process of their own on the client core "
-        "(bench/fake_upstream.py), reached over HTTP through the gateway's real engine hop, as vLLM is",
+        help="the fake engine and embedders in a process of their own on the client core (bench/fake_upstream.py), "
+        "reached over HTTP through the gateway's real engine hop, as vLLM is (with or without --in-process)",
     )
     ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -799,6 +808,7 @@ def main() -> None:
         elif args.in_process:
             runs, lat = in_process(sources, specs, args)
         else:
+            upstream = start_upstream(args.client_core) if args.engine_process else None
             try:
                 for code, src in sources:
                     (Path(tmp) / code).mkdir(exist_ok=True)
@@ -810,12 +820,16 @@ def main() -> None:
                             Path(tmp) / code,
                             args.profile if code == "after" else None,
                             args.gc_stats,
+                            upstream[1] if upstream else None,
                         )
                     )
                 runs, lat = asyncio.run(measure(servers, specs, args))
             finally:
                 for server in servers:
                     stop_server(server)
+                if upstream is not None:
+                    upstream[0].terminate()
+                    upstream[0].wait(timeout=30)
 
     codes = [code for code in ("after", "before") if any(r.code == code for r in runs)]
     if args.json:
@@ -845,6 +859,9 @@ def main() -> None:
             if args.in_process and args.engine_process
             else "in-process (no HTTP), CPU time of the gateway's thread"
             if args.in_process
+            else f"server pinned to core {args.server_core}, load and the fakes' own process (behind the engine hop) "
+            f"on core {args.client_core}"
+            if args.engine_process
             else f"server pinned to core {args.server_core}, load on core {args.client_core}"
         )
         print(
