@@ -1,12 +1,12 @@
 """The engines' per-row POST over plain HTTP/1.1: a keep-alive connection pool and httptools' parser, nothing else.
 
 Every COMPLETE row and every label step is one POST from the gateway to vLLM on loopback, answered whole. aiohttp's
-client (engines/wire.py) spends ~0.11-0.16 ms of the gateway's core on one with 64 in flight, most of it in its
+client (engines/wire.py) spends ~0.12-0.17 ms of the gateway's core on one with 64 in flight, most of it in its
 request and response machinery (tracing hooks, cookie and redirect handling, a stream reader per answer) that this
 request does not need; a protocol that writes the request's bytes and hands the answer to httptools (uvicorn's C
-parser, already a dependency) needs about half of that (``bench/bench_engine_hop.py``, docs/bench-gateway.md
-"The engine hop"). It serves only that request: a POST whose answer is read whole, to an ``http://`` upstream with
-no proxy. Everything else (GETs, streams, HTTPS, proxies) stays on aiohttp.
+parser, already a dependency) needs ~0.05-0.07 ms (``bench/bench_engine_hop.py``, docs/bench-gateway.md "The engine
+hop"). It serves only that request: a POST whose answer is read whole, to an ``http://`` upstream with no proxy and
+no credentials in the URL (:func:`serves`). Everything else (GETs, streams, HTTPS, proxies) stays on aiohttp.
 
 What it does, as HTTP/1.1 (RFC 9112) asks of a client: the answer's length from ``content-length``, chunked
 transfer coding, or the connection's end when it has neither; a connection is reused only when the answer leaves it
