@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench_gateway import ROOT, extract_revision, machine, start_upstream
+from bench_gateway import ROOT, extract_revision, machine, run_worker, start_upstream
 
 from spcs_llm.engines.base import ChatRequest, Message
 from spcs_llm.engines.openai_http import OpenAIHttpEngine
@@ -194,14 +192,7 @@ def rounds(codes: list[tuple[str, Path]], base: str, args: argparse.Namespace) -
         for code, src in codes:
             cmd = [sys.executable, __file__, "--worker", "--upstream", base, "--calls", str(args.calls)]
             cmd += ["--in-flight", str(args.in_flight), "--loop", args.loop]
-            done = subprocess.run(
-                cmd,
-                env=os.environ | {"PYTHONPATH": str(src)},
-                check=True,
-                capture_output=True,
-                preexec_fn=lambda: os.sched_setaffinity(0, {args.client_core}),
-            )
-            for r in json.loads(done.stdout):
+            for r in run_worker(cmd, src, args.client_core):
                 samples.setdefault((code, r["call"]), []).append((r["us_per_call"], r["calls_per_s_wall"]))
     return [
         {

@@ -577,6 +577,19 @@ def time_fake_calls(engine: Any, embedders: list[Any], publish: Callable[[float]
     return spent
 
 
+def run_worker(cmd: list[str], src: Path, core: int) -> Any:
+    """Run a bench's worker process with the code of ``src`` (its PYTHONPATH), pinned to ``core``: the JSON it
+    printed."""
+    done = subprocess.run(
+        cmd,
+        env=os.environ | {"PYTHONPATH": str(src)},
+        check=True,
+        capture_output=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+    )
+    return json.loads(done.stdout)
+
+
 def in_process(
     sources: list[tuple[str, Path]],
     specs: list[Spec],
@@ -603,14 +616,7 @@ def in_process(
             ",".join(s.label for s in specs),
             *(["--upstream", args.upstream] if args.upstream else []),
         ]
-        done = subprocess.run(
-            cmd,
-            env=os.environ | {"PYTHONPATH": str(src)},
-            check=True,
-            capture_output=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, {args.server_core}),
-        )
-        result = json.loads(done.stdout)
+        result = run_worker(cmd, src, args.server_core)
         runs += [
             Throughput(
                 r["label"], code, args.batch_rows, r["rows"], r["seconds"], r["server_cpu_s"], r.get("engine_cpu_s")
