@@ -9,7 +9,10 @@ arguments (:data:`SPECS`), it measures:
 - throughput: rows/s of 1,000-row batches, ``--connections`` batches in flight at once, for ``--seconds``; the
   server's CPU seconds (utime + stime from /proc/<pid>/stat) over the same window give rows per CPU-second.
   Every row is distinct (a per-run nonce and a counter), so no row is a dedup or cache hit; one more COMPLETE
-  line sends one fixed batch over and over (what the result cache answers);
+  line sends one fixed batch over and over (what the result cache answers). The fake engine's and embedders'
+  own calls are timed apart ("engine %"): "gateway only" is the rate without them, and "fake alone" the rate
+  of the fakes' calls by themselves, the most a core could give on this fake engine if the gateway cost
+  nothing (where that is under the goal, the line says the goal is out of reach on this fake);
 - the tail: p50/p99/max round trip of ``--batches`` sequential 100-row batches, one at a time (the fake engine
   answers at once, so this is the gateway's own time per batch, plus the client's).
 
@@ -196,6 +199,14 @@ class Throughput:
         if self.engine_cpu_s is None:
             return None
         return self.rows / (self.server_cpu_s - self.engine_cpu_s)
+
+    @property
+    def fake_ceiling(self) -> float | None:
+        """Rows per CPU-second of the fakes' own calls alone: the most a server core could answer on this fake
+        engine if the gateway cost nothing (None when the fakes are not timed, or took no time)."""
+        if not self.engine_cpu_s:
+            return None
+        return self.rows / self.engine_cpu_s
 
 
 @dataclass
@@ -655,7 +666,7 @@ def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None
         f"\n{'rows per server CPU-second, 1,000-row batches':46} {'after':>8}"
         + (f" {'before':>8} {'ratio':>6}" if before else "")
         + f" {'rows/s':>8} {'srv CPU s':>9}"
-        + (f" {'engine %':>8} {'gateway only':>12}" if engine_split else "")
+        + (f" {'engine %':>8} {'gateway only':>12} {'fake alone':>10}" if engine_split else "")
     )
     after_runs, before_runs = _by(runs, "after"), _by(runs, "before")
     for label, r in after_runs.items():
@@ -665,8 +676,12 @@ def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None
             line += f" {b.rows_per_cpu_s:>8.0f} {r.rows_per_cpu_s / b.rows_per_cpu_s:>5.1f}x" if b else " " * 16
         line += f" {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}"
         if engine_split and r.engine_cpu_s is not None:
+            ceiling = r.fake_ceiling
             line += f" {100 * r.engine_cpu_s / r.server_cpu_s:>7.0f}% {r.gateway_rows_per_cpu_s:>12.0f}"
+            line += f" {ceiling:>10.0f}" if ceiling is not None else f" {'-':>10}"
         flag = "" if r.rows_per_cpu_s >= GOAL_ROWS_PER_CPU_S else "  < goal"
+        if flag and r.fake_ceiling is not None and r.fake_ceiling < GOAL_ROWS_PER_CPU_S:
+            flag += " (out of reach: the fake alone allows fewer)"
         print(f"{line}{flag}")
     print(
         f"\n{'sequential batches, ms per batch':34} {'rows':>4} {'p50':>6} {'p99':>6} {'max':>6} {'p99/p50':>7}"
