@@ -18,7 +18,7 @@ import pytest
 from spcs_llm.config import EmbeddingSettings
 from spcs_llm.engines import FakeEmbedder, FakeEngine
 from spcs_llm.engines.base import ChatResult, TokenLogprob
-from spcs_llm.functions import FUNCTIONS
+from spcs_llm.functions import FUNCTIONS, tasks
 from spcs_llm.functions.sentiment import sentiment_score
 from spcs_llm.functions.tasks import label_distribution
 from spcs_llm.functions.text import MARKDOWN_SEPARATORS, recursive_split
@@ -167,6 +167,24 @@ def test_sentiment_score_is_the_expected_polarity_under_label_probabilities() ->
     assert label_distribution(keyed, labels) == pytest.approx({"positive": 0.25, "negative": 0.75, "neutral": 0})
     # no logprobs at all: the chosen label is certain
     assert label_distribution(ChatResult('"negative"'), labels) == {"positive": 0, "negative": 1, "neutral": 0}
+
+
+def test_label_distribution_remembers_tokens_per_label_set() -> None:
+    """What a token begins is remembered per label set: the same token counts anew under other labels, and a
+    full memo is emptied, not grown."""
+    answer = _result('"negative"', [("ne", math.log(0.5)), ("Pos", math.log(0.3)), (" ", math.log(0.2))])
+    three = ["positive", "negative", "neutral"]
+    assert label_distribution(answer, three) == pytest.approx(
+        {"positive": 0.375, "negative": 0.3125, "neutral": 0.3125}
+    )
+    # "ne" begins only "negative" here, "Pos" nothing: the memo of the first label set is not this one's
+    assert label_distribution(answer, ["negative", "mixed"]) == {"negative": 1.0, "mixed": 0.0}
+    assert label_distribution(answer, three) == pytest.approx(
+        {"positive": 0.375, "negative": 0.3125, "neutral": 0.3125}
+    )
+    for i in range(tasks.TOKEN_MEMO + 5):  # a row's own words are new every time: the memo stays bounded
+        label_distribution(_result('"x"', [(f"w{i}", -1.0)]), three)
+    assert 0 < len(tasks._LABEL_MEMOS[tuple(three)]) <= tasks.TOKEN_MEMO
 
 
 async def test_sentiment_returns_a_float_from_a_constrained_label_request(client, fake_engine) -> None:

@@ -101,9 +101,9 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
     renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
     """
-    lowered = [label.lower() for label in labels]
-    position = next((t for t in result.logprobs if _begins_label(_core(t.token), lowered)), None)
-    mass = _label_mass(position, labels, lowered) if position is not None else dict.fromkeys(labels, 0.0)
+    matching = _label_memo(labels)
+    position = next((t for t in result.logprobs if _label_matches(matching, labels, t.token)), None)
+    mass = _label_mass(position, labels, matching) if position is not None else dict.fromkeys(labels, 0.0)
     total = sum(mass.values())
     if total <= 0:
         chosen = next((label for label in labels if label in result.text), None)
@@ -111,21 +111,48 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     return {label: m / total for label, m in mass.items()}
 
 
-def _begins_label(key: str, lowered: Sequence[str]) -> bool:
-    return bool(key) and any(label.startswith(key) for label in lowered)
+LABEL_MEMO = 64  # label sets remembered: a query has one, a few queries run at once
+TOKEN_MEMO = 1024  # tokens remembered per label set: the instruction's words recur on every row
+_LABEL_MEMOS: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
 
 
-def _label_mass(position: TokenLogprob, labels: Sequence[str], lowered: Sequence[str]) -> dict[str, float]:
+def _label_memo(labels: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The memo of :func:`_label_matches` for one label set (token -> the labels it begins)."""
+    key = tuple(labels)
+    memo = _LABEL_MEMOS.get(key)
+    if memo is None:
+        if len(_LABEL_MEMOS) >= LABEL_MEMO:
+            _LABEL_MEMOS.clear()
+        memo = _LABEL_MEMOS[key] = {}
+    return memo
+
+
+def _label_matches(memo: dict[str, tuple[str, ...]], labels: Sequence[str], token: str) -> tuple[str, ...]:
+    """The labels that ``token`` begins (its :func:`_core` a case-insensitive prefix of theirs), in label order;
+    none for a token whose core is empty. Remembered in ``memo``."""
+    matches = memo.get(token)
+    if matches is None:
+        key = _core(token)
+        matches = tuple(label for label in labels if label.lower().startswith(key)) if key else ()
+        if len(memo) >= TOKEN_MEMO:  # bounded: the row's own words are new on every row
+            memo.clear()
+        memo[token] = matches
+    return matches
+
+
+def _label_mass(position: TokenLogprob, labels: Sequence[str], memo: dict[str, tuple[str, ...]]) -> dict[str, float]:
+    """Each label's share of the probabilities at ``position``: its token and alternatives, each distinct token
+    counted once, shared equally between the labels it begins."""
     mass = dict.fromkeys(labels, 0.0)
     seen: set[str] = set()
     for token, logprob in ((position.token, position.logprob), *position.top):
-        key = _core(token)
-        if not key or token in seen:
+        matches = _label_matches(memo, labels, token)
+        if not matches or token in seen:
             continue
         seen.add(token)
-        matches = [label for label, low in zip(labels, lowered, strict=True) if low.startswith(key)]
+        share = math.exp(logprob) / len(matches)
         for label in matches:
-            mass[label] += math.exp(logprob) / len(matches)
+            mass[label] += share
     return mass
 
 
