@@ -569,6 +569,27 @@ async def test_the_transport_after_close_keeps_no_connection_and_bad_urls_are_tr
     await transport.aclose()
 
 
+async def test_the_transport_after_close_answers_late_requests_on_aiohttp_and_keeps_nothing() -> None:
+    """A GET (health, model lists) or a POST that cannot take the lean pool (here a URL with credentials), sent
+    after the engine closed its transport, is answered over a session of its own that is closed with it: no
+    connection is kept and the pool's session is not opened again (it would never be closed)."""
+    async with Server(ok) as server:
+        transport = EngineTransport(4)
+        client = httpx.AsyncClient(transport=transport)
+        assert (await client.get(server.url + "/models")).status_code == 200  # the pool's session, kept alive
+        await transport.aclose()
+        assert transport._session is None
+        assert (await client.get(server.url + "/models")).json() == MODELS
+        with_credentials = server.url.replace("http://", "http://user:secret@") + "/chat/completions"
+        assert (await transport.post(with_credentials, {}, b"{}", TIMEOUTS)).status_code == 200
+        assert (await transport.post(server.url + "/chat/completions", {}, b"{}", TIMEOUTS)).status_code == 200
+        await asyncio.sleep(0.05)
+        assert transport._session is None  # not opened again
+        assert server.connections == 4 and server.hung_up == 4  # every connection closed by the client
+        assert server.requests[2][1]["authorization"].startswith("Basic ")  # that one went over aiohttp
+        await client.aclose()
+
+
 # llama.cpp's /tokenize over the per-row path (engines/llamacpp.py): bounded, and its errors translated
 
 

@@ -75,8 +75,8 @@ class _Body(httpx.AsyncByteStream):
     """A response body read from aiohttp as it arrives; closing it gives the connection back to the pool (or
     drops it when the body was not read to its end)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+    def __init__(self, response: aiohttp.ClientResponse, owner: aiohttp.ClientSession | None = None) -> None:
+        self._response, self._owner = response, owner
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with httpx_errors():
@@ -85,6 +85,8 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self._response.release()
+        if self._owner is not None:  # a late request's own session (EngineTransport after aclose)
+            await self._owner.close()
 
 
 def environment_proxy(url: str) -> str | None:
@@ -118,11 +120,21 @@ class EngineTransport(httpx.AsyncBaseTransport):
         self._timeouts: dict[tuple[Any, ...], aiohttp.ClientTimeout] = {}
         self._routes: dict[str, tuple[str | None, bool]] = {}
         self._h1: H1Pool | None = None
+        self._closed = False
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=KEEPALIVE_S)
         self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False)
         return self._session
+
+    def _session_for(self) -> tuple[aiohttp.ClientSession, bool]:
+        """The pool's session, or after :meth:`aclose` a session of the request's own (True: the caller closes it
+        when the request ends): a row still running when the engine closes is answered, and the closed transport
+        keeps no connection and leaves no session open (opening the pool's again would leak it)."""
+        if not self._closed:
+            return self._session or self._open(), False
+        connector = aiohttp.TCPConnector(limit=1, force_close=True)
+        return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False), True
 
     def _route(self, url: str) -> tuple[str | None, bool]:
         """The proxy for ``url`` (:func:`environment_proxy`), and whether its POSTs may take the H1Pool (no proxy,
@@ -139,19 +151,25 @@ class EngineTransport(httpx.AsyncBaseTransport):
         return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
+        session, owned = self._session_for()
         timeout, url = request.extensions.get("timeout", {}), str(request.url)
-        with httpx_errors():
-            response = await session.request(
-                request.method,
-                url,
-                headers=request.headers.multi_items(),
-                data=await request.aread() or None,
-                allow_redirects=False,
-                timeout=self._timeout(timeout),
-                proxy=self._route(url)[0],
-            )
-        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response), request=request)
+        try:
+            with httpx_errors():
+                response = await session.request(
+                    request.method,
+                    url,
+                    headers=request.headers.multi_items(),
+                    data=await request.aread() or None,
+                    allow_redirects=False,
+                    timeout=self._timeout(timeout),
+                    proxy=self._route(url)[0],
+                )
+        except BaseException:
+            if owned:
+                await session.close()
+            raise
+        body = _Body(response, session if owned else None)
+        return httpx.Response(response.status, headers=response.raw_headers, stream=body, request=request)
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes, timeout: Mapping[str, Any]) -> Answer:
         """A POST answered whole, without httpx's request object and response: the engines' per-row request
@@ -162,17 +180,21 @@ class EngineTransport(httpx.AsyncBaseTransport):
         if lean:
             status, content = await (self._h1 or self._open_h1()).post(url, headers, body, timeout)
             return Answer(status, content)
-        session = self._session or self._open()
-        with httpx_errors():
-            async with session.post(
-                url,
-                data=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._timeout(timeout),
-                proxy=proxy,
-            ) as response:
-                return Answer(response.status, await response.read())
+        session, owned = self._session_for()
+        try:
+            with httpx_errors():
+                async with session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=self._timeout(timeout),
+                    proxy=proxy,
+                ) as response:
+                    return Answer(response.status, await response.read())
+        finally:
+            if owned:
+                await session.close()
 
     def _open_h1(self) -> H1Pool:
         self._h1 = H1Pool(self.max_connections, KEEPALIVE_S)
@@ -190,8 +212,9 @@ class EngineTransport(httpx.AsyncBaseTransport):
         return found
 
     async def aclose(self) -> None:
-        if self._h1 is not None:
-            self._h1.close()  # kept, closed: a row still running closes its connection when done, opens no pool
+        self._closed = True
+        # kept, closed (made closed when none was open): a row still running closes its connection when done
+        (self._h1 or self._open_h1()).close()
         if self._session is not None:
             await self._session.close()
             self._session = None
