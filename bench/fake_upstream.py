@@ -159,7 +159,7 @@ def asgi(answer: Answer) -> Callable[..., Awaitable[None]]:
             while (await receive())["type"] != "lifespan.shutdown":
                 # as vLLM's API server does when it has started (entrypoints/openai/api_server.py: "Mark the
                 # startup heap as static so that it's ignored by GC. Reduces pause times of oldest generation
-                # collections."): without it, this stand-in's own full collections (~30-40 ms each, every
+                # collections."): without it, this stand-in's own full collections (29-59 ms each, every
                 # ~1.5 s under load) were the gateway's wall-clock tail behind the hop
                 gc.collect()
                 gc.freeze()

@@ -6,6 +6,7 @@ half read, proxies from the environment, the session closed with the engine; and
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -570,24 +571,36 @@ async def test_the_transport_after_close_keeps_no_connection_and_bad_urls_are_tr
 
 
 async def test_the_transport_after_close_answers_late_requests_on_aiohttp_and_keeps_nothing() -> None:
-    """A GET (health, model lists) or a POST that cannot take the lean pool (here a URL with credentials), sent
-    after the engine closed its transport, is answered over a session of its own that is closed with it: no
-    connection is kept and the pool's session is not opened again (it would never be closed)."""
-    async with Server(ok) as server:
-        transport = EngineTransport(4)
-        client = httpx.AsyncClient(transport=transport)
-        assert (await client.get(server.url + "/models")).status_code == 200  # the pool's session, kept alive
-        await transport.aclose()
-        assert transport._session is None
-        assert (await client.get(server.url + "/models")).json() == MODELS
-        with_credentials = server.url.replace("http://", "http://user:secret@") + "/chat/completions"
-        assert (await transport.post(with_credentials, {}, b"{}", TIMEOUTS)).status_code == 200
-        assert (await transport.post(server.url + "/chat/completions", {}, b"{}", TIMEOUTS)).status_code == 200
-        await asyncio.sleep(0.05)
-        assert transport._session is None  # not opened again
-        assert server.connections == 4 and server.hung_up == 4  # every connection closed by the client
-        assert server.requests[2][1]["authorization"].startswith("Basic ")  # that one went over aiohttp
-        await client.aclose()
+    """A request sent through the transport after the engine closed it (a row's POST that cannot take the lean
+    pool, here a URL with credentials; a GET through the transport itself) is answered over a session of its own
+    that is closed with it: no connection is kept, the pool's session is not opened again (it would never be
+    closed), and aiohttp reports no session left unclosed."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(str(context.get("message"))))
+    try:
+        async with Server(ok) as server:
+            transport = EngineTransport(4)
+            client = httpx.AsyncClient(transport=transport)
+            assert (await client.get(server.url + "/models")).status_code == 200  # the pool's session, kept alive
+            await transport.aclose()
+            assert transport._session is None
+            late = httpx.AsyncClient(transport=transport)  # the engines' own client refuses after close
+            assert (await late.get(server.url + "/models")).json() == MODELS
+            with_credentials = server.url.replace("http://", "http://user:secret@") + "/chat/completions"
+            assert (await transport.post(with_credentials, {}, b"{}", TIMEOUTS)).status_code == 200
+            assert (await transport.post(server.url + "/chat/completions", {}, b"{}", TIMEOUTS)).status_code == 200
+            await asyncio.sleep(0.05)
+            assert transport._session is None  # not opened again
+            assert server.connections == 4 and server.hung_up == 4  # every connection closed by the client
+            assert server.requests[2][1]["authorization"].startswith("Basic ")  # that one went over aiohttp
+            await client.aclose()
+        gc.collect()  # an unclosed aiohttp session reports itself when it is collected
+        await asyncio.sleep(0)
+        assert not [m for m in reported if "Unclosed" in m], reported
+    finally:
+        loop.set_exception_handler(previous)
 
 
 # llama.cpp's /tokenize over the per-row path (engines/llamacpp.py): bounded, and its errors translated
