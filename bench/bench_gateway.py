@@ -9,8 +9,9 @@ arguments (:data:`SPECS`), it measures:
 - throughput: rows/s of 1,000-row batches, ``--connections`` batches in flight at once, for ``--seconds``; the
   server's CPU seconds (utime + stime from /proc/<pid>/stat) over the same window give rows per CPU-second.
   Every row is distinct (a per-run nonce and a counter), so no row is a dedup or cache hit; one more COMPLETE
-  line sends one fixed batch over and over (what the result cache answers). The fake engine's and embedders'
-  own calls are timed apart ("engine %"): "gateway only" is the rate without them, and "fake alone" the rate
+  line sends one fixed batch over and over (what the result cache answers). A second window times the fake
+  engine's and embedders' own calls ("engine %"; timing them costs ~2 us a call, so the main column comes from
+  the first, untimed window): "gateway only" is that window's rate without them, and "fake alone" the rate
   of the fakes' calls by themselves, the most a core could give on this fake engine if the gateway cost
   nothing (where that is under the goal, the line says the goal is out of reach on this fake);
 - the tail: p50/p99/max round trip of ``--batches`` sequential 100-row batches, one at a time (the fake engine
@@ -104,21 +105,27 @@ model = "fake-embed-1024"
 dimension = 1024
 """
 # Runs the server (`spcs_llm.cli serve`, the arguments after the first three) with the fake engine's and
-# embedders' calls timed by :func:`time_fake_calls` (this script, whose folder is the first argument), their
-# classes patched before the server makes them; the running total goes into an 8-byte file (the second argument)
-# that the bench reads around each throughput window. With a third argument that is not "-", a gc.callbacks hook
-# also records every collection's generation, wall and CPU milliseconds (the CPU time is the collection's own
-# work; the wall time adds whatever preempted it), written as JSON to that file when the process exits (a clean
-# SIGINT exit).
+# embedders' calls timed by :class:`FakeTimer` (this script, whose folder is the first argument) between a SIGUSR1
+# and a SIGUSR2, their classes patched; the running total and whether the timing is on go into a 16-byte file
+# (the second argument) that the bench reads around each throughput window. With a third argument that is not
+# "-", a gc.callbacks hook also records every collection's generation, wall and CPU milliseconds (the CPU time is
+# the collection's own work; the wall time adds whatever preempted it), written as JSON to that file when the
+# process exits (a clean SIGINT exit).
 SERVER_WRAPPER = """
 import atexit, gc, json, mmap, struct, sys, time
 bench, cpu_out, gc_out, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3], [sys.argv[0], *sys.argv[4:]]
 sys.path.insert(0, bench)
-from bench_gateway import time_fake_calls
+import signal
+from bench_gateway import FakeTimer
 from spcs_llm.engines import fake
 with open(cpu_out, "r+b") as f:
-    shared = mmap.mmap(f.fileno(), 8)
-time_fake_calls(fake.FakeEngine, [fake.FakeEmbedder], lambda spent: struct.pack_into("d", shared, 0, spent))
+    shared = mmap.mmap(f.fileno(), 16)
+timer = FakeTimer(fake.FakeEngine, [fake.FakeEmbedder], lambda spent: struct.pack_into("d", shared, 0, spent))
+def toggle(on):
+    timer.on() if on else timer.off()
+    struct.pack_into("d", shared, 8, 1.0 if timer.timing else 0.0)
+signal.signal(signal.SIGUSR1, lambda *_: toggle(True))
+signal.signal(signal.SIGUSR2, lambda *_: toggle(False))
 if gc_out != "-":
     pauses, t0 = [], [0.0, 0.0]
     def hook(phase, info):
@@ -183,8 +190,10 @@ class Throughput:
     batch_rows: int
     rows: int
     seconds: float
-    server_cpu_s: float
-    engine_cpu_s: float | None = None  # the fake engine's and embedders' own share of server_cpu_s
+    server_cpu_s: float  # rows, seconds and server CPU: the window without the fakes timed (as in production)
+    engine_cpu_s: float | None = None  # the fakes' own CPU in the timed window (None: not timed)
+    timed_rows: int | None = None  # the timed window's rows and server CPU
+    timed_cpu_s: float | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -195,19 +204,26 @@ class Throughput:
         return self.rows / self.server_cpu_s if self.server_cpu_s else float("nan")
 
     @property
-    def gateway_rows_per_cpu_s(self) -> float | None:
-        """Rows per CPU-second of the gateway alone: the server's CPU time less the fake engine's own."""
-        if self.engine_cpu_s is None:
+    def engine_share(self) -> float | None:
+        """The fakes' share of the server's CPU in the timed window."""
+        if self.engine_cpu_s is None or not self.timed_cpu_s:
             return None
-        return self.rows / (self.server_cpu_s - self.engine_cpu_s)
+        return self.engine_cpu_s / self.timed_cpu_s
+
+    @property
+    def gateway_rows_per_cpu_s(self) -> float | None:
+        """Rows per CPU-second of the gateway alone: the timed window's server CPU less the fakes' own."""
+        if self.engine_cpu_s is None or self.timed_rows is None or self.timed_cpu_s is None:
+            return None
+        return self.timed_rows / (self.timed_cpu_s - self.engine_cpu_s)
 
     @property
     def fake_ceiling(self) -> float | None:
         """Rows per CPU-second of the fakes' own calls alone: the most a server core could answer on this fake
         engine if the gateway cost nothing (None when the fakes are not timed, or took no time)."""
-        if not self.engine_cpu_s:
+        if not self.engine_cpu_s or self.timed_rows is None:
             return None
-        return self.rows / self.engine_cpu_s
+        return self.timed_rows / self.engine_cpu_s
 
 
 @dataclass
@@ -239,6 +255,13 @@ class Server:
         if self.engine_cpu_file is None:
             return None
         return float(struct.unpack("d", self.engine_cpu_file.read_bytes()[:8])[0])
+
+    def timing(self) -> bool:
+        return self.engine_cpu_file is not None and struct.unpack("d", self.engine_cpu_file.read_bytes()[8:16])[0] > 0
+
+    def time_fakes(self, on: bool) -> None:
+        """Ask the server to time its fakes' calls, or to stop (it answers at its next request)."""
+        self.proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
 
 
 def free_port() -> int:
@@ -279,14 +302,16 @@ def start_server(
             *serve,
         ]
     else:
-        engine_cpu_file.write_bytes(bytes(8))
+        engine_cpu_file.write_bytes(bytes(16))
         bench = str(Path(__file__).resolve().parent)
         cmd = [sys.executable, "-c", SERVER_WRAPPER, bench, str(engine_cpu_file), str(gc_file or "-"), *serve]
     env = os.environ | {"PYTHONPATH": str(src)}
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, f"{base}/health", f"the {code} server")
-    return Server(code, proc, base, gc_file, engine_cpu_file=None if profile else engine_cpu_file)
+    # no fakes to time when they are behind the hop, or under the profiler
+    timed = profile is None and upstream is None
+    return Server(code, proc, base, gc_file, engine_cpu_file=engine_cpu_file if timed else None)
 
 
 def wait_ready(proc: subprocess.Popen[Any], url: str, what: str, seconds: float = 60) -> None:
@@ -405,20 +430,36 @@ async def throughput(
             check(rows, r)
             return len(rows)
 
-        await asyncio.gather(*(one() for _ in range(connections)))  # warm up every connection
-        done, stop = 0, time.perf_counter() + seconds
+        async def window(timed: bool) -> tuple[int, float, float, float | None]:
+            """Rows, seconds, server CPU seconds and the fakes' own (None: not timed) of one window."""
+            if server.engine_cpu_file is not None:
+                server.time_fakes(timed)
+            for _ in range(100):  # warm up every connection; the server takes the signal at its next request
+                await asyncio.gather(*(one() for _ in range(connections)))
+                if server.engine_cpu_file is None or server.timing() == timed:
+                    break
+            else:
+                raise SystemExit(
+                    f"the {server.code} server did not turn the timing of its fakes {'on' if timed else 'off'}"
+                )
+            done, stop = 0, time.perf_counter() + seconds
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                rows = await one()  # not `done += await one()`: that reads `done` before the await
-                done += rows
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < stop:
+                    rows = await one()  # not `done += await one()`: that reads `done` before the await
+                    done += rows
 
-        cpu0, engine0, t0 = cpu_seconds(pid), server.engine_cpu_s(), time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed, cpu, engine1 = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, server.engine_cpu_s()
-    engine = None if engine0 is None or engine1 is None else engine1 - engine0
-    return Throughput(label, server.code, batch_rows, done, elapsed, cpu, engine)
+            cpu0, engine0, t0 = cpu_seconds(pid), server.engine_cpu_s(), time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(connections)))
+            elapsed, cpu, engine1 = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, server.engine_cpu_s()
+            return done, elapsed, cpu, None if engine0 is None or engine1 is None else engine1 - engine0
+
+        done, elapsed, cpu, _ = await window(False)  # the server as it runs in production
+        if server.engine_cpu_file is None:
+            return Throughput(label, server.code, batch_rows, done, elapsed, cpu)
+        timed_rows, _, timed_cpu, engine = await window(True)  # the fakes' own share, in a window of its own
+    return Throughput(label, server.code, batch_rows, done, elapsed, cpu, engine, timed_rows, timed_cpu)
 
 
 async def latency(
@@ -510,7 +551,7 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     settings, engine, embedders, rt = await fake_runtime(args.upstream)
     limit = settings.server.max_response_bytes
     # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
-    engine_cpu = [0.0] if args.upstream else time_fake_calls(engine, embedders)
+    timer = None if args.upstream else FakeTimer(engine, embedders)
     tune_gc()
     texts = Texts()
     out: dict[str, Any] = {"throughput": [], "latency": []}
@@ -524,22 +565,25 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     for spec in specs:
         fn, make = FUNCTIONS[spec.label.lower()], batch_maker(spec, texts)
         await one(fn, orjson.dumps({"data": make(args.batch_rows)}))
-        done, cpu, t0 = 0, 0.0, time.perf_counter()
-        engine_cpu[0] = 0.0
-        while time.perf_counter() - t0 < args.seconds:
-            bodies = [orjson.dumps({"data": make(args.batch_rows)}) for _ in range(args.connections)]
-            c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
-            done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
-            cpu += time.thread_time() - c0
-        out["throughput"].append(
-            {
-                "label": spec.label,
-                "rows": done,
-                "seconds": time.perf_counter() - t0,
-                "server_cpu_s": cpu,
-                "engine_cpu_s": None if args.upstream else engine_cpu[0],
-            }
-        )
+
+        async def window(fn: Any, make: Callable[[int], list[list[Any]]]) -> tuple[int, float, float]:
+            done, cpu, t0 = 0, 0.0, time.perf_counter()
+            while time.perf_counter() - t0 < args.seconds:
+                bodies = [orjson.dumps({"data": make(args.batch_rows)}) for _ in range(args.connections)]
+                c0 = time.thread_time()  # the client's share (making the bodies) is not the gateway's
+                done += sum(await asyncio.gather(*(one(fn, b) for b in bodies)))
+                cpu += time.thread_time() - c0
+            return done, time.perf_counter() - t0, cpu
+
+        done, seconds, cpu = await window(fn, make)  # the gateway as it runs, the fakes' calls not timed
+        row: dict[str, Any] = {"label": spec.label, "rows": done, "seconds": seconds, "server_cpu_s": cpu}
+        if timer is not None:  # the fakes' own share, in a window of its own (timing them costs ~2 us a call)
+            timer.on()
+            timer.spent[0] = 0.0
+            row["timed_rows"], _, row["timed_cpu_s"] = await window(fn, make)
+            row["engine_cpu_s"] = timer.spent[0]
+            timer.off()
+        out["throughput"].append(row)
         if not args.batches:  # a repeat of the throughput only (in_process measures the tail once per code)
             continue
         times = []
@@ -566,37 +610,62 @@ FAKE_ENGINE_CALLS = ("chat", "next_token", "token_pieces", "count_tokens")
 FAKE_EMBEDDER_CALLS = ("embed_counted", "embed_array", "embed", "count_tokens")
 
 
-def time_fake_calls(engine: Any, embedders: list[Any], publish: Callable[[float], None] | None = None) -> list[float]:
-    """Wrap the fake engine's and embedders' calls (on the objects, or on their classes before any is made) so
-    that their own CPU time is added up, in a one-item list (and given to ``publish`` after each call): they
+class FakeTimer:
+    """Times the fake engine's and embedders' calls (on the objects, or on their classes before any is made) while
+    :meth:`on`: their own CPU time is added up in ``spent[0]`` (and given to ``publish`` after each call). They
     stand for the GPU, which is not the gateway's cost. Each call runs without suspending (the fakes have no delay
     here), so the thread's CPU time around it is that call's alone; a call made by another timed call (``embed``
     calls ``embed_array``) is counted once. The label walk (``score_labels``, ``choose_labels``) is the
-    gateway's and is not wrapped; its steps (``next_token``) are."""
-    spent, depth = [0.0], [0]
+    gateway's and is not wrapped; its steps (``next_token``) are.
 
-    def timed(owner: Any, name: str) -> None:
-        call = getattr(owner, name)
+    The timing itself costs ~2 us a call (two ``thread_time`` system calls and a coroutine), which counts as the
+    gateway's, so the bench times the fakes in a window of its own and measures the gateway's rate with it
+    :meth:`off` (the calls as they are)."""
 
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if depth[0]:
-                return await call(*args, **kwargs)
-            depth[0], c0 = 1, time.thread_time()
-            try:
-                return await call(*args, **kwargs)
-            finally:
-                depth[0] = 0
-                spent[0] += time.thread_time() - c0
-                if publish is not None:
-                    publish(spent[0])
+    def __init__(self, engine: Any, embedders: list[Any], publish: Callable[[float], None] | None = None) -> None:
+        self.spent, self.publish = [0.0], publish
+        self._owners = [(engine, FAKE_ENGINE_CALLS), *((e, FAKE_EMBEDDER_CALLS) for e in embedders)]
+        self._saved: list[tuple[Any, str, Any]] = []  # (owner, name, its own attribute before, or _MISSING)
 
-        setattr(owner, name, wrapper)
+    def on(self) -> None:
+        if self._saved:
+            return
+        spent, depth, publish = self.spent, [0], self.publish
+        for owner, names in self._owners:
+            for name in names:
+                if not hasattr(owner, name):
+                    continue
+                call = getattr(owner, name)
 
-    for owner, names in ((engine, FAKE_ENGINE_CALLS), *((e, FAKE_EMBEDDER_CALLS) for e in embedders)):
-        for name in names:
-            if hasattr(owner, name):
-                timed(owner, name)
-    return spent
+                async def wrapper(*args: Any, _call: Any = call, **kwargs: Any) -> Any:
+                    if depth[0]:
+                        return await _call(*args, **kwargs)
+                    depth[0], c0 = 1, time.thread_time()
+                    try:
+                        return await _call(*args, **kwargs)
+                    finally:
+                        depth[0] = 0
+                        spent[0] += time.thread_time() - c0
+                        if publish is not None:
+                            publish(spent[0])
+
+                self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+                setattr(owner, name, wrapper)
+
+    def off(self) -> None:
+        for owner, name, before in reversed(self._saved):
+            if before is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, before)
+        self._saved.clear()
+
+    @property
+    def timing(self) -> bool:
+        return bool(self._saved)
+
+
+_MISSING = object()
 
 
 def run_worker(cmd: list[str], src: Path, core: int) -> Any:
@@ -655,6 +724,8 @@ def in_process(
                         r["seconds"],
                         r["server_cpu_s"],
                         r.get("engine_cpu_s"),
+                        r.get("timed_rows"),
+                        r.get("timed_cpu_s"),
                     )
                     for r in result["throughput"]
                 ]
@@ -704,7 +775,7 @@ def report(runs: list[Throughput], lat: list[Latency], codes: list[str]) -> None
         line += f" {r.rows_per_s:>8.0f} {r.server_cpu_s:>9.2f}"
         if engine_split and r.engine_cpu_s is not None:
             ceiling = r.fake_ceiling
-            line += f" {100 * r.engine_cpu_s / r.server_cpu_s:>7.0f}% {r.gateway_rows_per_cpu_s:>12.0f}"
+            line += f" {100 * (r.engine_share or 0.0):>7.0f}% {r.gateway_rows_per_cpu_s:>12.0f}"
             line += f" {ceiling:>10.0f}" if ceiling is not None else f" {'-':>10}"
         flag = "" if r.rows_per_cpu_s >= GOAL_ROWS_PER_CPU_S else "  < goal"
         if flag and r.fake_ceiling is not None and r.fake_ceiling < GOAL_ROWS_PER_CPU_S:
