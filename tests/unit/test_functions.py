@@ -18,6 +18,7 @@ import pytest
 from spcs_llm.config import EmbeddingSettings
 from spcs_llm.engines import FakeEmbedder, FakeEngine
 from spcs_llm.engines.base import ChatResult, TokenLogprob
+from spcs_llm.engines.labels import MATCHES_MEMO
 from spcs_llm.functions import FUNCTIONS, tasks
 from spcs_llm.functions.sentiment import sentiment_score
 from spcs_llm.functions.tasks import label_distribution
@@ -182,9 +183,9 @@ def test_label_distribution_remembers_tokens_per_label_set() -> None:
     assert label_distribution(answer, three) == pytest.approx(
         {"positive": 0.375, "negative": 0.3125, "neutral": 0.3125}
     )
-    for i in range(tasks.TOKEN_MEMO + 5):  # a row's own words are new every time: the memo stays bounded
+    for i in range(MATCHES_MEMO + 5):  # a row's own words are new every time: the memo stays bounded
         label_distribution(_result('"x"', [(f"w{i}", -1.0)]), three)
-    assert 0 < len(tasks._LABEL_MEMOS[tuple(three)]) <= tasks.TOKEN_MEMO
+    assert 0 < len(tasks._LABEL_ROOTS[tuple(three)].matches) <= MATCHES_MEMO
 
 
 async def test_sentiment_returns_a_float_from_a_constrained_label_request(client, fake_engine) -> None:

@@ -178,6 +178,20 @@ def _matches(node: Node, token: str) -> tuple[str, ...]:
     return tuple(label for label in node.labels if label[depth:].lower().startswith(key))
 
 
+def begun(node: Node, token: str) -> tuple[str, ...]:
+    """:func:`_matches`, remembered on the node (``node.matches``)."""
+    matches = node.matches.get(token)
+    return _remember(node, token) if matches is None else matches
+
+
+def _remember(node: Node, token: str) -> tuple[str, ...]:
+    memo = node.matches
+    if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
+        memo.clear()
+    matches = memo[token] = _matches(node, token)
+    return matches
+
+
 def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     """The probability each label of ``node``'s subtree gets from one step's alternatives (not normalised): each
     distinct alternative's probability, shared equally between the labels it begins (:func:`_matches`)."""
@@ -185,12 +199,9 @@ def step_mass(node: Node, top: TopAlternatives) -> dict[str, float]:
     memo = node.matches
     seen: list[str] = []  # the tokens that gave mass: most alternatives begin no label, and need no dedup
     for token, logprob in top:
-        matches = memo.get(token)
+        matches = memo.get(token)  # begun(), without a call for the common hit: this loop is the walk's
         if matches is None:
-            matches = _matches(node, token)
-            if len(memo) >= MATCHES_MEMO:  # bounded: the row's own words are new on every row
-                memo.clear()
-            memo[token] = matches
+            matches = _remember(node, token)
         if matches and token not in seen:
             seen.append(token)
             share = math.exp(logprob) / len(matches)

@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 
-from ..engines.base import ChatRequest, ChatResult, Message, TokenLogprob
-from ..engines.labels import LabelScores, ScoreRequest
+from ..engines.base import ChatRequest, ChatResult, Message
+from ..engines.labels import LabelScores, Node, ScoreRequest, begun, step_mass
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Runtime
 from .text import DEFAULT_SEPARATORS, recursive_split
@@ -100,10 +99,16 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     A token counts toward a label when the label starts with it (case-insensitive, quotes and spaces stripped);
     a token that starts several labels is shared between them. Tokens that start none are ignored and the rest
     renormalised, so the result sums to 1. Without logprobs (an engine that gives none) the chosen label gets 1.
+    That is the label walk's rule at its first step, so this reads the answer with the walk's own code: the root
+    of a trie of the labels (one node; no token pieces are needed for one step), whose memo of what each token
+    begins serves every row of a query.
     """
-    matching = _label_memo(labels)
-    position = next((t for t in result.logprobs if _label_matches(matching, labels, t.token)), None)
-    mass = _label_mass(position, labels, matching) if position is not None else dict.fromkeys(labels, 0.0)
+    root = _label_root(labels)
+    position = next((t for t in result.logprobs if begun(root, t.token)), None)
+    if position is None:
+        mass = dict.fromkeys(labels, 0.0)
+    else:
+        mass = step_mass(root, ((position.token, position.logprob), *position.top))
     total = sum(mass.values())
     if total <= 0:
         chosen = next((label for label in labels if label in result.text), None)
@@ -111,53 +116,19 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     return {label: m / total for label, m in mass.items()}
 
 
-LABEL_MEMO = 64  # label sets remembered: a query has one, a few queries run at once
-TOKEN_MEMO = 1024  # tokens remembered per label set: the instruction's words recur on every row
-_LABEL_MEMOS: dict[tuple[str, ...], dict[str, tuple[str, ...]]] = {}
+LABEL_ROOTS = 64  # label sets remembered: a query has one, a few queries run at once
+_LABEL_ROOTS: dict[tuple[str, ...], Node] = {}
 
 
-def _label_memo(labels: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """The memo of :func:`_label_matches` for one label set (token -> the labels it begins)."""
+def _label_root(labels: Sequence[str]) -> Node:
+    """A label set's one-node trie, remembered (a node's memo is bounded by the walk's MATCHES_MEMO)."""
     key = tuple(labels)
-    memo = _LABEL_MEMOS.get(key)
-    if memo is None:
-        if len(_LABEL_MEMOS) >= LABEL_MEMO:
-            _LABEL_MEMOS.clear()
-        memo = _LABEL_MEMOS[key] = {}
-    return memo
-
-
-def _label_matches(memo: dict[str, tuple[str, ...]], labels: Sequence[str], token: str) -> tuple[str, ...]:
-    """The labels that ``token`` begins (its :func:`_core` a case-insensitive prefix of theirs), in label order;
-    none for a token whose core is empty. Remembered in ``memo``."""
-    matches = memo.get(token)
-    if matches is None:
-        key = _core(token)
-        matches = tuple(label for label in labels if label.lower().startswith(key)) if key else ()
-        if len(memo) >= TOKEN_MEMO:  # bounded: the row's own words are new on every row
-            memo.clear()
-        memo[token] = matches
-    return matches
-
-
-def _label_mass(position: TokenLogprob, labels: Sequence[str], memo: dict[str, tuple[str, ...]]) -> dict[str, float]:
-    """Each label's share of the probabilities at ``position``: its token and alternatives, each distinct token
-    counted once, shared equally between the labels it begins."""
-    mass = dict.fromkeys(labels, 0.0)
-    seen: set[str] = set()
-    for token, logprob in ((position.token, position.logprob), *position.top):
-        matches = _label_matches(memo, labels, token)
-        if not matches or token in seen:
-            continue
-        seen.add(token)
-        share = math.exp(logprob) / len(matches)
-        for label in matches:
-            mass[label] += share
-    return mass
-
-
-def _core(token: str) -> str:
-    return token.strip().strip('"').strip().lower()
+    root = _LABEL_ROOTS.get(key)
+    if root is None:
+        if len(_LABEL_ROOTS) >= LABEL_ROOTS:
+            _LABEL_ROOTS.clear()
+        root = _LABEL_ROOTS[key] = Node("", list(labels))
+    return root
 
 
 async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
