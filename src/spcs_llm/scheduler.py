@@ -113,10 +113,17 @@ class FairSlots:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiting.values())
 
-    async def acquire(self, key: Hashable | None) -> None:
-        """Wait for a place in ``key``'s turn (None: a turn of its own)."""
+    def take(self) -> bool:
+        """A place now if one is free and nobody waits (True), without a coroutine: the common case of every
+        engine call; else False, and the caller waits its turn with :meth:`acquire`."""
         if self.free > 0 and not self._waiting:
             self.free -= 1
+            return True
+        return False
+
+    async def acquire(self, key: Hashable | None) -> None:
+        """Wait for a place in ``key``'s turn (None: a turn of its own)."""
+        if self.take():
             return
         if key is None:
             key = object()
@@ -490,7 +497,8 @@ class Scheduler:
     async def _take_place(self) -> None:
         """One of the engine places, in the query's fair turn. The batch's queue wait ends here, and a spent budget
         refuses the call now: once it is, no engine call starts (after the slot wait)."""
-        await self._slots.acquire(query_key.get())
+        if not self._slots.take():
+            await self._slots.acquire(query_key.get())
         ticket = batch_ticket.get()
         if ticket is not None and ticket.started_at is None:
             ticket.start()

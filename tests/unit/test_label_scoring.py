@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import astuple
 
 import httpx
 import pytest
@@ -213,6 +214,40 @@ async def test_choosing_labels_in_turn_walks_each_slot_after_the_choices_before_
             prefix += scores.best + '"'
         assert chosen is not None and chosen.choices == tuple(one_by_one) and chosen.steps == steps
         assert engine.steps == reference.steps  # the same prefixes asked, in the same order
+
+
+async def test_choosing_gives_each_slot_what_scoring_it_alone_gives_with_or_without_shared_tokens() -> None:
+    """Labels whose first tokens differ take one step a slot (a path of its own in choose_labels); labels that
+    share one (``food``, ``food quality``) take the trie walk. Either way each slot's choice, the steps and the
+    usage (summed field by field) are those of score_labels at that slot's prefix."""
+    first, second = '{"a": "', ', "b": "'
+    flat = {"positive": ["positive"], "negative": ["negative"], "neutral": ["neutral"]}
+    shared = {"food": ["food"], "food quality": ["food", " quality"], "service": ["service"]}
+    for pieces, steps in [
+        (flat, {first: [("neg", 0.5), ("pos", 0.4), ("w", 0.1)], first + 'negative"' + second: [("neu", 0.9)]}),
+        (
+            shared,
+            {
+                first: [("food", 0.7), ("service", 0.2)],
+                first + "food": [(" quality", 0.6), ('"', 0.4)],
+                first + 'food quality"' + second: [("serv", 0.3), ("fo", 0.5)],
+                first + 'food quality"' + second + "food": [('"', 0.9), (" quality", 0.1)],
+            },
+        ),
+    ]:
+        labels = tuple(pieces)
+        chosen = await choose_labels(Scripted(steps, pieces), ChoiceRequest(MESSAGES, (first, second), labels))
+        prefix, choices, taken, usage = "", [], 0, Usage()
+        for slot in (first, second):
+            prefix += slot
+            scores = await score_labels(Scripted(steps, pieces), ScoreRequest(MESSAGES, prefix, labels))
+            assert scores is not None
+            choices.append(scores.best)
+            taken += scores.steps
+            usage = Usage(*(a + b for a, b in zip(astuple(usage), astuple(scores.usage), strict=True)))
+            prefix += scores.best + '"'
+        assert chosen == LabelChoices(tuple(choices), taken, usage)
+    assert chosen == LabelChoices(("food quality", "food"), 4, Usage(40, 4))  # the shared case took its walks
 
 
 async def test_choosing_stops_at_the_slot_that_no_alternative_begins() -> None:

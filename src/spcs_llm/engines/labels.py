@@ -238,10 +238,15 @@ async def walk(
                 group = sum(mass[label] for label in child.labels)
                 for label in child.labels:
                     mass[label] = group * sub[label]
+    return _normalised(mass), steps, usage
+
+
+def _normalised(mass: dict[str, float]) -> dict[str, float] | None:
+    """``mass`` divided by its sum; None when no label has any."""
     total = sum(mass.values())
     if total <= 0:
-        return None, steps, usage
-    return {label: m / total for label, m in mass.items()}, steps, usage
+        return None
+    return {label: m / total for label, m in mass.items()}
 
 
 def _add(a: Usage, b: Usage) -> Usage:
@@ -280,7 +285,9 @@ async def score_labels(
     ``plans`` remembers each label set's :class:`Plan` (the scorer's own memo: its token pieces of a text never
     change): every row of a query asks with the same labels, and would otherwise tokenize them and build their
     trie again."""
-    plan = await _plan(scorer, request.labels, plans)
+    plan = plans.get(request.labels) if plans is not None else None
+    if plan is None:
+        plan = await _plan(scorer, request.labels, plans)
     distribution, steps, usage = await walk(scorer, request.messages, request.prefix, request.top_logprobs, plan.root)
     if distribution is None:
         return None
@@ -308,18 +315,33 @@ async def choose_labels(
     """Each slot's likeliest label (as :attr:`LabelScores.best` chooses), one walk of the labels' trie per slot
     after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote.
     None when the engine cannot score the first slot; scoring stops at a slot whose walk gives no label mass."""
-    plan = await _plan(scorer, request.labels, plans)
+    plan = plans.get(request.labels) if plans is not None else None
+    if plan is None:
+        plan = await _plan(scorer, request.labels, plans)
     messages, top, root, escaped = request.messages, request.top_logprobs, plan.root, plan.escaped
-    prefix, chosen, steps, usage = "", [], 0, NO_USAGE
+    # labels whose first tokens all differ (ENTITY_SENTIMENT's): each walk is one step at the root, taken here
+    # as walk() would take it, without a coroutine of its own for each slot
+    one_step = not root.branching and len(root.labels) > 1
+    prefix, chosen, steps = "", [], 0
+    prompt_tokens = completion_tokens = cached_tokens = 0
     for before in request.slots:
         prefix += before
-        distribution, taken, used = await walk(scorer, messages, prefix, top, root)
+        if one_step:
+            answer = await scorer.next_token(messages, prefix, top)
+            if answer is None:
+                break
+            distribution, taken, used = _normalised(step_mass(root, answer.top)), 1, answer.usage
+        else:
+            distribution, taken, used = await walk(scorer, messages, prefix, top, root)
         if distribution is None:
             break
-        steps, usage = steps + taken, _add(usage, used)
+        steps += taken
+        prompt_tokens += used.prompt_tokens
+        completion_tokens += used.completion_tokens
+        cached_tokens += used.cached_tokens
         best = max(distribution, key=distribution.__getitem__)  # as JSON spells it; the first of equals (.best)
         chosen.append(escaped[best])
         prefix += best + '"'
     if not chosen:
         return None
-    return LabelChoices(tuple(chosen), steps, usage)
+    return LabelChoices(tuple(chosen), steps, Usage(prompt_tokens, completion_tokens, cached_tokens))
