@@ -17,7 +17,7 @@ from spcs_llm.config import Settings
 from spcs_llm.engines import FakeEmbedder, FakeEngine
 from spcs_llm.engines.base import Embedded
 from spcs_llm.errors import MaxTokensExceeded
-from spcs_llm.functions.embed import DIGITS, cosine, round_vector
+from spcs_llm.functions.embed import BLOCK, DIGITS, cosine, round_vector
 from spcs_llm.metrics import Metrics
 from spcs_llm.scheduler import Scheduler
 from spcs_llm.server import create_app
@@ -73,6 +73,21 @@ def test_rounding_arrays_gives_pythons_round_bit_for_bit() -> None:
         assert ours.dtype == np.float64
         assert ours.tobytes() == np.array(expected).tobytes()  # bit for bit, the sign of zero included
         assert orjson.dumps(ours, option=orjson.OPT_SERIALIZE_NUMPY) == orjson.dumps(expected)
+
+
+def test_rounding_a_batch_block_by_block_gives_pythons_round_for_every_value() -> None:
+    """A batch's vectors go in blocks of BLOCK values: ties and large values on either side of a block's edge,
+    in the last (short) block, a strided view and float32 all round as round() does, in the batch's shape."""
+    rng = np.random.default_rng(7)
+    batch = rng.standard_normal((3 * BLOCK // 768 + 5, 768))
+    flat = batch.reshape(-1)
+    for edge in (BLOCK, 2 * BLOCK, flat.size - 2):
+        flat[edge - 2 : edge + 2] = [2.5e-7, -3.5e-7, 1e4 + 0.123456785, -(2**-23)]  # ties, a large value
+    for values in (batch, batch.astype(np.float32), batch[::2, ::3], batch.T):
+        ours = round_vector(values)
+        expected = np.array([round(v, DIGITS) for v in values.astype(np.float64).reshape(-1).tolist()])
+        assert ours.shape == values.shape and ours.dtype == np.float64
+        assert ours.reshape(-1).tobytes() == expected.tobytes()
 
 
 def test_cosine_of_arrays_is_the_float_loops_double() -> None:

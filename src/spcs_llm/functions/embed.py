@@ -33,18 +33,32 @@ def round_vector(vector: np.ndarray) -> np.ndarray:
     Python's round() is correctly rounded (the exact binary value, rounded half-even to 7 decimals, then the
     nearest double). ``rint(x * 1e7) / 1e7`` gives the same double whenever ``x * 1e7`` is not within rounding
     error of a half: the division is correctly rounded too, and for float32 inputs ``x * 1e7`` is exact (24 + 17
-    bits). The few values near a half, or too large for that margin, go through round() itself."""
+    bits). The few values near a half, or too large for that margin, go through round() itself.
+
+    Every step is per value, so the values go :data:`BLOCK` at a time: a 1,000-row batch of 768-d vectors in one
+    go sends 6 MB arrays through memory at each of the eight steps, ~4.7x slower than blocks that stay in the
+    core's cache (7.2 against 1.5 us a row)."""
     x = np.asarray(vector, dtype=np.float64)  # float32 -> float64 is exact
+    out = np.empty(x.shape)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # flat_out: a view of the fresh C-contiguous out
+    for start in range(0, flat_x.size, BLOCK):
+        _round_block(flat_x[start : start + BLOCK], flat_out[start : start + BLOCK])
+    return out
+
+
+BLOCK = 32_768  # values rounded at a time: 256 KB of doubles, and as much again of scratch
+
+
+def _round_block(x: np.ndarray, out: np.ndarray) -> None:
+    """:func:`round_vector` of the 1-d ``x``, written into ``out``."""
     scaled = np.multiply(x, _SCALE)
-    out = np.rint(scaled)
+    np.rint(scaled, out=out)
     np.subtract(scaled, out, out=scaled)
     np.abs(scaled, out=scaled)
     np.divide(out, _SCALE, out=out)
     if scaled.max(initial=0.0) > _NEAR_HALF or x.max(initial=0.0) >= _BIG or x.min(initial=0.0) <= -_BIG:
-        flat_out, flat_x = out.reshape(-1), x.reshape(-1)  # views: out is a fresh C-contiguous array
         for i in np.flatnonzero((scaled > _NEAR_HALF) | (np.abs(x) >= _BIG)):
-            flat_out[i] = round(float(flat_x[i]), DIGITS)
-    return out
+            out[i] = round(float(x[i]), DIGITS)
 
 
 class _Embedding(Grouped):
