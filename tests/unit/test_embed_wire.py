@@ -83,11 +83,17 @@ def test_rounding_a_batch_block_by_block_gives_pythons_round_for_every_value() -
     flat = batch.reshape(-1)
     for edge in (BLOCK, 2 * BLOCK, flat.size - 2):
         flat[edge - 2 : edge + 2] = [2.5e-7, -3.5e-7, 1e4 + 0.123456785, -(2**-23)]  # ties, a large value
-    for values in (batch, batch.astype(np.float32), batch[::2, ::3], batch.T):
+    with_nan = batch.copy()
+    with_nan.reshape(-1)[BLOCK + 5] = np.nan  # in the block of a tie and a large value
+    # batch.T is not C-ordered: f54be0f's function lost its round() corrections on such an array, and a NaN
+    # anywhere in a batch turned them off for the whole batch (an embedder's NaN, as rare as that is)
+    for values in (batch, batch.astype(np.float32), batch[::2, ::3], batch.T, with_nan):
         ours = round_vector(values)
         expected = np.array([round(v, DIGITS) for v in values.astype(np.float64).reshape(-1).tolist()])
         assert ours.shape == values.shape and ours.dtype == np.float64
-        assert ours.reshape(-1).tobytes() == expected.tobytes()
+        nan = np.isnan(expected)
+        assert np.array_equal(np.isnan(ours.reshape(-1)), nan)
+        assert ours.reshape(-1)[~nan].tobytes() == expected[~nan].tobytes()
 
 
 def test_cosine_of_arrays_is_the_float_loops_double() -> None:

@@ -56,7 +56,8 @@ def _round_block(x: np.ndarray, out: np.ndarray) -> None:
     np.subtract(scaled, out, out=scaled)
     np.abs(scaled, out=scaled)
     np.divide(out, _SCALE, out=out)
-    if scaled.max(initial=0.0) > _NEAR_HALF or x.max(initial=0.0) >= _BIG or x.min(initial=0.0) <= -_BIG:
+    # written so that a NaN (whose max is NaN, and every comparison False) sends the block to the exact test too
+    if not (scaled.max(initial=0.0) <= _NEAR_HALF and x.max(initial=0.0) < _BIG and x.min(initial=0.0) > -_BIG):
         for i in np.flatnonzero((scaled > _NEAR_HALF) | (np.abs(x) >= _BIG)):
             out[i] = round(float(x[i]), DIGITS)
 
