@@ -250,6 +250,32 @@ async def test_choosing_gives_each_slot_what_scoring_it_alone_gives_with_or_with
     assert chosen == LabelChoices(("food quality", "food"), 4, Usage(40, 4))  # the shared case took its walks
 
 
+async def test_choosing_keeps_the_slots_before_one_the_engine_cannot_score_and_sums_every_usage_field() -> None:
+    """An engine that cannot score a later slot (next_token None) ends the choices there, keeping the earlier
+    ones; the usage sums each field, the cached tokens too; a slot with one label left costs no step."""
+
+    class Cached(Scripted):
+        async def next_token(self, messages: Sequence[Message], prefix: str, top: int) -> NextToken | None:
+            if prefix not in self.steps:
+                self.asked.append(prefix)
+                return None
+            found = await super().next_token(messages, prefix, top)
+            return None if found is None else NextToken(found.top, Usage(10, 1, 4))
+
+    first, second, third = '{"a": "', ', "b": "', ', "c": "'
+    pieces = {"positive": ["positive"], "negative": ["negative"]}
+    steps = {first: [("pos", 0.9)], first + 'positive"' + second: [("neg", 0.6), ("w", 0.4)]}
+    scorer = Cached(steps, pieces)
+    chosen = await choose_labels(scorer, ChoiceRequest(MESSAGES, (first, second, third), tuple(pieces)))
+    assert chosen == LabelChoices(("positive", "negative"), 2, Usage(20, 2, 8))
+    assert scorer.asked[-1] == first + 'positive"' + second + 'negative"' + third  # asked, and could not score
+    lone = Cached({}, {"only": ["only"]})
+    assert await choose_labels(lone, ChoiceRequest(MESSAGES, (first, second), ("only",))) == LabelChoices(
+        ("only", "only"), 0, Usage()
+    )
+    assert lone.asked == []  # one label: nothing to ask the engine
+
+
 async def test_choosing_stops_at_the_slot_that_no_alternative_begins() -> None:
     first, second = '{"a": "', ', "b": "'
     scorer = Scripted(
