@@ -285,9 +285,7 @@ async def score_labels(
     ``plans`` remembers each label set's :class:`Plan` (the scorer's own memo: its token pieces of a text never
     change): every row of a query asks with the same labels, and would otherwise tokenize them and build their
     trie again."""
-    plan = plans.get(request.labels) if plans is not None else None
-    if plan is None:
-        plan = await _plan(scorer, request.labels, plans)
+    plan = _known_plan(request.labels, plans) or await _made_plan(scorer, request.labels, plans)
     distribution, steps, usage = await walk(scorer, request.messages, request.prefix, request.top_logprobs, plan.root)
     if distribution is None:
         return None
@@ -297,15 +295,18 @@ async def score_labels(
     return LabelScores(distribution, steps, usage)
 
 
-async def _plan(scorer: LabelScorer, labels: tuple[str, ...], plans: dict[tuple[str, ...], Plan] | None) -> Plan:
-    """``labels``' plan, from ``plans`` or made (and remembered there)."""
-    plan = None if plans is None else plans.get(labels)
-    if plan is None:
-        plan = await plan_labels(scorer, labels)
-        if plans is not None:
-            if len(plans) >= PLANS_MEMO:
-                plans.clear()
-            plans[labels] = plan
+def _known_plan(labels: tuple[str, ...], plans: dict[tuple[str, ...], Plan] | None) -> Plan | None:
+    """``labels``' plan if ``plans`` holds it: looked up without a coroutine, as every row of a query finds it."""
+    return None if plans is None else plans.get(labels)
+
+
+async def _made_plan(scorer: LabelScorer, labels: tuple[str, ...], plans: dict[tuple[str, ...], Plan] | None) -> Plan:
+    """``labels``' plan, made and remembered in ``plans`` (when given)."""
+    plan = await plan_labels(scorer, labels)
+    if plans is not None:
+        if len(plans) >= PLANS_MEMO:
+            plans.clear()
+        plans[labels] = plan
     return plan
 
 
@@ -315,9 +316,7 @@ async def choose_labels(
     """Each slot's likeliest label (as :attr:`LabelScores.best` chooses), one walk of the labels' trie per slot
     after the answer so far: the slot's text, then each chosen label as JSON spells it and its closing quote.
     None when the engine cannot score the first slot; scoring stops at a slot whose walk gives no label mass."""
-    plan = plans.get(request.labels) if plans is not None else None
-    if plan is None:
-        plan = await _plan(scorer, request.labels, plans)
+    plan = _known_plan(request.labels, plans) or await _made_plan(scorer, request.labels, plans)
     messages, top, root, escaped = request.messages, request.top_logprobs, plan.root, plan.escaped
     # labels whose first tokens all differ (ENTITY_SENTIMENT's): each walk is one step at the root, taken here
     # as walk() would take it, without a coroutine of its own for each slot

@@ -28,16 +28,16 @@ _BIG = 100.0  # values this large lose the margin above to x * 1e7's own roundin
 
 def round_vector(vector: np.ndarray) -> np.ndarray:
     """``[round(v, DIGITS) for v in vector]`` as a float64 array, bit for bit (of any shape: a batch's vectors
-    stacked are rounded in one go).
+    are stacked and rounded in one call).
 
     Python's round() is correctly rounded (the exact binary value, rounded half-even to 7 decimals, then the
     nearest double). ``rint(x * 1e7) / 1e7`` gives the same double whenever ``x * 1e7`` is not within rounding
     error of a half: the division is correctly rounded too, and for float32 inputs ``x * 1e7`` is exact (24 + 17
     bits). The few values near a half, or too large for that margin, go through round() itself.
 
-    Every step is per value, so the values go :data:`BLOCK` at a time: a 1,000-row batch of 768-d vectors in one
-    go sends 6 MB arrays through memory at each of the eight steps, ~4.7x slower than blocks that stay in the
-    core's cache (7.2 against 1.5 us a row)."""
+    Every step is per value, so the values go :data:`BLOCK` at a time, which stay in the core's cache, rather than
+    a 1,000-row batch of 768-d vectors (6 MB) through memory at each of the eight steps: ~1 us less a row in the
+    gateway's flow (3.4-4.0 against 2.7-3.8 us), and 256 KB of scratch instead of the batch's size."""
     x = np.asarray(vector, dtype=np.float64)  # float32 -> float64 is exact
     out = np.empty(x.shape)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)  # flat_out: a view of the fresh C-contiguous out
