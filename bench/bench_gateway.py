@@ -26,8 +26,14 @@ that the server reaches through its real engine hop, as it reaches vLLM: Snowfla
 out, the server's CPU per row as in production. ``--in-process`` leaves out the HTTP in (the gateway's thread in
 this process).
 
+``--labels-first`` replaces the fake engine's label step by a free stand-in that puts the labels first, as a
+model's alternatives do at a label's position (:func:`labels_first`): the fake's own step costs more than the
+gateway's whole label row (its "fake alone" column), so this is how the label functions' gateway cost is measured
+against the goal over HTTP.
+
     python bench/bench_gateway.py [--seconds 1] [--before c082c77] [--plot out.png] [--json]
     python bench/bench_gateway.py --engine-process [--in-process]   # the fakes behind the engine hop
+    python bench/bench_gateway.py --labels-first --functions SENTIMENT,ENTITY_SENTIMENT   # a free label step
     python bench/bench_gateway.py --functions SENTIMENT --gc-stats   # full collections and their pauses
     python bench/bench_gateway.py --functions SENTIMENT --profile out.txt   # the server under pyinstrument
 """
@@ -112,12 +118,15 @@ dimension = 1024
 # the collection's own work; the wall time adds whatever preempted it), written as JSON to that file when the
 # process exits (a clean SIGINT exit).
 SERVER_WRAPPER = """
-import atexit, gc, json, mmap, struct, sys, time
+import atexit, gc, json, mmap, os, struct, sys, time
 bench, cpu_out, gc_out, sys.argv = sys.argv[1], sys.argv[2], sys.argv[3], [sys.argv[0], *sys.argv[4:]]
 sys.path.insert(0, bench)
 import signal
 from bench_gateway import FakeTimer
 from spcs_llm.engines import fake
+if os.environ.get("BENCH_LABELS_FIRST"):
+    from bench_gateway import labels_first
+    labels_first()
 with open(cpu_out, "r+b") as f:
     shared = mmap.mmap(f.fileno(), 16)
 timer = FakeTimer(fake.FakeEngine, [fake.FakeEmbedder], lambda spent: struct.pack_into("d", shared, 0, spent))
@@ -278,7 +287,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(
-    code: str, src: Path, core: int, workdir: Path, profile: Path | None, gc_stats: bool, upstream: str | None = None
+    code: str,
+    src: Path,
+    core: int,
+    workdir: Path,
+    profile: Path | None,
+    gc_stats: bool,
+    upstream: str | None = None,
+    labels_first: bool = False,
 ) -> Server:
     """The server of code ``src``, on ``core``: the fakes in its process, or behind the engine hop at ``upstream``."""
     port = free_port()
@@ -305,7 +321,7 @@ def start_server(
         engine_cpu_file.write_bytes(bytes(16))
         bench = str(Path(__file__).resolve().parent)
         cmd = [sys.executable, "-c", SERVER_WRAPPER, bench, str(engine_cpu_file), str(gc_file or "-"), *serve]
-    env = os.environ | {"PYTHONPATH": str(src)}
+    env = os.environ | {"PYTHONPATH": str(src)} | ({"BENCH_LABELS_FIRST": "1"} if labels_first else {})
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.sched_setaffinity(0, {core}))
     base = f"http://127.0.0.1:{port}"
     wait_ready(proc, f"{base}/health", f"the {code} server")
@@ -551,6 +567,8 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
     settings, engine, embedders, rt = await fake_runtime(args.upstream)
     limit = settings.server.max_response_bytes
     # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
+    if args.labels_first:
+        labels_first()
     timer = None if args.upstream else FakeTimer(engine, embedders)
     tune_gc()
     texts = Texts()
@@ -667,6 +685,41 @@ class FakeTimer:
 
 _MISSING = object()
 
+# every label the bench's rows of the label functions are scored on
+LABELS = ("positive", "negative", "neutral", "mixed", "unknown", "TRUE", "FALSE", *CATEGORIES)
+
+
+def labels_first() -> None:
+    """Replace the fake engine's label step (``FakeEngine.next_token``) by a stand-in that answers as a model does
+    at a label's position and costs almost nothing: the bench's labels first (in one of 97 orders, with
+    log-probabilities, chosen by a CRC of the row's text), then two tokens that begin none. Every row of a label
+    function then takes every label step (three for ENTITY_SENTIMENT) and none falls back to generating, and what
+    is left of the row's CPU is the gateway's: a dict lookup of a step made once per (order, top), ~0.3 us.
+
+    The fake's own step costs more than the gateway's whole row (its "fake alone" column: a BLAKE2b hash, an
+    exponential and a sort place for every word of the instruction and the row, 60-210 us a row): that is the
+    model's work, which vLLM does on the GPU in another process. Its answers are not the fake model's."""
+    import zlib
+
+    from spcs_llm.engines import fake
+    from spcs_llm.engines.base import Usage
+    from spcs_llm.engines.labels import NextToken
+
+    orders = []
+    for r in range(97):
+        ranked = sorted(((-0.2 - (r * (i + 7) % 97) / 20, label) for i, label in enumerate(LABELS)), reverse=True)
+        orders.append(tuple((label, logprob) for logprob, label in ranked) + (("w", -9.0), ("The", -9.5)))
+    usage, made, crc = Usage(50, 1), {}, zlib.crc32
+
+    async def next_token(self: Any, messages: Any, prefix: str, top: int) -> NextToken:
+        key = (crc(messages[-1].content.encode()) % 97, top)
+        step = made.get(key)
+        if step is None:
+            step = made[key] = NextToken(orders[key[0]][:top], usage)
+        return step
+
+    fake.FakeEngine.next_token = next_token  # type: ignore[method-assign]
+
 
 def run_worker(cmd: list[str], src: Path, core: int) -> Any:
     """Run a bench's worker process with the code of ``src`` (its PYTHONPATH), pinned to ``core``: the JSON it
@@ -713,6 +766,7 @@ def in_process(
                     "--functions",
                     spec.label,
                     *(["--upstream", args.upstream] if args.upstream else []),
+                    *(["--labels-first"] if args.labels_first else []),
                 ]
                 result = run_worker(cmd, src, args.server_core)
                 repeats[code] += [
@@ -887,6 +941,12 @@ def main() -> None:
         help="the fake engine and embedders in a process of their own on the client core (bench/fake_upstream.py), "
         "reached over HTTP through the gateway's real engine hop, as vLLM is (with or without --in-process)",
     )
+    ap.add_argument(
+        "--labels-first",
+        action="store_true",
+        help="the fake engine's label step replaced by a free stand-in that puts the labels first, as a model does "
+        "(see labels_first): the label functions' CPU is then the gateway's",
+    )
     ap.add_argument("--worker-in-process", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     ap.add_argument(
@@ -896,6 +956,8 @@ def main() -> None:
         "write its flat text report (time per function, itself) here",
     )
     args = ap.parse_args()
+    if args.labels_first and (args.engine_process or args.profile):
+        ap.error("--labels-first patches the fake engine in the server's process: not with --engine-process, --profile")
     specs = SPECS
     if args.functions:
         wanted = {n.strip().upper() for n in args.functions.split(",")}
@@ -940,6 +1002,7 @@ def main() -> None:
                             args.profile if code == "after" else None,
                             args.gc_stats,
                             upstream[1] if upstream else None,
+                            args.labels_first,
                         )
                     )
                 runs, lat = asyncio.run(measure(servers, specs, args))
@@ -957,6 +1020,7 @@ def main() -> None:
                 {
                     "machine": machine(),
                     "before": args.before,
+                    "labels_first": args.labels_first,
                     "throughput": [
                         asdict(r)
                         | {
@@ -984,7 +1048,9 @@ def main() -> None:
             else f"server pinned to core {args.server_core}, load on core {args.client_core}"
         )
         print(
-            f"\nspcs-llm gateway on the fake engine; {where}; {machine()}"
+            "\nspcs-llm gateway on the fake engine"
+            + (" (label steps: the free labels-first stand-in)" if args.labels_first else "")
+            + f"; {where}; {machine()}"
             + (f"; before = {args.before}" if args.before else "")
         )
         report(runs, lat, codes)
@@ -997,6 +1063,7 @@ def main() -> None:
             if args.in_process
             else "fake engine, server on 1 core"
         )
+        where += ", label steps: free labels-first stand-in" if args.labels_first else ""
         plot(runs, lat, codes, args.plot, where + ", gateway on 1 core" if args.in_process else where)
     if args.profile:
         print(f"server profile written to {args.profile}")

@@ -73,3 +73,42 @@ def test_off_leaves_objects_and_classes_as_they_were(bench: Any) -> None:
     finally:
         on_classes.off()
     assert all(vars(FakeEngine)[name] is fn for name, fn in originals.items())
+
+
+async def test_the_labels_first_stand_in_takes_every_label_step_and_never_generates(
+    bench: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--labels-first`` claims that every label row then takes its label steps (three for ENTITY_SENTIMENT, one
+    for the others) and none falls back to generating: what is left is the gateway's path."""
+    import orjson
+
+    from spcs_llm.functions import FUNCTIONS
+    from spcs_llm.server.snowflake import answer_batch, decode_rows
+
+    monkeypatch.setattr(FakeEngine, "next_token", FakeEngine.next_token)  # put back after the test
+    bench.labels_first()
+    _settings, engine, _embedders, rt = await bench.fake_runtime(None)
+    steps, chats, stand_in = [], [], FakeEngine.next_token
+
+    async def counted_step(self: Any, messages: Any, prefix: str, top: int) -> Any:
+        steps.append(prefix)
+        return await stand_in(self, messages, prefix, top)
+
+    async def counted_chat(request: Any) -> Any:
+        chats.append(request)
+        raise AssertionError("the stand-in's rows should not generate")
+
+    monkeypatch.setattr(FakeEngine, "next_token", counted_step)
+    monkeypatch.setattr(engine, "chat", counted_chat)
+    for label, per_row in (("SENTIMENT", 1), ("ENTITY_SENTIMENT", 3), ("CLASSIFY_TEXT", 1), ("AI_FILTER", 1)):
+        spec = next(s for s in bench.SPECS if s.label == label)
+        rows = decode_rows(orjson.dumps({"data": bench.batch_maker(spec, bench.Texts())(20)}))
+        steps.clear()
+        values = await answer_batch(FUNCTIONS[label.lower()], rt, rows)
+        assert len(values) == 20 and all(v is not None for v in values), label
+        assert len(steps) == 20 * per_row, label
+    assert chats == []
+    a = await stand_in(engine, (Message("user", "one row"),), '"', 5)
+    b = await stand_in(engine, (Message("user", "another row"),), '"', 5)
+    assert [t for t, _ in a.top] != [t for t, _ in b.top]  # the order follows the row
+    assert {t for t, _ in a.top} <= set(bench.LABELS) and len(a.top) == 5
