@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import tracemalloc
+from typing import Any
+
+import orjson
 
 from spcs_llm.cache_forms import (
     chat_key,
     choice_key,
+    kept,
     pack_choices,
     pack_result,
     pack_scores,
@@ -182,3 +188,60 @@ def test_a_sharded_cache_evicts_within_each_shard_and_keeps_its_budget() -> None
     assert big.bytes <= 256 * 2**20 and len(big) == sum(s.bytes // 10_000 for s in big._shards)
     assert big.get(b"k0") is None and big.get_tagged(b"k39999") == (b"v", 39999 % 7)  # oldest out, newest in
     assert max(s.bytes for s in big._shards) <= 4 * 2**20 and len(big) > 20_000  # most of the budget is used
+
+
+def _held(make: Any) -> tuple[Any, int]:
+    """What ``make()`` returns and the bytes still allocated for it once its temporaries are freed (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        value = make()
+        return value, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_kept_forms_hold_their_own_length_not_orjsons_buffer() -> None:
+    """orjson hands back the buffer it wrote into, which can be many times the JSON's length (4,089 bytes for a
+    480-byte key with orjson 3.13); the cache counts len(key) + len(value), so what it keeps must be that long."""
+    result = ChatResult(
+        "a short answer",
+        "stop",
+        Usage(69, 33, 12),
+        tuple(TokenLogprob(f" w{i}", -0.1 * i, ((f" w{i}", -0.1 * i),)) for i in range(33)),
+    )
+    request = ChatRequest(
+        (Message("system", "Answer briefly."), Message("user", "What arrived late? " * 20)), max_tokens=64
+    )
+    choices = LabelChoices(("positive", "negative"), 2, Usage(50, 2))
+    scores = LabelScores({"positive": 0.75, "negative": 0.25}, 1, Usage(50, 1))
+    batch = {"data": [[i, 0.5] for i in range(1000)]}  # made outside: freed lists stay on CPython's free list
+    for make in (
+        lambda: pack_result(result),
+        lambda: chat_key(request),
+        lambda: pack_choices(choices),
+        lambda: pack_scores(scores),
+        lambda: kept(orjson.dumps(batch)),
+    ):
+        value, held = _held(make)
+        assert isinstance(value, bytes)
+        # a bytes object's header is 33 bytes; a list the packing made and freed may stay on CPython's free list
+        assert held <= len(value) + 200, (len(value), held)
+
+
+def test_a_remembered_batch_answer_holds_its_own_length() -> None:
+    """The batch memory counts a remembered answer at len(body) against batch_memory_mb: a SENTIMENT batch's
+    body from orjson (~15 KB) held ~260 KB before it was copied at its own length."""
+    from spcs_llm.server.batches import BatchMemory
+
+    memory = BatchMemory(Metrics(), max_bytes=10**9)
+
+    async def body(done: dict[int, Any]) -> bytes:
+        return orjson.dumps({"data": [[i, 0.123456] for i in range(1000)]})
+
+    async def remember() -> None:
+        for i in range(20):
+            await memory.answer(f"b-{i}", "sentiment", b"{}", body)
+
+    _, held = _held(lambda: asyncio.run(remember()))
+    assert 20 * 14_000 < memory.bytes < held < 1.5 * memory.bytes, (memory.bytes, held)

@@ -66,7 +66,8 @@ class ChatRequest:
         if key is None:
             if len(_SCHEMA_KEYS) >= 1024:  # bounded; schemas are per query, not per row
                 _SCHEMA_KEYS.clear()
-            key = _SCHEMA_KEYS[found] = json.dumps(schema, sort_keys=True, ensure_ascii=False)
+            # the key copied at its own length: orjson's buffer is larger (cache_forms.kept)
+            key = _SCHEMA_KEYS[b"".join((found, b""))] = json.dumps(schema, sort_keys=True, ensure_ascii=False)
         return key
 
 

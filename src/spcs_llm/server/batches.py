@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from ..cache_forms import kept
 from ..metrics import Metrics
 from ..scheduler import BatchTicket, batch_ticket
 
@@ -114,7 +115,7 @@ class BatchMemory:
         batch.running = None
         batch.finished_at = time.monotonic()
         if not task.cancelled() and task.exception() is None:
-            batch.body, batch.done = task.result(), {}
+            batch.body, batch.done = kept(task.result()), {}  # at its own length: orjson's buffer is larger
             size = len(batch.body)
         else:  # failed: keep the rows that finished, for the retry
             batch.error = None if task.cancelled() else task.exception()
