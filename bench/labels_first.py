@@ -6,7 +6,7 @@ rows also take the generated fallback. This asks what the gateway would do in fr
 puts the labels first, as a real model's alternatives do at a label's position: the fake engine's ``next_token``
 is replaced by a stand-in (``bench_gateway.labels_first``, which ``bench_gateway.py --labels-first`` runs over HTTP)
 that answers every step with the bench's labels (in an order and with log-probabilities that vary with the row)
-followed by two tokens that begin none, a step made once and looked up after (~0.3 us; the first version of this
+followed by two tokens that begin none, a step made once and looked up after (~0.6 us; the first version of this
 script built it every step, ~4.4 us, a quarter of an ENTITY_SENTIMENT row). Each row then takes every label step
 (three for ENTITY_SENTIMENT) and none falls back. Everything else is the bench's in-process mode: the same rows,
 bodies and ``answer_batch``/``encode_rows``, CPU time of the thread, in a process pinned to one core.

@@ -192,13 +192,16 @@ def test_a_sharded_cache_evicts_within_each_shard_and_keeps_its_budget() -> None
 
 def _held(make: Any) -> tuple[Any, int]:
     """What ``make()`` returns and the bytes still allocated for it once its temporaries are freed (tracemalloc)."""
-    tracemalloc.start()
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         value = make()
         return value, tracemalloc.get_traced_memory()[0] - before
     finally:
-        tracemalloc.stop()
+        if started:
+            tracemalloc.stop()
 
 
 def test_kept_forms_hold_their_own_length_not_orjsons_buffer() -> None:
@@ -225,8 +228,9 @@ def test_kept_forms_hold_their_own_length_not_orjsons_buffer() -> None:
     ):
         value, held = _held(make)
         assert isinstance(value, bytes)
-        # a bytes object's header is 33 bytes; a list the packing made and freed may stay on CPython's free list
-        assert held <= len(value) + 200, (len(value), held)
+        # a bytes object's header is 33 bytes; lists and tuples the packing made and freed may stay on CPython's
+        # free lists (up to ~230 bytes seen); orjson's own buffer is at least ~4 KB
+        assert held <= len(value) + 1024, (len(value), held)
 
 
 def test_a_remembered_batch_answer_holds_its_own_length() -> None:
@@ -243,5 +247,6 @@ def test_a_remembered_batch_answer_holds_its_own_length() -> None:
         for i in range(20):
             await memory.answer(f"b-{i}", "sentiment", b"{}", body)
 
-    _, held = _held(lambda: asyncio.run(remember()))
+    # debug off whatever the environment says: debug mode's tracebacks fill linecache, which tracemalloc counts
+    _, held = _held(lambda: asyncio.run(remember(), debug=False))
     assert 20 * 14_000 < memory.bytes < held < 1.5 * memory.bytes, (memory.bytes, held)
