@@ -566,9 +566,9 @@ async def worker_in_process(specs: list[Spec], args: argparse.Namespace) -> dict
 
     settings, engine, embedders, rt = await fake_runtime(args.upstream)
     limit = settings.server.max_response_bytes
-    # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
     if args.labels_first:
         labels_first()
+    # with the engine in its own process, all of this thread's CPU is the gateway's (the hop included)
     timer = None if args.upstream else FakeTimer(engine, embedders)
     tune_gc()
     texts = Texts()

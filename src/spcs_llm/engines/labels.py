@@ -238,10 +238,10 @@ async def walk(
                 group = sum(mass[label] for label in child.labels)
                 for label in child.labels:
                     mass[label] = group * sub[label]
-    return _normalised(mass), steps, usage
+    return normalised(mass), steps, usage
 
 
-def _normalised(mass: dict[str, float]) -> dict[str, float] | None:
+def normalised(mass: dict[str, float]) -> dict[str, float] | None:
     """``mass`` divided by its sum; None when no label has any."""
     total = sum(mass.values())
     if total <= 0:
@@ -329,7 +329,7 @@ async def choose_labels(
             answer = await scorer.next_token(messages, prefix, top)
             if answer is None:
                 break
-            distribution, taken, used = _normalised(step_mass(root, answer.top)), 1, answer.usage
+            distribution, taken, used = normalised(step_mass(root, answer.top)), 1, answer.usage
         else:
             distribution, taken, used = await walk(scorer, messages, prefix, top, root)
         if distribution is None:

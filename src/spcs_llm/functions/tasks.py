@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ..engines.base import ChatRequest, ChatResult, Message
-from ..engines.labels import LabelScores, Node, ScoreRequest, begun, step_mass
+from ..engines.labels import LabelScores, Node, ScoreRequest, begun, normalised, step_mass
 from ..errors import InvalidInput, MaxTokensExceeded
 from .registry import Runtime
 from .text import DEFAULT_SEPARATORS, recursive_split
@@ -105,15 +105,13 @@ def label_distribution(result: ChatResult, labels: Sequence[str]) -> dict[str, f
     """
     root = _label_root(labels)
     position = next((t for t in result.logprobs if begun(root, t.token)), None)
-    if position is None:
-        mass = dict.fromkeys(labels, 0.0)
-    else:
-        mass = step_mass(root, ((position.token, position.logprob), *position.top))
-    total = sum(mass.values())
-    if total <= 0:
+    distribution = None
+    if position is not None:
+        distribution = normalised(step_mass(root, ((position.token, position.logprob), *position.top)))
+    if distribution is None:  # no label has any probability: the one the text names gets it all
         chosen = next((label for label in labels if label in result.text), None)
         return {label: float(label == chosen) for label in labels}
-    return {label: m / total for label, m in mass.items()}
+    return distribution
 
 
 LABEL_ROOTS = 64  # label sets remembered: a query has one, a few queries run at once
